@@ -1,0 +1,34 @@
+// pyfastseq._cuda: the CUDA kernels, loaded lazily by pyfastseq._backend when a tensor is on a GPU.
+// Every function takes device pointers and a cudaStream_t as integers and launches asynchronously.
+#include <pybind11/pybind11.h>
+
+#include "trie/trie_mask.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "pyfastseq CUDA kernels. Use the pyfastseq package, not this module.";
+  m.def(
+      "trie_mask",
+      [](uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, int32_t elem_bytes,
+         uint32_t fill_bits, uintptr_t nodes, uintptr_t child_begin, uintptr_t child_token,
+         int32_t num_nodes, uintptr_t stream) {
+        pyfastseq::TrieMaskParams p;
+        p.logits = reinterpret_cast<void*>(logits);
+        p.rows = rows;
+        p.vocab = vocab;
+        p.row_stride = row_stride;
+        p.elem_bytes = elem_bytes;
+        p.fill_bits = fill_bits;
+        p.nodes = reinterpret_cast<const int32_t*>(nodes);
+        p.trie.child_begin = reinterpret_cast<const uint32_t*>(child_begin);
+        p.trie.child_token = reinterpret_cast<const int32_t*>(child_token);
+        p.trie.num_nodes = num_nodes;
+        py::gil_scoped_release release;
+        return pyfastseq::run_trie_mask_cuda(p, reinterpret_cast<void*>(stream));
+      },
+      py::arg("logits_ptr"), py::arg("rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("elem_bytes"),
+      py::arg("fill_bits"), py::arg("nodes_ptr"), py::arg("child_begin_ptr"), py::arg("child_token_ptr"),
+      py::arg("num_nodes"), py::arg("stream"),
+      "Launch the trie mask kernel; returns the cudaError_t code of the launch.");
+}

@@ -1,0 +1,13 @@
+// pyfastseq._C: the CPU kernels. Each kernel family binds itself in csrc/bindings/<family>.cpp.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace pyfastseq {
+void bind_trie(py::module_& m);
+}  // namespace pyfastseq
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyfastseq CPU kernels (torch-free C++ core). Use the pyfastseq package, not this module.";
+  pyfastseq::bind_trie(m);
+}

@@ -1,0 +1,219 @@
+// The trie file format, version 1 (little-endian):
+//
+//   header (64 bytes): magic "PYFSTRIE", u32 version, u32 header size, u64 num_nodes, u64 num_items,
+//                      i32 eos_id, i32 max_token, u64 payload bytes, u64 payload checksum, 8 zero bytes
+//   payload:           child_begin u32[num_nodes + 1], child_token i32[num_nodes - 1] and the terminal
+//                      bitmap u64[ceil(num_nodes / 64)], each section zero-padded to 8 bytes.
+//
+// Loading checks the size, the checksum and then every structural invariant the kernels rely on
+// (monotone offsets, children after their parent, ascending non-negative tokens, terminal leaves),
+// so a corrupt or hostile file is rejected with InvalidArgument and can never cause an
+// out-of-bounds read later.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <limits>
+
+#include "common/errors.h"
+#include "trie/trie.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the trie file format is little-endian");
+
+namespace pyfastseq {
+namespace {
+
+constexpr char kMagic[8] = {'P', 'Y', 'F', 'S', 'T', 'R', 'I', 'E'};
+constexpr uint32_t kVersion = 1;
+
+struct FileHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t header_bytes;
+  uint64_t num_nodes;
+  uint64_t num_items;
+  int32_t eos_id;
+  int32_t max_token;
+  uint64_t payload_bytes;
+  uint64_t checksum;
+  uint64_t reserved;
+};
+static_assert(sizeof(FileHeader) == 64, "header layout");
+
+constexpr uint64_t padded(uint64_t bytes) { return (bytes + 7) & ~uint64_t{7}; }
+
+struct Layout {
+  uint64_t begin_bytes, token_bytes, terminal_bytes;
+  explicit Layout(uint64_t num_nodes)
+      : begin_bytes(padded((num_nodes + 1) * 4)),
+        token_bytes(padded((num_nodes - 1) * 4)),
+        terminal_bytes((num_nodes + 63) / 64 * 8) {}
+  uint64_t total() const { return begin_bytes + token_bytes + terminal_bytes; }
+};
+
+// A word-at-a-time multiplicative hash: catches flipped bits and truncation; not cryptographic.
+uint64_t checksum(const uint8_t* data, uint64_t bytes) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ bytes;
+  for (uint64_t i = 0; i < bytes; i += 8) {
+    uint64_t word;
+    std::memcpy(&word, data + i, 8);
+    h ^= word * 0xC2B2AE3D27D4EB4Full;
+    h = ((h << 31) | (h >> 33)) * 0x9E3779B97F4A7C15ull;
+  }
+  return h ^ (h >> 29);
+}
+
+void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload_bytes) {
+  const uint64_t n = header.num_nodes;
+  const Layout layout(n);
+  if (payload_bytes != layout.total() || header.payload_bytes != layout.total())
+    fail("trie file is truncated or has trailing bytes (payload ", payload_bytes, " bytes, expected ",
+         layout.total(), ")");
+  if (checksum(payload, payload_bytes) != header.checksum) fail("trie file checksum mismatch: the file is corrupt");
+  const auto* begin = reinterpret_cast<const uint32_t*>(payload);
+  const auto* token = reinterpret_cast<const int32_t*>(payload + layout.begin_bytes);
+  const auto* terminal = reinterpret_cast<const uint64_t*>(payload + layout.begin_bytes + layout.token_bytes);
+  if (begin[0] != 0 || begin[n] != n - 1) fail("trie file is corrupt: bad child offsets");
+  uint64_t items = 0;
+  int32_t max_token = -1;
+  for (uint64_t node = 0; node < n; ++node) {
+    const uint32_t lo = begin[node], hi = begin[node + 1];
+    if (hi < lo) fail("trie file is corrupt: child offsets decrease at node ", node);
+    if (hi > lo && lo < node) fail("trie file is corrupt: node ", node, " has a child numbered before it");
+    for (uint32_t e = lo; e < hi; ++e) {
+      if (token[e] < 0 || (e > lo && token[e] <= token[e - 1]))
+        fail("trie file is corrupt: child tokens of node ", node, " are not ascending and non-negative");
+      max_token = std::max(max_token, token[e]);
+    }
+    const bool is_terminal = (terminal[node >> 6] >> (node & 63)) & 1u;
+    if (hi == lo && !is_terminal) fail("trie file is corrupt: leaf ", node, " is not terminal");
+    items += is_terminal;
+  }
+  if (n % 64 != 0 && (terminal[n >> 6] >> (n & 63)) != 0) fail("trie file is corrupt: stray terminal bits");
+  if (items != header.num_items) fail("trie file is corrupt: item count mismatch");
+  if (max_token != header.max_token) fail("trie file is corrupt: max token mismatch");
+  if (header.eos_id < -1) fail("trie file is corrupt: bad eos_id");
+}
+
+}  // namespace
+
+Trie::~Trie() {
+  if (mapping_ != nullptr) munmap(mapping_, mapping_size_);
+}
+
+void Trie::compute_depth() {
+  // Breadth-first numbering makes each level a contiguous id range.
+  int64_t lo = 0, hi = 1;
+  depth_ = -1;
+  while (lo < hi) {
+    ++depth_;
+    const int64_t next_lo = static_cast<int64_t>(view_.child_begin[lo]) + 1;
+    const int64_t next_hi = static_cast<int64_t>(view_.child_begin[hi]) + 1;
+    lo = next_lo;
+    hi = next_hi;
+  }
+}
+
+void Trie::save(const std::string& path) const {
+  const uint64_t n = static_cast<uint64_t>(view_.num_nodes);
+  const Layout layout(n);
+  std::vector<uint8_t> payload(layout.total(), 0);
+  std::memcpy(payload.data(), view_.child_begin, (n + 1) * 4);
+  if (n > 1) std::memcpy(payload.data() + layout.begin_bytes, view_.child_token, (n - 1) * 4);
+  std::memcpy(payload.data() + layout.begin_bytes + layout.token_bytes, view_.terminal, layout.terminal_bytes);
+  FileHeader header{};
+  std::memcpy(header.magic, kMagic, 8);
+  header.version = kVersion;
+  header.header_bytes = sizeof(FileHeader);
+  header.num_nodes = n;
+  header.num_items = static_cast<uint64_t>(num_items_);
+  header.eos_id = eos_id_;
+  header.max_token = max_token_;
+  header.payload_bytes = layout.total();
+  header.checksum = checksum(payload.data(), payload.size());
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) fail("path: cannot open '", path, "' for writing");
+  out.write(reinterpret_cast<const char*>(&header), sizeof header);
+  out.write(reinterpret_cast<const char*>(payload.data()), static_cast<std::streamsize>(payload.size()));
+  if (!out.flush()) fail("path: writing '", path, "' failed");
+}
+
+std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("path: cannot open '", path, "'");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("path: '", path, "' is not a regular file");
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  FileHeader header{};
+  if (size < sizeof header || ::pread(fd, &header, sizeof header, 0) != static_cast<ssize_t>(sizeof header)) {
+    ::close(fd);
+    fail("trie file '", path, "' is truncated: no complete header");
+  }
+  if (std::memcmp(header.magic, kMagic, 8) != 0) {
+    ::close(fd);
+    fail("'", path, "' is not a pyfastseq trie file (bad magic)");
+  }
+  if (header.version != kVersion || header.header_bytes != sizeof header) {
+    ::close(fd);
+    fail("trie file '", path, "' has unsupported version ", header.version, " (this build reads version ", kVersion, ")");
+  }
+  if (header.num_nodes < 1 || header.num_nodes > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
+    ::close(fd);
+    fail("trie file is corrupt: bad node count ", header.num_nodes);
+  }
+
+  std::unique_ptr<Trie> trie(new Trie());
+  const uint64_t payload_bytes = size - sizeof header;
+  const uint8_t* payload = nullptr;
+  std::vector<uint8_t> buffer;
+  if (mmap) {
+    void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (mapped == MAP_FAILED) fail("path: cannot memory-map '", path, "'");
+    trie->mapping_ = mapped;
+    trie->mapping_size_ = size;
+    payload = static_cast<const uint8_t*>(mapped) + sizeof header;
+  } else {
+    buffer.resize(payload_bytes);
+    uint64_t done = 0;
+    while (done < payload_bytes) {
+      const ssize_t got = ::pread(fd, buffer.data() + done, payload_bytes - done, static_cast<off_t>(sizeof header + done));
+      if (got <= 0) break;
+      done += static_cast<uint64_t>(got);
+    }
+    ::close(fd);
+    if (done != payload_bytes) fail("path: reading '", path, "' failed");
+    payload = buffer.data();
+  }
+  validate(header, payload, payload_bytes);  // throws; the unique_ptr unmaps
+
+  const uint64_t n = header.num_nodes;
+  const Layout layout(n);
+  if (mmap) {
+    trie->set_views(reinterpret_cast<const uint32_t*>(payload),
+                    reinterpret_cast<const int32_t*>(payload + layout.begin_bytes),
+                    reinterpret_cast<const uint64_t*>(payload + layout.begin_bytes + layout.token_bytes),
+                    static_cast<int32_t>(n));
+  } else {
+    const auto* begin = reinterpret_cast<const uint32_t*>(payload);
+    const auto* token = reinterpret_cast<const int32_t*>(payload + layout.begin_bytes);
+    const auto* terminal = reinterpret_cast<const uint64_t*>(payload + layout.begin_bytes + layout.token_bytes);
+    trie->child_begin_.assign(begin, begin + n + 1);
+    trie->child_token_.assign(token, token + n - 1);
+    trie->terminal_.assign(terminal, terminal + layout.terminal_bytes / 8);
+    trie->set_views(trie->child_begin_.data(), trie->child_token_.data(), trie->terminal_.data(), static_cast<int32_t>(n));
+  }
+  trie->num_items_ = static_cast<int64_t>(header.num_items);
+  trie->eos_id_ = header.eos_id;
+  trie->max_token_ = header.max_token;
+  trie->compute_depth();
+  return trie;
+}
+
+}  // namespace pyfastseq

@@ -1,0 +1,80 @@
+"""Argument checks shared by the public API. Messages name the argument and the bad value."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import torch
+
+INT32_MAX = 2**31 - 1
+
+
+def as_token_array(values: Any, name: str) -> np.ndarray:
+    """A 1-D int32 array of non-negative token ids."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int32)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(arr.shape)}")
+    return _checked_int32(arr, name)
+
+
+def _checked_int32(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > INT32_MAX):
+        bad = arr.min() if arr.min() < 0 else arr.max()
+        raise ValueError(f"{name} holds token id {int(bad)} outside [0, 2**31 - 1]")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> tuple[np.ndarray, np.ndarray]:
+    """(int32 tokens, int64 offsets) from a list of int sequences, a 2-D array, or tokens + offsets."""
+    if offsets is not None:
+        if isinstance(offsets, torch.Tensor):
+            offsets = offsets.detach().cpu().numpy()
+        offs = np.asarray(offsets)
+        if offs.ndim != 1 or offs.size < 1 or not np.issubdtype(offs.dtype, np.integer):
+            raise ValueError("offsets must be a 1-D integer array of length num_sequences + 1")
+        tokens = as_token_array(sequences, name)
+        return tokens, np.ascontiguousarray(offs, dtype=np.int64)
+    if isinstance(sequences, torch.Tensor):
+        sequences = sequences.detach().cpu().numpy()
+    if isinstance(sequences, np.ndarray):
+        if sequences.ndim != 2:
+            raise ValueError(f"{name} as an array must be 2-D [num_sequences, length], got shape {sequences.shape}")
+        tokens = _checked_int32(sequences.reshape(-1), name)
+        offs = np.arange(sequences.shape[0] + 1, dtype=np.int64) * sequences.shape[1]
+        return tokens, offs
+    if isinstance(sequences, (str, bytes)):
+        raise TypeError(f"{name} must be an iterable of integer sequences, got {type(sequences).__name__}")
+    try:
+        seqs = [s.tolist() if isinstance(s, (np.ndarray, torch.Tensor)) else s for s in sequences]
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    except TypeError as exc:
+        raise TypeError(f"{name} must be an iterable of integer sequences") from exc
+    if any(isinstance(s, (str, bytes)) for s in seqs):
+        raise TypeError(f"{name} must hold sequences of integer token ids, not strings")
+    offs = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offs[1:])
+    flat = np.array(list(itertools.chain.from_iterable(seqs)))
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.int32), offs
+    if flat.ndim != 1:
+        raise TypeError(f"{name} must hold flat sequences of integer token ids")
+    return _checked_int32(flat, name), offs
+
+
+def as_eos_id(eos_id: Any) -> int:
+    """eos_id as an int in [0, 2**31 - 1], or -1 for None."""
+    if eos_id is None:
+        return -1
+    if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)):
+        raise TypeError(f"eos_id must be an int or None, got {type(eos_id).__name__}")
+    if not 0 <= eos_id <= INT32_MAX:
+        raise ValueError(f"eos_id must be in [0, 2**31 - 1], got {eos_id}")
+    return int(eos_id)

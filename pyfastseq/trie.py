@@ -1,0 +1,243 @@
+"""The prefix tree that constrains decoding to a catalogue of token sequences (seed 001)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from . import _backend
+from ._backend import _C
+from ._validate import INT32_MAX, as_eos_id, as_token_array, flatten_sequences
+
+__all__ = ["Trie"]
+
+
+class Trie:
+    """An immutable prefix tree over int token sequences, stored natively as a breadth-first CSR.
+
+    Args:
+        sequences: an iterable of int sequences, a 2-D int array ``[num_sequences, length]``, or,
+            with ``offsets``, a flat int array of all tokens (the fast path for millions of items).
+        eos_id: when given, appended to every sequence that does not already end with it, so that a
+            sequence which is a prefix of another can still be chosen (it ends with eos).
+        offsets: int64 ``[num_sequences + 1]``; sequence ``i`` is ``sequences[offsets[i]:offsets[i+1]]``.
+
+    Duplicates merge, and every stored sequence stays an entry even when it is a prefix of another.
+    Token ids must lie in ``[0, 2**31 - 1]``. An empty ``sequences`` raises ``ValueError``: a trie
+    with no entry would mask every token. A Trie never changes after construction, so one instance
+    can be shared by any number of threads and searches.
+
+    Example:
+        >>> trie = Trie([[5, 7], [5, 8, 2], [9]], eos_id=2)
+        >>> trie.children(trie.walk([5]))[0].tolist()
+        [7, 8]
+        >>> trie.contains([5, 8, 2]), trie.contains([5])
+        (True, False)
+    """
+
+    root = 0
+
+    def __init__(self, sequences: Iterable[Any], eos_id: int | None = None, *, offsets: Any = None):
+        tokens, offs = flatten_sequences(sequences, offsets)
+        self._init(_C.Trie.build(tokens, offs, as_eos_id(eos_id)))
+
+    def _init(self, native: Any) -> None:
+        self._native = native
+        self._device_arrays: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True) -> "Trie":
+        """Load a file written by :meth:`save`; with ``mmap`` the arrays are mapped read-only and
+        shared by every process that maps the same file. Any defect raises ``ValueError``."""
+        trie = cls.__new__(cls)
+        trie._init(_C.Trie.load(os.fspath(path), bool(mmap)))
+        return trie
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the versioned, checksummed binary format that :meth:`load` reads."""
+        self._native.save(os.fspath(path))
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of distinct stored sequences."""
+        return self._native.num_items
+
+    def __repr__(self) -> str:
+        eos = "" if self.eos_id is None else f", eos_id={self.eos_id}"
+        return f"Trie({len(self)} sequences, {self.num_nodes} nodes, depth {self.depth}{eos})"
+
+    @property
+    def num_nodes(self) -> int:
+        return self._native.num_nodes
+
+    @property
+    def eos_id(self) -> int | None:
+        eos = self._native.eos_id
+        return None if eos < 0 else eos
+
+    @property
+    def depth(self) -> int:
+        """Length of the longest stored sequence (eos included)."""
+        return self._native.depth
+
+    @property
+    def max_token(self) -> int:
+        """The largest token id on any edge: logits must have a vocabulary larger than this."""
+        return self._native.max_token
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the CSR arrays."""
+        return sum(a.nbytes for a in self._native.arrays())
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def walk(self, seq: Any) -> int:
+        """Node id after consuming ``seq`` from the root, or -1 if ``seq`` is not a stored prefix."""
+        try:
+            tokens = as_token_array(seq, "seq")
+        except ValueError:
+            if np.asarray(seq).ndim == 1:  # an id outside [0, 2**31) cannot be on any path
+                return -1
+            raise
+        return self._native.walk(tokens)
+
+    def contains(self, seq: Any) -> bool:
+        """True when ``seq`` is a whole stored sequence (with eos, when the trie was built with one)."""
+        node = self.walk(seq)
+        return node >= 0 and self._native.is_terminal(node)
+
+    def __contains__(self, seq: Any) -> bool:
+        return self.contains(seq)
+
+    def is_terminal(self, node: int) -> bool:
+        """True when a stored sequence ends at ``node``."""
+        return self._native.is_terminal(self._node(node))
+
+    def children(self, node: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens, nodes)``: int32 arrays of the children of ``node``, tokens ascending."""
+        return self._native.children(self._node(node))
+
+    def step(self, nodes: Any, tokens: Any) -> Any:
+        """Vectorised transition: the child of ``nodes[i]`` via ``tokens[i]``, -1 where absent or
+        where ``nodes[i]`` is -1. Torch tensors in give a torch tensor out (on the same device)."""
+        as_torch = isinstance(nodes, torch.Tensor)
+        device = nodes.device if as_torch else None
+        node_arr = _as_int32(nodes, "nodes")
+        token_arr = _as_int32(tokens, "tokens")
+        if node_arr.shape != token_arr.shape:
+            raise ValueError(f"nodes and tokens must have the same shape, got {node_arr.shape} and {token_arr.shape}")
+        out = self._native.step(node_arr.reshape(-1), token_arr.reshape(-1)).reshape(node_arr.shape)
+        return torch.from_numpy(out).to(device) if as_torch else out
+
+    def _node(self, node: Any) -> int:
+        if isinstance(node, torch.Tensor):
+            node = node.item()
+        if isinstance(node, bool) or not isinstance(node, (int, np.integer)):
+            raise TypeError(f"node must be an int, got {type(node).__name__}")
+        if not 0 <= node < self.num_nodes:
+            raise ValueError(f"node must be a node id in [0, {self.num_nodes}), got {node}")
+        return int(node)
+
+    # -- masking -----------------------------------------------------------------------------
+
+    def mask_logits(self, logits: torch.Tensor, nodes: Any, fill: float = float("-inf")) -> torch.Tensor:
+        """Set every logit that is not a child token of the row's node to ``fill``, in place.
+
+        Args:
+            logits: ``[N, V]`` float32/float16/bfloat16 tensor, CPU or CUDA, any row stride.
+            nodes: ``[N]`` node ids; -1 marks a row with no continuation, which is filled entirely.
+            fill: the value masked entries get.
+
+        Returns ``logits``. ``V`` must exceed :attr:`max_token`.
+        """
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        if logits.dtype not in _backend.ELEM_BYTES:
+            raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+        if logits.dim() != 2:
+            raise ValueError(f"logits must be 2-D [N, V], got shape {tuple(logits.shape)}")
+        if logits.shape[1] <= self.max_token:
+            raise ValueError(
+                f"the trie holds token id {self.max_token} but logits has only {logits.shape[1]} columns (vocabulary)"
+            )
+        node_tensor = _node_tensor(nodes, logits.shape[0], logits.device)
+        child_begin, child_token = self._arrays_on(logits.device)
+        torch.ops.pyfastseq.trie_mask_(logits, node_tensor, child_begin, child_token, float(fill))
+        return logits
+
+    def _arrays_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CSR child offsets (as int32) and tokens as tensors on ``device``, cached."""
+        arrays = self._device_arrays.get(device)
+        if arrays is None:
+            child_begin, child_token, _ = self._native.arrays()
+            with warnings.catch_warnings():  # the views are read-only; kernels never write them
+                warnings.simplefilter("ignore", UserWarning)
+                arrays = (
+                    torch.from_numpy(child_begin.view(np.int32)).to(device),
+                    torch.from_numpy(child_token).to(device),
+                )
+            self._device_arrays[device] = arrays
+        return arrays
+
+
+def _as_int32(values: Any, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < -(2**31) or arr.max() > INT32_MAX):
+        raise ValueError(f"{name} holds a value outside the int32 range")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _node_tensor(nodes: Any, rows: int, device: torch.device) -> torch.Tensor:
+    if isinstance(nodes, torch.Tensor):
+        if nodes.dtype.is_floating_point or nodes.dtype in (torch.bool, torch.complex64, torch.complex128):
+            raise TypeError(f"nodes must be an integer tensor, got {nodes.dtype}")
+        tensor = nodes
+    else:
+        tensor = torch.from_numpy(_as_int32(nodes, "nodes"))
+    if tensor.dim() != 1 or tensor.shape[0] != rows:
+        raise ValueError(f"nodes must be 1-D with one node per logits row ({rows}), got shape {tuple(tensor.shape)}")
+    return tensor.to(device=device, dtype=torch.int32).contiguous()
+
+
+@torch.library.custom_op("pyfastseq::trie_mask_", mutates_args=("logits",), device_types=("cpu", "cuda"))
+def _trie_mask_op(
+    logits: torch.Tensor, nodes: torch.Tensor, child_begin: torch.Tensor, child_token: torch.Tensor, fill: float
+) -> None:
+    target = logits if logits.stride(1) == 1 else logits.contiguous()
+    rows, vocab = target.shape
+    if rows and vocab:
+        num_nodes = child_begin.shape[0] - 1
+        args = (
+            target.data_ptr(), rows, vocab, target.stride(0), _backend.ELEM_BYTES[target.dtype],
+            _backend.fill_bits(fill, target.dtype), nodes.data_ptr(), child_begin.data_ptr(), child_token.data_ptr(),
+            num_nodes,
+        )
+        if target.is_cuda:
+            bad = (nodes < -1) | (nodes >= num_nodes)
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0, 0])
+                raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {int(nodes[row])}")
+            status = _backend.cuda().trie_mask(*args, _backend.stream_of(target))
+            if status != 0:
+                raise RuntimeError(f"trie mask kernel launch failed (cudaError {status})")
+        else:
+            row = _C.trie_mask(*args)
+            if row >= 0:
+                raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {int(nodes[row])}")
+    if target is not logits:
+        logits.copy_(target)
+
+
+@_trie_mask_op.register_fake
+def _(logits, nodes, child_begin, child_token, fill):
+    return None

@@ -1,0 +1,34 @@
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_cuda)
+
+
+def devices():
+    """CPU always; CUDA as a marked parameter that skips without a GPU."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# Keep hypothesis bounded in CI; PYFASTSEQ_HYPOTHESIS_PROFILE=thorough runs more examples by hand.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("thorough", max_examples=2000, deadline=None)
+    settings.load_profile(os.environ.get("PYFASTSEQ_HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover
+    pass
