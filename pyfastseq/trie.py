@@ -47,7 +47,12 @@ class Trie:
 
     def _init(self, native: Any) -> None:
         self._native = native
-        self._device_arrays: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        child_begin, child_token, _ = native.arrays()
+        with warnings.catch_warnings():  # the views are read-only; kernels never write them
+            warnings.simplefilter("ignore", UserWarning)
+            cpu = (torch.from_numpy(child_begin.view(np.int32)), torch.from_numpy(child_token))
+        # CSR child offsets (as int32) and tokens per device; CPU ones share the trie's memory.
+        self._device_arrays: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {torch.device("cpu"): cpu}
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True) -> "Trie":
@@ -172,16 +177,10 @@ class Trie:
         return logits
 
     def _arrays_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The CSR child offsets (as int32) and tokens as tensors on ``device``, cached."""
+        """The CSR child offsets and tokens as tensors on ``device``, copied there once."""
         arrays = self._device_arrays.get(device)
         if arrays is None:
-            child_begin, child_token, _ = self._native.arrays()
-            with warnings.catch_warnings():  # the views are read-only; kernels never write them
-                warnings.simplefilter("ignore", UserWarning)
-                arrays = (
-                    torch.from_numpy(child_begin.view(np.int32)).to(device),
-                    torch.from_numpy(child_token).to(device),
-                )
+            arrays = tuple(a.to(device) for a in self._device_arrays[torch.device("cpu")])
             self._device_arrays[device] = arrays
         return arrays
 
@@ -190,6 +189,8 @@ def _as_int32(values: Any, name: str) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     arr = np.asarray(values)
+    if arr.size == 0:
+        return np.zeros(arr.shape, dtype=np.int32)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.size and (arr.min() < -(2**31) or arr.max() > INT32_MAX):

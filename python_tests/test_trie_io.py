@@ -1,0 +1,186 @@
+"""Trie files: round trips, and every kind of damage rejected with ValueError."""
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import pyfastseq as fs
+
+pytestmark = pytest.mark.native
+
+HEADER = 64
+M64 = (1 << 64) - 1
+
+
+def checksum(payload: bytes) -> int:
+    """The file format's payload hash, written independently of the C++ one."""
+    h = 0x9E3779B97F4A7C15 ^ len(payload)
+    for (word,) in struct.iter_unpack("<Q", payload):
+        h ^= (word * 0xC2B2AE3D27D4EB4F) & M64
+        h = ((((h << 31) | (h >> 33)) & M64) * 0x9E3779B97F4A7C15) & M64
+    return h ^ (h >> 29)
+
+
+def arrays(trie):
+    return [a.tolist() for a in trie._native.arrays()]
+
+
+@pytest.fixture
+def trie():
+    return fs.Trie([[3, 1, 4], [3, 1, 5], [9], [2, 6, 5, 3]], eos_id=0)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_round_trip(tmp_path, trie, mmap):
+    path = tmp_path / "t.trie"
+    trie.save(path)
+    loaded = fs.Trie.load(path, mmap=mmap)
+    assert loaded._native.memory_mapped == mmap
+    assert arrays(loaded) == arrays(trie)
+    assert (len(loaded), loaded.num_nodes, loaded.depth, loaded.eos_id, loaded.max_token) == (
+        len(trie), trie.num_nodes, trie.depth, trie.eos_id, trie.max_token,
+    )
+    assert loaded.contains([3, 1, 5, 0]) and not loaded.contains([3, 1])
+
+
+@given(st.lists(st.lists(st.integers(0, 300), min_size=1, max_size=6), min_size=1, max_size=30))
+def test_round_trip_random(tmp_path_factory, sequences):
+    path = tmp_path_factory.mktemp("t") / "t.trie"
+    trie = fs.Trie(sequences)
+    trie.save(str(path))
+    assert arrays(fs.Trie.load(str(path))) == arrays(trie)
+    assert checksum(path.read_bytes()[HEADER:]) == struct.unpack_from("<Q", path.read_bytes(), 48)[0]
+
+
+def write_patched(path, data: bytearray, fix_checksum: bool):
+    if fix_checksum:
+        struct.pack_into("<Q", data, 48, checksum(bytes(data[HEADER:])))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_truncation_at_every_length(tmp_path, trie, mmap):
+    good = tmp_path / "good.trie"
+    trie.save(good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.trie"
+    for cut in range(len(data)):
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="truncated|bad magic"):
+            fs.Trie.load(bad, mmap=mmap)
+    bad.write_bytes(data + b"\0" * 8)
+    with pytest.raises(ValueError, match="trailing bytes"):
+        fs.Trie.load(bad, mmap=mmap)
+
+
+@pytest.mark.parametrize(
+    "offset, value, match",
+    [
+        (0, b"NOTATRIE", "bad magic"),
+        (8, struct.pack("<I", 2), "unsupported version 2"),
+        (12, struct.pack("<I", 80), "unsupported version"),
+        (16, struct.pack("<Q", 0), "bad node count"),
+        (16, struct.pack("<Q", 2**40), "bad node count"),
+        (16, struct.pack("<Q", 5), "truncated"),
+        (40, struct.pack("<Q", 8), "truncated"),
+        (48, struct.pack("<Q", 12345), "checksum mismatch"),
+    ],
+)
+def test_damaged_header(tmp_path, trie, offset, value, match):
+    path = tmp_path / "t.trie"
+    trie.save(path)
+    data = bytearray(path.read_bytes())
+    data[offset : offset + len(value)] = value
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=match):
+        fs.Trie.load(path)
+
+
+def test_flipped_payload_bits_fail_checksum(tmp_path, trie):
+    path = tmp_path / "t.trie"
+    trie.save(path)
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for position in rng.integers(HEADER, len(data), size=40):
+        damaged = bytearray(data)
+        damaged[position] ^= 1 << int(rng.integers(0, 8))
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match="checksum mismatch"):
+            fs.Trie.load(path)
+
+
+def section_offsets(num_nodes):
+    pad = lambda n: (n + 7) // 8 * 8  # noqa: E731
+    begin = HEADER
+    token = begin + pad((num_nodes + 1) * 4)
+    terminal = token + pad((num_nodes - 1) * 4)
+    return begin, token, terminal
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("begin_first", "bad child offsets"),
+        ("begin_decrease", "child offsets decrease|child numbered before"),
+        ("token_order", "not ascending"),
+        ("token_negative", "not ascending and non-negative"),
+        ("leaf_not_terminal", "is not terminal"),
+        ("item_count", "item count mismatch"),
+        ("max_token", "max token mismatch"),
+        ("stray_bits", "stray terminal bits"),
+        ("eos", "bad eos_id"),
+    ],
+)
+def test_structurally_invalid_file_with_valid_checksum(tmp_path, trie, damage, match):
+    """Damage that a checksum cannot catch (the file was written that way) is still rejected."""
+    path = tmp_path / "t.trie"
+    trie.save(path)
+    data = bytearray(path.read_bytes())
+    n = trie.num_nodes
+    begin, token, terminal = section_offsets(n)
+    if damage == "begin_first":
+        struct.pack_into("<I", data, begin, 1)
+    elif damage == "begin_decrease":
+        struct.pack_into("<I", data, begin + 4 * 2, 0)
+    elif damage == "token_order":  # root children are tokens [3, 9, 2...] sorted: swap two
+        a, b = struct.unpack_from("<ii", data, token)
+        struct.pack_into("<ii", data, token, b, a)
+    elif damage == "token_negative":
+        struct.pack_into("<i", data, token, -5)
+    elif damage == "leaf_not_terminal":
+        word = struct.unpack_from("<Q", data, terminal)[0]
+        struct.pack_into("<Q", data, terminal, word & ~(1 << (n - 1)))
+    elif damage == "item_count":
+        struct.pack_into("<Q", data, 24, len(trie) + 1)
+    elif damage == "max_token":
+        struct.pack_into("<i", data, 36, trie.max_token + 1)
+    elif damage == "stray_bits":
+        word = struct.unpack_from("<Q", data, terminal)[0]
+        struct.pack_into("<Q", data, terminal, word | (1 << 63))
+    elif damage == "eos":
+        struct.pack_into("<i", data, 32, -7)
+    write_patched(path, data, fix_checksum=True)
+    with pytest.raises(ValueError, match=match):
+        fs.Trie.load(path)
+
+
+def test_missing_and_non_regular_files(tmp_path):
+    with pytest.raises(ValueError, match="cannot open"):
+        fs.Trie.load(tmp_path / "absent.trie")
+    with pytest.raises(ValueError, match="not a regular file"):
+        fs.Trie.load(tmp_path)
+    with pytest.raises(ValueError, match="cannot open"):
+        fs.Trie([[1]]).save(tmp_path / "no" / "such" / "dir.trie")
+
+
+def test_mapped_trie_outlives_views(tmp_path, trie):
+    path = tmp_path / "t.trie"
+    trie.save(path)
+    loaded = fs.Trie.load(path, mmap=True)
+    child_begin, _, _ = loaded._native.arrays()
+    del loaded
+    assert child_begin.tolist() == trie._native.arrays()[0].tolist()
+    assert not child_begin.flags.writeable

@@ -1,0 +1,153 @@
+"""Trie.mask_logits against a masked_fill reference, over dtypes, strides, devices and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import devices
+from hypothesis import given
+from hypothesis import strategies as st
+
+import pyfastseq as fs
+from pyfastseq.reference.trie import DictTrie, mask_logits as reference_mask
+
+pytestmark = pytest.mark.native
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def random_trie(rng, vocab, num_seqs, max_len, eos_id=None):
+    seqs = [rng.integers(0, vocab, size=rng.integers(1, max_len + 1)).tolist() for _ in range(num_seqs)]
+    return seqs, fs.Trie(seqs, eos_id=eos_id), DictTrie(seqs, eos_id=eos_id)
+
+
+def rows_for(trie, ref, rng, num_rows):
+    """Random (node, allowed tokens) rows: nodes reached by walking stored prefixes, plus -1 rows."""
+    stored = ref.sequences()
+    nodes, allowed = [], []
+    for _ in range(num_rows):
+        if rng.random() < 0.1:
+            nodes.append(-1)
+            allowed.append([])
+            continue
+        seq = stored[rng.integers(len(stored))]
+        prefix = seq[: rng.integers(0, len(seq) + 1)]
+        nodes.append(trie.walk(prefix))
+        allowed.append(ref.children(prefix))
+    return nodes, allowed
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows__vocab", [(1, 1), (7, 37), (64, 1000), (33, 4099), (0, 50), (5, 0)])
+def test_matches_masked_fill(device, dtype, rows__vocab):
+    rows, vocab = rows__vocab
+    rng = np.random.default_rng(rows * 7 + vocab)
+    vocab_for_trie = max(vocab, 1)
+    seqs, trie, ref = random_trie(rng, vocab_for_trie, num_seqs=50, max_len=5, eos_id=0)
+    nodes, allowed = rows_for(trie, ref, rng, rows)
+    logits = torch.randn(rows, vocab, dtype=dtype, device=device)
+    if vocab == 0:
+        with pytest.raises(ValueError, match="columns"):
+            trie.mask_logits(logits, nodes)
+        return
+    expected = reference_mask(logits.cpu(), allowed)
+    out = trie.mask_logits(logits, nodes)
+    assert out is logits
+    torch.testing.assert_close(logits.cpu(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("layout", ["row_slice", "transposed", "column_slice"])
+def test_non_contiguous_logits(device, layout):
+    rng = np.random.default_rng(1)
+    _, trie, ref = random_trie(rng, 40, 30, 4)
+    nodes, allowed = rows_for(trie, ref, rng, 12)
+    if layout == "row_slice":
+        base = torch.randn(12, 64, device=device)
+        logits = base[:, :48]
+    elif layout == "transposed":
+        base = torch.randn(48, 12, device=device)
+        logits = base.t()
+    else:
+        base = torch.randn(24, 48, device=device)
+        logits = base[::2]
+    expected = reference_mask(logits.cpu(), allowed)
+    before = base.clone()
+    trie.mask_logits(logits, nodes)
+    torch.testing.assert_close(logits.cpu(), expected, rtol=0, atol=0)
+    untouched = torch.ones_like(base, dtype=torch.bool)
+    if layout == "row_slice":
+        untouched[:, :48] = False
+    elif layout == "transposed":
+        untouched[:] = False
+    else:
+        untouched[::2] = False
+    assert torch.equal(base[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("fill", [-1e4, 0.0, float("inf")])
+def test_custom_fill(fill):
+    trie = fs.Trie([[2, 3], [4]])
+    logits = torch.zeros(2, 6)
+    trie.mask_logits(logits, torch.tensor([0, trie.walk([2])]), fill=fill)
+    expected = torch.full((2, 6), fill)
+    expected[0, [2, 4]] = 0
+    expected[1, 3] = 0
+    assert torch.equal(logits, expected)
+
+
+@given(st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=5), min_size=1, max_size=25), st.data())
+def test_hypothesis_masks(sequences, data):
+    trie, ref = fs.Trie(sequences), DictTrie(sequences)
+    prefixes = [s[: data.draw(st.integers(0, len(s)))] for s in sequences]
+    logits = torch.randn(len(prefixes), 31)
+    expected = reference_mask(logits, [ref.children(p) for p in prefixes])
+    trie.mask_logits(logits, [trie.walk(p) for p in prefixes])
+    assert torch.equal(logits, expected)
+
+
+def test_large_batch_uses_every_row():
+    """Big enough to take the multi-threaded path."""
+    rng = np.random.default_rng(2)
+    _, trie, ref = random_trie(rng, 5000, 400, 6)
+    nodes, allowed = rows_for(trie, ref, rng, 300)
+    logits = torch.randn(300, 5000)
+    expected = reference_mask(logits, allowed)
+    trie.mask_logits(logits, nodes)
+    assert torch.equal(logits, expected)
+
+
+def test_composes_with_torch_compile():
+    trie = fs.Trie([[1, 2], [3]])
+    nodes = torch.tensor([0, 1], dtype=torch.int32)
+
+    def masked_softmax(x):
+        return torch.softmax(trie.mask_logits(x.clone() * 2, nodes), dim=-1)
+
+    x = torch.randn(2, 5)
+    compiled = torch.compile(masked_softmax, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), masked_softmax(x))
+
+
+def test_bad_arguments():
+    trie = fs.Trie([[1, 2], [3]])
+    logits = torch.zeros(2, 5)
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
+        trie.mask_logits(np.zeros((2, 5), dtype=np.float32), [0, 0])
+    with pytest.raises(TypeError, match="logits must be float32, float16 or bfloat16"):
+        trie.mask_logits(torch.zeros(2, 5, dtype=torch.float64), [0, 0])
+    with pytest.raises(ValueError, match="logits must be 2-D"):
+        trie.mask_logits(torch.zeros(5), [0])
+    with pytest.raises(ValueError, match=r"trie holds token id 3 but logits has only 3 columns"):
+        trie.mask_logits(torch.zeros(2, 3), [0, 0])
+    with pytest.raises(ValueError, match=r"nodes must be 1-D with one node per logits row \(2\)"):
+        trie.mask_logits(logits, [0])
+    with pytest.raises(ValueError, match=r"nodes\[1\] must be -1 or a node id in \[0, 4\), got 4"):
+        trie.mask_logits(logits, [0, 4])
+    with pytest.raises(ValueError, match=r"nodes\[0\] must be -1 or a node id"):
+        trie.mask_logits(logits, [-2, 0])
+    with pytest.raises(TypeError, match="nodes must be an integer tensor"):
+        trie.mask_logits(logits, torch.zeros(2))
+    with pytest.raises(TypeError, match="nodes must hold integers"):
+        trie.mask_logits(logits, [0.0, 1.0])
+    assert torch.equal(logits, torch.zeros(2, 5))  # nothing written on any failure
