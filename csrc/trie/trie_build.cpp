@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/parallel.h"
 #include "trie/trie.h"
 
 namespace pyfastseq {
@@ -60,33 +61,49 @@ std::unique_ptr<Trie> Trie::build(const int32_t* tokens, int64_t num_tokens, con
   std::vector<uint32_t>& child_begin = trie->child_begin_;
   std::vector<int32_t>& child_token = trie->child_token_;
   std::vector<uint8_t> terminal;
+  int32_t max_token = -1;
   child_begin.reserve(static_cast<size_t>(total) + 2);
   child_token.reserve(static_cast<size_t>(total));
 
   std::vector<ItemRange> level{{0, num_sequences}}, next;
   int32_t depth = 0;
+  // key[i]: item i's token at the current depth. Filled by one sequential pass per level, so the
+  // per-range lookups below hit this compact column instead of scattered reads of the token buffer.
+  std::vector<int32_t> key(num_sequences);
   std::vector<std::pair<int32_t, int32_t>> keyed;  // (token at depth, item) for one range
   while (!level.empty()) {
+    parallel_for(num_sequences, 1, [&](int64_t i) { key[i] = token_at(static_cast<int32_t>(i), depth); });
     next.clear();
     for (const ItemRange& range : level) {
       child_begin.push_back(static_cast<uint32_t>(child_token.size()));
-      keyed.clear();
-      for (int64_t k = range.begin; k < range.end; ++k) keyed.emplace_back(token_at(order[k], depth), order[k]);
-      std::sort(keyed.begin(), keyed.end());
-      for (size_t k = 0; k < keyed.size(); ++k) order[range.begin + static_cast<int64_t>(k)] = keyed[k].second;
       bool is_terminal = false;
-      size_t k = 0;
-      while (k < keyed.size()) {
-        size_t run_end = k;
-        while (run_end < keyed.size() && keyed[run_end].first == keyed[k].first) ++run_end;
-        if (keyed[k].first < 0) {
+      if (range.end - range.begin == 1) {  // a lone item: the common case deep in a catalogue
+        const int32_t token = key[order[range.begin]];
+        if (token < 0) {
           is_terminal = true;
         } else {
-          child_token.push_back(keyed[k].first);
-          trie->max_token_ = std::max(trie->max_token_, keyed[k].first);
-          next.push_back({range.begin + static_cast<int64_t>(k), range.begin + static_cast<int64_t>(run_end)});
+          child_token.push_back(token);
+          max_token = std::max(max_token, token);
+          next.push_back(range);
         }
-        k = run_end;
+      } else {
+        keyed.clear();
+        for (int64_t k = range.begin; k < range.end; ++k) keyed.emplace_back(key[order[k]], order[k]);
+        std::sort(keyed.begin(), keyed.end());
+        for (size_t k = 0; k < keyed.size(); ++k) order[range.begin + static_cast<int64_t>(k)] = keyed[k].second;
+        size_t k = 0;
+        while (k < keyed.size()) {
+          size_t run_end = k;
+          while (run_end < keyed.size() && keyed[run_end].first == keyed[k].first) ++run_end;
+          if (keyed[k].first < 0) {
+            is_terminal = true;
+          } else {
+            child_token.push_back(keyed[k].first);
+            max_token = std::max(max_token, keyed[k].first);
+            next.push_back({range.begin + static_cast<int64_t>(k), range.begin + static_cast<int64_t>(run_end)});
+          }
+          k = run_end;
+        }
       }
       terminal.push_back(is_terminal);
       trie->num_items_ += is_terminal;
@@ -94,6 +111,7 @@ std::unique_ptr<Trie> Trie::build(const int32_t* tokens, int64_t num_tokens, con
     std::swap(level, next);
     ++depth;
   }
+  trie->max_token_ = max_token;
   child_begin.push_back(static_cast<uint32_t>(child_token.size()));
   child_begin.shrink_to_fit();
   child_token.shrink_to_fit();
