@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from ._config import show_config
 from .trie import Trie
 
-__all__ = ["Trie", "__version__"]
+__all__ = ["Trie", "__version__", "show_config"]

@@ -8,6 +8,7 @@ namespace py = pybind11;
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "pyfastseq CUDA kernels. Use the pyfastseq package, not this module.";
+  m.attr("architectures") = PYFASTSEQ_CUDA_ARCHITECTURES;
   m.def(
       "trie_mask",
       [](uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, int32_t elem_bytes,
