@@ -41,7 +41,7 @@ def test_build_pyfastseq(benchmark, name):
     items = len(offsets) - 1
     assert len(trie) == len(set(map(bytes, np.split(tokens.view(np.uint8), offsets[1:-1] * 4))))
     benchmark.extra_info.update(
-        items=items, bytes_per_item=trie.nbytes / items, items_per_s=items / benchmark.stats.stats.median,
+        impl="pyfastseq", items=items, bytes_per_item=trie.nbytes / items, items_per_s=items / benchmark.stats.stats.median,
         nodes=trie.num_nodes,
     )
 
@@ -58,7 +58,8 @@ def test_build_dict_trie(benchmark, name):
     tracemalloc.stop()
     del ref
     items = len(seqs)
-    benchmark.extra_info.update(items=items, bytes_per_item=size / items, items_per_s=items / benchmark.stats.stats.median)
+    benchmark.extra_info.update(impl="dict-of-dicts trie", items=items, bytes_per_item=size / items,
+                                items_per_s=items / benchmark.stats.stats.median)
 
 
 @pytest.mark.parametrize("name", list(CATALOGUES))
@@ -69,7 +70,7 @@ def test_build_marisa(benchmark, name):
     trie = benchmark.pedantic(marisa_trie.Trie, args=(keys,), rounds=1)
     items = len(keys)
     benchmark.extra_info.update(
-        items=items, bytes_per_item=len(trie.tobytes()) / items, items_per_s=items / benchmark.stats.stats.median
+        impl="marisa-trie", items=items, bytes_per_item=len(trie.tobytes()) / items, items_per_s=items / benchmark.stats.stats.median
     )
 
 
@@ -109,7 +110,7 @@ def test_mask_pyfastseq(benchmark, mask_inputs, case):
     expected = _transformers_processor(ref, input_ids.shape[0])(input_ids, logits.clone())
     assert torch.equal(trie.mask_logits(work, nodes), expected)
     benchmark(trie.mask_logits, work, nodes)
-    benchmark.extra_info.update(rows=logits.shape[0], vocab=logits.shape[1],
+    benchmark.extra_info.update(impl="pyfastseq", rows=logits.shape[0], vocab=logits.shape[1],
                                 gb_per_s=logits.numel() * 4 / benchmark.stats.stats.median / 1e9)
 
 
@@ -118,7 +119,8 @@ def test_mask_transformers(benchmark, mask_inputs, case):
     _, ref, _, input_ids, logits = mask_inputs(case)
     processor = _transformers_processor(ref, input_ids.shape[0])
     benchmark(processor, input_ids, logits)
-    benchmark.extra_info.update(rows=logits.shape[0], vocab=logits.shape[1])
+    benchmark.extra_info.update(impl="transformers PrefixConstrainedLogitsProcessor", rows=logits.shape[0],
+                                vocab=logits.shape[1])
 
 
 def _transformers_processor(ref, rows):

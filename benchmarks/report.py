@@ -1,0 +1,127 @@
+"""Turn pytest-benchmark JSON files into the markdown ratio table and a PNG chart.
+
+    python benchmarks/report.py trie.json beam.json ... --markdown table.md --png ratios.png
+
+A benchmark names its implementation by ``extra_info["impl"]``, an ``impl`` parameter, or the last
+word of its test name (``test_mask_pyfastseq`` / ``test_mask_transformers``); pyfastseq rows are
+paired with every peer row of the same test and parameters. A benchmark that timed its peer itself
+records ``extra_info["peer"]`` and ``extra_info["peer_median_s"]`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+OURS = "pyfastseq"
+
+
+@dataclass
+class Row:
+    what: str
+    case: str
+    peer: str
+    ours_s: float
+    peer_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.peer_s / self.ours_s
+
+
+def _split_impl(bench: dict) -> tuple[str, str]:
+    """(test name without the implementation, implementation)."""
+    base = bench["name"].split("[")[0]
+    impl = bench.get("extra_info", {}).get("impl") or (bench.get("params") or {}).get("impl")
+    if impl is None:
+        base, _, impl = base.rpartition("_")
+    return base, str(impl)
+
+
+def _case(bench: dict) -> str:
+    params = {k: v for k, v in (bench.get("params") or {}).items() if k != "impl"}
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def rows_from(files: list[Path]) -> tuple[list[Row], str]:
+    rows: list[Row] = []
+    machine = ""
+    groups: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for path in files:
+        data = json.loads(path.read_text())
+        info = data.get("machine_info", {})
+        machine = machine or f"{info.get('cpu', {}).get('brand_raw', info.get('processor', ''))}".strip()
+        module = Path(data["benchmarks"][0]["fullname"].split("::")[0]).stem if data["benchmarks"] else ""
+        for bench in data["benchmarks"]:
+            median = bench["stats"]["median"]
+            extra = bench.get("extra_info", {})
+            if "peer_median_s" in extra:
+                what = re.sub(r"^test_", "", bench["name"].split("[")[0])
+                rows.append(Row(f"{module}: {what}", _case(bench), extra.get("peer", "peer"), median, extra["peer_median_s"]))
+                continue
+            base, impl = _split_impl(bench)
+            groups[(module, base, _case(bench))][impl] = median
+    for (module, base, case), impls in groups.items():
+        if OURS not in impls:
+            continue
+        for impl, median in impls.items():
+            if impl != OURS:
+                rows.append(Row(f"{module}: {re.sub(r'^test_', '', base)}", case, impl, impls[OURS], median))
+    return rows, machine
+
+
+def markdown(rows: list[Row], machine: str) -> str:
+    lines = [f"Machine: {machine or 'unknown'}", "", "| what | case | peer | pyfastseq | peer time | ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.what} | {r.case} | {r.peer} | {_fmt(r.ours_s)} | {_fmt(r.peer_s)} | {r.ratio:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(seconds: float) -> str:
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def chart(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.what} [{r.case}] vs {r.peer}" for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.2))
+    ax.barh(range(len(rows)), [r.ratio for r in rows], color=["#2a7" if r.ratio >= 1 else "#c44" for r in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("speed-up of pyfastseq over the peer (peer time / pyfastseq time, log scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", nargs="+", type=Path, help="pytest-benchmark --benchmark-json outputs")
+    parser.add_argument("--markdown", type=Path, help="write the table here (default: print it)")
+    parser.add_argument("--png", type=Path, help="write a bar chart of the ratios here")
+    args = parser.parse_args(argv)
+    rows, machine = rows_from(args.json)
+    table = markdown(rows, machine)
+    if args.markdown:
+        args.markdown.write_text(table)
+    else:
+        print(table)
+    if args.png and rows:
+        chart(rows, args.png)
+
+
+if __name__ == "__main__":
+    main()
