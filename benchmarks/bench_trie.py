@@ -47,7 +47,7 @@ def test_build_pyfastseq(benchmark, name):
 
 
 @pytest.mark.parametrize("name", list(CATALOGUES))
-def test_build_dict_trie(benchmark, name):
+def test_build_dicttrie(benchmark, name):
     tokens, offsets = catalogue(name)
     seqs = datasets.as_lists(tokens, offsets)
     benchmark.pedantic(DictTrie, args=(seqs,), kwargs={"eos_id": datasets.EOS}, rounds=1)

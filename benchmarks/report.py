@@ -36,9 +36,10 @@ class Row:
 def _split_impl(bench: dict) -> tuple[str, str]:
     """(test name without the implementation, implementation)."""
     base = bench["name"].split("[")[0]
-    impl = bench.get("extra_info", {}).get("impl") or (bench.get("params") or {}).get("impl")
-    if impl is None:
-        base, _, impl = base.rpartition("_")
+    params = bench.get("params") or {}
+    if "impl" not in params:
+        base, _, suffix = base.rpartition("_")
+    impl = bench.get("extra_info", {}).get("impl") or params.get("impl") or suffix
     return base, str(impl)
 
 
