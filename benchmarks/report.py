@@ -103,7 +103,7 @@ def chart(rows: list[Row], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("speed-up of pyfastseq over the peer (peer time / pyfastseq time, log scale)")
+    ax.set_xlabel("pyfastseq speed-up: peer time / pyfastseq time (log)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
