@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["unilm_mask", "unilm_attention_reference", "unilm_attention_reference_lse"]
+__all__ = ["unilm_mask", "unilm_attention_probs", "unilm_attention_reference", "unilm_attention_reference_lse",
+           "unilm_attention_reference_backward"]
 
 
 def unilm_mask(prefix_lens, seq_lens, L: int) -> torch.Tensor:
@@ -46,17 +47,34 @@ def _masked_scores(q, k, prefix_lens, seq_lens, scale):
     return scores.masked_fill(~mask, float("-inf")), mask
 
 
+def unilm_attention_probs(q, k, prefix_lens, seq_lens=None, scale=None) -> torch.Tensor:
+    """Attention probabilities ``[B, H, L, L]``; rows of padded queries (no visible key) are zeros."""
+    scores, mask = _masked_scores(q, k, prefix_lens, seq_lens, scale)
+    has_key = mask.any(-1, keepdim=True)  # [B, 1, L, 1]
+    # A row with no visible key would softmax to NaN (and NaN gradients): give it zeros instead.
+    return torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1).masked_fill(~has_key, 0.0)
+
+
 def unilm_attention_reference(q, k, v, prefix_lens, seq_lens=None, scale=None) -> torch.Tensor:
     """``softmax(q k^T * scale + mask) v`` over ``[B, H, L, D]`` in the inputs' dtype, with autograd.
 
     Padded query rows (no visible key) output zeros and pass no gradient. ``scale`` defaults to
     ``D ** -0.5``.
     """
-    scores, mask = _masked_scores(q, k, prefix_lens, seq_lens, scale)
-    has_key = mask.any(-1, keepdim=True)  # [B, 1, L, 1]
-    # A row with no visible key would softmax to NaN (and NaN gradients): give it zeros instead.
-    probs = torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1).masked_fill(~has_key, 0.0)
-    return torch.matmul(probs, v)
+    return torch.matmul(unilm_attention_probs(q, k, prefix_lens, seq_lens, scale), v)
+
+
+def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None, scale=None):
+    """(dq, dk, dv) of :func:`unilm_attention_reference` written out, for code that runs with autograd
+    off (a ``torch.library`` op's implementation)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    probs = unilm_attention_probs(q, k, prefix_lens, seq_lens, scale)  # [B, H, L, L]
+    dv = torch.matmul(probs.transpose(-1, -2), dout)
+    dprobs = torch.matmul(dout, v.transpose(-1, -2))
+    dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdim=True))  # softmax backward
+    dq = torch.matmul(dscores, k) * scale
+    dk = torch.matmul(dscores.transpose(-1, -2), q) * scale
+    return dq, dk, dv
 
 
 def unilm_attention_reference_lse(q, k, prefix_lens, seq_lens=None, scale=None) -> torch.Tensor:
