@@ -262,3 +262,15 @@ def test_cuda_lengths_on_device():
         out = fs.unilm_attention(q, k, v, prefix, seq)
         ref = unilm_attention_reference(q.float(), k.float(), v.float(), prefix, seq)
         torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_benchmark_module_imports():
+    # The GPU benchmark must at least import (and skip) on a CPU-only machine.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+    spec = importlib.util.spec_from_file_location("bench_attention", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.IMPLS[0] == "pyfastseq" and module.BATCH * module.HEADS >= 128

@@ -9,19 +9,7 @@ visited. Padded queries (``i >= n``) get zero dQ and add nothing to dK/dV.
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _visible(rows, cols, s, n):
-    """[len(rows), len(cols)] UniLM mask (rows are queries)."""
-    return (rows[:, None] < n) & (cols[None, :] < n) & ((cols[None, :] < s) | (cols[None, :] <= rows[:, None]))
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
+from .tiles import dot as _dot, visible as _visible
 
 
 @triton.jit
@@ -72,7 +60,7 @@ def unilm_bwd_dkdv_kernel(
         lse = tl.load(LSE + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
         delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
         qkt = _dot(k, qt, IEEE) * qk_scale  # [BLOCK_N, BLOCK_M], log2 domain
-        visible_t = tl.trans(_visible(rows, cols, s, n))
+        visible_t = _visible(rows[None, :], cols[:, None], s, n)  # [BLOCK_N, BLOCK_M]
         pt = tl.where(visible_t, tl.exp2(qkt - lse[None, :]), 0.0)
         dv += _dot(pt.to(do.dtype), do, IEEE)
         dpt = _dot(v, tl.trans(do), IEEE)  # [BLOCK_N, BLOCK_M]
@@ -132,7 +120,7 @@ def unilm_bwd_dq_kernel(
         vt = tl.load(v_base + cols[None, :] * stride_vn + offs_d[:, None] * stride_vd,
                      mask=cols[None, :] < n, other=0.0)  # [D, BLOCK_N]
         qk = _dot(q, tl.trans(k), IEEE) * qk_scale
-        p = tl.where(_visible(rows, cols, s, n), tl.exp2(qk - lse[:, None]), 0.0)
+        p = tl.where(_visible(rows[:, None], cols[None, :], s, n), tl.exp2(qk - lse[:, None]), 0.0)
         dp = _dot(do, vt, IEEE)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, IEEE)

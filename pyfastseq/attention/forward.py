@@ -11,9 +11,11 @@ interpreter.
 import triton
 import triton.language as tl
 
+from .tiles import dot, visible
+
 # Finite "minus infinity" for the running max: a row that sees nothing keeps exp2(m_i - m_new) = 1
 # instead of exp2(-inf + inf) = NaN.
-_NEG_BIG = -1.0e30
+_NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -25,22 +27,14 @@ def _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, off
                  mask=cols[None, :] < n, other=0.0)  # [D, BLOCK_N]
     v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=cols[:, None] < n, other=0.0)  # [BLOCK_N, D]
-    if IEEE:
-        qk = tl.dot(q, kt, input_precision="ieee")
-    else:
-        qk = tl.dot(q, kt)
-    qk = qk * qk_scale  # log2 domain
+    qk = dot(q, kt, IEEE) * qk_scale  # log2 domain
     if MASKED:
-        visible = (cols[None, :] < n) & ((cols[None, :] < s) | (cols[None, :] <= offs_m[:, None]))
-        qk = tl.where(visible, qk, float("-inf"))
+        qk = tl.where(visible(offs_m[:, None], cols[None, :], s, n), qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     p = tl.exp2(qk - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if IEEE:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, IEEE)
     return acc, m_new, l_i
 
 
