@@ -143,6 +143,16 @@ def test_autograd_function_matches_public_function():
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_cpu_bfloat16_takes_the_reference(monkeypatch):
+    # The interpreter's bf16 tl.dot is wrong, so CPU bf16 never goes there, and forcing it is refused.
+    assert backend_for(torch.device("cpu"), torch.bfloat16) == "torch"
+    check_against_reference(2, 1, 23, 32, "random", True, torch.bfloat16, "cpu")
+    if CPU_KERNEL:
+        monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "triton")
+        with pytest.raises(RuntimeError, match="bfloat16"):
+            fs.unilm_attention(*_qkv(dtype=torch.bfloat16), [1, 2])
+
+
 def test_torch_backend_gradients_match_autograd(monkeypatch):
     # The fallback's hand-written backward against autograd through the reference.
     monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")

@@ -9,7 +9,8 @@ Backend, chosen per call:
 * CUDA tensors run the Triton kernels.
 * CPU tensors run the same Triton kernels under Triton's interpreter when ``TRITON_INTERPRET=1`` is
   set (before Triton is first imported) and Triton imports; otherwise the dense-mask PyTorch
-  reference of :mod:`pyfastseq.attention.reference`.
+  reference of :mod:`pyfastseq.attention.reference`. bfloat16 never runs in the interpreter (its
+  ``tl.dot`` multiplies raw bf16 bits): CPU bf16 always takes the reference.
 * ``PYFASTSEQ_ATTENTION_BACKEND=triton|torch`` forces one (``auto``, the default, does the above).
 
 Triton is imported only when a call needs it, so ``import pyfastseq`` never requires it.
@@ -48,7 +49,7 @@ def _triton_importable() -> bool:
     return True
 
 
-def backend_for(device: torch.device) -> str:
+def backend_for(device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
     """``"triton"`` or ``"torch"``: which implementation a call on ``device`` runs (see module doc)."""
     forced = os.environ.get("PYFASTSEQ_ATTENTION_BACKEND", "auto")
     if forced not in ("auto", "triton", "torch"):
@@ -59,10 +60,13 @@ def backend_for(device: torch.device) -> str:
             raise RuntimeError("PYFASTSEQ_ATTENTION_BACKEND=triton but triton is not installed")
         if device.type == "cpu" and not interpreting:
             raise RuntimeError("PYFASTSEQ_ATTENTION_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1")
+        if device.type == "cpu" and dtype == torch.bfloat16:
+            raise RuntimeError("PYFASTSEQ_ATTENTION_BACKEND=triton: the Triton interpreter computes bfloat16 "
+                               "dots wrongly; use float16/float32 on CPU or a GPU")
         return "triton"
     if forced == "torch":
         return "torch"
-    if device.type == "cuda" or (device.type == "cpu" and interpreting):
+    if device.type == "cuda" or (device.type == "cpu" and interpreting and dtype != torch.bfloat16):
         return "triton" if _triton_importable() else "torch"
     return "torch"
 
@@ -75,7 +79,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: torch.T
     """(out [B, H, L, D], lse [B, H, L] fp32 in the log2 domain); lengths int32 on q's device."""
     if q.numel() == 0:
         return torch.zeros_like(q), q.new_zeros(q.shape[:3], dtype=torch.float32)
-    if backend_for(q.device) == "triton":
+    if backend_for(q.device, q.dtype) == "triton":
         from . import launch
 
         return launch.forward(q, k, v, prefix_lens, seq_lens, scale)
@@ -95,7 +99,7 @@ def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     """(dq, dk, dv) for the forward that produced ``out`` and ``lse``."""
     if q.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    if backend_for(q.device) == "triton":
+    if backend_for(q.device, q.dtype) == "triton":
         from . import launch
 
         return launch.backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale)

@@ -66,15 +66,18 @@ def unilm_attention_reference(q, k, v, prefix_lens, seq_lens=None, scale=None) -
 
 def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None, scale=None):
     """(dq, dk, dv) of :func:`unilm_attention_reference` written out, for code that runs with autograd
-    off (a ``torch.library`` op's implementation)."""
+    off (a ``torch.library`` op's implementation). Computed in fp32 (as the kernels accumulate) and
+    returned in the inputs' dtype."""
+    dtype = q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dout, q, k, v = (t.float() for t in (dout, q, k, v))
     probs = unilm_attention_probs(q, k, prefix_lens, seq_lens, scale)  # [B, H, L, L]
     dv = torch.matmul(probs.transpose(-1, -2), dout)
     dprobs = torch.matmul(dout, v.transpose(-1, -2))
     dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdim=True))  # softmax backward
     dq = torch.matmul(dscores, k) * scale
     dk = torch.matmul(dscores.transpose(-1, -2), q) * scale
-    return dq, dk, dv
+    return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 
 def unilm_attention_reference_lse(q, k, prefix_lens, seq_lens=None, scale=None) -> torch.Tensor:
