@@ -26,12 +26,14 @@ def interpreting() -> bool:
 
 
 def _fits(config, D: int, elem: int) -> bool:
-    tile = (config.kwargs["BLOCK_M"] + 2 * config.kwargs["BLOCK_N"]) * D * elem * max(config.num_stages, 1)
-    return tile <= 160 * 1024
+    # One resident tile plus two streamed tiles per pipeline stage.
+    tiles = config.kwargs["BLOCK_M"] + 2 * config.kwargs["BLOCK_N"] * max(config.num_stages, 1)
+    return tiles * D * elem <= 224 * 1024
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configurations whose tiles overflow shared memory at this head dim and element size."""
+    """Skip configurations that cannot fit shared memory at this head dim and element size (the
+    autotuner would also reject them, after compiling them)."""
     D = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
     elem = named_args["Q"].element_size()
     kept = [c for c in configs if _fits(c, D, elem)]
