@@ -284,3 +284,12 @@ def test_benchmark_module_imports():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.IMPLS[0] == "pyfastseq" and module.BATCH * module.HEADS >= 128
+
+
+def test_import_does_not_load_triton():
+    import subprocess
+    from pathlib import Path
+
+    code = "import sys, pyfastseq; assert 'triton' not in sys.modules and 'transformers' not in sys.modules"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

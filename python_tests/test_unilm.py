@@ -158,3 +158,22 @@ def test_bad_input():
     dropout = fs.UniLM(BertModel(tiny_config(attention_probs_dropout_prob=0.1)).train())
     with pytest.raises(ValueError, match="attention_probs_dropout_prob"):
         dropout.loss(PAIRS)
+
+
+def test_cached_chunk_of_target_tokens_is_causal():
+    # Several new target tokens at once against a cached source: the hook's Lq < Lk path.
+    from transformers import DynamicCache
+
+    torch.manual_seed(4)
+    unilm = fs.UniLM(BertModel(tiny_config()).eval())
+    source, target = [2, 5, 6, 7, 3], [8, 9, 10]
+    full = unilm(**unilm.batch([(source, target)]))[0, len(source) - 1:-1]
+    cache = DynamicCache(config=unilm.model.config)
+    with torch.no_grad():
+        unilm(**unilm.batch([(source, [])]), past_key_values=cache)
+        chunk = unilm.logits(unilm.model(
+            input_ids=torch.tensor([target]), token_type_ids=torch.ones(1, 3, dtype=torch.long),
+            position_ids=torch.arange(len(source), len(source) + 3)[None],
+            attention_mask=torch.ones(1, 1, 3, len(source) + 3, dtype=torch.bool), past_key_values=cache))
+    torch.testing.assert_close(chunk[0, :-1], full[1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(unilm(**unilm.batch([(source, [])]))[0, -1], full[0], atol=1e-5, rtol=1e-5)
