@@ -119,6 +119,18 @@ def test_interpreter_fp16(B, H, L, D, kind, padded):
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("fwd,bwd", [((64, 16), (16, 64)), ((16, 64), (64, 16))], ids=["tall_fwd", "wide_fwd"])
+def test_interpreter_unequal_blocks(fwd, bwd, monkeypatch):
+    # GPU configurations pair unequal query and key blocks (e.g. 128x64 forward, 32x128 backward).
+    from pyfastseq.attention import launch
+
+    monkeypatch.setitem(launch.INTERPRET_BLOCKS, "fwd", dict(BLOCK_M=fwd[0], BLOCK_N=fwd[1]))
+    for name in ("dkdv", "dq"):
+        monkeypatch.setitem(launch.INTERPRET_BLOCKS, name, dict(BLOCK_M=bwd[0], BLOCK_N=bwd[1]))
+    check_against_reference(3, 1, 101, 32, "random", True, torch.float32, "cpu", seed=11)
+
+
+@needs_cpu_kernel
 def test_interpreter_strided_inputs_and_empty_rows():
     # [B, L, H, D] projections viewed as [B, H, L, D], as transformers hands them over; row 1 is all padding.
     gen = torch.Generator().manual_seed(3)

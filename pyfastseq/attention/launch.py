@@ -49,21 +49,27 @@ _BWD_CONFIGS = [
     for bm, bn, w, st in [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1)]
 ]
 _KEY = ["HEAD_DIM", "L_BUCKET"]
+_KERNELS = {
+    "fwd": (unilm_fwd_kernel, _FWD_CONFIGS),
+    "dkdv": (unilm_bwd_dkdv_kernel, _BWD_CONFIGS),
+    "dq": (unilm_bwd_dq_kernel, _BWD_CONFIGS),
+}
 # Interpreter blocks: small enough to exercise multi-block paths on short test sequences.
-_INTERPRET_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
+INTERPRET_BLOCKS = {name: {"BLOCK_M": 32, "BLOCK_N": 32} for name in _KERNELS}
 
 
 @functools.cache
+def _autotuned(which: str):
+    kernel, configs = _KERNELS[which]
+    # Every kernel writes all of its outputs, so the autotuner may rerun them freely.
+    return triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": _prune})(kernel)
+
+
 def _kernel(which: str):
-    kernel, configs = {
-        "fwd": (unilm_fwd_kernel, _FWD_CONFIGS),
-        "dkdv": (unilm_bwd_dkdv_kernel, _BWD_CONFIGS),
-        "dq": (unilm_bwd_dq_kernel, _BWD_CONFIGS),
-    }[which]
+    """(launchable kernel, block-size kwargs): autotuned on a GPU, fixed blocks in the interpreter."""
     if interpreting():
-        return kernel, dict(_INTERPRET_BLOCKS)
-    # dK/dV and dQ write every output element, so autotuning may rerun them freely.
-    return triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": _prune})(kernel), {}
+        return _KERNELS[which][0], INTERPRET_BLOCKS[which]
+    return _autotuned(which), {}
 
 
 def _bucket(L: int) -> int:
