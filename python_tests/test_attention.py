@@ -276,14 +276,24 @@ def test_cuda(B, H, L, D, kind, padded, dtype):
 @needs_cuda_triton
 def test_cuda_lengths_on_device():
     # Lengths that live on the GPU are used without a host round trip; new values every call.
+    # New lengths must not compile new kernels (Triton's per-device kernel cache stays the same size).
+    from pyfastseq.attention import launch
+
+    def compiled_kernels():
+        caches = getattr(launch._autotuned("fwd").fn, "device_caches", {})
+        return sum(len(entry[0]) for entry in caches.values())
+
     gen = torch.Generator().manual_seed(7)
     q, k, v = make_qkv(4, 2, 200, 64, torch.bfloat16, "cuda", gen)
+    sizes = []
     for _ in range(3):
         prefix = torch.randint(0, 201, (4,), generator=gen).cuda()
         seq = torch.randint(100, 201, (4,), generator=gen).cuda()
         out = fs.unilm_attention(q, k, v, prefix, seq)
         ref = unilm_attention_reference(q.float(), k.float(), v.float(), prefix, seq)
         torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        sizes.append(compiled_kernels())
+    assert sizes[0] == sizes[1] == sizes[2]
 
 
 def test_benchmark_module_imports():
