@@ -1,0 +1,167 @@
+"""Triton backward kernels of UniLM attention: dK/dV per key block, dQ per query block.
+
+Both recompute the probabilities from the forward's log2-sum-exp2 (``LSE``) and take
+``DELTA = rowsum(dO * O)`` (fp32, [B, H, L]). A key block of the target is seen only by queries at or
+after it, a prefix key block by every real query; query blocks outside that range are never
+visited, and blocks the mask leaves whole skip the mask arithmetic. Padded queries (``i >= n``) get
+zero dQ and add nothing to dK/dV.
+"""
+
+import triton
+import triton.language as tl
+
+from .tiles import dot as _dot, visible as _visible
+
+
+@triton.jit
+def _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+                stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_valid = rows < n
+    qt = tl.load(q_base + rows[None, :] * stride_qm + offs_d[:, None] * stride_qd,
+                 mask=row_valid[None, :], other=0.0)  # [D, BLOCK_M]
+    do = tl.load(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+                 mask=row_valid[:, None], other=0.0)  # [BLOCK_M, D]
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
+    qkt = _dot(k, qt, IEEE) * qk_scale  # [BLOCK_N, BLOCK_M], log2 domain
+    pt = tl.exp2(qkt - lse[None, :])
+    if MASKED:
+        pt = tl.where(_visible(rows[None, :], cols[:, None], s, n), pt, 0.0)
+    dv += _dot(pt.to(do.dtype), do, IEEE)
+    dpt = _dot(v, tl.trans(do), IEEE)  # [BLOCK_N, BLOCK_M]
+    dst = pt * (dpt - delta[None, :])
+    dk += _dot(dst.to(qt.dtype), tl.trans(qt), IEEE)
+    return dk, dv
+
+
+@triton.jit
+def _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd, stride_vn, stride_vd,
+              qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=cols[:, None] < n, other=0.0)  # [BLOCK_N, D]
+    vt = tl.load(v_base + cols[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+                 mask=cols[None, :] < n, other=0.0)  # [D, BLOCK_N]
+    qk = _dot(q, tl.trans(k), IEEE) * qk_scale
+    p = tl.exp2(qk - lse[:, None])
+    if MASKED:
+        p = tl.where(_visible(rows[:, None], cols[None, :], s, n), p, 0.0)
+    dp = _dot(do, vt, IEEE)
+    ds = p * (dp - delta[:, None])
+    dq += _dot(ds.to(k.dtype), k, IEEE)
+    return dq
+
+
+@triton.jit
+def unilm_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, PREFIX, SEQ,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    H, L, sm_scale, qk_scale, L_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One program: ``BLOCK_N`` keys of one (batch, head); loops over the query blocks that see them."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    s = tl.minimum(tl.maximum(tl.load(PREFIX + b), 0), L)
+    n = tl.minimum(tl.maximum(tl.load(SEQ + b), 0), L)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+
+    start_n = pid_n * BLOCK_N
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_valid = cols < n
+    k = tl.load(K + b64 * stride_kb + h64 * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=col_valid[:, None], other=0.0)  # [BLOCK_N, D]
+    v = tl.load(V + b64 * stride_vb + h64 * stride_vh + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=col_valid[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    q_base = Q + b64 * stride_qb + h64 * stride_qh
+    do_base = DO + b64 * stride_dob + h64 * stride_doh
+    # Prefix keys are seen by every query; a target key j only by queries i >= j. Query blocks from
+    # `mid` on see every key of this block (when the block is all real keys) and skip the mask;
+    # padded queries there load zeros for q and dO and so add nothing.
+    lo = tl.where(start_n < s, 0, (start_n // BLOCK_M) * BLOCK_M)
+    hi = tl.where(start_n < n, n, 0)
+    mid = tl.where(start_n + BLOCK_N <= s, lo, tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M)
+    mid = tl.where(start_n + BLOCK_N <= n, tl.minimum(mid, hi), hi)
+    for start_m in range(lo, mid, BLOCK_M):
+        dk, dv = _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
+                             HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, MASKED=True, IEEE=IEEE)
+    for start_m in range(mid, hi, BLOCK_M):
+        dk, dv = _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
+                             HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, MASKED=False, IEEE=IEEE)
+    dk = dk * sm_scale
+
+    in_range = cols < L
+    tl.store(DK + b64 * stride_dkb + h64 * stride_dkh + cols[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(DK.dtype.element_ty), mask=in_range[:, None])
+    tl.store(DV + b64 * stride_dvb + h64 * stride_dvh + cols[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             dv.to(DV.dtype.element_ty), mask=in_range[:, None])
+
+
+@triton.jit
+def unilm_bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA, PREFIX, SEQ,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    H, L, sm_scale, qk_scale, L_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One program: ``BLOCK_M`` queries of one (batch, head); loops over the key blocks they see."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    s = tl.minimum(tl.maximum(tl.load(PREFIX + b), 0), L)
+    n = tl.minimum(tl.maximum(tl.load(SEQ + b), 0), L)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+
+    start_m = pid_m * BLOCK_M
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_valid = rows < n
+    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=row_valid[:, None], other=0.0)
+    do = tl.load(DO + b64 * stride_dob + h64 * stride_doh + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+                 mask=row_valid[:, None], other=0.0)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    k_base = K + b64 * stride_kb + h64 * stride_kh
+    v_base = V + b64 * stride_vb + h64 * stride_vh
+    # As in the forward: keys below `full_end` are seen by every real query of the block (padded
+    # queries load zeros for dO and add nothing), the rest up to `hi` need the mask.
+    full_end = tl.where(start_m < n, tl.minimum(n, tl.maximum(s, start_m + 1)), 0)
+    full_end = (full_end // BLOCK_N) * BLOCK_N
+    hi = tl.where(start_m < n, tl.minimum(n, tl.maximum(s, start_m + BLOCK_M)), 0)
+    for start_n in range(0, full_end, BLOCK_N):
+        dq = _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd,
+                       stride_vn, stride_vd, qk_scale, HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=False, IEEE=IEEE)
+    for start_n in range(full_end, hi, BLOCK_N):
+        dq = _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd,
+                       stride_vn, stride_vd, qk_scale, HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=True, IEEE=IEEE)
+    dq = dq * sm_scale
+
+    tl.store(DQ + b64 * stride_dqb + h64 * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(DQ.dtype.element_ty), mask=(rows < L)[:, None])

@@ -1,0 +1,211 @@
+"""Public UniLM attention: argument checks, backend choice, the ``torch.library`` ops and autograd.
+
+Three layers, as in FlashAttention's interface: the custom ops ``pyfastseq::unilm_attention_fwd`` /
+``_bwd`` (so ``torch.compile`` sees one opaque node with a fake implementation), the
+``UniLMAttention`` autograd.Function over them, and :func:`unilm_attention`, which validates.
+
+Backend, chosen per call:
+
+* CUDA tensors run the Triton kernels.
+* CPU tensors run the same Triton kernels under Triton's interpreter when ``TRITON_INTERPRET=1`` is
+  set (before Triton is first imported) and Triton imports; otherwise the dense-mask PyTorch
+  reference of :mod:`pyfastseq.attention.reference`. bfloat16 never runs in the interpreter (its
+  ``tl.dot`` multiplies raw bf16 bits): CPU bf16 always takes the reference.
+* ``PYFASTSEQ_ATTENTION_BACKEND=triton|torch`` forces one (``auto``, the default, does the above).
+
+Triton is imported only when a call needs it, so ``import pyfastseq`` never requires it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .reference import (
+    unilm_attention_reference,
+    unilm_attention_reference_backward,
+    unilm_attention_reference_lse,
+)
+
+__all__ = ["unilm_attention", "UniLMAttention", "backend_for"]
+
+HEAD_DIMS = (32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_LN2 = math.log(2.0)
+
+Lengths = Union[torch.Tensor, Sequence[int]]
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def backend_for(device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """``"triton"`` or ``"torch"``: which implementation a call on ``device`` runs (see module doc)."""
+    forced = os.environ.get("PYFASTSEQ_ATTENTION_BACKEND", "auto")
+    if forced not in ("auto", "triton", "torch"):
+        raise ValueError(f"PYFASTSEQ_ATTENTION_BACKEND must be auto, triton or torch, got {forced!r}")
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if forced == "triton":
+        if not _triton_importable():
+            raise RuntimeError("PYFASTSEQ_ATTENTION_BACKEND=triton but triton is not installed")
+        if device.type == "cpu" and not interpreting:
+            raise RuntimeError("PYFASTSEQ_ATTENTION_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1")
+        if device.type == "cpu" and dtype == torch.bfloat16:
+            raise RuntimeError("PYFASTSEQ_ATTENTION_BACKEND=triton: the Triton interpreter computes bfloat16 "
+                               "dots wrongly; use float16/float32 on CPU or a GPU")
+        return "triton"
+    if forced == "torch":
+        return "torch"
+    if device.type == "cuda" or (device.type == "cpu" and interpreting and dtype != torch.bfloat16):
+        return "triton" if _triton_importable() else "torch"
+    return "torch"
+
+
+# ---- custom ops ----------------------------------------------------------------------------------
+
+@torch.library.custom_op("pyfastseq::unilm_attention_fwd", mutates_args=())
+def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: torch.Tensor,
+         seq_lens: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, L, D], lse [B, H, L] fp32 in the log2 domain); lengths int32 on q's device."""
+    if q.numel() == 0:
+        return torch.zeros_like(q), q.new_zeros(q.shape[:3], dtype=torch.float32)
+    if backend_for(q.device, q.dtype) == "triton":
+        from . import launch
+
+        return launch.forward(q, k, v, prefix_lens, seq_lens, scale)
+    out = unilm_attention_reference(q, k, v, prefix_lens, seq_lens, scale)
+    return out, unilm_attention_reference_lse(q, k, prefix_lens, seq_lens, scale) / _LN2
+
+
+@_fwd.register_fake
+def _(q, k, v, prefix_lens, seq_lens, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("pyfastseq::unilm_attention_bwd", mutates_args=())
+def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+         lse: torch.Tensor, prefix_lens: torch.Tensor, seq_lens: torch.Tensor,
+         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) for the forward that produced ``out`` and ``lse``."""
+    if q.numel() == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    if backend_for(q.device, q.dtype) == "triton":
+        from . import launch
+
+        return launch.backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale)
+    return unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens, scale)
+
+
+@_bwd.register_fake
+def _(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, prefix_lens, seq_lens, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, prefix_lens, seq_lens)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, prefix_lens, seq_lens = ctx.saved_tensors
+    dq, dk, dv = _bwd(dout, q, k, v, out, lse, prefix_lens, seq_lens, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class UniLMAttention(torch.autograd.Function):
+    """``UniLMAttention.apply(q, k, v, prefix_lens, seq_lens, scale) -> (out, lse)`` over the same ops.
+
+    Takes already-validated arguments: int32 length tensors on q's device and a float scale.
+    """
+
+    @staticmethod
+    def forward(q, k, v, prefix_lens, seq_lens, scale):
+        return _fwd(q, k, v, prefix_lens, seq_lens, scale)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+# ---- public function -----------------------------------------------------------------------------
+
+def _check_qkv(q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, H, L, D], got shape {tuple(t.shape)}")
+        if t.dtype not in DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"q's head dim must be one of {HEAD_DIMS}, got {q.shape[-1]}")
+
+
+def _as_lengths(values, name: str, B: int, L: int, device: torch.device) -> torch.Tensor:
+    """``values`` as int32 [B] on ``device``; ranges are checked when they live on the CPU.
+
+    Lengths already on the GPU are not read back (that would synchronise the stream); the kernels
+    clamp them into [0, L].
+    """
+    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
+        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+    if t.shape != (B,):
+        raise ValueError(f"{name} must have shape ({B},) (one entry per batch row), got {tuple(t.shape)}")
+    if t.device.type == "cpu":
+        if B and not torch.compiler.is_compiling():
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi > L:
+                raise ValueError(f"{name} must lie in [0, {L}] (L = q.shape[2]), got {lo if lo < 0 else hi}")
+    elif t.device != device:
+        raise ValueError(f"{name} must be on the CPU or on q's device {device}, got {t.device}")
+    return t.to(device=device, dtype=torch.int32, non_blocking=True)
+
+
+def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: Lengths,
+                    seq_lens: Optional[Lengths] = None, scale: Optional[float] = None) -> torch.Tensor:
+    """UniLM (prefix-LM) attention over ``[B, H, L, D]`` tensors, differentiable in q, k, v.
+
+    Row ``b`` holds ``seq_lens[b]`` real tokens (default ``L``), the first ``prefix_lens[b]`` the
+    source: query ``i`` sees key ``j`` iff ``i, j < seq_lens[b]`` and (``j < prefix_lens[b]`` or
+    ``prefix_lens[b] <= j <= i``); padded query rows output zeros (see
+    :func:`pyfastseq.unilm_mask` for the picture)::
+
+        out = softmax(q @ k^T * scale, masked) @ v        scale defaults to D ** -0.5
+
+    ``q, k, v``: same shape, dtype (fp16/bf16/fp32) and device; head dim 32, 64 or 128; any L and
+    any strides. ``prefix_lens``/``seq_lens``: ``[B]`` integers on the CPU or on q's device (O(B)
+    metadata: no mask tensor, no recompilation when they change). CUDA runs Triton kernels; CPU
+    runs them under ``TRITON_INTERPRET=1``, else a dense-mask PyTorch fallback (module doc).
+    """
+    _check_qkv(q, k, v)
+    B, _, L, D = q.shape
+    prefix = _as_lengths(prefix_lens, "prefix_lens", B, L, q.device)
+    seq = _as_lengths(torch.full((B,), L) if seq_lens is None else seq_lens, "seq_lens", B, L, q.device)
+    if scale is None:
+        scale = D ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float or None, got {scale!r}")
+    return _fwd(q, k, v, prefix, seq, float(scale))[0]

@@ -1,0 +1,317 @@
+"""UniLM attention: Triton kernels (interpreter on CPU, compiled on CUDA) vs. the dense-mask reference."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+# The Triton interpreter must be chosen before Triton is first imported; on a GPU machine the
+# kernels run compiled on CUDA tensors instead.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pyfastseq as fs
+from pyfastseq.attention import UniLMAttention, backend_for, unilm_attention_reference
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+CPU_KERNEL = HAS_TRITON and backend_for(torch.device("cpu")) == "triton"
+needs_cpu_kernel = pytest.mark.skipif(not CPU_KERNEL, reason="Triton interpreter not active (needs triton and TRITON_INTERPRET=1)")
+
+
+def needs_cuda_triton(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not HAS_TRITON, reason="needs triton")(test))
+
+
+def make_lengths(kind, B, L, padded, gen):
+    """(prefix_lens, seq_lens) int64 [B]: prefix kind "0", "1", "L" (whole row) or "random"."""
+    seq = torch.randint(max(1, L // 2), L + 1, (B,), generator=gen) if padded else torch.full((B,), L)
+    if padded:
+        seq[0] = L  # keep one full row so every kernel block is exercised
+    if kind == "random":
+        prefix = (torch.rand(B, generator=gen) * (seq + 1)).long().clamp(max=L)
+    else:
+        prefix = {"0": torch.zeros(B, dtype=torch.long), "1": torch.ones(B, dtype=torch.long), "L": seq.clone()}[kind]
+    return prefix, seq
+
+
+def make_qkv(B, H, L, D, dtype, device, gen):
+    return [torch.randn(B, H, L, D, generator=gen).to(device=device, dtype=dtype) for _ in range(3)]
+
+
+def run_and_grads(fn, q, k, v, prefix, seq, do):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves, prefix, seq)
+    out.backward(do)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def check_against_reference(B, H, L, D, kind, padded, dtype, device, seed=0):
+    """Kernel error (forward, dq, dk, dv) within 2x (+ slack) of the low-precision reference's own
+    error, both measured against the fp32 reference."""
+    gen = torch.Generator().manual_seed(seed)
+    prefix, seq = make_lengths(kind, B, L, padded, gen)
+    q, k, v = make_qkv(B, H, L, D, dtype, device, gen)
+    do = torch.randn(B, H, L, D, generator=gen).to(device=device, dtype=dtype)
+    exact = run_and_grads(unilm_attention_reference, q.double(), k.double(), v.double(), prefix, seq, do.double())
+    got = run_and_grads(fs.unilm_attention, q, k, v, prefix, seq, do)
+    if dtype == torch.float32:
+        tol = 1e-4 if device == "cpu" else 2e-3
+        for name, g, e in zip(("out", "dq", "dk", "dv"), got, exact):
+            torch.testing.assert_close(g.double(), e, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+    else:
+        low = run_and_grads(unilm_attention_reference, q, k, v, prefix, seq, do)
+        for name, g, lo, e in zip(("out", "dq", "dk", "dv"), got, low, exact):
+            err = (g.double() - e).abs().max().item()
+            ref_err = (lo.double() - e).abs().max().item()
+            assert err <= 2 * ref_err + 1e-3, f"{name}: kernel error {err:.3g} vs reference error {ref_err:.3g}"
+    # Padded query rows output zeros and take no gradient; padded keys get none either.
+    for b in range(B):
+        n = int(seq[b])
+        for t in got:
+            assert torch.all(t[b, :, n:] == 0)
+
+
+# (B, H, L, D, prefix kind, padded): odd lengths around the 32-wide interpreter blocks.
+GRID = [
+    (1, 1, 37, 32, "0", False),
+    (2, 2, 37, 64, "1", True),
+    (2, 1, 97, 32, "L", False),
+    (3, 1, 97, 32, "random", True),
+    (2, 1, 129, 64, "random", True),
+    (1, 2, 129, 32, "0", True),
+]
+SLOW_GRID = [
+    (2, 2, 129, 64, "1", False),
+    (4, 2, 97, 64, "random", True),
+    (2, 3, 129, 32, "L", True),
+]
+
+
+def _ids(grid):
+    return [f"B{b}_H{h}_L{l}_D{d}_prefix{k}_{'pad' if p else 'full'}" for b, h, l, d, k, p in grid]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("B,H,L,D,kind,padded", GRID, ids=_ids(GRID))
+def test_interpreter_fp32(B, H, L, D, kind, padded):
+    check_against_reference(B, H, L, D, kind, padded, torch.float32, "cpu")
+
+
+@needs_cpu_kernel
+@pytest.mark.slow
+@pytest.mark.parametrize("B,H,L,D,kind,padded", SLOW_GRID, ids=_ids(SLOW_GRID))
+def test_interpreter_fp32_more(B, H, L, D, kind, padded):
+    check_against_reference(B, H, L, D, kind, padded, torch.float32, "cpu")
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("B,H,L,D,kind,padded", [(2, 1, 37, 32, "random", True), (2, 1, 97, 64, "random", False)],
+                         ids=["B2_H1_L37_D32_random_pad", "B2_H1_L97_D64_random_full"])
+def test_interpreter_fp16(B, H, L, D, kind, padded):
+    check_against_reference(B, H, L, D, kind, padded, torch.float16, "cpu")
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("fwd,bwd", [((64, 16), (16, 64)), ((16, 64), (64, 16))], ids=["tall_fwd", "wide_fwd"])
+def test_interpreter_unequal_blocks(fwd, bwd, monkeypatch):
+    # GPU configurations pair unequal query and key blocks (e.g. 128x64 forward, 32x128 backward).
+    from pyfastseq.attention import launch
+
+    monkeypatch.setitem(launch.INTERPRET_BLOCKS, "fwd", dict(BLOCK_M=fwd[0], BLOCK_N=fwd[1]))
+    for name in ("dkdv", "dq"):
+        monkeypatch.setitem(launch.INTERPRET_BLOCKS, name, dict(BLOCK_M=bwd[0], BLOCK_N=bwd[1]))
+    check_against_reference(3, 1, 101, 32, "random", True, torch.float32, "cpu", seed=11)
+
+
+@needs_cpu_kernel
+def test_interpreter_strided_inputs_and_empty_rows():
+    # [B, L, H, D] projections viewed as [B, H, L, D], as transformers hands them over; row 1 is all padding.
+    gen = torch.Generator().manual_seed(3)
+    B, H, L, D = 2, 2, 45, 32
+    q, k, v = (torch.randn(B, L, H, D, generator=gen).transpose(1, 2) for _ in range(3))
+    prefix, seq = torch.tensor([7, 0]), torch.tensor([40, 0])
+    out = fs.unilm_attention(q, k, v, prefix, seq, scale=0.3)
+    ref = unilm_attention_reference(q, k, v, prefix, seq, scale=0.3)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.all(out[1] == 0)
+
+
+@needs_cpu_kernel
+def test_autograd_function_matches_public_function():
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = make_qkv(2, 1, 37, 32, torch.float32, "cpu", gen)
+    prefix, seq = torch.tensor([3, 20], dtype=torch.int32), torch.tensor([37, 30], dtype=torch.int32)
+    do = torch.randn(2, 1, 37, 32, generator=gen)
+    via_fn = run_and_grads(lambda *a: UniLMAttention.apply(*a, 32 ** -0.5)[0], q, k, v, prefix, seq, do)
+    via_op = run_and_grads(fs.unilm_attention, q, k, v, prefix, seq, do)
+    for a, b in zip(via_fn, via_op):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_cpu_bfloat16_takes_the_reference(monkeypatch):
+    # The interpreter's bf16 tl.dot is wrong, so CPU bf16 never goes there, and forcing it is refused.
+    assert backend_for(torch.device("cpu"), torch.bfloat16) == "torch"
+    check_against_reference(2, 1, 23, 32, "random", True, torch.bfloat16, "cpu")
+    if CPU_KERNEL:
+        monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "triton")
+        with pytest.raises(RuntimeError, match="bfloat16"):
+            fs.unilm_attention(*_qkv(dtype=torch.bfloat16), [1, 2])
+
+
+def test_torch_backend_gradients_match_autograd(monkeypatch):
+    # The fallback's hand-written backward against autograd through the reference.
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    check_against_reference(2, 2, 29, 32, "random", True, torch.float32, "cpu")
+
+
+def test_torch_compile_fullgraph(monkeypatch):
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = make_qkv(2, 2, 19, 32, torch.float32, "cpu", gen)
+    compiled = torch.compile(fs.unilm_attention, backend="aot_eager", fullgraph=True, dynamic=False)
+    for prefix in ([3, 0], [19, 5]):  # new lengths: same graph
+        p = torch.tensor(prefix)
+        s = torch.tensor([19, 12])
+        got = run_and_grads(compiled, q, k, v, p, s, torch.ones_like(q))
+        want = run_and_grads(unilm_attention_reference, q, k, v, p, s, torch.ones_like(q))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ---- mask -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("L", [1, 5, 13])
+def test_unilm_mask_matches_brute_force(L):
+    gen = torch.Generator().manual_seed(L)
+    B = 6
+    seq = torch.randint(0, L + 1, (B,), generator=gen)
+    prefix = torch.randint(0, L + 1, (B,), generator=gen)
+    mask = fs.unilm_mask(prefix, seq, L)
+    assert mask.shape == (B, L, L) and mask.dtype == torch.bool
+    for b in range(B):
+        s, n = int(prefix[b]), int(seq[b])
+        for i in range(L):
+            for j in range(L):
+                assert bool(mask[b, i, j]) == (i < n and j < n and (j < s or s <= j <= i)), (b, i, j)
+
+
+def test_unilm_mask_default_lengths():
+    mask = fs.unilm_mask(torch.tensor([2]), None, 4)[0]
+    assert mask.tolist() == [
+        [True, True, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [True, True, True, True],
+    ]
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+def _qkv(shape=(2, 2, 8, 32), dtype=torch.float32):
+    return [torch.randn(shape, dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("mutate, exc, match", [
+    (lambda a: a.update(q=a["q"][0]), ValueError, "q must be 4-D"),
+    (lambda a: a.update(k=a["k"][:, :, :4]), ValueError, "k must have q's shape"),
+    (lambda a: a.update(v=a["v"].double()), TypeError, "v must be float16"),
+    (lambda a: a.update(q=a["q"].long()), TypeError, "q must be float16"),
+    (lambda a: a.update(k=a["k"].half()), TypeError, "k must have q's dtype"),
+    (lambda a: a.update(q=[1, 2]), TypeError, "q must be a torch.Tensor"),
+    (lambda a: a.update(q=torch.randn(2, 2, 8, 48), k=torch.randn(2, 2, 8, 48), v=torch.randn(2, 2, 8, 48)),
+     ValueError, "head dim"),
+    (lambda a: a.update(prefix_lens=[1, 2, 3]), ValueError, r"prefix_lens must have shape \(2,\)"),
+    (lambda a: a.update(prefix_lens=[1, 9]), ValueError, r"prefix_lens must lie in \[0, 8\]"),
+    (lambda a: a.update(prefix_lens=[-1, 0]), ValueError, "prefix_lens must lie"),
+    (lambda a: a.update(prefix_lens=[0.5, 1.0]), TypeError, "prefix_lens must hold integers"),
+    (lambda a: a.update(seq_lens=[8, 10]), ValueError, r"seq_lens must lie in \[0, 8\]"),
+    (lambda a: a.update(seq_lens=torch.tensor([True, False])), TypeError, "seq_lens must hold integers"),
+    (lambda a: a.update(scale="big"), TypeError, "scale must be a finite float"),
+    (lambda a: a.update(scale=float("nan")), TypeError, "scale must be a finite float"),
+])
+def test_bad_input(mutate, exc, match):
+    q, k, v = _qkv()
+    args = dict(q=q, k=k, v=v, prefix_lens=[1, 2], seq_lens=None, scale=None)
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        fs.unilm_attention(**args)
+
+
+def test_bad_backend_variable(monkeypatch):
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "cudnn")
+    with pytest.raises(ValueError, match="PYFASTSEQ_ATTENTION_BACKEND"):
+        fs.unilm_attention(*_qkv(), [1, 2])
+
+
+def test_empty_batch():
+    q, k, v = _qkv((0, 2, 8, 32))
+    assert fs.unilm_attention(q, k, v, torch.zeros(0, dtype=torch.long)).shape == (0, 2, 8, 32)
+
+
+# ---- GPU ------------------------------------------------------------------------------------------
+
+CUDA_GRID = [
+    (2, 4, 97, 64, "random", True),
+    (3, 2, 129, 128, "random", True),
+    (2, 2, 1025, 64, "random", True),
+    (1, 3, 59, 32, "0", False),
+    (2, 2, 513, 128, "L", True),
+]
+
+
+@needs_cuda_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("B,H,L,D,kind,padded", CUDA_GRID, ids=_ids(CUDA_GRID))
+def test_cuda(B, H, L, D, kind, padded, dtype):
+    check_against_reference(B, H, L, D, kind, padded, dtype, "cuda")
+
+
+@needs_cuda_triton
+def test_cuda_lengths_on_device():
+    # Lengths that live on the GPU are used without a host round trip; new values every call.
+    # New lengths must not compile new kernels (Triton's per-device kernel cache stays the same size).
+    from pyfastseq.attention import launch
+
+    def compiled_kernels():
+        caches = getattr(launch._autotuned("fwd").fn, "device_caches", {})
+        return sum(len(entry[0]) for entry in caches.values())
+
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = make_qkv(4, 2, 200, 64, torch.bfloat16, "cuda", gen)
+    sizes = []
+    for _ in range(3):
+        prefix = torch.randint(0, 201, (4,), generator=gen).cuda()
+        seq = torch.randint(100, 201, (4,), generator=gen).cuda()
+        out = fs.unilm_attention(q, k, v, prefix, seq)
+        ref = unilm_attention_reference(q.float(), k.float(), v.float(), prefix, seq)
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        sizes.append(compiled_kernels())
+    assert sizes[0] == sizes[1] == sizes[2]
+
+
+def test_benchmark_module_imports():
+    # The GPU benchmark must at least import (and skip) on a CPU-only machine.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+    spec = importlib.util.spec_from_file_location("bench_attention", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.IMPLS[0] == "pyfastseq" and module.BATCH * module.HEADS >= 128
+
+
+def test_import_does_not_load_triton():
+    import subprocess
+    from pathlib import Path
+
+    code = "import sys, pyfastseq; assert 'triton' not in sys.modules and 'transformers' not in sys.modules"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

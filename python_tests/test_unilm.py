@@ -1,0 +1,179 @@
+"""fs.UniLM and the transformers attention hook: training against a dense-mask BERT, incremental decoding
+against full re-computation."""
+
+import copy
+import os
+import sys
+
+import pytest
+import torch
+
+# The Triton interpreter must be chosen before Triton is first imported (see test_attention.py).
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+transformers = pytest.importorskip("transformers")
+from transformers import BertConfig, BertForMaskedLM, BertModel  # noqa: E402
+
+import pyfastseq as fs  # noqa: E402
+from pyfastseq.attention import hf  # noqa: E402
+
+VOCAB = 40
+
+
+def tiny_config(**overrides):
+    cfg = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+               max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg.update(overrides)
+    return BertConfig(**cfg)
+
+
+PAIRS = [([2, 5, 6, 7, 3], [8, 9, 10, 3]), ([2, 11, 3], [12, 13, 14, 15, 16, 3]), ([2, 17, 18, 19, 20, 21, 22, 3], [23, 3])]
+
+
+def dense_mask_loss(model, enc):
+    """The same objective as UniLM.loss, through stock eager attention with a dense additive mask."""
+    L = enc["input_ids"].shape[1]
+    visible = fs.unilm_mask(enc["prefix_lens"], enc["seq_lens"], L)[:, None]  # [B, 1, L, L]
+    bias = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
+    hidden = model(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"], attention_mask=bias).last_hidden_state
+    logits = hidden @ model.get_input_embeddings().weight.T
+    loss_terms = []
+    for b in range(L and len(enc["input_ids"])):
+        s, n = int(enc["prefix_lens"][b]), int(enc["seq_lens"][b])
+        for p in range(s, n):  # target token p predicted at p - 1
+            loss_terms.append(torch.nn.functional.cross_entropy(logits[b, p - 1], enc["input_ids"][b, p]))
+    return torch.stack(loss_terms).mean()
+
+
+def test_training_matches_dense_mask_bert():
+    torch.manual_seed(0)
+    base = BertModel(tiny_config(), add_pooling_layer=False)
+    dense = copy.deepcopy(base)
+    dense.set_attn_implementation("eager")
+    unilm = fs.UniLM(base)
+    opt_a = torch.optim.Adam(unilm.parameters(), lr=1e-2)
+    opt_b = torch.optim.Adam(dense.parameters(), lr=1e-2)
+    enc = unilm.batch(PAIRS)
+    for _ in range(3):
+        loss_a = unilm.loss(PAIRS)
+        loss_b = dense_mask_loss(dense, enc)
+        torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
+        for opt, loss in ((opt_a, loss_a), (opt_b, loss_b)):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for (name, a), b in zip(base.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_output_projection_tied_or_head(monkeypatch):
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")  # about the projection, not the kernel
+    torch.manual_seed(1)
+    bare = fs.UniLM(BertModel(tiny_config()).eval())
+    enc = bare.batch(PAIRS)
+    hidden = bare.model(**enc).last_hidden_state
+    torch.testing.assert_close(bare(**enc), hidden @ bare.model.embeddings.word_embeddings.weight.T)
+    assert not bare.has_head
+
+    mlm = fs.UniLM(BertForMaskedLM(tiny_config()).eval())
+    assert mlm.has_head
+    torch.testing.assert_close(mlm(**enc), mlm.model(**enc).logits)
+
+
+def reference_next_logits(unilm, sources, histories, num_beams):
+    """Logits for each row's next token by re-running the whole (source, target so far) sequence,
+    through the dense-mask fallback."""
+    enc = unilm.batch([(sources[r // num_beams], h) for r, h in enumerate(histories)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+        logits = unilm(**enc)
+    return logits[torch.arange(len(histories)), enc["seq_lens"] - 1]
+
+
+@pytest.mark.parametrize("model_cls", [BertModel, BertForMaskedLM], ids=["BertModel", "BertForMaskedLM"])
+def test_step_fn_matches_full_recomputation(model_cls):
+    torch.manual_seed(2)
+    unilm = fs.UniLM(model_cls(tiny_config()).eval())
+    sources, num_beams = [[2, 5, 6, 3], [2, 7, 8, 9, 10, 11, 3], [2, 12, 3]], 3
+    N = len(sources) * num_beams
+    step = unilm.step_fn(sources, num_beams)
+    gen = torch.Generator().manual_seed(0)
+    histories = [[] for _ in range(N)]
+    logits = step(torch.zeros(N, 0, dtype=torch.long), torch.arange(N))
+    for _ in range(4):
+        assert logits.shape == (N, VOCAB)
+        torch.testing.assert_close(logits, reference_next_logits(unilm, sources, histories, num_beams),
+                                   atol=1e-5, rtol=1e-5)
+        # Each row continues a random beam of its own batch item, with a random token.
+        beam_idx = (torch.arange(N) // num_beams) * num_beams + torch.randint(num_beams, (N,), generator=gen)
+        tokens = torch.randint(VOCAB, (N, 1), generator=gen)
+        histories = [histories[int(beam_idx[r])] + [int(tokens[r])] for r in range(N)]
+        logits = step(tokens, beam_idx)
+
+
+def test_greedy_decode_equals_full_recomputation():
+    torch.manual_seed(3)
+    unilm = fs.UniLM(BertModel(tiny_config()).eval())
+    sources = [[2, 5, 6, 3], [2, 7, 8, 9, 3]]
+    step = unilm.step_fn(sources)
+    logits = step(torch.zeros(2, 0, dtype=torch.long), torch.arange(2))
+    incremental = []
+    for _ in range(5):
+        tokens = logits.argmax(-1, keepdim=True)
+        incremental.append(tokens)
+        logits = step(tokens, torch.arange(2))
+    incremental = torch.cat(incremental, 1).tolist()
+
+    histories = [[], []]
+    with torch.no_grad():
+        for _ in range(5):
+            nxt = reference_next_logits(unilm, sources, histories, 1).argmax(-1)
+            histories = [h + [int(t)] for h, t in zip(histories, nxt)]
+    assert incremental == histories
+
+
+def test_lengths_from_segments():
+    token_type_ids = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 1, 1, 1, 1, 1]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    prefix, seq = hf.lengths_from_segments(token_type_ids, attention_mask)
+    assert prefix.tolist() == [3, 1] and seq.tolist() == [5, 6]
+
+
+def test_bad_input():
+    unilm = fs.UniLM(BertModel(tiny_config()))
+    with pytest.raises(ValueError, match="empty source"):
+        unilm.batch([([], [1, 2])])
+    with pytest.raises(ValueError, match="token id outside"):
+        unilm.batch([([2, VOCAB], [1])])
+    with pytest.raises(ValueError, match="at least one"):
+        unilm.batch([])
+    with pytest.raises(ValueError, match="needs prefix_lens"):
+        unilm.model(input_ids=torch.ones(1, 4, dtype=torch.long))
+    step = unilm.step_fn([[2, 3]], num_beams=2)
+    with pytest.raises(ValueError, match="first call"):
+        step(torch.ones(2, 1, dtype=torch.long), torch.arange(2))
+    with pytest.raises(ValueError, match="tokens must be"):
+        step(torch.ones(3, 0, dtype=torch.long), torch.arange(3))
+    dropout = fs.UniLM(BertModel(tiny_config(attention_probs_dropout_prob=0.1)).train())
+    with pytest.raises(ValueError, match="attention_probs_dropout_prob"):
+        dropout.loss(PAIRS)
+
+
+def test_cached_chunk_of_target_tokens_is_causal():
+    # Several new target tokens at once against a cached source: the hook's Lq < Lk path.
+    from transformers import DynamicCache
+
+    torch.manual_seed(4)
+    unilm = fs.UniLM(BertModel(tiny_config()).eval())
+    source, target = [2, 5, 6, 7, 3], [8, 9, 10]
+    full = unilm(**unilm.batch([(source, target)]))[0, len(source) - 1:-1]
+    cache = DynamicCache(config=unilm.model.config)
+    with torch.no_grad():
+        unilm(**unilm.batch([(source, [])]), past_key_values=cache)
+        chunk = unilm.logits(unilm.model(
+            input_ids=torch.tensor([target]), token_type_ids=torch.ones(1, 3, dtype=torch.long),
+            position_ids=torch.arange(len(source), len(source) + 3)[None],
+            attention_mask=torch.ones(1, 1, 3, len(source) + 3, dtype=torch.bool), past_key_values=cache))
+    torch.testing.assert_close(chunk[0, :-1], full[1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(unilm(**unilm.batch([(source, [])]))[0, -1], full[0], atol=1e-5, rtol=1e-5)
