@@ -45,6 +45,10 @@ class TrieLogitsProcessor(LogitsProcessor):
               calls; :meth:`reset` forces it.
         num_beams: the ``num_beams`` given to ``generate()``. Like ``PrefixConstrainedLogitsProcessor`` it
             groups the rows of one batch item for the unsatisfiable fallback below.
+        inplace: write into ``scores`` instead of a new tensor. Saves allocating (and, above ~32 MB,
+            page-faulting) an ``[N, V]`` tensor per step. Safe in beam search, whose processors get
+            fresh log-probabilities; not with ``output_logits=True`` in greedy/sampling, where
+            transformers keeps the very tensor it hands the processors.
 
     Rows transformers hands over that have no continuation (finished rows padded after eos, filler
     beams that left the trie, a row standing on a leaf) keep all their scores: the "if no match, allow
@@ -55,13 +59,13 @@ class TrieLogitsProcessor(LogitsProcessor):
     is -inf (an earlier processor masked them, e.g. ``min_new_tokens`` hiding eos), those rows get
     0 on their allowed tokens and -inf elsewhere, so the constraint still holds.
 
-    Scores are returned in a new tensor (``scores`` is left untouched, as ``output_logits`` needs);
-    float32, float16 and bfloat16 on CPU or CUDA. Processors passed to ``generate()`` run after its
-    built-in ones, while ``PrefixConstrainedLogitsProcessor`` runs before ``forced_bos_token_id`` /
-    ``forced_eos_token_id`` / ``suppress_tokens``: outputs match when those are unset.
+    Scores are float32, float16 or bfloat16, on CPU or CUDA. Processors passed to ``generate()`` run
+    after its built-in ones, while ``PrefixConstrainedLogitsProcessor`` runs before
+    ``forced_bos_token_id`` / ``forced_eos_token_id`` / ``suppress_tokens``: outputs match when those
+    are unset.
     """
 
-    def __init__(self, trie: Trie, prompt_len: PromptLen = None, num_beams: int = 1):
+    def __init__(self, trie: Trie, prompt_len: PromptLen = None, num_beams: int = 1, inplace: bool = False):
         if not isinstance(trie, Trie):
             raise TypeError(f"trie must be a pyfastseq.Trie, got {type(trie).__name__}")
         if not (prompt_len is None or prompt_len == "auto" or _is_int(prompt_len) and prompt_len >= 0):
@@ -71,6 +75,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         self.trie = trie
         self.prompt_len = prompt_len
         self.num_beams = int(num_beams)
+        self.inplace = bool(inplace)
         child_begin = trie._native.arrays()[0]
         self._num_children = np.diff(child_begin.astype(np.int64))
         self.reset()
@@ -132,14 +137,14 @@ class TrieLogitsProcessor(LogitsProcessor):
 
     def _constrain_cpu(self, scores: torch.Tensor, nodes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         src = scores if scores.shape[1] < 2 or scores.stride(1) == 1 else scores.contiguous()
-        out = torch.full_like(src, float("-inf"), memory_format=torch.contiguous_format)
-        all_neg_inf = np.empty(len(nodes), dtype=np.uint8)
+        out = src if self.inplace else torch.empty_like(src, memory_format=torch.contiguous_format)
+        all_neg_inf = np.ones(len(nodes), dtype=np.uint8)
         if out.numel():
             _C.trie_constrain(self.trie._native, src.data_ptr(), out.data_ptr(), out.shape[0], out.shape[1],
                               src.stride(0), out.stride(0), _backend.ELEM_BYTES[out.dtype],
                               _backend.fill_bits(float("-inf"), out.dtype), nodes.ctypes.data, all_neg_inf.ctypes.data)
-        else:
-            all_neg_inf[:] = 1
+        if self.inplace and out is not scores:
+            out = scores.copy_(out)
         return out, all_neg_inf.astype(bool)
 
     def _constrain_torch(self, scores: torch.Tensor, nodes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
@@ -148,6 +153,8 @@ class TrieLogitsProcessor(LogitsProcessor):
         open_rows = torch.from_numpy(self._has_children(nodes)).to(scores.device)
         out = self.trie.mask_logits(scores.clone(), torch.from_numpy(nodes))
         out = torch.where(open_rows[:, None], out, scores)
+        if self.inplace:
+            out = scores.copy_(out)
         return out, out.amax(dim=1).isneginf().cpu().numpy()
 
     def _has_children(self, nodes: np.ndarray) -> np.ndarray:

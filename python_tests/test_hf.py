@@ -70,10 +70,11 @@ def random_rows(rng, seqs, rows, prompt, vocab):
 
 
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("num_beams", [1, 2, 4])
-@pytest.mark.parametrize("seed", range(4))
-def test_processor_matches_prefix_constrained__seed__beams__dtype(seed, num_beams, dtype, device):
+@pytest.mark.parametrize("seed", range(3))
+def test_processor_matches_prefix_constrained__seed__beams__dtype__inplace(seed, num_beams, dtype, inplace, device):
     rng = np.random.default_rng(seed)
     seqs = catalogue(seed)
     trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
@@ -90,10 +91,13 @@ def test_processor_matches_prefix_constrained__seed__beams__dtype(seed, num_beam
         scores, ids = scores.to(device), ids.to(device)
         before = scores.clone()
         expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, prompt, VOCAB + 3), num_beams)(ids, scores)
-        got = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt, num_beams=num_beams)(ids, scores)
+        got = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt, num_beams=num_beams, inplace=inplace)(ids, scores)
         assert got.dtype == dtype and got.device == scores.device
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
-        assert torch.equal(scores, before)  # out of place, like every transformers processor
+        if inplace:
+            assert got is scores
+        else:  # like every transformers processor
+            assert torch.equal(scores, before)
 
 
 def test_processor_walks_strided_and_int32_ids():
@@ -106,6 +110,9 @@ def test_processor_walks_strided_and_int32_ids():
     for given in (ids, ids.to(torch.int32)):
         got = fs.hf.TrieLogitsProcessor(trie, prompt_len=2)(given, scores)
         assert torch.equal(got, expected)
+    inplace = torch.stack([scores, scores], dim=2)[:, :, 0]  # column stride 2, written in place
+    assert fs.hf.TrieLogitsProcessor(trie, prompt_len=2, inplace=True)(ids, inplace) is inplace
+    assert torch.equal(inplace, expected)
 
 
 def test_nodes_and_bad_ids_never_raise():
@@ -175,14 +182,14 @@ def bart():
     return BartForConditionalGeneration(config).eval()
 
 
-def generate_both(model, inputs, start, prompt_len, trie_seqs, num_beams, nrs, **kwargs):
+def generate_both(model, inputs, start, prompt_len, trie_seqs, num_beams, nrs, inplace=False, **kwargs):
     trie, dict_trie = fs.Trie(trie_seqs, eos_id=EOS), DictTrie(trie_seqs, eos_id=EOS)
     common = dict(max_new_tokens=7, num_beams=num_beams, num_return_sequences=nrs, output_scores=True,
                   return_dict_in_generate=True, pad_token_id=PAD, eos_token_id=EOS, **kwargs)
     torch.manual_seed(1)
     expected = model.generate(**inputs, prefix_allowed_tokens_fn=reference_fn(dict_trie, start, VOCAB), **common)
     torch.manual_seed(1)
-    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt_len, num_beams=num_beams)
+    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt_len, num_beams=num_beams, inplace=inplace)
     got = model.generate(**inputs, logits_processor=[processor], **common)
     return expected, got
 
@@ -205,7 +212,7 @@ def test_gpt2_generate_matches_prefix_allowed_fn__seed__beams(gpt2, seed, num_be
     seqs = catalogue(seed)
     inputs = {"input_ids": torch.randint(3, VOCAB, (3, 3), generator=torch.Generator().manual_seed(seed))}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    expected, got = generate_both(gpt2, inputs, 3, prompt_len, seqs, num_beams, nrs)
+    expected, got = generate_both(gpt2, inputs, 3, prompt_len, seqs, num_beams, nrs, inplace=num_beams > 1)
     assert_same_generation(expected, got)
     dict_trie = DictTrie(seqs, eos_id=EOS)
     for row in expected.sequences[:, 3:].tolist():  # the constraint held: every output is an entry prefix

@@ -170,7 +170,7 @@ void bind_trie(py::module_& m) {
       py::arg("trie"), py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("rows"), py::arg("vocab"),
       py::arg("src_row_stride"), py::arg("dst_row_stride"), py::arg("elem_bytes"), py::arg("neg_inf_bits"),
       py::arg("nodes_ptr"), py::arg("all_neg_inf_ptr"),
-      "Copy each row's allowed scores (every score where the row has no continuation) into a prefilled dst.");
+      "Write each row's allowed scores (all where it has no continuation) and -inf elsewhere into dst (may be src).");
 }
 
 }  // namespace pyfastseq

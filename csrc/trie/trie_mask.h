@@ -4,6 +4,7 @@
 // fp32 (elem_bytes 4) and fp16/bf16 (elem_bytes 2). A row whose node is -1 has no continuation and is
 // filled entirely.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "trie/trie_view.h"
@@ -20,6 +21,23 @@ struct TrieMaskParams {
   const int32_t* nodes = nullptr;  // [rows], each -1 or a node id
   TrieView trie;
 };
+
+// Sets every entry of `row` [vocab] that is not a child token of `node` to `fill`, touching only
+// those entries (a row with node -1 is filled entirely). Shared by every CPU kernel that masks.
+template <class Bits>
+inline void fill_outside_children(Bits* row, int64_t vocab, Bits fill, int32_t node, const TrieView& trie) {
+  if (node < 0) {
+    std::fill_n(row, vocab, fill);
+    return;
+  }
+  int64_t next = 0;
+  for (uint32_t e = trie.child_begin[node]; e < trie.child_begin[node + 1]; ++e) {
+    const int64_t token = trie.child_token[e];
+    std::fill(row + next, row + token, fill);
+    next = token + 1;
+  }
+  std::fill(row + next, row + vocab, fill);
+}
 
 // CPU. Returns -1 on success or the index of the first row whose node is out of range (nothing is
 // written then). Children with token >= vocab are the caller's to rule out (Trie::max_token()).

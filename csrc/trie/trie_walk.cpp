@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common/parallel.h"
+#include "trie/trie_mask.h"
 
 namespace pyfastseq {
 namespace {
@@ -14,22 +15,23 @@ void constrain_rows(const TrieConstrainParams& p) {
   auto* dst = static_cast<Bits*>(p.dst);
   const Bits neg_inf = static_cast<Bits>(p.neg_inf_bits);
   const TrieView& trie = p.trie;
-  parallel_for(p.rows, 64, [&](int64_t r) {
+  parallel_for(p.rows, p.vocab, [&](int64_t r) {
     const Bits* in = src + r * p.src_row_stride;
     Bits* out = dst + r * p.dst_row_stride;
     const int32_t node = p.nodes[r];
     if (node < 0 || trie.num_children(node) == 0) {
-      std::memcpy(out, in, static_cast<size_t>(p.vocab) * sizeof(Bits));
       p.all_neg_inf[r] = std::all_of(in, in + p.vocab, [&](Bits v) { return v == neg_inf; });
+      if (out != in) std::memcpy(out, in, static_cast<size_t>(p.vocab) * sizeof(Bits));
       return;
     }
-    bool dead = true;
+    bool unsatisfiable = true;
     for (uint32_t e = trie.child_begin[node]; e < trie.child_begin[node + 1]; ++e) {
       const Bits v = in[trie.child_token[e]];
       out[trie.child_token[e]] = v;
-      dead = dead && v == neg_inf;
+      unsatisfiable = unsatisfiable && v == neg_inf;
     }
-    p.all_neg_inf[r] = dead;
+    p.all_neg_inf[r] = unsatisfiable;
+    fill_outside_children(out, p.vocab, neg_inf, node, trie);
   });
 }
 

@@ -24,14 +24,14 @@ struct TrieWalkParams {
 // Ids outside [0, 2**31) lie on no path and give -1; nothing is rejected.
 void run_trie_walk_cpu(const TrieWalkParams& params);
 
-// dst[r] := fill everywhere except the children of nodes[r], copied from src[r] (the `fill` is
-// already in dst: the caller allocates it filled). A row with no continuation (node -1 or a leaf)
-// is copied whole, as `prefix_allowed_tokens_fn` users allow every token there. all_neg_inf[r] is
-// set to 1 when every value the row kept equals `neg_inf_bits` (then the constraint is
-// unsatisfiable for that row). Values are copied as bits, so fp32/fp16/bf16 share one code path.
+// dst[r] := -inf everywhere except the children of nodes[r], whose scores come from src[r]. A row
+// with no continuation (node -1 or a leaf) keeps every score, as `prefix_allowed_tokens_fn` users
+// allow every token there. all_neg_inf[r] := 1 when every score the row kept is -inf (the constraint
+// is unsatisfiable there). dst may be src (in place). Values are handled as bits, so fp32/fp16/bf16
+// share one code path; one pass writes each dst entry once.
 struct TrieConstrainParams {
   const void* src = nullptr;   // [rows, vocab], unit stride along vocab
-  void* dst = nullptr;         // [rows, vocab], unit stride along vocab, prefilled
+  void* dst = nullptr;         // [rows, vocab], unit stride along vocab; == src or disjoint from it
   int64_t rows = 0;
   int64_t vocab = 0;           // must exceed every child token (the caller checks max_token)
   int64_t src_row_stride = 0;  // in elements
