@@ -76,8 +76,6 @@ class TrieLogitsProcessor(LogitsProcessor):
         self.prompt_len = prompt_len
         self.num_beams = int(num_beams)
         self.inplace = bool(inplace)
-        child_begin = trie._native.arrays()[0]
-        self._num_children = np.diff(child_begin.astype(np.int64))
         self.reset()
 
     def reset(self) -> None:
@@ -158,7 +156,9 @@ class TrieLogitsProcessor(LogitsProcessor):
         return out, out.amax(dim=1).isneginf().cpu().numpy()
 
     def _has_children(self, nodes: np.ndarray) -> np.ndarray:
-        return (nodes >= 0) & (self._num_children[np.maximum(nodes, 0)] > 0)
+        child_begin = self.trie._native.arrays()[0]
+        node = np.maximum(nodes, 0)
+        return (nodes >= 0) & (child_begin[node + 1] > child_begin[node])
 
     def _force_allowed(self, out: torch.Tensor, nodes: np.ndarray, unsatisfiable: np.ndarray) -> None:
         """Rows of batch items where no row has a finite allowed score: 0 on allowed, -inf elsewhere."""

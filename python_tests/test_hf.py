@@ -100,6 +100,23 @@ def test_processor_matches_prefix_constrained__seed__beams__dtype__inplace(seed,
             assert torch.equal(scores, before)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_device_path_matches_native_path_on_cpu(inplace):
+    # The path CUDA tensors take (walk natively, mask with Trie.mask_logits) forced on CPU tensors.
+    rng = np.random.default_rng(11)
+    seqs = catalogue(11)
+    trie = fs.Trie(seqs, eos_id=EOS)
+    ids, _, _ = random_rows(rng, seqs, 16, 2, VOCAB)
+    scores = torch.randn(16, VOCAB)
+    scores[torch.from_numpy(rng.random(scores.shape) < 0.5)] = float("-inf")
+    scores[::3] = float("-inf")
+    proc = fs.hf.TrieLogitsProcessor(trie, prompt_len=2, num_beams=2, inplace=inplace)
+    nodes = proc.nodes(ids)
+    expected, expected_flags = proc._constrain_cpu(scores.clone(), nodes)
+    got, flags = proc._constrain_torch(scores.clone(), nodes)
+    assert torch.equal(got, expected) and (flags == expected_flags).all() and flags.any()
+
+
 def test_processor_walks_strided_and_int32_ids():
     seqs = catalogue(7)
     trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
