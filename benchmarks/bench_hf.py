@@ -5,7 +5,9 @@ count: the processor alone on one decoding step, and whole ``model.generate()`` 
 random GPT-2 (the rest of each step, transformers' beam step included, is the same for both).
 PYFASTSEQ_BENCH_HF_ITEMS overrides the catalogue size (building the dict trie takes ~7 s per 1M).
 
-    PYTHONPATH=$PWD pytest benchmarks/bench_hf.py --benchmark-json=bench_hf.json
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD pytest benchmarks/bench_hf.py --benchmark-json=bench_hf.json
+
+(one thread: on a shared 2-core machine thread wake-ups otherwise dominate both sides' timings).
 """
 
 from __future__ import annotations

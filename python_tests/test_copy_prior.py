@@ -87,7 +87,7 @@ def test_logits_processor_inside_generate():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=V, n_positions=32, n_embd=16, n_layer=1, n_head=2,
-                                     eos_token_id=1, pad_token_id=0)
+                                     bos_token_id=1, eos_token_id=1, pad_token_id=0)
     model = transformers.GPT2LMHeadModel(config).eval()
     prior = trained_prior()
     inputs = torch.tensor([[3, 4, 5], [6, 7, 8]])
