@@ -62,7 +62,8 @@ class TrieLogitsProcessor(LogitsProcessor):
     Scores are float32, float16 or bfloat16, on CPU or CUDA. Processors passed to ``generate()`` run
     after its built-in ones, while ``PrefixConstrainedLogitsProcessor`` runs before
     ``forced_bos_token_id`` / ``forced_eos_token_id`` / ``suppress_tokens``: outputs match when those
-    are unset.
+    are unset, or when the trie agrees with them (BART checkpoints that force a bos first need that
+    bos at the start of every entry).
     """
 
     def __init__(self, trie: Trie, prompt_len: PromptLen = None, num_beams: int = 1, inplace: bool = False):
