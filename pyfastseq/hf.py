@@ -42,7 +42,8 @@ class TrieLogitsProcessor(LogitsProcessor):
               ``decoder_start_token_id`` column, so the trie holds the target tokens only. A call whose
               width is not one more than the previous call's, or whose row count or prompt columns
               changed, starts a new generation, so one processor can serve successive ``generate()``
-              calls; :meth:`reset` forces it.
+              calls; :meth:`reset` forces it. This follows greedy, sampling and beam search, which
+              grow ``input_ids`` one column per call; with assisted decoding pass an int.
         num_beams: the ``num_beams`` given to ``generate()``. Like ``PrefixConstrainedLogitsProcessor`` it
             groups the rows of one batch item for the unsatisfiable fallback below.
         inplace: write into ``scores`` instead of a new tensor. Saves allocating (and, above ~32 MB,
