@@ -4,10 +4,12 @@ __version__ = "0.1.0"
 
 from ._config import show_config
 from .attention import unilm_attention, unilm_mask
+from .copy_prior import CopyPrior
 from .trie import Trie
 from .unilm import UniLM
 
 __all__ = [
+    "CopyPrior",
     "Trie",
     "UniLM",
     "__version__",
@@ -15,3 +17,12 @@ __all__ = [
     "unilm_attention",
     "unilm_mask",
 ]
+
+
+def __getattr__(name):
+    # `fs.hf` imports transformers, so it is loaded on first use only (and left out of __all__).
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,7 @@
 #include "common/errors.h"
 #include "trie/trie.h"
 #include "trie/trie_mask.h"
+#include "trie/trie_walk.h"
 
 namespace py = pybind11;
 
@@ -125,6 +126,51 @@ void bind_trie(py::module_& m) {
       py::arg("fill_bits"), py::arg("nodes_ptr"), py::arg("child_begin_ptr"), py::arg("child_token_ptr"),
       py::arg("num_nodes"),
       "Mask [rows, vocab] logits in place; returns -1 or the first row whose node is out of range.");
+
+  m.def(
+      "trie_walk",
+      [](const Trie& t, uintptr_t ids, int64_t rows, int64_t row_stride, int64_t start, int64_t len, uintptr_t nodes) {
+        TrieWalkParams p;
+        p.ids = reinterpret_cast<const int64_t*>(ids);
+        p.rows = rows;
+        p.row_stride = row_stride;
+        p.start = start;
+        p.len = len;
+        p.nodes = reinterpret_cast<int32_t*>(nodes);
+        p.trie = t.view();
+        py::gil_scoped_release release;
+        run_trie_walk_cpu(p);
+      },
+      py::arg("trie"), py::arg("ids_ptr"), py::arg("rows"), py::arg("row_stride"), py::arg("start"), py::arg("len"),
+      py::arg("nodes_ptr"),
+      "Node of every row after its int64 ids[start:start+len] (-1 when it leaves the trie).");
+  m.def(
+      "trie_constrain",
+      [](const Trie& t, uintptr_t src, uintptr_t dst, int64_t rows, int64_t vocab, int64_t src_row_stride,
+         int64_t dst_row_stride, int32_t elem_bytes, uint32_t neg_inf_bits, uintptr_t nodes, uintptr_t all_neg_inf) {
+        if (vocab <= t.max_token()) fail("vocab (", vocab, ") must exceed the trie's largest token ", t.max_token());
+        TrieConstrainParams p;
+        p.src = reinterpret_cast<const void*>(src);
+        p.dst = reinterpret_cast<void*>(dst);
+        p.rows = rows;
+        p.vocab = vocab;
+        p.src_row_stride = src_row_stride;
+        p.dst_row_stride = dst_row_stride;
+        p.elem_bytes = elem_bytes;
+        p.neg_inf_bits = neg_inf_bits;
+        p.nodes = reinterpret_cast<const int32_t*>(nodes);
+        p.all_neg_inf = reinterpret_cast<uint8_t*>(all_neg_inf);
+        p.trie = t.view();
+        py::gil_scoped_release release;
+        for (int64_t r = 0; r < rows; ++r)
+          if (p.nodes[r] < -1 || p.nodes[r] >= t.num_nodes())
+            fail("nodes[", r, "] must be -1 or a node id in [0, ", t.num_nodes(), "), got ", p.nodes[r]);
+        run_trie_constrain_cpu(p);
+      },
+      py::arg("trie"), py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("rows"), py::arg("vocab"),
+      py::arg("src_row_stride"), py::arg("dst_row_stride"), py::arg("elem_bytes"), py::arg("neg_inf_bits"),
+      py::arg("nodes_ptr"), py::arg("all_neg_inf_ptr"),
+      "Write each row's allowed scores (all where it has no continuation) and -inf elsewhere into dst (may be src).");
 }
 
 }  // namespace pyfastseq

@@ -1,0 +1,132 @@
+"""fs.hf.TrieLogitsProcessor vs. transformers' PrefixConstrainedLogitsProcessor over a dict trie.
+
+1M-item semantic-ID catalogue (4 x 256 codes + eos, vocabulary 32,000), CPU. Two figures per row
+count: the processor alone on one decoding step, and whole ``model.generate()`` calls with a small
+random GPT-2 (the rest of each step, transformers' beam step included, is the same for both).
+PYFASTSEQ_BENCH_HF_ITEMS overrides the catalogue size (building the dict trie takes ~7 s per 1M).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD pytest benchmarks/bench_hf.py --benchmark-json=bench_hf.json
+
+(one thread: on a shared 2-core machine thread wake-ups otherwise dominate both sides' timings).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from datasets import EOS, SEMANTIC_VOCAB, as_lists, semantic_ids
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
+
+import pyfastseq as fs
+from pyfastseq.reference.trie import DictTrie
+
+ITEMS = int(os.environ.get("PYFASTSEQ_BENCH_HF_ITEMS", 1_000_000))
+PROMPT = 8
+NUM_BEAMS = 8
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    tokens, offsets = semantic_ids(ITEMS)
+    return fs.Trie(tokens, eos_id=EOS, offsets=offsets), DictTrie(as_lists(tokens, offsets), eos_id=EOS)
+
+
+def allowed_fn(dict_trie, start):
+    """The prefix_allowed_tokens_fn users write: the trie's children, every token where none."""
+    everything = list(range(SEMANTIC_VOCAB))
+    return lambda batch_id, sent: dict_trie.children(sent[start:].tolist()) or everything
+
+
+def median_seconds(fn, rounds):
+    times = []
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - begin)
+    return float(np.median(times))
+
+
+_peer_seconds: dict = {}
+
+
+def peer_median(key, fn, rounds):
+    """The peer is timed once per configuration, in the same run as both variants of ours."""
+    if key not in _peer_seconds:
+        _peer_seconds[key] = median_seconds(fn, rounds)
+    return _peer_seconds[key]
+
+
+def record(benchmark, peer_seconds, **info):
+    benchmark.extra_info.update(info, peer="transformers PrefixConstrainedLogitsProcessor + dict trie",
+                                peer_median_s=peer_seconds, items=ITEMS, machine=f"{os.cpu_count()}-core CPU",
+                                torch_threads=torch.get_num_threads())
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["ratio"] = peer_seconds / benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("rows", [80, 800])
+def test_processor_step__rows__inplace(benchmark, catalogue, rows, inplace):
+    trie, dict_trie = catalogue
+    tokens, offsets = semantic_ids(ITEMS)
+    rng = np.random.default_rng(rows)
+    items = rng.integers(0, ITEMS, size=rows)
+    generated = tokens[offsets[items][:, None] + np.arange(2)]  # mid-item: 2 of 4 codes decoded
+    prompts = rng.integers(2, SEMANTIC_VOCAB, (rows, PROMPT))
+    input_ids = torch.from_numpy(np.hstack([prompts, generated]).astype(np.int64))
+    scores = torch.log_softmax(torch.randn(rows, SEMANTIC_VOCAB), dim=-1)
+
+    peer = PrefixConstrainedLogitsProcessor(allowed_fn(dict_trie, PROMPT), NUM_BEAMS)
+    ours = fs.hf.TrieLogitsProcessor(trie, prompt_len=PROMPT, num_beams=NUM_BEAMS, inplace=inplace)
+    expected = peer(input_ids, scores)
+    assert torch.equal(ours(input_ids, scores.clone()), expected)
+
+    peer_seconds = peer_median(("step", rows), lambda: peer(input_ids, scores), rounds=7)
+    benchmark(ours, input_ids, scores)
+    record(benchmark, peer_seconds, rows=rows, vocab=SEMANTIC_VOCAB, inplace=inplace)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=SEMANTIC_VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                        bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("rows", [80, 800])
+def test_generate__rows__inplace(benchmark, catalogue, gpt2, rows, inplace):
+    trie, dict_trie = catalogue
+    batch = rows // NUM_BEAMS
+    input_ids = torch.randint(2, SEMANTIC_VOCAB, (batch, PROMPT), generator=torch.Generator().manual_seed(rows))
+    kwargs = dict(attention_mask=torch.ones_like(input_ids), max_new_tokens=5, num_beams=NUM_BEAMS,
+                  num_return_sequences=2, pad_token_id=PAD, eos_token_id=EOS, return_dict_in_generate=True,
+                  output_scores=True)
+
+    def peer():
+        return gpt2.generate(input_ids, prefix_allowed_tokens_fn=allowed_fn(dict_trie, PROMPT), **kwargs)
+
+    def ours():
+        processor = fs.hf.TrieLogitsProcessor(trie, prompt_len="auto", num_beams=NUM_BEAMS, inplace=inplace)
+        return gpt2.generate(input_ids, logits_processor=[processor], **kwargs)
+
+    with torch.inference_mode():
+        expected, got = peer(), ours()
+        assert torch.equal(got.sequences, expected.sequences)
+        assert torch.equal(got.sequences_scores, expected.sequences_scores)
+        for row in got.sequences[:, PROMPT:].tolist():
+            assert dict_trie.contains(row[: row.index(EOS) + 1])
+        peer_seconds = peer_median(("generate", rows), peer, rounds=3)
+        # The same generate() with no constraint: what the model and transformers' beam step cost,
+        # the floor under any processor (the best possible ratio is peer / floor).
+        floor_seconds = peer_median(("unconstrained", rows), lambda: gpt2.generate(input_ids, **kwargs), rounds=3)
+        benchmark.pedantic(ours, rounds=3, iterations=1)
+    record(benchmark, peer_seconds, rows=rows, inplace=inplace, new_tokens=5, model="GPT-2 2 layers x 64, vocab 32k",
+           unconstrained_median_s=floor_seconds, best_possible_ratio=peer_seconds / floor_seconds)

@@ -1,0 +1,57 @@
+#include "trie/trie_walk.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/parallel.h"
+#include "trie/row_fill.h"
+
+namespace pyfastseq {
+namespace {
+
+template <class Bits>
+void constrain_rows(const TrieConstrainParams& p) {
+  const auto* src = static_cast<const Bits*>(p.src);
+  auto* dst = static_cast<Bits*>(p.dst);
+  const Bits neg_inf = static_cast<Bits>(p.neg_inf_bits);
+  const TrieView& trie = p.trie;
+  const bool streaming = use_streaming_stores<Bits>(p.vocab);
+  parallel_for(p.rows, p.vocab, [&](int64_t r) {
+    const Bits* in = src + r * p.src_row_stride;
+    Bits* out = dst + r * p.dst_row_stride;
+    const int32_t node = p.nodes[r];
+    if (node < 0 || trie.num_children(node) == 0) {
+      p.all_neg_inf[r] = std::all_of(in, in + p.vocab, [&](Bits v) { return v == neg_inf; });
+      if (out != in) std::memcpy(out, in, static_cast<size_t>(p.vocab) * sizeof(Bits));
+      return;
+    }
+    bool unsatisfiable = true;
+    for (uint32_t e = trie.child_begin[node]; e < trie.child_begin[node + 1]; ++e) {
+      const Bits v = in[trie.child_token[e]];
+      out[trie.child_token[e]] = v;
+      unsatisfiable = unsatisfiable && v == neg_inf;
+    }
+    p.all_neg_inf[r] = unsatisfiable;
+    fill_outside_children(out, p.vocab, neg_inf, node, trie, streaming);
+  });
+  streaming_store_fence();
+}
+
+}  // namespace
+
+void run_trie_walk_cpu(const TrieWalkParams& p) {
+  const TrieView& trie = p.trie;
+  parallel_for(p.rows, p.len, [&](int64_t r) {
+    const int64_t* row = p.ids + r * p.row_stride + p.start;
+    int32_t node = 0;
+    for (int64_t i = 0; i < p.len && node >= 0; ++i)
+      node = (row[i] < 0 || row[i] > INT32_MAX) ? -1 : trie.child(node, static_cast<int32_t>(row[i]));
+    p.nodes[r] = node;
+  });
+}
+
+void run_trie_constrain_cpu(const TrieConstrainParams& p) {
+  if (p.elem_bytes == 2) constrain_rows<uint16_t>(p); else constrain_rows<uint32_t>(p);
+}
+
+}  // namespace pyfastseq

@@ -1,0 +1,149 @@
+"""The copy prior of seed 003: bias the output towards tokens that occur in the source.
+
+Most words of a title occur in its article. Per source, chi in {0, 1}^V marks the vocabulary ids
+that occur in it; a scale-and-shift layer with trainable s, t in R^V turns it into a prior that is
+averaged with the model's logits before the softmax::
+
+    y <- (y + s * chi + t) / 2
+
+It speeds up convergence and steadies the output (seed 003). The module works in training (its
+parameters get gradients) and as a logits hook in decoding: :meth:`CopyPrior.as_logits_processor`
+for transformers' ``generate()``, :meth:`CopyPrior.wrap_step_fn` for pyfastseq's step protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["CopyPrior"]
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class CopyPrior(nn.Module):
+    """``forward(logits, source_ids) = (logits + s * chi(source_ids) + t) / 2``.
+
+    Args:
+        vocab_size: V, the width of the logits.
+        pad_id: source positions holding this id are padding (not part of chi); ``source_mask``
+            given to a call takes precedence.
+
+    ``s`` starts at 1 and ``t`` at 0 (the seed's layer learns ``log s`` from 0, i.e. the same start).
+    """
+
+    def __init__(self, vocab_size: int, pad_id: int | None = None):
+        super().__init__()
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+        if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int)):
+            raise TypeError(f"pad_id must be an int or None, got {type(pad_id).__name__}")
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.s = nn.Parameter(torch.ones(vocab_size))
+        self.t = nn.Parameter(torch.zeros(vocab_size))
+
+    def extra_repr(self) -> str:
+        return f"vocab_size={self.vocab_size}, pad_id={self.pad_id}"
+
+    def indicator(self, source_ids: torch.Tensor, source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """chi: float ``[B, V]``, 1 where the vocabulary id occurs among the (unmasked) ``source_ids [B, S]``."""
+        if not isinstance(source_ids, torch.Tensor) or source_ids.dim() != 2:
+            raise ValueError(f"source_ids must be a 2-D tensor [B, S], got {_shape(source_ids)}")
+        if source_ids.dtype.is_floating_point or source_ids.dtype == torch.bool:
+            raise TypeError(f"source_ids must hold integer token ids, got {source_ids.dtype}")
+        if source_mask is None:
+            keep = torch.ones_like(source_ids, dtype=torch.bool) if self.pad_id is None else source_ids != self.pad_id
+        else:
+            if not isinstance(source_mask, torch.Tensor) or source_mask.shape != source_ids.shape:
+                raise ValueError(f"source_mask must be a tensor of source_ids' shape {tuple(source_ids.shape)}, "
+                                 f"got {_shape(source_mask)}")
+            keep = source_mask.to(device=source_ids.device, dtype=torch.bool)
+        bad = keep & ((source_ids < 0) | (source_ids >= self.vocab_size))
+        if bool(bad.any()):
+            raise ValueError(f"source_ids holds token id {int(source_ids[bad][0])} outside [0, {self.vocab_size})")
+        ids = torch.where(keep, source_ids, 0).long()
+        chi = torch.zeros((ids.shape[0], self.vocab_size), dtype=self.s.dtype, device=ids.device)
+        # amax, not a plain scatter: a padding position and a real one may name the same id.
+        return chi.scatter_reduce_(1, ids, keep.to(chi.dtype), reduce="amax")
+
+    def prior(self, source_ids: torch.Tensor, source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``s * chi + t``: float ``[B, V]``."""
+        return self.s * self.indicator(source_ids, source_mask) + self.t
+
+    def forward(self, logits: torch.Tensor, source_ids: torch.Tensor,
+                source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits [B, V]`` or ``[B, T, V]`` (one source per batch row) -> ``(logits + s*chi + t) / 2``."""
+        prior = self.prior(source_ids, source_mask)
+        return _average(logits, prior, self.vocab_size)
+
+    def as_logits_processor(self, source_ids: torch.Tensor,
+                            source_mask: torch.Tensor | None = None) -> "CopyPriorLogitsProcessor":
+        """A transformers logits processor applying the prior during ``generate()``.
+
+        ``source_ids [B, S]`` are the sources of the ``B`` batch items; ``generate()``'s
+        ``N = B * num_beams`` (or ``* num_return_sequences``) rows are batch-major, so row ``r`` uses
+        source ``r // (N // B)``.
+        """
+        return CopyPriorLogitsProcessor(self, self.prior(source_ids, source_mask).detach())
+
+    def wrap_step_fn(self, step_fn: StepFn, source_ids: torch.Tensor,
+                     source_mask: torch.Tensor | None = None) -> StepFn:
+        """``step_fn(tokens, beam_idx) -> logits`` biased by the prior, for pyfastseq's searchers.
+
+        Rows start batch-major (``N // B`` rows per source) and each row follows ``beam_idx`` to the row
+        it continues, so the source of every row stays right however the search reorders them.
+        """
+        prior = self.prior(source_ids, source_mask).detach()
+        row_source: list[torch.Tensor] = []
+
+        def biased_step(tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
+            logits = step_fn(tokens, beam_idx)
+            if not row_source:
+                row_source.append(_row_sources(logits.shape[0], prior.shape[0], logits.device))
+            else:
+                row_source[0] = row_source[0][beam_idx.to(row_source[0].device).long()]
+            return _average(logits, prior.to(logits.device)[row_source[0]], self.vocab_size)
+
+        return biased_step
+
+
+class CopyPriorLogitsProcessor:
+    """``(input_ids [N, cur_len], scores [N, V]) -> log_softmax((scores + prior) / 2)``.
+
+    transformers' beam search hands processors log-probabilities and sums what they return, so the
+    result is renormalised: ``log_softmax`` ignores the per-row shift between logits and
+    log-probabilities, so greedy, sampling and beam search all decode the seed's distribution
+    ``softmax((y + s*chi + t) / 2)``.
+    """
+
+    def __init__(self, module: CopyPrior, prior: torch.Tensor):
+        self.module = module
+        self.prior = prior
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        rows = _row_sources(scores.shape[0], self.prior.shape[0], scores.device)
+        biased = _average(scores, self.prior.to(scores.device)[rows], self.module.vocab_size)
+        return torch.log_softmax(biased.float(), dim=-1).to(scores.dtype)
+
+
+def _average(logits: torch.Tensor, prior: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3) or logits.shape[-1] != vocab_size:
+        raise ValueError(f"logits must be [B, {vocab_size}] or [B, T, {vocab_size}], got {_shape(logits)}")
+    if logits.shape[0] != prior.shape[0]:
+        raise ValueError(f"logits has {logits.shape[0]} rows but source_ids has {prior.shape[0]}")
+    if logits.dim() == 3:
+        prior = prior[:, None, :]
+    return (logits + prior.to(logits.dtype)) / 2
+
+
+def _row_sources(rows: int, sources: int, device: torch.device) -> torch.Tensor:
+    if rows % sources:
+        raise ValueError(f"{rows} logits rows cannot be split evenly over {sources} sources")
+    return torch.arange(rows, device=device) // (rows // sources)
+
+
+def _shape(value: object) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__

@@ -1,0 +1,183 @@
+"""transformers integration: a trie-constrained ``LogitsProcessor`` for ``model.generate()``.
+
+Importing this module imports transformers; ``import pyfastseq`` alone does not.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+from . import _backend
+from ._backend import _C
+from .trie import Trie
+
+__all__ = ["TrieLogitsProcessor"]
+
+PromptLen = Union[int, str, None]
+
+
+class TrieLogitsProcessor(LogitsProcessor):
+    """Constrain ``generate()`` to a :class:`~pyfastseq.Trie`, replacing ``prefix_allowed_tokens_fn``.
+
+    ``model.generate(..., logits_processor=[TrieLogitsProcessor(trie, prompt_len="auto", num_beams=k)])``
+    returns the same sequences and scores as ``prefix_allowed_tokens_fn=lambda b, ids:
+    dict_trie.children(ids[prompt_len:]) or all_tokens`` (transformers' ``PrefixConstrainedLogitsProcessor``)
+    without a Python call per row: each call finds every row's trie node in one native walk and copies
+    the allowed scores in one native pass.
+
+    Args:
+        trie: the :class:`~pyfastseq.Trie` of allowed continuations. Build it with ``eos_id`` set to the
+            model's eos token so that a stored sequence can finish even where it is a prefix of another.
+        prompt_len: where the constrained part of each row starts in ``input_ids``:
+
+            - ``None``: at column 0, so the trie's entries include whatever ``input_ids`` starts with
+              (GENRE-style tries for encoder-decoders begin with ``decoder_start_token_id``).
+            - an int: a fixed prompt length (with left padding every row of a batch has the same one).
+            - ``"auto"``: the width of ``input_ids`` at the first call of a generation. For a
+              decoder-only model that is the prompt; for an encoder-decoder it is the one
+              ``decoder_start_token_id`` column, so the trie holds the target tokens only. A call whose
+              width is not one more than the previous call's, or whose row count or prompt columns
+              changed, starts a new generation, so one processor can serve successive ``generate()``
+              calls; :meth:`reset` forces it. This follows greedy, sampling and beam search, which
+              grow ``input_ids`` one column per call; with assisted decoding pass an int.
+        num_beams: the ``num_beams`` given to ``generate()``. Like ``PrefixConstrainedLogitsProcessor`` it
+            groups the rows of one batch item for the unsatisfiable fallback below.
+        inplace: write into ``scores`` instead of a new tensor. Saves allocating (and, above ~32 MB,
+            page-faulting) an ``[N, V]`` tensor per step. Safe in beam search, whose processors get
+            fresh log-probabilities; not with ``output_logits=True`` in greedy/sampling, where
+            transformers keeps the very tensor it hands the processors.
+
+    Rows transformers hands over that have no continuation (finished rows padded after eos, filler
+    beams that left the trie, a row standing on a leaf) keep all their scores: the "if no match, allow
+    all tokens" idiom of transformers' own ``prefix_allowed_tokens_fn`` example, where
+    ``PrefixConstrainedLogitsProcessor`` would raise on the empty list. Such rows never outrank a
+    live beam (their running score is already -inf or -1e9) and greedy/sampling pads them anyway.
+    As in ``PrefixConstrainedLogitsProcessor``, when every allowed score of every row of a batch item
+    is -inf (an earlier processor masked them, e.g. ``min_new_tokens`` hiding eos), those rows get
+    0 on their allowed tokens and -inf elsewhere, so the constraint still holds.
+
+    Scores are float32, float16 or bfloat16, on CPU or CUDA. Processors passed to ``generate()`` run
+    after its built-in ones, while ``PrefixConstrainedLogitsProcessor`` runs before
+    ``forced_bos_token_id`` / ``forced_eos_token_id`` / ``suppress_tokens``: outputs match when those
+    are unset, or when the trie agrees with them (BART checkpoints that force a bos first need that
+    bos at the start of every entry).
+    """
+
+    def __init__(self, trie: Trie, prompt_len: PromptLen = None, num_beams: int = 1, inplace: bool = False):
+        if not isinstance(trie, Trie):
+            raise TypeError(f"trie must be a pyfastseq.Trie, got {type(trie).__name__}")
+        if not (prompt_len is None or prompt_len == "auto" or _is_int(prompt_len) and prompt_len >= 0):
+            raise ValueError(f"prompt_len must be None, 'auto' or an int >= 0, got {prompt_len!r}")
+        if not _is_int(num_beams) or num_beams < 1:
+            raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
+        self.trie = trie
+        self.prompt_len = prompt_len
+        self.num_beams = int(num_beams)
+        self.inplace = bool(inplace)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the prompt that ``prompt_len="auto"`` took from the current generation."""
+        self._auto_start: int | None = None
+        self._last_len = -1
+        self._prompt: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """``input_ids [N, cur_len]``, ``scores [N, V]`` -> constrained scores ``[N, V]``."""
+        self._check(input_ids, scores)
+        nodes = self.nodes(input_ids)
+        if scores.device.type == "cpu":
+            out, unsatisfiable = self._constrain_cpu(scores, nodes)
+        else:
+            out, unsatisfiable = self._constrain_torch(scores, nodes)
+        if unsatisfiable.any():
+            self._force_allowed(out, nodes, unsatisfiable)
+        return out
+
+    def nodes(self, input_ids: torch.Tensor) -> np.ndarray:
+        """int32 ``[N]``: each row's trie node after its constrained part (-1 where it left the trie)."""
+        start = self._start(input_ids)
+        ids = input_ids[:, start:]
+        if ids.device.type != "cpu" or ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
+            ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
+        nodes = np.empty(ids.shape[0], dtype=np.int32)
+        if ids.shape[0]:
+            _C.trie_walk(self.trie._native, ids.data_ptr(), ids.shape[0], ids.stride(0), 0, ids.shape[1],
+                         nodes.ctypes.data)
+        return nodes
+
+    def _start(self, input_ids: torch.Tensor) -> int:
+        if self.prompt_len != "auto":
+            return self.prompt_len or 0
+        rows, cur_len = input_ids.shape
+        start = self._auto_start
+        if (start is None or cur_len != self._last_len + 1 or rows != self._prompt.shape[0]
+                or not torch.equal(input_ids[:, :start].cpu(), self._prompt)):
+            start = self._auto_start = cur_len
+            self._prompt = input_ids.cpu().clone()
+        self._last_len = cur_len
+        return start
+
+    def _check(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a 2-D tensor [N, cur_len], got {_shape(input_ids)}")
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"scores must be a 2-D tensor [N, V] with N = {input_ids.shape[0]}, got {_shape(scores)}")
+        if scores.dtype not in _backend.ELEM_BYTES:
+            raise TypeError(f"scores must be float32, float16 or bfloat16, got {scores.dtype}")
+        if scores.shape[1] <= self.trie.max_token:
+            raise ValueError(f"the trie holds token id {self.trie.max_token} but scores has only "
+                             f"{scores.shape[1]} columns (vocabulary)")
+        if scores.shape[0] % self.num_beams:
+            raise ValueError(f"scores has {scores.shape[0]} rows, not a multiple of num_beams={self.num_beams}")
+
+    def _constrain_cpu(self, scores: torch.Tensor, nodes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        src = scores if scores.shape[1] < 2 or scores.stride(1) == 1 else scores.contiguous()
+        out = src if self.inplace else torch.empty_like(src, memory_format=torch.contiguous_format)
+        all_neg_inf = np.ones(len(nodes), dtype=np.uint8)
+        if out.numel():
+            _C.trie_constrain(self.trie._native, src.data_ptr(), out.data_ptr(), out.shape[0], out.shape[1],
+                              src.stride(0), out.stride(0), _backend.ELEM_BYTES[out.dtype],
+                              _backend.fill_bits(float("-inf"), out.dtype), nodes.ctypes.data, all_neg_inf.ctypes.data)
+        if self.inplace and out is not scores:
+            out = scores.copy_(out)
+        return out, all_neg_inf.astype(bool)
+
+    def _constrain_torch(self, scores: torch.Tensor, nodes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        # Off the CPU the walk stays native (a few ids per row come back to the host); the masking is
+        # the device kernel of Trie.mask_logits.
+        open_rows = torch.from_numpy(self._has_children(nodes)).to(scores.device)
+        out = self.trie.mask_logits(scores.clone(), torch.from_numpy(nodes))
+        out = torch.where(open_rows[:, None], out, scores)
+        if self.inplace:
+            out = scores.copy_(out)
+        return out, out.amax(dim=1).isneginf().cpu().numpy()
+
+    def _has_children(self, nodes: np.ndarray) -> np.ndarray:
+        child_begin = self.trie._native.arrays()[0]
+        node = np.maximum(nodes, 0)
+        return (nodes >= 0) & (child_begin[node + 1] > child_begin[node])
+
+    def _force_allowed(self, out: torch.Tensor, nodes: np.ndarray, unsatisfiable: np.ndarray) -> None:
+        """Rows of batch items where no row has a finite allowed score: 0 on allowed, -inf elsewhere."""
+        items = unsatisfiable.reshape(-1, self.num_beams).all(axis=1)
+        rows = np.flatnonzero(np.repeat(items, self.num_beams))
+        if not len(rows):
+            return
+        forced = torch.zeros((len(rows), out.shape[1]), dtype=out.dtype, device=out.device)
+        masked = self._has_children(nodes[rows])  # rows without a continuation allow every token
+        if masked.any():
+            forced[masked] = self.trie.mask_logits(forced[masked], torch.from_numpy(nodes[rows][masked]))
+        out[torch.from_numpy(rows).to(out.device)] = forced
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _shape(value: object) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__

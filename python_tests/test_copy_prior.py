@@ -1,0 +1,142 @@
+"""fs.CopyPrior (seed 003) against a hand computation, in training and as a decoding hook."""
+
+import pytest
+import torch
+
+import pyfastseq as fs
+
+V = 11
+
+
+def hand_prior(prior, logits, sources, pad=None):
+    """(y + s*chi + t) / 2 with chi built by a Python loop over each source."""
+    out = torch.empty_like(logits)
+    for b, source in enumerate(sources.tolist()):
+        chi = torch.zeros(V)
+        for token in source:
+            if token != pad:
+                chi[token] = 1.0
+        out[b] = (logits[b] + prior.s.detach() * chi + prior.t.detach()) / 2
+    return out
+
+
+def trained_prior(pad_id=None):
+    prior = fs.CopyPrior(V, pad_id=pad_id)
+    with torch.no_grad():
+        prior.s.copy_(torch.linspace(0.5, 3.0, V))
+        prior.t.copy_(torch.linspace(-1.0, 1.0, V))
+    return prior
+
+
+def test_formula_matches_hand_computation():
+    prior = trained_prior(pad_id=0)
+    sources = torch.tensor([[3, 5, 3, 0, 0], [0, 10, 1, 2, 0], [4, 4, 4, 4, 4]])
+    logits = torch.randn(3, V)
+    torch.testing.assert_close(prior(logits, sources), hand_prior(prior, logits, sources, pad=0))
+    # [B, T, V] (teacher forcing): one source per batch row, the same prior at every position
+    seq_logits = torch.randn(3, 4, V)
+    got = prior(seq_logits, sources)
+    for step in range(4):
+        torch.testing.assert_close(got[:, step], hand_prior(prior, seq_logits[:, step], sources, pad=0))
+
+
+def test_source_mask_overrides_pad_and_duplicates_are_counted_once():
+    prior = trained_prior(pad_id=0)
+    sources = torch.tensor([[3, 0, 3, 7]])
+    mask = torch.tensor([[True, True, False, False]])  # id 0 real here, 3 kept once, 7 masked out
+    chi = prior.indicator(sources, mask)
+    assert chi[0].nonzero().flatten().tolist() == [0, 3]
+    assert fs.CopyPrior(V).indicator(sources)[0].nonzero().flatten().tolist() == [0, 3, 7]
+
+
+def test_gradients_reach_s_and_t():
+    prior = fs.CopyPrior(V)
+    sources = torch.tensor([[1, 2], [2, 5]])
+    logits = torch.randn(2, V, requires_grad=True)
+    targets = torch.tensor([2, 7])
+    loss = torch.nn.functional.cross_entropy(prior(logits, sources), targets)
+    loss.backward()
+    assert logits.grad is not None
+    assert prior.s.grad.abs().sum() > 0 and prior.t.grad.abs().sum() > 0
+    # s only gets gradient on ids that occur in a source: d/ds_v = chi_v * d/dy_v / 2
+    assert prior.s.grad[[0, 3, 4, 6, 7, 8, 9, 10]].abs().sum() == 0
+    # a few steps of training raise the target's probability
+    opt = torch.optim.SGD(prior.parameters(), lr=1.0)
+    before = loss.item()
+    for _ in range(20):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(prior(logits.detach(), sources), targets)
+        loss.backward()
+        opt.step()
+    assert loss.item() < before
+
+
+def test_logits_processor_renormalises_the_seeds_distribution():
+    prior = trained_prior()
+    sources = torch.tensor([[1, 2], [4, 9]])
+    processor = prior.as_logits_processor(sources)
+    logits = torch.randn(2 * 3, V)  # 2 sources x 3 beams, batch-major as generate() lays rows out
+    rows = torch.arange(6) // 3
+    expected = torch.log_softmax(prior(logits, sources[rows]), dim=-1)
+    torch.testing.assert_close(processor(None, logits), expected.detach())
+    # log-probabilities (beam search's input) give the same result: the per-row shift cancels
+    torch.testing.assert_close(processor(None, torch.log_softmax(logits, -1)), expected.detach())
+
+
+def test_logits_processor_inside_generate():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=V, n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                                     bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    prior = trained_prior()
+    inputs = torch.tensor([[3, 4, 5], [6, 7, 8]])
+    sources = torch.tensor([[2, 9, 10], [3, 3, 4]])
+    kwargs = dict(max_new_tokens=5, num_beams=3, num_return_sequences=2, return_dict_in_generate=True,
+                  output_scores=True, attention_mask=torch.ones_like(inputs), pad_token_id=0)
+    got = model.generate(inputs, logits_processor=[prior.as_logits_processor(sources)], **kwargs)
+    # the same prior applied to the model's own logits (rows 0-2 use source 0, rows 3-5 source 1)
+    rows = torch.arange(6) // 3
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: prior(out, sources[rows]).detach())
+    try:
+        expected = model.generate(inputs, **kwargs)
+    finally:
+        hook.remove()
+    assert torch.equal(got.sequences, expected.sequences)
+    torch.testing.assert_close(got.sequences_scores, expected.sequences_scores)
+
+
+def test_step_fn_wrapper_follows_beam_idx():
+    prior = trained_prior()
+    sources = torch.tensor([[1, 2], [4, 9]])
+    base = torch.randn(4, V)
+    wrapped = prior.wrap_step_fn(lambda tokens, beam_idx: base.clone(), sources)
+    chis = prior.prior(sources).detach()
+    first = wrapped(torch.zeros(4, 0, dtype=torch.long), torch.arange(4))
+    torch.testing.assert_close(first, (base + chis[[0, 0, 1, 1]]) / 2)
+    # a reorder (rows 0 and 1 both continue row 1, rows 2 and 3 swap) keeps every row's source
+    second = wrapped(torch.zeros(4, 1, dtype=torch.long), torch.tensor([1, 1, 3, 2]))
+    torch.testing.assert_close(second, (base + chis[[0, 0, 1, 1]]) / 2)
+    # a searcher that moves a row to another batch item's slot takes its source along
+    third = wrapped(torch.zeros(4, 1, dtype=torch.long), torch.tensor([2, 0, 1, 3]))
+    torch.testing.assert_close(third, (base + chis[[1, 0, 0, 1]]) / 2)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="vocab_size"):
+        fs.CopyPrior(0)
+    prior = fs.CopyPrior(V)
+    with pytest.raises(ValueError, match="source_ids holds token id 11"):
+        prior(torch.zeros(1, V), torch.tensor([[11]]))
+    with pytest.raises(ValueError, match="source_ids"):
+        prior(torch.zeros(1, V), torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="source_ids"):
+        prior(torch.zeros(1, V), torch.tensor([[1.0]]))
+    with pytest.raises(ValueError, match="logits"):
+        prior(torch.zeros(1, V + 1), torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="rows"):
+        prior(torch.zeros(2, V), torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="source_mask"):
+        prior.indicator(torch.tensor([[1, 2]]), torch.tensor([[True]]))
+    # a masked position may hold any id (e.g. -100 labels)
+    assert prior.indicator(torch.tensor([[-100, 3]]), torch.tensor([[False, True]]))[0, 3] == 1

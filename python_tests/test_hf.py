@@ -1,0 +1,266 @@
+"""fs.hf.TrieLogitsProcessor against transformers' PrefixConstrainedLogitsProcessor + a dict trie."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor  # noqa: E402
+
+import pyfastseq as fs  # noqa: E402
+from pyfastseq.reference.trie import DictTrie  # noqa: E402
+
+from conftest import devices  # noqa: E402
+
+pytestmark = pytest.mark.native
+
+VOCAB = 40
+PAD, EOS = 0, 1
+
+
+def catalogue(seed, n=30, vocab=VOCAB):
+    """Random entries of 1-5 tokens over ids >= 3, with some entries that are prefixes of others."""
+    rng = np.random.default_rng(seed)
+    seqs = [rng.integers(3, vocab, size=rng.integers(1, 6)).tolist() for _ in range(n)]
+    seqs += [s[: len(s) // 2] for s in seqs[:8] if len(s) > 1]
+    return seqs
+
+
+def reference_fn(dict_trie, start, vocab):
+    """The usual prefix_allowed_tokens_fn: the trie's children, or every token where there are none."""
+    everything = list(range(vocab))
+
+    def allowed(batch_id, sent):
+        return dict_trie.children(sent[start:].tolist()) or everything
+
+    return allowed
+
+
+def test_importing_pyfastseq_does_not_import_transformers():
+    import subprocess
+
+    code = "import sys, pyfastseq; assert 'transformers' not in sys.modules"  # fs.hf loads it on use
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the processor alone ----------------------------------------------------------------------
+
+
+def random_rows(rng, seqs, rows, prompt, vocab):
+    """Rows of prompt + a live trie prefix, a finished entry padded, junk, or a leaf."""
+    out = []
+    width = prompt + 6
+    for _ in range(rows):
+        seq = seqs[rng.integers(len(seqs))] + [EOS]
+        kind = rng.integers(4)
+        if kind == 0:
+            gen = seq[: rng.integers(0, len(seq))]
+        elif kind == 1:
+            gen = seq
+        elif kind == 2:
+            gen = rng.integers(0, vocab, size=rng.integers(1, 6)).tolist()
+        else:
+            gen = seq[: rng.integers(0, len(seq))] + [rng.integers(0, vocab)]
+        out.append(rng.integers(0, vocab, size=prompt).tolist() + gen)
+    length = max(len(r) for r in out)
+    return torch.tensor([r + [PAD] * (length - len(r)) for r in out]), length, width
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("num_beams", [1, 2, 4])
+@pytest.mark.parametrize("seed", range(3))
+def test_processor_matches_prefix_constrained__seed__beams__dtype__inplace(seed, num_beams, dtype, inplace, device):
+    rng = np.random.default_rng(seed)
+    seqs = catalogue(seed)
+    trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
+    prompt = int(rng.integers(0, 4))
+    rows = 4 * num_beams
+    for length in range(prompt, prompt + 7):
+        ids = torch.from_numpy(rng.integers(0, VOCAB, size=(rows, length)))
+        live, _, _ = random_rows(rng, seqs, rows, prompt, VOCAB)
+        ids[:, : min(length, live.shape[1])] = live[:, :length]
+        scores = torch.randn(rows, VOCAB + 3).to(dtype)
+        # -inf patches so that some rows, and some whole batch items, have no finite allowed score.
+        scores[rng.random(scores.shape) < 0.3] = float("-inf")
+        scores[torch.from_numpy(rng.random(rows) < 0.3)] = float("-inf")
+        scores, ids = scores.to(device), ids.to(device)
+        before = scores.clone()
+        expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, prompt, VOCAB + 3), num_beams)(ids, scores)
+        got = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt, num_beams=num_beams, inplace=inplace)(ids, scores)
+        assert got.dtype == dtype and got.device == scores.device
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        if inplace:
+            assert got is scores
+        else:  # like every transformers processor
+            assert torch.equal(scores, before)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_device_path_matches_native_path_on_cpu(inplace):
+    # The path CUDA tensors take (walk natively, mask with Trie.mask_logits) forced on CPU tensors.
+    rng = np.random.default_rng(11)
+    seqs = catalogue(11)
+    trie = fs.Trie(seqs, eos_id=EOS)
+    ids, _, _ = random_rows(rng, seqs, 16, 2, VOCAB)
+    scores = torch.randn(16, VOCAB)
+    scores[torch.from_numpy(rng.random(scores.shape) < 0.5)] = float("-inf")
+    scores[::3] = float("-inf")
+    proc = fs.hf.TrieLogitsProcessor(trie, prompt_len=2, num_beams=2, inplace=inplace)
+    nodes = proc.nodes(ids)
+    expected, expected_flags = proc._constrain_cpu(scores.clone(), nodes)
+    got, flags = proc._constrain_torch(scores.clone(), nodes)
+    assert torch.equal(got, expected) and (flags == expected_flags).all() and flags.any()
+
+
+def test_processor_walks_strided_and_int32_ids():
+    seqs = catalogue(7)
+    trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
+    full = torch.tensor([[5, 5] + (seqs[i] + [EOS, EOS])[:2] + [9, 9] for i in range(6)])
+    ids = full[:, :4]  # a view with row stride 6, as generate() slices its running buffer
+    scores = torch.randn(6, 50)[:, :VOCAB]  # strided scores too
+    expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, 2, VOCAB), 1)(ids, scores)
+    for given in (ids, ids.to(torch.int32)):
+        got = fs.hf.TrieLogitsProcessor(trie, prompt_len=2)(given, scores)
+        assert torch.equal(got, expected)
+    inplace = torch.stack([scores, scores], dim=2)[:, :, 0]  # column stride 2, written in place
+    assert fs.hf.TrieLogitsProcessor(trie, prompt_len=2, inplace=True)(ids, inplace) is inplace
+    assert torch.equal(inplace, expected)
+
+
+def test_nodes_and_bad_ids_never_raise():
+    trie = fs.Trie([[3, 4], [3, 5, 6]], eos_id=EOS)
+    proc = fs.hf.TrieLogitsProcessor(trie, prompt_len=1)
+    ids = torch.tensor([[9, 3, 5], [9, -7, 5], [9, 2**40, 5], [9, 3, 4]])
+    assert proc.nodes(ids).tolist() == [trie.walk([3, 5]), -1, -1, trie.walk([3, 4])]
+    out = proc(ids, torch.zeros(4, 8))
+    assert torch.isfinite(out[1]).all() and torch.isfinite(out[2]).all()  # no continuation: all allowed
+    assert torch.isfinite(out[0]).sum() == 1 and torch.isfinite(out[3]).tolist() == [False, True] + [False] * 6
+
+
+def test_auto_prompt_len_follows_each_generation():
+    trie = fs.Trie([[3, 4], [5]], eos_id=EOS)
+    proc = fs.hf.TrieLogitsProcessor(trie, prompt_len="auto")
+    step = lambda ids: proc.nodes(torch.tensor(ids)).tolist()  # noqa: E731
+    root, node3 = trie.root, trie.walk([3])
+    assert step([[7, 7]]) == [root]
+    assert step([[7, 7, 3]]) == [node3]
+    assert step([[7, 7, 3, 4]]) == [trie.walk([3, 4])]
+    assert step([[8]]) == [root]  # shorter: a new generation
+    assert step([[8, 3]]) == [node3]
+    assert step([[9, 9, 9]]) == [root]  # one longer but a different prompt
+    assert step([[9, 9, 9, 3], [9, 9, 9, 5]]) == [root, root]  # more rows: a new generation
+    proc.reset()
+    assert step([[9, 9, 9, 3, 4], [9, 9, 9, 5, 1]]) == [root, root]
+
+
+def test_bad_arguments():
+    trie = fs.Trie([[3, 4]])
+    with pytest.raises(TypeError, match="trie"):
+        fs.hf.TrieLogitsProcessor([[3, 4]])
+    with pytest.raises(ValueError, match="prompt_len"):
+        fs.hf.TrieLogitsProcessor(trie, prompt_len=-1)
+    with pytest.raises(ValueError, match="num_beams"):
+        fs.hf.TrieLogitsProcessor(trie, num_beams=0)
+    proc = fs.hf.TrieLogitsProcessor(trie, num_beams=2)
+    ids = torch.zeros(4, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="vocabulary"):
+        proc(ids, torch.zeros(4, 4))
+    with pytest.raises(TypeError, match="float32"):
+        proc(ids, torch.zeros(4, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_beams"):
+        proc(ids[:3], torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="scores"):
+        proc(ids, torch.zeros(5, 8))
+
+
+# -- inside model.generate ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def bart():
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+                        pad_token_id=PAD, bos_token_id=2, eos_token_id=EOS, decoder_start_token_id=2,
+                        forced_bos_token_id=None, forced_eos_token_id=None)
+    return BartForConditionalGeneration(config).eval()
+
+
+def generate_both(model, inputs, start, prompt_len, trie_seqs, num_beams, nrs, inplace=False, **kwargs):
+    trie, dict_trie = fs.Trie(trie_seqs, eos_id=EOS), DictTrie(trie_seqs, eos_id=EOS)
+    common = dict(max_new_tokens=7, num_beams=num_beams, num_return_sequences=nrs, output_scores=True,
+                  return_dict_in_generate=True, pad_token_id=PAD, eos_token_id=EOS, **kwargs)
+    torch.manual_seed(1)
+    expected = model.generate(**inputs, prefix_allowed_tokens_fn=reference_fn(dict_trie, start, VOCAB), **common)
+    torch.manual_seed(1)
+    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt_len, num_beams=num_beams, inplace=inplace)
+    got = model.generate(**inputs, logits_processor=[processor], **common)
+    return expected, got
+
+
+def assert_same_generation(expected, got):
+    assert torch.equal(got.sequences, expected.sequences)
+    for a, b in zip(got.scores, expected.scores):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if hasattr(expected, "sequences_scores"):
+        torch.testing.assert_close(got.sequences_scores, expected.sequences_scores, rtol=0, atol=0)
+
+
+BEAMS = [(1, 1), (4, 2), (4, 4), (8, 3)]
+
+
+@pytest.mark.parametrize("prompt_len", [3, "auto"])
+@pytest.mark.parametrize("num_beams,nrs", BEAMS)
+@pytest.mark.parametrize("seed", range(2))
+def test_gpt2_generate_matches_prefix_allowed_fn__seed__beams(gpt2, seed, num_beams, nrs, prompt_len):
+    seqs = catalogue(seed)
+    inputs = {"input_ids": torch.randint(3, VOCAB, (3, 3), generator=torch.Generator().manual_seed(seed))}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    expected, got = generate_both(gpt2, inputs, 3, prompt_len, seqs, num_beams, nrs, inplace=num_beams > 1)
+    assert_same_generation(expected, got)
+    dict_trie = DictTrie(seqs, eos_id=EOS)
+    for row in expected.sequences[:, 3:].tolist():  # the constraint held: every output is an entry prefix
+        gen = row[: row.index(EOS) + 1] if EOS in row else row
+        assert dict_trie.node(gen) is not None
+
+
+def test_gpt2_sampling_with_several_return_sequences(gpt2):
+    inputs = {"input_ids": torch.randint(3, VOCAB, (2, 4), generator=torch.Generator().manual_seed(3))}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    expected, got = generate_both(gpt2, inputs, 4, "auto", catalogue(3), 1, 3, do_sample=True, top_k=0)
+    assert_same_generation(expected, got)
+
+
+@pytest.mark.parametrize("genre_style", [False, True])
+@pytest.mark.parametrize("num_beams,nrs", BEAMS)
+def test_bart_generate_matches_prefix_allowed_fn__beams(bart, num_beams, nrs, genre_style):
+    seqs = catalogue(5)
+    inputs = {"input_ids": torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if genre_style:  # entries start with decoder_start_token_id and the walk starts at column 0
+        expected, got = generate_both(bart, inputs, 0, None, [[2] + s for s in seqs], num_beams, nrs)
+    else:  # "auto" takes the decoder_start column as the prompt
+        expected, got = generate_both(bart, inputs, 1, "auto", seqs, num_beams, nrs)
+    assert_same_generation(expected, got)
+
+
+@pytest.mark.parametrize("seqs", [[[5], [6]], [[5], [6, 7], [8, 9, 10]]])
+@pytest.mark.parametrize("num_beams,nrs", [(1, 1), (4, 2)])
+def test_min_new_tokens_unsatisfiable_fallback_matches(gpt2, seqs, num_beams, nrs):
+    # min_new_tokens hides eos, so rows whose only continuation is eos fall back as transformers does.
+    inputs = {"input_ids": torch.tensor([[3, 4, 11]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    expected, got = generate_both(gpt2, inputs, 3, "auto", seqs, num_beams, nrs, min_new_tokens=3)
+    assert_same_generation(expected, got)
