@@ -1,0 +1,289 @@
+// CPU linear sum assignment: Jonker-Volgenant initialisation + shortest augmenting paths (see
+// assign.h). Every problem is copied into a contiguous, minimising, wide (rows <= cols) working
+// matrix first; the copy validates the entries and makes the solver's inner loops unit-stride.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "assign/assign.h"
+#include "common/parallel.h"
+
+namespace pyfastseq {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// Problems up to this size keep their working matrix and state on the stack: for them allocation
+// and setup would cost more than the solve.
+constexpr int kTiny = 16;
+
+// Solver state for a wide problem with nr <= nc; the caller owns the memory.
+struct Work {
+  const double* c;    // [nr, nc] row-major, entries finite or +inf
+  int nr, nc;
+  int* col4row;       // [nr]
+  int* row4col;       // [nc]
+  double* v;          // [nc] column prices
+  double* d;          // [nc] path lengths
+  int* pred;          // [nc]
+  int* cols;          // [nc] column order: scanned | current minimum set | unscanned
+  int* free_rows;     // [nr]
+};
+
+// Square problems: each column's price is its minimum and the column goes to its argmin row when
+// that row is still free; a row that got exactly one column transfers its slack to that column's
+// price (reduction transfer). Returns the number of free rows, or -1 for a column of +inf only.
+int column_reduction(Work& w) {
+  const int n = w.nc;
+  std::fill(w.col4row, w.col4row + w.nr, -1);
+  for (int j = n - 1; j >= 0; --j) {
+    double best = kInf;
+    int arg = -1;
+    for (int i = 0; i < w.nr; ++i) {
+      const double x = w.c[static_cast<int64_t>(i) * n + j];
+      if (x < best) best = x, arg = i;
+    }
+    if (arg < 0) return -1;
+    w.v[j] = best;
+    if (w.col4row[arg] < 0) {
+      w.col4row[arg] = j;
+      w.row4col[j] = arg;
+      w.pred[arg] = 1;  // pred doubles as the per-row match count here
+    } else {
+      w.row4col[j] = -1;
+      ++w.pred[arg];
+    }
+  }
+  int num_free = 0;
+  for (int i = 0; i < w.nr; ++i) {
+    const int j1 = w.col4row[i];
+    if (j1 < 0) {
+      w.free_rows[num_free++] = i;
+      continue;
+    }
+    if (w.pred[i] != 1) continue;
+    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    double slack = kInf;
+    for (int j = 0; j < n; ++j)
+      if (j != j1) slack = std::min(slack, ci[j] - w.v[j]);
+    if (slack < kInf) w.v[j1] = ci[j1] - slack;
+  }
+  return num_free;
+}
+
+// Augmenting row reduction: a free row takes its cheapest column and lowers that column's price to
+// its second-cheapest, evicting the previous owner, which is then retried. Prices only fall and no
+// column is ever released, so unassigned columns keep price 0 as the rectangular case needs.
+int augmenting_row_reduction(Work& w, int num_free) {
+  const int n = w.nc;
+  int current = 0, new_free = 0;
+  int64_t steps = 0;
+    // Eviction chains can grow long on large problems; past a few steps per free row the
+  // augmentation is cheaper, so the remaining rows go there.
+  const int64_t max_steps = static_cast<int64_t>(num_free) * 8;
+  while (current < num_free) {
+    const int i = w.free_rows[current++];
+    if (++steps > max_steps) {
+      w.free_rows[new_free++] = i;
+      continue;
+    }
+    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    double u1 = kInf, u2 = kInf;
+    int j1 = -1, j2 = -1;
+    for (int j = 0; j < n; ++j) {
+      const double h = ci[j] - w.v[j];
+      if (h < u2) {
+        if (h >= u1) {
+          u2 = h, j2 = j;
+        } else {
+          u2 = u1, j2 = j1;
+          u1 = h, j1 = j;
+        }
+      }
+    }
+    if (u2 == kInf) {  // at most one finite cell: leave the row to the augmentation
+      w.free_rows[new_free++] = i;
+      continue;
+    }
+    int i0 = w.row4col[j1];
+    const bool strict = u1 < u2;
+    if (strict) {
+      w.v[j1] -= u2 - u1;
+    } else if (i0 >= 0) {
+      j1 = j2;
+      i0 = w.row4col[j2];
+    }
+    w.col4row[i] = j1;
+    w.row4col[j1] = i;
+    if (i0 >= 0) {
+      w.col4row[i0] = -1;
+      if (strict) w.free_rows[--current] = i0;
+      else w.free_rows[new_free++] = i0;
+    }
+  }
+  return new_free;
+}
+
+// Dijkstra from free row f over reduced costs c[i][j] - v[j] until the nearest free column; then
+// reprices the scanned columns and flips the path. Returns false when no free column is reachable
+// through finite cells (the problem is infeasible).
+bool augment(Work& w, int f) {
+  const int n = w.nc;
+  const double* cf = w.c + static_cast<int64_t>(f) * n;
+  for (int j = 0; j < n; ++j) {
+    w.cols[j] = j;
+    w.pred[j] = f;
+    w.d[j] = cf[j] - w.v[j];
+  }
+  int lo = 0, hi = 0, ready = 0, sink = -1;
+  double mind = 0;
+  while (sink < 0) {
+    if (lo == hi) {  // gather the next set of closest columns into [lo, hi)
+      ready = lo;
+      mind = kInf;
+      for (int k = hi; k < n; ++k) {
+        const int j = w.cols[k];
+        const double dj = w.d[j];
+        if (dj <= mind) {
+          if (dj < mind) hi = lo, mind = dj;
+          w.cols[k] = w.cols[hi];
+          w.cols[hi++] = j;
+        }
+      }
+      if (mind == kInf) return false;
+      for (int k = lo; k < hi; ++k)
+        if (w.row4col[w.cols[k]] < 0) {
+          sink = w.cols[k];
+          break;
+        }
+      if (sink >= 0) break;
+    }
+    const int j1 = w.cols[lo++];
+    const int i = w.row4col[j1];
+    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    const double h = ci[j1] - w.v[j1] - mind;
+    for (int k = hi; k < n; ++k) {
+      const int j = w.cols[k];
+      const double dj = ci[j] - w.v[j] - h;
+      if (dj < w.d[j]) {
+        w.d[j] = dj;
+        w.pred[j] = i;
+        if (dj == mind) {
+          if (w.row4col[j] < 0) {
+            sink = j;
+            break;
+          }
+          w.cols[k] = w.cols[hi];
+          w.cols[hi++] = j;
+        }
+      }
+    }
+  }
+  for (int k = 0; k < ready; ++k) {
+    const int j = w.cols[k];
+    w.v[j] += w.d[j] - mind;
+  }
+  for (int j = sink;;) {
+    const int i = w.pred[j];
+    w.row4col[j] = i;
+    std::swap(j, w.col4row[i]);
+    if (i == f) break;
+  }
+  return true;
+}
+
+AssignStatus solve(Work& w) {
+  std::fill(w.row4col, w.row4col + w.nc, -1);
+  std::fill(w.v, w.v + w.nc, 0.0);
+  int num_free;
+  if (w.nr == w.nc) {
+    num_free = column_reduction(w);
+    if (num_free < 0) return kAssignInfeasible;
+  } else {  // wide: prices start at 0, the value every unassigned column must keep
+    std::fill(w.col4row, w.col4row + w.nr, -1);
+    for (int i = 0; i < w.nr; ++i) w.free_rows[i] = i;
+    num_free = w.nr;
+  }
+  for (int pass = 0; pass < 2 && num_free > 0; ++pass) num_free = augmenting_row_reduction(w, num_free);
+  for (int k = 0; k < num_free; ++k)
+    if (!augment(w, w.free_rows[k])) return kAssignInfeasible;
+  return kAssignOk;
+}
+
+// Copies problem b into `dst` as a minimising wide matrix; false on NaN or -inf after negation.
+bool load(const AssignParams& p, int64_t b, int64_t nr, int64_t nc, bool transpose, double* dst) {
+  const double* src = p.cost + b * p.batch_stride;
+  const int64_t rs = transpose ? p.col_stride : p.row_stride;
+  const int64_t cs = transpose ? p.row_stride : p.col_stride;
+  const double sign = p.maximize ? -1.0 : 1.0;
+  bool valid = true;
+  for (int64_t i = 0; i < nr; ++i) {
+    const double* row = src + i * rs;
+    double* out = dst + i * nc;
+    for (int64_t j = 0; j < nc; ++j) {
+      const double x = sign * row[j * cs];
+      valid &= !(std::isnan(x) || x == -kInf);
+      out[j] = x;
+    }
+  }
+  return valid;
+}
+
+struct Scratch {
+  std::vector<double> doubles;
+  std::vector<int> ints;
+};
+
+AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
+  const int64_t m = p.row_lens ? p.row_lens[b] : p.rows;
+  const int64_t n = p.col_lens ? p.col_lens[b] : p.cols;
+  std::fill(col_of_row, col_of_row + p.rows, -1);
+  if (m == 0 || n == 0) return kAssignOk;
+  const bool transpose = n < m;
+  const int nr = static_cast<int>(transpose ? n : m), nc = static_cast<int>(transpose ? m : n);
+
+  double stack_doubles[kTiny * kTiny + 2 * kTiny];
+  int stack_ints[4 * kTiny + 2 * kTiny];
+  double* doubles = stack_doubles;
+  int* ints = stack_ints;
+  if (nc > kTiny) {
+    thread_local Scratch scratch;
+    scratch.doubles.resize(static_cast<size_t>(nr) * nc + 2 * static_cast<size_t>(nc));
+    scratch.ints.resize(4 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr));
+    doubles = scratch.doubles.data();
+    ints = scratch.ints.data();
+  }
+  Work w;
+  w.c = doubles;
+  w.nr = nr;
+  w.nc = nc;
+  w.v = doubles + static_cast<int64_t>(nr) * nc;
+  w.d = w.v + nc;
+  w.row4col = ints;
+  w.pred = ints + nc;
+  w.cols = ints + 2 * nc;
+  w.col4row = ints + 3 * nc;
+  w.free_rows = w.col4row + nr;
+  if (!load(p, b, nr, nc, transpose, doubles)) return kAssignInvalid;
+  const AssignStatus status = solve(w);
+  if (status != kAssignOk) return status;
+  for (int i = 0; i < nr; ++i) {
+    if (transpose) col_of_row[w.col4row[i]] = i;
+    else col_of_row[i] = w.col4row[i];
+  }
+  return kAssignOk;
+}
+
+}  // namespace
+
+int64_t run_assign_cpu(const AssignParams& p) {
+  const int64_t work = std::max<int64_t>(1, p.rows * p.cols);
+  parallel_for(p.batch, work, [&](int64_t b) {
+    p.status[b] = solve_one(p, b, p.col_of_row + b * p.rows);
+  });
+  int64_t failed = 0;
+  for (int64_t b = 0; b < p.batch; ++b) failed += p.status[b] != kAssignOk;
+  return failed;
+}
+
+}  // namespace pyfastseq
