@@ -20,7 +20,7 @@ namespace pyfastseq {
 enum AssignStatus : int32_t { kAssignOk = 0, kAssignInfeasible = 1, kAssignInvalid = 2 };
 
 // A batch of B cost matrices, element (b, i, j) at cost[b * batch_stride + i * row_stride + j *
-// col_stride] (strides in elements, any sign-free layout). Problem b uses the leading
+// col_stride] (strides in elements, any sign). Problem b uses the leading
 // row_lens[b] x col_lens[b] block (the full rows x cols when the pointer is null).
 struct AssignParams {
   const double* cost = nullptr;
