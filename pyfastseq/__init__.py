@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .assignment import linear_sum_assignment
 from .trie import Trie
 
-__all__ = ["Trie", "__version__"]
+__all__ = ["Trie", "linear_sum_assignment", "__version__"]
