@@ -24,9 +24,10 @@ struct Work {
   int* col4row;       // [nr]
   int* row4col;       // [nc]
   double* v;          // [nc] column prices
-  double* d;          // [nc] path lengths
-  int* pred;          // [nc]
-  int* cols;          // [nc] column order: scanned | current minimum set | unscanned
+  double* d;          // [2 * nc] path lengths, then prices, both by position in cols
+  int* pred;          // [nc] predecessor row by position in cols
+  int* cols;          // [nc] column order: scanned | unscanned
+  int* path;          // [nc] predecessor row by column
   int* free_rows;     // [nr]
 };
 
@@ -35,16 +36,21 @@ struct Work {
 // price (reduction transfer). Returns the number of free rows, or -1 for a column of +inf only.
 int column_reduction(Work& w) {
   const int n = w.nc;
+  // Column minima and their first rows, scanned row by row for unit stride.
+  std::fill(w.v, w.v + n, kInf);
+  std::fill(w.cols, w.cols + n, -1);
+  for (int i = 0; i < w.nr; ++i) {
+    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    for (int j = 0; j < n; ++j) {
+      const bool lower = ci[j] < w.v[j];
+      w.v[j] = lower ? ci[j] : w.v[j];
+      w.cols[j] = lower ? i : w.cols[j];
+    }
+  }
   std::fill(w.col4row, w.col4row + w.nr, -1);
   for (int j = n - 1; j >= 0; --j) {
-    double best = kInf;
-    int arg = -1;
-    for (int i = 0; i < w.nr; ++i) {
-      const double x = w.c[static_cast<int64_t>(i) * n + j];
-      if (x < best) best = x, arg = i;
-    }
+    const int arg = w.cols[j];
     if (arg < 0) return -1;
-    w.v[j] = best;
     if (w.col4row[arg] < 0) {
       w.col4row[arg] = j;
       w.row4col[j] = arg;
@@ -90,16 +96,13 @@ int augmenting_row_reduction(Work& w, int num_free) {
     const double* ci = w.c + static_cast<int64_t>(i) * n;
     double u1 = kInf, u2 = kInf;
     int j1 = -1, j2 = -1;
-    for (int j = 0; j < n; ++j) {
+    for (int j = 0; j < n; ++j) {  // cheapest and second cheapest column, without branches
       const double h = ci[j] - w.v[j];
-      if (h < u2) {
-        if (h >= u1) {
-          u2 = h, j2 = j;
-        } else {
-          u2 = u1, j2 = j1;
-          u1 = h, j1 = j;
-        }
-      }
+      const bool first = h < u1, second = h < u2;
+      u2 = first ? u1 : (second ? h : u2);
+      j2 = first ? j1 : (second ? j : j2);
+      u1 = first ? h : u1;
+      j1 = first ? j : j1;
     }
     if (u2 == kInf) {  // at most one finite cell: leave the row to the augmentation
       w.free_rows[new_free++] = i;
@@ -125,66 +128,63 @@ int augmenting_row_reduction(Work& w, int num_free) {
 }
 
 // Dijkstra from free row f over reduced costs c[i][j] - v[j] until the nearest free column; then
-// reprices the scanned columns and flips the path. Returns false when no free column is reachable
-// through finite cells (the problem is infeasible).
+// reprices the scanned columns and flips the path. Position k holds column cols[k] with its price,
+// distance and predecessor row side by side (scanned columns first), so the relaxation pass reads
+// them contiguously and gathers only the cost row; the same pass finds the next column to scan.
+// Returns false when no free column is reachable through finite cells (the problem is infeasible).
 bool augment(Work& w, int f) {
   const int n = w.nc;
   const double* cf = w.c + static_cast<int64_t>(f) * n;
+  double* price = w.d + n;  // v in position order
+  double best = kInf;
+  int next = -1;
   for (int j = 0; j < n; ++j) {
     w.cols[j] = j;
     w.pred[j] = f;
+    price[j] = w.v[j];
     w.d[j] = cf[j] - w.v[j];
+    if (w.d[j] < best) best = w.d[j], next = j;
   }
-  int lo = 0, hi = 0, ready = 0, sink = -1;
+  int scanned = 0;
   double mind = 0;
-  while (sink < 0) {
-    if (lo == hi) {  // gather the next set of closest columns into [lo, hi)
-      ready = lo;
-      mind = kInf;
-      for (int k = hi; k < n; ++k) {
-        const int j = w.cols[k];
-        const double dj = w.d[j];
-        if (dj <= mind) {
-          if (dj < mind) hi = lo, mind = dj;
-          w.cols[k] = w.cols[hi];
-          w.cols[hi++] = j;
-        }
-      }
-      if (mind == kInf) return false;
-      for (int k = lo; k < hi; ++k)
-        if (w.row4col[w.cols[k]] < 0) {
-          sink = w.cols[k];
+  for (;;) {
+    if (next < 0) return false;
+    mind = best;
+    std::swap(w.cols[next], w.cols[scanned]);
+    std::swap(w.d[next], w.d[scanned]);
+    std::swap(w.pred[next], w.pred[scanned]);
+    std::swap(price[next], price[scanned]);
+    const int j1 = w.cols[scanned++];
+    const int i = w.row4col[j1];
+    if (i < 0) break;  // j1 is free: the path ends there
+    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    const double h = ci[j1] - price[scanned - 1] - mind;
+    best = kInf;
+    next = -1;
+    for (int k = scanned; k < n; ++k) {
+      const double dk = ci[w.cols[k]] - price[k] - h;
+      if (dk < w.d[k]) {
+        w.d[k] = dk;
+        w.pred[k] = i;
+        if (dk == mind && w.row4col[w.cols[k]] < 0) {  // a free column at the current distance
+          best = dk, next = k;
           break;
         }
-      if (sink >= 0) break;
-    }
-    const int j1 = w.cols[lo++];
-    const int i = w.row4col[j1];
-    const double* ci = w.c + static_cast<int64_t>(i) * n;
-    const double h = ci[j1] - w.v[j1] - mind;
-    for (int k = hi; k < n; ++k) {
-      const int j = w.cols[k];
-      const double dj = ci[j] - w.v[j] - h;
-      if (dj < w.d[j]) {
-        w.d[j] = dj;
-        w.pred[j] = i;
-        if (dj == mind) {
-          if (w.row4col[j] < 0) {
-            sink = j;
-            break;
-          }
-          w.cols[k] = w.cols[hi];
-          w.cols[hi++] = j;
-        }
       }
+      const bool closer = w.d[k] < best;
+      best = closer ? w.d[k] : best;
+      next = closer ? k : next;
     }
   }
-  for (int k = 0; k < ready; ++k) {
+  // Scanned columns before the sink get cheaper by how much closer than the sink they were.
+  const int sink = w.cols[scanned - 1];
+  for (int k = 0; k < scanned; ++k) {
     const int j = w.cols[k];
-    w.v[j] += w.d[j] - mind;
+    w.v[j] = price[k] + (w.d[k] - mind);
+    w.path[j] = w.pred[k];
   }
   for (int j = sink;;) {
-    const int i = w.pred[j];
+    const int i = w.path[j];
     w.row4col[j] = i;
     std::swap(j, w.col4row[i]);
     if (i == f) break;
@@ -242,14 +242,14 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   const bool transpose = n < m;
   const int nr = static_cast<int>(transpose ? n : m), nc = static_cast<int>(transpose ? m : n);
 
-  double stack_doubles[kTiny * kTiny + 2 * kTiny];
-  int stack_ints[4 * kTiny + 2 * kTiny];
+  double stack_doubles[kTiny * kTiny + 3 * kTiny];
+  int stack_ints[5 * kTiny + 2 * kTiny];
   double* doubles = stack_doubles;
   int* ints = stack_ints;
   if (nc > kTiny) {
     thread_local Scratch scratch;
-    scratch.doubles.resize(static_cast<size_t>(nr) * nc + 2 * static_cast<size_t>(nc));
-    scratch.ints.resize(4 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr));
+    scratch.doubles.resize(static_cast<size_t>(nr) * nc + 3 * static_cast<size_t>(nc));
+    scratch.ints.resize(5 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr));
     doubles = scratch.doubles.data();
     ints = scratch.ints.data();
   }
@@ -262,7 +262,8 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   w.row4col = ints;
   w.pred = ints + nc;
   w.cols = ints + 2 * nc;
-  w.col4row = ints + 3 * nc;
+  w.path = ints + 3 * nc;
+  w.col4row = ints + 4 * nc;
   w.free_rows = w.col4row + nr;
   if (!load(p, b, nr, nc, transpose, doubles)) return kAssignInvalid;
   const AssignStatus status = solve(w);
