@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
+#include <memory>
 
 #include "assign/assign.h"
 #include "common/parallel.h"
@@ -229,11 +229,6 @@ bool load(const AssignParams& p, int64_t b, int64_t nr, int64_t nc, bool transpo
   return valid;
 }
 
-struct Scratch {
-  std::vector<double> doubles;
-  std::vector<int> ints;
-};
-
 AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   const int64_t m = p.row_lens ? p.row_lens[b] : p.rows;
   const int64_t n = p.col_lens ? p.col_lens[b] : p.cols;
@@ -246,12 +241,13 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   int stack_ints[5 * kTiny + 2 * kTiny];
   double* doubles = stack_doubles;
   int* ints = stack_ints;
+  std::unique_ptr<double[]> heap_doubles;  // left uninitialised: load() writes every entry
+  std::unique_ptr<int[]> heap_ints;
   if (nc > kTiny) {
-    thread_local Scratch scratch;
-    scratch.doubles.resize(static_cast<size_t>(nr) * nc + 3 * static_cast<size_t>(nc));
-    scratch.ints.resize(5 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr));
-    doubles = scratch.doubles.data();
-    ints = scratch.ints.data();
+    heap_doubles.reset(new double[static_cast<size_t>(nr) * nc + 3 * static_cast<size_t>(nc)]);
+    heap_ints.reset(new int[5 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr)]);
+    doubles = heap_doubles.get();
+    ints = heap_ints.get();
   }
   Work w;
   w.c = doubles;
@@ -278,8 +274,10 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
 }  // namespace
 
 int64_t run_assign_cpu(const AssignParams& p) {
+  // Problems differ in cost (augmenting paths vary); small chunks keep both threads busy.
   const int64_t work = std::max<int64_t>(1, p.rows * p.cols);
-  parallel_for(p.batch, work, [&](int64_t b) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / work);
+  parallel_for_dynamic(p.batch, work, grain, [&](int64_t b) {
     p.status[b] = solve_one(p, b, p.col_of_row + b * p.rows);
   });
   int64_t failed = 0;
