@@ -1,6 +1,6 @@
 // CPU linear sum assignment: Jonker-Volgenant initialisation + shortest augmenting paths (see
-// assign.h). Every problem is copied into a contiguous, minimising, wide (rows <= cols) working
-// matrix first; the copy validates the entries and makes the solver's inner loops unit-stride.
+// assign.h). The solver sees a minimising, wide (rows <= cols) matrix with unit column stride: the
+// input itself when it already is one, else a copy (negated for maximize, transposed when tall).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -19,7 +19,8 @@ constexpr int kTiny = 16;
 
 // Solver state for a wide problem with nr <= nc; the caller owns the memory.
 struct Work {
-  const double* c;    // [nr, nc] row-major, entries finite or +inf
+  const double* c;    // [nr, nc], row i at c + i * ld, unit column stride; finite or +inf entries
+  int64_t ld;
   int nr, nc;
   int* col4row;       // [nr]
   int* row4col;       // [nc]
@@ -29,6 +30,8 @@ struct Work {
   int* cols;          // [nc] column order: scanned | unscanned
   int* path;          // [nc] predecessor row by column
   int* free_rows;     // [nr]
+
+  const double* row(int i) const { return c + i * ld; }
 };
 
 // Square problems: each column's price is its minimum and the column goes to its argmin row when
@@ -40,7 +43,7 @@ int column_reduction(Work& w) {
   std::fill(w.v, w.v + n, kInf);
   std::fill(w.cols, w.cols + n, -1);
   for (int i = 0; i < w.nr; ++i) {
-    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    const double* ci = w.row(i);
     for (int j = 0; j < n; ++j) {
       const bool lower = ci[j] < w.v[j];
       w.v[j] = lower ? ci[j] : w.v[j];
@@ -68,7 +71,7 @@ int column_reduction(Work& w) {
       continue;
     }
     if (w.pred[i] != 1) continue;
-    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    const double* ci = w.row(i);
     double slack = kInf;
     for (int j = 0; j < n; ++j)
       if (j != j1) slack = std::min(slack, ci[j] - w.v[j]);
@@ -121,7 +124,7 @@ int augmenting_row_reduction(Work& w, int num_free) {
       w.free_rows[new_free++] = i;
       continue;
     }
-    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    const double* ci = w.row(i);
     double u1 = kInf, u2 = kInf;
     int j1 = -1, j2 = -1;
     cheapest_two(ci, w.v, n, u1, j1, u2, j2);
@@ -155,7 +158,7 @@ int augmenting_row_reduction(Work& w, int num_free) {
 // Returns false when no free column is reachable through finite cells (the problem is infeasible).
 bool augment(Work& w, int f) {
   const int n = w.nc;
-  const double* cf = w.c + static_cast<int64_t>(f) * n;
+  const double* cf = w.row(f);
   double* price = w.d + n;  // v in position order
   double best = kInf;
   int next = -1;
@@ -178,7 +181,7 @@ bool augment(Work& w, int f) {
     const int j1 = w.cols[scanned++];
     const int i = w.row4col[j1];
     if (i < 0) break;  // j1 is free: the path ends there
-    const double* ci = w.c + static_cast<int64_t>(i) * n;
+    const double* ci = w.row(i);
     const double h = ci[j1] - price[scanned - 1] - mind;
     best = kInf;
     next = -1;
@@ -231,20 +234,17 @@ AssignStatus solve(Work& w) {
   return kAssignOk;
 }
 
-// Copies problem b into `dst` as a minimising wide matrix; false on NaN or -inf after negation.
-bool load(const AssignParams& p, int64_t b, int64_t nr, int64_t nc, bool transpose, double* dst) {
-  const double* src = p.cost + b * p.batch_stride;
-  const int64_t rs = transpose ? p.col_stride : p.row_stride;
-  const int64_t cs = transpose ? p.row_stride : p.col_stride;
-  const double sign = p.maximize ? -1.0 : 1.0;
+// Checks that no entry is NaN or -inf once multiplied by sign and, with kCopy, copies the products
+// into dst [nr, nc], row-major.
+template <bool kCopy>
+bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, double sign, double* dst) {
   bool valid = true;
   for (int64_t i = 0; i < nr; ++i) {
     const double* row = src + i * rs;
-    double* out = dst + i * nc;
     for (int64_t j = 0; j < nc; ++j) {
       const double x = sign * row[j * cs];
       valid &= !(std::isnan(x) || x == -kInf);
-      out[j] = x;
+      if (kCopy) dst[i * nc + j] = x;
     }
   }
   return valid;
@@ -258,23 +258,34 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   const bool transpose = n < m;
   const int nr = static_cast<int>(transpose ? n : m), nc = static_cast<int>(transpose ? m : n);
 
+  const double* src = p.cost + b * p.batch_stride;
+  const int64_t rs = transpose ? p.col_stride : p.row_stride, cs = transpose ? p.row_stride : p.col_stride;
+  // A large minimising problem with unit column stride is solved where it lies (a copy would cost
+  // as much as the whole solve of a wide problem); tiny ones are copied next to their state.
+  const bool in_place = nc > kTiny && !p.maximize && cs == 1;
+  const int64_t copy_size = in_place ? 0 : static_cast<int64_t>(nr) * nc;
+
   double stack_doubles[kTiny * kTiny + 3 * kTiny];
   int stack_ints[5 * kTiny + 2 * kTiny];
   double* doubles = stack_doubles;
   int* ints = stack_ints;
-  std::unique_ptr<double[]> heap_doubles;  // left uninitialised: load() writes every entry
+  std::unique_ptr<double[]> heap_doubles;  // left uninitialised: every entry is written before use
   std::unique_ptr<int[]> heap_ints;
   if (nc > kTiny) {
-    heap_doubles.reset(new double[static_cast<size_t>(nr) * nc + 3 * static_cast<size_t>(nc)]);
+    heap_doubles.reset(new double[copy_size + 3 * static_cast<int64_t>(nc)]);
     heap_ints.reset(new int[5 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr)]);
     doubles = heap_doubles.get();
     ints = heap_ints.get();
   }
+  const double sign = p.maximize ? -1.0 : 1.0;
+  const bool valid = in_place ? load<false>(src, nr, nc, rs, cs, sign, nullptr) : load<true>(src, nr, nc, rs, cs, sign, doubles);
+  if (!valid) return kAssignInvalid;
   Work w;
-  w.c = doubles;
+  w.c = in_place ? src : doubles;
+  w.ld = in_place ? rs : nc;
   w.nr = nr;
   w.nc = nc;
-  w.v = doubles + static_cast<int64_t>(nr) * nc;
+  w.v = doubles + copy_size;
   w.d = w.v + nc;
   w.row4col = ints;
   w.pred = ints + nc;
@@ -282,7 +293,6 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   w.path = ints + 3 * nc;
   w.col4row = ints + 4 * nc;
   w.free_rows = w.col4row + nr;
-  if (!load(p, b, nr, nc, transpose, doubles)) return kAssignInvalid;
   const AssignStatus status = solve(w);
   if (status != kAssignOk) return status;
   for (int i = 0; i < nr; ++i) {
