@@ -2,7 +2,6 @@
 // assign.h). The solver sees a minimising, wide (rows <= cols) matrix with unit column stride: the
 // input itself when it already is one, else a copy (negated for maximize, transposed when tall).
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <memory>
 
@@ -243,7 +242,7 @@ bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, dou
     const double* row = src + i * rs;
     for (int64_t j = 0; j < nc; ++j) {
       const double x = sign * row[j * cs];
-      valid &= !(std::isnan(x) || x == -kInf);
+      valid &= x > -kInf;  // false for NaN and -inf alone
       if (kCopy) dst[i * nc + j] = x;
     }
   }
