@@ -6,11 +6,15 @@ against SciPy's before it is timed. Ratios (peer median / ours) go to benchmarks
 
     PYTHONPATH=$PWD pytest benchmarks/bench_assignment.py --benchmark-json=assign.json
     python benchmarks/bench_assignment.py assign.json      # prints the ratio table
+
+OMP_NUM_THREADS=1 runs both batch solvers (pyfastseq's OpenMP loop, lapx's worker pool) on one
+thread: per-core efficiency, and steadier figures on a busy machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -23,6 +27,9 @@ try:
     import lap
 except ImportError:  # lapx is optional: its rows are skipped
     lap = None
+
+# lapx's batch threads follow OMP_NUM_THREADS like pyfastseq's (0: all cores, lapx's default).
+LAPX_THREADS = int(os.environ.get("OMP_NUM_THREADS", "0"))
 
 CASES = {
     "10k x 10x10": (10_000, 10, 10),
@@ -47,7 +54,7 @@ def scipy_loop(cost):
 def lapx(cost):
     if cost.shape[0] == 1:  # lapjvh: lapx's fastest single-matrix solver
         return lap.lapjvh(cost[0], extend_cost=True, return_cost=False)
-    return lap.lapjvr_batch(cost, extend_cost=True, return_cost=False)
+    return lap.lapjvr_batch(cost, extend_cost=True, return_cost=False, n_threads=LAPX_THREADS)
 
 
 def totals(solver: str, cost: np.ndarray, out) -> np.ndarray:
@@ -75,23 +82,29 @@ def test_assignment(benchmark, case, solver):
     np.testing.assert_allclose(totals(solver, cost, run(cost)), expected, rtol=1e-9)
     benchmark.group = case
     benchmark.extra_info.update(case=case, solver=solver, batch=cost.shape[0], shape=list(cost.shape[1:]),
-                                dtype="float64")
+                                dtype="float64", threads=os.environ.get("OMP_NUM_THREADS", "all"))
     rounds = 3 if solver == "scipy" or cost.shape[0] == 1 else 10
     benchmark.pedantic(run, args=(cost,), rounds=rounds, warmup_rounds=1)
 
 
 def ratio_table(path: str) -> str:
-    """Markdown rows: case, peer, peer median / pyfastseq median, pyfastseq median."""
-    medians: dict[tuple[str, str], float] = {}
+    """Markdown rows: case, peer, threads, median and best-round ratios (peer / pyfastseq), our median."""
+    stats: dict[tuple[str, str], dict] = {}
+    threads = "all"
     for bench in json.load(open(path))["benchmarks"]:
         info = bench["extra_info"]
-        medians[info["case"], info["solver"]] = bench["stats"]["median"]
+        stats[info["case"], info["solver"]] = bench["stats"]
+        threads = info.get("threads", threads)
     lines = []
     for case in CASES:
-        mine = medians.get((case, "pyfastseq"))
+        mine = stats.get((case, "pyfastseq"))
         for peer in ("scipy", "lapx"):
-            if mine and (case, peer) in medians:
-                lines.append(f"| {case} | {peer} | {medians[case, peer] / mine:.1f}x | {mine * 1e3:.2f} ms |")
+            if mine and (case, peer) in stats:
+                theirs = stats[case, peer]
+                lines.append(
+                    f"| {case} | {peer} | {threads} | {theirs['median'] / mine['median']:.1f}x | "
+                    f"{theirs['min'] / mine['min']:.1f}x | {mine['median'] * 1e3:.2f} ms |"
+                )
     return "\n".join(lines)
 
 

@@ -24,10 +24,10 @@ struct Work {
   int* col4row;       // [nr]
   int* row4col;       // [nc]
   double* v;          // [nc] column prices
-  double* d;          // [2 * nc] path lengths, then prices, both by position in cols
-  int* pred;          // [nc] predecessor row by position in cols
-  int* cols;          // [nc] column order: scanned | unscanned
-  int* path;          // [nc] predecessor row by column
+  double* d;          // [nc] path lengths
+  int* path;          // [nc] predecessor row on the shortest path
+  int* mark;          // [nc] per-row match counts (column reduction), scanned flags (augment)
+  int* cols;          // [nc] argmin rows (column reduction), columns in scan order (augment)
   int* free_rows;     // [nr]
 
   const double* row(int i) const { return c + i * ld; }
@@ -56,10 +56,10 @@ int column_reduction(Work& w) {
     if (w.col4row[arg] < 0) {
       w.col4row[arg] = j;
       w.row4col[j] = arg;
-      w.pred[arg] = 1;  // pred doubles as the per-row match count here
+      w.mark[arg] = 1;
     } else {
       w.row4col[j] = -1;
-      ++w.pred[arg];
+      ++w.mark[arg];
     }
   }
   int num_free = 0;
@@ -69,7 +69,7 @@ int column_reduction(Work& w) {
       w.free_rows[num_free++] = i;
       continue;
     }
-    if (w.pred[i] != 1) continue;
+    if (w.mark[i] != 1) continue;
     const double* ci = w.row(i);
     double slack = kInf;
     for (int j = 0; j < n; ++j)
@@ -151,20 +151,18 @@ int augmenting_row_reduction(Work& w, int num_free) {
 }
 
 // Dijkstra from free row f over reduced costs c[i][j] - v[j] until the nearest free column; then
-// reprices the scanned columns and flips the path. Position k holds column cols[k] with its price,
-// distance and predecessor row side by side (scanned columns first), so the relaxation pass reads
-// them contiguously and gathers only the cost row; the same pass finds the next column to scan.
+// reprices the scanned columns and flips the path. Each step relaxes through the newly reached
+// row in column order, so the row streams from memory, and finds the next column in the same pass.
 // Returns false when no free column is reachable through finite cells (the problem is infeasible).
 bool augment(Work& w, int f) {
   const int n = w.nc;
   const double* cf = w.row(f);
-  double* price = w.d + n;  // v in position order
+  int* scanned_flag = w.mark;
   double best = kInf;
   int next = -1;
   for (int j = 0; j < n; ++j) {
-    w.cols[j] = j;
-    w.pred[j] = f;
-    price[j] = w.v[j];
+    scanned_flag[j] = 0;
+    w.path[j] = f;
     w.d[j] = cf[j] - w.v[j];
     if (w.d[j] < best) best = w.d[j], next = j;
   }
@@ -173,38 +171,34 @@ bool augment(Work& w, int f) {
   for (;;) {
     if (next < 0) return false;
     mind = best;
-    std::swap(w.cols[next], w.cols[scanned]);
-    std::swap(w.d[next], w.d[scanned]);
-    std::swap(w.pred[next], w.pred[scanned]);
-    std::swap(price[next], price[scanned]);
-    const int j1 = w.cols[scanned++];
+    const int j1 = next;
+    scanned_flag[j1] = 1;
+    w.cols[scanned++] = j1;
     const int i = w.row4col[j1];
     if (i < 0) break;  // j1 is free: the path ends there
     const double* ci = w.row(i);
-    const double h = ci[j1] - price[scanned - 1] - mind;
+    const double h = ci[j1] - w.v[j1] - mind;
     best = kInf;
     next = -1;
-    for (int k = scanned; k < n; ++k) {
-      const double dk = ci[w.cols[k]] - price[k] - h;
-      if (dk < w.d[k]) {
-        w.d[k] = dk;
-        w.pred[k] = i;
-        if (dk == mind && w.row4col[w.cols[k]] < 0) {  // a free column at the current distance
-          best = dk, next = k;
+    for (int j = 0; j < n; ++j) {
+      if (scanned_flag[j]) continue;
+      const double dj = ci[j] - w.v[j] - h;
+      if (dj < w.d[j]) {
+        w.d[j] = dj;
+        w.path[j] = i;
+        if (dj == mind && w.row4col[j] < 0) {  // a free column at the current distance
+          best = dj, next = j;
           break;
         }
       }
-      const bool closer = w.d[k] < best;
-      best = closer ? w.d[k] : best;
-      next = closer ? k : next;
+      if (w.d[j] < best) best = w.d[j], next = j;
     }
   }
   // Scanned columns before the sink get cheaper by how much closer than the sink they were.
   const int sink = w.cols[scanned - 1];
-  for (int k = 0; k < scanned; ++k) {
+  for (int k = 0; k < scanned - 1; ++k) {
     const int j = w.cols[k];
-    w.v[j] = price[k] + (w.d[k] - mind);
-    w.path[j] = w.pred[k];
+    w.v[j] += w.d[j] - mind;
   }
   for (int j = sink;;) {
     const int i = w.path[j];
@@ -264,15 +258,15 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   const bool in_place = nc > kTiny && !p.maximize && cs == 1;
   const int64_t copy_size = in_place ? 0 : static_cast<int64_t>(nr) * nc;
 
-  double stack_doubles[kTiny * kTiny + 3 * kTiny];
-  int stack_ints[5 * kTiny + 2 * kTiny];
+  double stack_doubles[kTiny * kTiny + 2 * kTiny];
+  int stack_ints[4 * kTiny + 2 * kTiny];
   double* doubles = stack_doubles;
   int* ints = stack_ints;
   std::unique_ptr<double[]> heap_doubles;  // left uninitialised: every entry is written before use
   std::unique_ptr<int[]> heap_ints;
   if (nc > kTiny) {
-    heap_doubles.reset(new double[copy_size + 3 * static_cast<int64_t>(nc)]);
-    heap_ints.reset(new int[5 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr)]);
+    heap_doubles.reset(new double[copy_size + 2 * static_cast<int64_t>(nc)]);
+    heap_ints.reset(new int[4 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr)]);
     doubles = heap_doubles.get();
     ints = heap_ints.get();
   }
@@ -287,9 +281,9 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   w.v = doubles + copy_size;
   w.d = w.v + nc;
   w.row4col = ints;
-  w.pred = ints + nc;
-  w.cols = ints + 2 * nc;
-  w.path = ints + 3 * nc;
+  w.path = ints + nc;
+  w.mark = ints + 2 * nc;
+  w.cols = ints + 3 * nc;
   w.col4row = ints + 4 * nc;
   w.free_rows = w.col4row + nr;
   const AssignStatus status = solve(w);
