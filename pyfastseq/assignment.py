@@ -80,7 +80,10 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
         )
     if row_lens is not None or col_lens is not None:
         raise ValueError("row_lens and col_lens apply to a batched (3-D) cost only")
-    col_of_row = _solve_batch(matrix[None], maximize, None, None)[0]
+    col_of_row, status = _C.assign(matrix[None], maximize, None, None)
+    if status[0]:
+        raise ValueError(_MESSAGES[int(status[0])])  # SciPy's exact message
+    col_of_row = col_of_row[0]
     row_ind = np.flatnonzero(col_of_row >= 0)
     return row_ind, col_of_row[row_ind]
 
@@ -127,8 +130,6 @@ def _solve_batch(cost: np.ndarray, maximize: bool, row_lens: Any, col_lens: Any)
     row_lens = _lengths(row_lens, batch, rows, "row_lens")
     col_lens = _lengths(col_lens, batch, cols, "col_lens")
     col_of_row, status = _C.assign(cost, maximize, row_lens, col_lens)
-    if batch == 1 and status[0] and row_lens is None and col_lens is None:
-        raise ValueError(_MESSAGES[int(status[0])])  # SciPy's exact message for a single matrix
     _raise_for(status)
     return col_of_row
 
