@@ -114,7 +114,7 @@ int augmenting_row_reduction(Work& w, int num_free) {
   const int n = w.nc;
   int current = 0, new_free = 0;
   int64_t steps = 0;
-    // Eviction chains can grow long on large problems; past a few steps per free row the
+  // Eviction chains can grow long on large problems; past a few steps per free row the
   // augmentation is cheaper, so the remaining rows go there.
   const int64_t max_steps = static_cast<int64_t>(num_free) * 8;
   while (current < num_free) {
@@ -271,7 +271,8 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
     ints = heap_ints.get();
   }
   const double sign = p.maximize ? -1.0 : 1.0;
-  const bool valid = in_place ? load<false>(src, nr, nc, rs, cs, sign, nullptr) : load<true>(src, nr, nc, rs, cs, sign, doubles);
+  const bool valid = in_place ? load<false>(src, nr, nc, rs, cs, sign, nullptr)
+                               : load<true>(src, nr, nc, rs, cs, sign, doubles);
   if (!valid) return kAssignInvalid;
   Work w;
   w.c = in_place ? src : doubles;
