@@ -97,7 +97,9 @@ def _as_float64(cost: Any) -> np.ndarray:
         cost = cost.to(torch.float64).numpy()
     arr = np.asarray(cost)
     if not np.can_cast(arr.dtype, np.float64, "safe"):
-        raise TypeError(f"Cannot cast array data of cost from {arr.dtype!r} to dtype('float64') according to the rule 'safe'")
+        raise TypeError(
+            f"Cannot cast array data of cost from {arr.dtype!r} to dtype('float64') according to the rule 'safe'"
+        )
     return arr.astype(np.float64, copy=False)
 
 
