@@ -71,7 +71,7 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
     maximize = bool(maximize)
     if isinstance(cost, torch.Tensor) and cost.dim() == 3:
         return _solve_tensor(cost, maximize, row_lens, col_lens)
-    matrix = _as_float64(cost)
+    matrix = cost if type(cost) is np.ndarray and cost.dtype == np.float64 else _as_float64(cost)
     if matrix.ndim == 3:
         return _solve_batch(matrix, maximize, row_lens, col_lens)
     if matrix.ndim != 2:
@@ -80,12 +80,10 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
         )
     if row_lens is not None or col_lens is not None:
         raise ValueError("row_lens and col_lens apply to a batched (3-D) cost only")
-    col_of_row, status = _C.assign(matrix[None], maximize, None, None)
-    if status[0]:
-        raise ValueError(_MESSAGES[int(status[0])])  # SciPy's exact message
-    col_of_row = col_of_row[0]
-    row_ind = np.flatnonzero(col_of_row >= 0)
-    return row_ind, col_of_row[row_ind]
+    row_ind, col_ind, status = _C.assign_matrix(matrix, maximize)
+    if status:
+        raise ValueError(_MESSAGES[status])  # SciPy's exact message
+    return row_ind, col_ind
 
 
 def _as_float64(cost: Any) -> np.ndarray:

@@ -299,6 +299,10 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
 }  // namespace
 
 int64_t run_assign_cpu(const AssignParams& p) {
+  if (p.batch == 1) {  // no thread team for a single matrix
+    p.status[0] = solve_one(p, 0, p.col_of_row);
+    return p.status[0] != kAssignOk;
+  }
   // Problems differ in cost (augmenting paths vary); small chunks keep both threads busy.
   const int64_t work = std::max<int64_t>(1, p.rows * p.cols);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / work);
