@@ -156,6 +156,13 @@ def _assign_batch_op(
         as_numpy = [None if t is None else t.numpy() for t in (row_lens, col_lens)]
         col_of_row, status = _C.assign(cost.numpy(), maximize, *as_numpy)
         return torch.from_numpy(col_of_row), torch.from_numpy(status)
+    for name, lens, limit in (("row_lens", row_lens, rows), ("col_lens", col_lens, cols)):
+        # The kernel trusts the lengths; the op can be called directly, so they are checked here.
+        if lens is not None and (
+            lens.shape != (batch,) or lens.dtype != torch.int64 or lens.device != cost.device
+            or bool(((lens < 0) | (lens > limit)).any())
+        ):
+            raise ValueError(f"{name} must be int64 [{batch}] on {cost.device} with entries in [0, {limit}]")
     col_of_row = torch.empty((batch, rows), dtype=torch.int64, device=cost.device)
     status = torch.empty(batch, dtype=torch.int32, device=cost.device)
     cuda = _backend.cuda()
