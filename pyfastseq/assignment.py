@@ -151,6 +151,8 @@ def _solve_tensor(cost: torch.Tensor, maximize: bool, row_lens: Any, col_lens: A
 def _assign_batch_op(
     cost: torch.Tensor, maximize: bool, row_lens: torch.Tensor | None, col_lens: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if cost.dtype != torch.float64 or cost.dim() != 3:
+        raise TypeError(f"cost must be a 3-D float64 tensor, got {cost.dim()}-D {cost.dtype}")
     batch, rows, cols = cost.shape
     if not cost.is_cuda:
         as_numpy = [None if t is None else t.numpy() for t in (row_lens, col_lens)]
