@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from ._config import show_config
+from .assignment import linear_sum_assignment
 from .attention import unilm_attention, unilm_mask
 from .copy_prior import CopyPrior
 from .trie import Trie
@@ -13,6 +14,7 @@ __all__ = [
     "Trie",
     "UniLM",
     "__version__",
+    "linear_sum_assignment",
     "show_config",
     "unilm_attention",
     "unilm_mask",

@@ -6,6 +6,10 @@
 
 namespace py = pybind11;
 
+namespace pyfastseq {
+void bind_assign_cuda(py::module_& m);
+}  // namespace pyfastseq
+
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "pyfastseq CUDA kernels. Use the pyfastseq package, not this module.";
   m.attr("architectures") = PYFASTSEQ_CUDA_ARCHITECTURES;
@@ -32,4 +36,5 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("fill_bits"), py::arg("nodes_ptr"), py::arg("child_begin_ptr"), py::arg("child_token_ptr"),
       py::arg("num_nodes"), py::arg("stream"),
       "Launch the trie mask kernel; returns the cudaError_t code of the launch.");
+  pyfastseq::bind_assign_cuda(m);
 }

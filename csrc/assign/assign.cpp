@@ -1,0 +1,317 @@
+// CPU linear sum assignment: Jonker-Volgenant initialisation + shortest augmenting paths (see
+// assign.h). The solver sees a minimising, wide (rows <= cols) matrix with unit column stride: the
+// input itself when it already is one, else a copy (negated for maximize, transposed when tall).
+#include <algorithm>
+#include <limits>
+#include <memory>
+
+#include "assign/assign.h"
+#include "common/parallel.h"
+
+namespace pyfastseq {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// Problems up to this size keep their working matrix and state on the stack: for them allocation
+// and setup would cost more than the solve.
+constexpr int kTiny = 16;
+
+// Solver state for a wide problem with nr <= nc; the caller owns the memory.
+struct Work {
+  const double* c;    // [nr, nc], row i at c + i * ld, unit column stride; finite or +inf entries
+  int64_t ld;
+  int nr, nc;
+  int* col4row;       // [nr]
+  int* row4col;       // [nc]
+  double* v;          // [nc] column prices
+  double* d;          // [nc] path lengths
+  int* path;          // [nc] predecessor row on the shortest path
+  int* mark;          // [nc] per-row match counts (column reduction), scanned flags (augment)
+  int* cols;          // [nc] argmin rows (column reduction), columns in scan order (augment)
+  int* free_rows;     // [nr]
+
+  const double* row(int i) const { return c + i * ld; }
+};
+
+// Square problems: each column's price is its minimum and the column goes to its argmin row when
+// that row is still free; a row that got exactly one column transfers its slack to that column's
+// price (reduction transfer). Returns the number of free rows, or -1 for a column of +inf only.
+int column_reduction(Work& w) {
+  const int n = w.nc;
+  // Column minima and their first rows, scanned row by row for unit stride.
+  std::fill(w.v, w.v + n, kInf);
+  std::fill(w.cols, w.cols + n, -1);
+  for (int i = 0; i < w.nr; ++i) {
+    const double* ci = w.row(i);
+    for (int j = 0; j < n; ++j) {
+      const bool lower = ci[j] < w.v[j];
+      w.v[j] = lower ? ci[j] : w.v[j];
+      w.cols[j] = lower ? i : w.cols[j];
+    }
+  }
+  std::fill(w.col4row, w.col4row + w.nr, -1);
+  for (int j = n - 1; j >= 0; --j) {
+    const int arg = w.cols[j];
+    if (arg < 0) return -1;
+    if (w.col4row[arg] < 0) {
+      w.col4row[arg] = j;
+      w.row4col[j] = arg;
+      w.mark[arg] = 1;
+    } else {
+      w.row4col[j] = -1;
+      ++w.mark[arg];
+    }
+  }
+  int num_free = 0;
+  for (int i = 0; i < w.nr; ++i) {
+    const int j1 = w.col4row[i];
+    if (j1 < 0) {
+      w.free_rows[num_free++] = i;
+      continue;
+    }
+    if (w.mark[i] != 1) continue;
+    const double* ci = w.row(i);
+    double slack = kInf;
+    for (int j = 0; j < n; ++j)
+      if (j != j1) slack = std::min(slack, ci[j] - w.v[j]);
+    if (slack < kInf) w.v[j1] = ci[j1] - slack;
+  }
+  return num_free;
+}
+
+// The cheapest (u1 at j1) and second cheapest (u2 at j2) column of row ci under prices v. On tiny
+// rows the running minima change often and branches mispredict, so they use selects; on long rows
+// the minima settle after a few columns, and well-predicted branches beat a select chain.
+void cheapest_two(const double* ci, const double* v, int n, double& u1, int& j1, double& u2, int& j2) {
+  if (n <= kTiny) {
+    for (int j = 0; j < n; ++j) {
+      const double h = ci[j] - v[j];
+      const bool first = h < u1, second = h < u2;
+      u2 = first ? u1 : (second ? h : u2);
+      j2 = first ? j1 : (second ? j : j2);
+      u1 = first ? h : u1;
+      j1 = first ? j : j1;
+    }
+    return;
+  }
+  for (int j = 0; j < n; ++j) {
+    const double h = ci[j] - v[j];
+    if (h < u2) {
+      if (h < u1) {
+        u2 = u1, j2 = j1;
+        u1 = h, j1 = j;
+      } else {
+        u2 = h, j2 = j;
+      }
+    }
+  }
+}
+
+// Augmenting row reduction: a free row takes its cheapest column and lowers that column's price to
+// its second-cheapest, evicting the previous owner, which is then retried. Prices only fall and no
+// column is ever released, so unassigned columns keep price 0 as the rectangular case needs.
+int augmenting_row_reduction(Work& w, int num_free) {
+  const int n = w.nc;
+  int current = 0, new_free = 0;
+  int64_t steps = 0;
+  // Eviction chains can grow long on large problems; past a few steps per free row the
+  // augmentation is cheaper, so the remaining rows go there.
+  const int64_t max_steps = static_cast<int64_t>(num_free) * 8;
+  while (current < num_free) {
+    const int i = w.free_rows[current++];
+    if (++steps > max_steps) {
+      w.free_rows[new_free++] = i;
+      continue;
+    }
+    const double* ci = w.row(i);
+    double u1 = kInf, u2 = kInf;
+    int j1 = -1, j2 = -1;
+    cheapest_two(ci, w.v, n, u1, j1, u2, j2);
+    if (u2 == kInf) {  // at most one finite cell: leave the row to the augmentation
+      w.free_rows[new_free++] = i;
+      continue;
+    }
+    int i0 = w.row4col[j1];
+    const bool strict = u1 < u2;
+    if (strict) {
+      w.v[j1] -= u2 - u1;
+    } else if (i0 >= 0) {
+      j1 = j2;
+      i0 = w.row4col[j2];
+    }
+    w.col4row[i] = j1;
+    w.row4col[j1] = i;
+    if (i0 >= 0) {
+      w.col4row[i0] = -1;
+      if (strict) w.free_rows[--current] = i0;
+      else w.free_rows[new_free++] = i0;
+    }
+  }
+  return new_free;
+}
+
+// Dijkstra from free row f over reduced costs c[i][j] - v[j] until the nearest free column; then
+// reprices the scanned columns and flips the path. Each step relaxes through the newly reached
+// row in column order, so the row streams from memory, and finds the next column in the same pass.
+// Returns false when no free column is reachable through finite cells (the problem is infeasible).
+bool augment(Work& w, int f) {
+  const int n = w.nc;
+  const double* cf = w.row(f);
+  int* scanned_flag = w.mark;
+  double best = kInf;
+  int next = -1;
+  for (int j = 0; j < n; ++j) {
+    scanned_flag[j] = 0;
+    w.path[j] = f;
+    w.d[j] = cf[j] - w.v[j];
+    if (w.d[j] < best) best = w.d[j], next = j;
+  }
+  int scanned = 0;
+  double mind = 0;
+  for (;;) {
+    if (next < 0) return false;
+    mind = best;
+    const int j1 = next;
+    scanned_flag[j1] = 1;
+    w.cols[scanned++] = j1;
+    const int i = w.row4col[j1];
+    if (i < 0) break;  // j1 is free: the path ends there
+    const double* ci = w.row(i);
+    const double h = ci[j1] - w.v[j1] - mind;
+    best = kInf;
+    next = -1;
+    for (int j = 0; j < n; ++j) {
+      if (scanned_flag[j]) continue;
+      const double dj = ci[j] - w.v[j] - h;
+      if (dj < w.d[j]) {
+        w.d[j] = dj;
+        w.path[j] = i;
+        if (dj == mind && w.row4col[j] < 0) {  // a free column at the current distance
+          best = dj, next = j;
+          break;
+        }
+      }
+      if (w.d[j] < best) best = w.d[j], next = j;
+    }
+  }
+  // Scanned columns before the sink get cheaper by how much closer than the sink they were.
+  const int sink = w.cols[scanned - 1];
+  for (int k = 0; k < scanned - 1; ++k) {
+    const int j = w.cols[k];
+    w.v[j] += w.d[j] - mind;
+  }
+  for (int j = sink;;) {
+    const int i = w.path[j];
+    w.row4col[j] = i;
+    std::swap(j, w.col4row[i]);
+    if (i == f) break;
+  }
+  return true;
+}
+
+AssignStatus solve(Work& w) {
+  std::fill(w.row4col, w.row4col + w.nc, -1);
+  std::fill(w.v, w.v + w.nc, 0.0);
+  int num_free;
+  if (w.nr == w.nc) {
+    num_free = column_reduction(w);
+    if (num_free < 0) return kAssignInfeasible;
+  } else {  // wide: prices start at 0, the value every unassigned column must keep
+    std::fill(w.col4row, w.col4row + w.nr, -1);
+    for (int i = 0; i < w.nr; ++i) w.free_rows[i] = i;
+    num_free = w.nr;
+  }
+  for (int pass = 0; pass < 2 && num_free > 0; ++pass) num_free = augmenting_row_reduction(w, num_free);
+  for (int k = 0; k < num_free; ++k)
+    if (!augment(w, w.free_rows[k])) return kAssignInfeasible;
+  return kAssignOk;
+}
+
+// Checks that no entry is NaN or -inf once multiplied by sign and, with kCopy, copies the products
+// into dst [nr, nc], row-major.
+template <bool kCopy>
+bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, double sign, double* dst) {
+  bool valid = true;
+  for (int64_t i = 0; i < nr; ++i) {
+    const double* row = src + i * rs;
+    for (int64_t j = 0; j < nc; ++j) {
+      const double x = sign * row[j * cs];
+      valid &= x > -kInf;  // false for NaN and -inf alone
+      if (kCopy) dst[i * nc + j] = x;
+    }
+  }
+  return valid;
+}
+
+AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
+  const int64_t m = p.row_lens ? p.row_lens[b] : p.rows;
+  const int64_t n = p.col_lens ? p.col_lens[b] : p.cols;
+  std::fill(col_of_row, col_of_row + p.rows, -1);
+  if (m == 0 || n == 0) return kAssignOk;
+  const bool transpose = n < m;
+  const int nr = static_cast<int>(transpose ? n : m), nc = static_cast<int>(transpose ? m : n);
+
+  const double* src = p.cost + b * p.batch_stride;
+  const int64_t rs = transpose ? p.col_stride : p.row_stride, cs = transpose ? p.row_stride : p.col_stride;
+  // A large minimising problem with unit column stride is solved where it lies (a copy would cost
+  // as much as the whole solve of a wide problem); tiny ones are copied next to their state.
+  const bool in_place = nc > kTiny && !p.maximize && cs == 1;
+  const int64_t copy_size = in_place ? 0 : static_cast<int64_t>(nr) * nc;
+
+  double stack_doubles[kTiny * kTiny + 2 * kTiny];
+  int stack_ints[4 * kTiny + 2 * kTiny];
+  double* doubles = stack_doubles;
+  int* ints = stack_ints;
+  std::unique_ptr<double[]> heap_doubles;  // left uninitialised: every entry is written before use
+  std::unique_ptr<int[]> heap_ints;
+  if (nc > kTiny) {
+    heap_doubles.reset(new double[copy_size + 2 * static_cast<int64_t>(nc)]);
+    heap_ints.reset(new int[4 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr)]);
+    doubles = heap_doubles.get();
+    ints = heap_ints.get();
+  }
+  const double sign = p.maximize ? -1.0 : 1.0;
+  const bool valid = in_place ? load<false>(src, nr, nc, rs, cs, sign, nullptr)
+                               : load<true>(src, nr, nc, rs, cs, sign, doubles);
+  if (!valid) return kAssignInvalid;
+  Work w;
+  w.c = in_place ? src : doubles;
+  w.ld = in_place ? rs : nc;
+  w.nr = nr;
+  w.nc = nc;
+  w.v = doubles + copy_size;
+  w.d = w.v + nc;
+  w.row4col = ints;
+  w.path = ints + nc;
+  w.mark = ints + 2 * nc;
+  w.cols = ints + 3 * nc;
+  w.col4row = ints + 4 * nc;
+  w.free_rows = w.col4row + nr;
+  const AssignStatus status = solve(w);
+  if (status != kAssignOk) return status;
+  for (int i = 0; i < nr; ++i) {
+    if (transpose) col_of_row[w.col4row[i]] = i;
+    else col_of_row[i] = w.col4row[i];
+  }
+  return kAssignOk;
+}
+
+}  // namespace
+
+int64_t run_assign_cpu(const AssignParams& p) {
+  if (p.batch == 1) {  // no thread team for a single matrix
+    p.status[0] = solve_one(p, 0, p.col_of_row);
+    return p.status[0] != kAssignOk;
+  }
+  // Problems differ in cost (augmenting paths vary); small chunks keep both threads busy.
+  const int64_t work = std::max<int64_t>(1, p.rows * p.cols);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / work);
+  parallel_for_dynamic(p.batch, work, grain, [&](int64_t b) {
+    p.status[b] = solve_one(p, b, p.col_of_row + b * p.rows);
+  });
+  int64_t failed = 0;
+  for (int64_t b = 0; b < p.batch; ++b) failed += p.status[b] != kAssignOk;
+  return failed;
+}
+
+}  // namespace pyfastseq
