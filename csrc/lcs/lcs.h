@@ -1,0 +1,103 @@
+// Longest common subsequence (LCS) of token sequences, and the lookahead gain of seed 001.
+//
+// Bit-parallel LCS after H. Hyyrö, "Bit-parallel LCS-length computation revisited" (AWOCA 2004):
+// the DP row of a text against a query Q of m symbols is kept as an m-bit vector S (bit j cleared
+// where the row steps up at Q[j]); each text symbol c updates it with
+//     u = S & M[c];  S = (S + u) | (S - u)
+// where M[c] marks the positions of c in Q, and LCS = popcount(~S). Queries longer than 64 symbols
+// use ceil(m / 64) words with the carry of S + u propagated upwards (S - u never borrows: u is a
+// subset of S). The prefix counts of ~S are the LCS against every prefix of Q, which gives the
+// exact upper bound the lookahead prunes with (lookahead.cpp).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "trie/trie_view.h"
+
+namespace pyfastseq {
+
+// The match table of one query, built once: token -> bit mask of its positions in Q. Token ids may
+// be any non-negative int32, so the table is an open-addressing hash over the distinct symbols of
+// Q; a token absent from Q maps to an all-zero row. Immutable, shareable across threads.
+class LcsPattern {
+ public:
+  LcsPattern(const int32_t* query, int64_t length);
+
+  int64_t length() const { return length_; }
+  int32_t words() const { return words_; }
+  // The `words()` mask words of `token` (all zero when the token is not in the query).
+  const uint64_t* row(int32_t token) const { return masks_.data() + offset_of(token); }
+
+ private:
+  uint32_t offset_of(int32_t token) const {
+    uint32_t slot = (static_cast<uint32_t>(token) * 0x9E3779B1u) >> shift_;
+    for (;; slot = (slot + 1) & slot_mask_) {
+      const int32_t key = slot_key_[slot];
+      if (key == token || key < 0) return slot_row_[slot];
+    }
+  }
+
+  int64_t length_;
+  int32_t words_;
+  uint32_t shift_ = 0, slot_mask_ = 0;
+  std::vector<int32_t> slot_key_;   // -1 marks an empty slot
+  std::vector<uint32_t> slot_row_;  // offset into masks_; empty slots point at the zero row
+  std::vector<uint64_t> masks_;     // row 0 is all zero, then one row of `words` per symbol
+};
+
+// LCS of every candidate against one query: candidate i is tokens[offsets[i] : offsets[i + 1]].
+struct LcsLengthsParams {
+  const LcsPattern* pattern = nullptr;
+  const int32_t* tokens = nullptr;
+  int64_t num_tokens = 0;
+  const int64_t* offsets = nullptr;  // [num_candidates + 1], validated by run_lcs_lengths
+  int64_t num_candidates = 0;
+  int32_t* out = nullptr;            // [num_candidates]
+};
+// Parallel over candidates. Throws InvalidArgument on malformed offsets or a negative token id.
+void run_lcs_lengths(const LcsLengthsParams& p);
+
+// One lookahead call (seed 001). For every row r with node nodes[r] >= 0 and at least two children,
+// and (when start_after >= 0) with start_after among its generated tokens, and every child c of that
+// node in token order:
+//     deltas[row_offsets[r] + k] = max over stored sequences P through c of LCS(seg(P), Q) - LCS(seg(prefix), Q)
+// where seg() drops everything up to and including the first start_after, and Q is the row's query.
+// Other rows get zeros. Because LCS never decreases when a sequence is extended, the maximum over
+// stored sequences equals the maximum over every node of c's subtree, found by a depth-first walk
+// that updates the bit row once per node and skips subtrees whose bound cannot beat the best.
+struct LookaheadParams {
+  TrieView trie;
+  const uint8_t* heights = nullptr;           // [num_nodes] from run_subtree_heights
+  const LcsPattern* const* patterns = nullptr;
+  int32_t num_patterns = 0;
+  int64_t rows = 0;
+  const int32_t* nodes = nullptr;             // [rows], -1 = dead row
+  const int32_t* generated = nullptr;         // [rows, steps] row-major: the path of each row
+  int64_t steps = 0;
+  const int64_t* pattern_of_row = nullptr;    // [rows] index into patterns
+  int32_t start_after = -1;                   // -1: the segment is the whole row
+  // Nodes below the children that one call may visit (< 0: unlimited). Split evenly over the
+  // distinct (query, node) rows; within a row each child's search gets an equal share of what the
+  // previous children left. A search that runs out reports the best found so far: a lower bound of
+  // the exact delta that is never below the gain of the child token itself.
+  int64_t max_nodes = -1;
+  const int64_t* row_offsets = nullptr;       // [rows + 1] from lookahead_row_offsets
+  int32_t* deltas = nullptr;                  // [row_offsets[rows]]
+};
+
+struct LookaheadStats {
+  int64_t visited = 0;    // nodes below the children whose bit row was computed
+  int64_t truncated = 0;  // child searches cut short by max_nodes
+};
+
+// row_offsets[r + 1] - row_offsets[r] = number of children of nodes[r] (0 for -1). Throws
+// InvalidArgument for a node outside [-1, num_nodes).
+void lookahead_row_offsets(const TrieView& trie, const int32_t* nodes, int64_t rows, int64_t* row_offsets);
+// Throws InvalidArgument for a pattern index outside [0, num_patterns).
+LookaheadStats run_lookahead(const LookaheadParams& p);
+
+// heights[n] = length of the longest path from node n down to a leaf, saturated at 255 (still a
+// valid bound: the prune only needs an upper bound).
+void run_subtree_heights(const TrieView& trie, uint8_t* heights);
+
+}  // namespace pyfastseq
