@@ -27,7 +27,7 @@ def lcs_length(a: Any, b: Any) -> int:
         >>> lcs_length([1, 2, 3, 4], [2, 4, 5])
         2
     """
-    a_arr, b_arr = as_token_array(a, "a"), as_token_array(b, "b")
+    a_arr, b_arr = _tokens(a, "a"), _tokens(b, "b")
     if len(a_arr) > len(b_arr):  # the bit row spans the shorter sequence
         a_arr, b_arr = b_arr, a_arr
     return int(_C.LcsPattern(a_arr).lengths(b_arr, np.array([0, len(b_arr)], dtype=np.int64))[0])
@@ -49,7 +49,7 @@ def lcs_lengths(query: Any, candidates: Any, offsets: Any = None) -> np.ndarray:
         >>> lcs_lengths([1, 2, 3], [[1, 3], [4], [3, 2, 1]]).tolist()
         [2, 0, 1]
     """
-    pattern = _C.LcsPattern(as_token_array(query, "query"))
+    pattern = _C.LcsPattern(_tokens(query, "query"))
     if offsets is not None and _is_int32_vector(candidates):
         # Fast path: the kernel itself rejects negative ids, so a flat int32 buffer is not scanned here.
         tokens = np.ascontiguousarray(_numpy(candidates))
@@ -157,6 +157,12 @@ class LCSLookahead:
         return torch.from_numpy(row_offsets).to(device), torch.from_numpy(deltas).to(device)
 
 
+def _tokens(values: Any, name: str) -> np.ndarray:
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must hold integer token ids, not a string")
+    return as_token_array(values, name)
+
+
 def _numpy(values: Any) -> np.ndarray:
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
@@ -181,19 +187,17 @@ def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
 
 def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:
     """(queries, one per batch item?) from one int sequence or a list/2-D array of them."""
-    if isinstance(query_tokens, (str, bytes)):
-        raise TypeError("query_tokens must be int token ids, not a string")
     if isinstance(query_tokens, (torch.Tensor, np.ndarray)):
         arr = _numpy(query_tokens)
         if arr.ndim == 2:
-            return [as_token_array(row, f"query_tokens[{i}]") for i, row in enumerate(arr)], True
-        return [as_token_array(arr, "query_tokens")], False
+            return [_tokens(row, f"query_tokens[{i}]") for i, row in enumerate(arr)], True
+        return [_tokens(arr, "query_tokens")], False
+    if isinstance(query_tokens, (str, bytes)):
+        return [_tokens(query_tokens, "query_tokens")], False
     items = list(query_tokens)
     if items and all(not isinstance(q, (int, np.integer)) for q in items):
-        if any(isinstance(q, (str, bytes)) for q in items):
-            raise TypeError("query_tokens must be int token ids, not strings")
-        return [as_token_array(q, f"query_tokens[{i}]") for i, q in enumerate(items)], True
-    return [as_token_array(items, "query_tokens")], False
+        return [_tokens(q, f"query_tokens[{i}]") for i, q in enumerate(items)], True
+    return [_tokens(items, "query_tokens")], False
 
 
 def _optional_int(value: Any, name: str, high: int) -> int | None:
