@@ -180,7 +180,7 @@ def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(arr.shape)}")
     info = np.iinfo(dtype)
-    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+    if arr.dtype != dtype and arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise ValueError(f"{name} holds a value outside the {np.dtype(dtype).name} range")
     return np.ascontiguousarray(arr, dtype=dtype)
 

@@ -9,6 +9,7 @@
 // subset of S). The prefix counts of ~S are the LCS against every prefix of Q, which gives the
 // exact upper bound the lookahead prunes with (lookahead.cpp).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -16,33 +17,72 @@
 
 namespace pyfastseq {
 
-// The match table of one query, built once: token -> bit mask of its positions in Q. Token ids may
-// be any non-negative int32, so the table is an open-addressing hash over the distinct symbols of
-// Q; a token absent from Q maps to an all-zero row. Immutable, shareable across threads.
+// Token -> mask row lookups: plain views over an LcsPattern's tables (see LcsPattern::visit). A
+// token absent from the query gets the all-zero row. Whether a text token is in the query is
+// unpredictable, so neither lookup branches on it.
+
+// A byte row index by token id: a clamp and two loads.
+struct DirectRows {
+  const uint8_t* index;  // [last + 1], index[last] = 0
+  uint32_t last;
+  const uint64_t* masks;
+  int32_t words;
+  // Ids past the largest query symbol, and negative ids (huge as unsigned), land on index[last].
+  const uint64_t* operator()(int32_t token) const {
+    return masks + static_cast<size_t>(words) * index[std::min(static_cast<uint32_t>(token), last)];
+  }
+};
+
+struct CuckooSlot {
+  int32_t key = -1;    // -1: empty (query tokens are non-negative)
+  uint32_t index = 0;  // mask row; 0 is the all-zero row
+};
+
+// A two-choice cuckoo hash over the distinct query symbols, for any non-negative int32 id: both
+// candidate slots are read and the match is selected with masks (a ?: here compiles to a branch).
+struct HashedRows {
+  const CuckooSlot* slots;
+  uint32_t mul_a, mul_b, shift;
+  const uint64_t* masks;
+  int32_t words;
+  uint32_t slot_a(int32_t token) const { return (static_cast<uint32_t>(token) * mul_a) >> shift; }
+  uint32_t slot_b(int32_t token) const { return (static_cast<uint32_t>(token) * mul_b) >> shift; }
+  const uint64_t* operator()(int32_t token) const {
+    const CuckooSlot a = slots[slot_a(token)], b = slots[slot_b(token)];
+    const uint32_t in_a = 0u - static_cast<uint32_t>(a.key == token), in_b = 0u - static_cast<uint32_t>(b.key == token);
+    return masks + static_cast<size_t>(words) * ((a.index & in_a) | (b.index & in_b));
+  }
+};
+
+// The match table of one query, built once: token -> bit mask of its positions in the query. Direct
+// indexing for queries of at most 255 distinct ids, all below 2^17 (any usual vocabulary: the byte
+// index of a 21k vocabulary fits in L1), the cuckoo hash otherwise: longer queries spend more
+// per token on their words than on the lookup. Immutable, shareable across threads.
 class LcsPattern {
  public:
   LcsPattern(const int32_t* query, int64_t length);
 
   int64_t length() const { return length_; }
-  int32_t words() const { return words_; }
-  // The `words()` mask words of `token` (all zero when the token is not in the query).
-  const uint64_t* row(int32_t token) const { return masks_.data() + offset_of(token); }
+  int32_t words() const { return words_; }  // max(1, ceil(length / 64))
+  // Calls f(rows) with this pattern's lookup, so that kernels compile once per lookup kind and
+  // their inner loops carry no dispatch.
+  template <class F>
+  auto visit(F&& f) const {
+    if (!direct_.empty())
+      return f(DirectRows{direct_.data(), static_cast<uint32_t>(direct_.size() - 1), masks_.data(), words_});
+    return f(HashedRows{slots_.data(), mul_a_, mul_b_, shift_, masks_.data(), words_});
+  }
 
  private:
-  uint32_t offset_of(int32_t token) const {
-    uint32_t slot = (static_cast<uint32_t>(token) * 0x9E3779B1u) >> shift_;
-    for (;; slot = (slot + 1) & slot_mask_) {
-      const int32_t key = slot_key_[slot];
-      if (key == token || key < 0) return slot_row_[slot];
-    }
-  }
+  void build_cuckoo(const std::vector<int32_t>& symbols);
+  bool insert(const HashedRows& rows, CuckooSlot slot);
 
   int64_t length_;
   int32_t words_;
-  uint32_t shift_ = 0, slot_mask_ = 0;
-  std::vector<int32_t> slot_key_;   // -1 marks an empty slot
-  std::vector<uint32_t> slot_row_;  // offset into masks_; empty slots point at the zero row
-  std::vector<uint64_t> masks_;     // row 0 is all zero, then one row of `words` per symbol
+  std::vector<uint8_t> direct_;  // row by token id, when used; the last entry is 0
+  uint32_t mul_a_ = 0, mul_b_ = 0, shift_ = 0;
+  std::vector<CuckooSlot> slots_;
+  std::vector<uint64_t> masks_;  // row 0 is all zero, then one row of `words` per distinct symbol
 };
 
 // LCS of every candidate against one query: candidate i is tokens[offsets[i] : offsets[i + 1]].

@@ -60,11 +60,10 @@ struct Scratch {
 
 // The best LCS over the subtree of `child`, whose bit row is `row`, spending at most `budget` node
 // visits below it (decremented). Sets `truncated` when the budget ran out with work left.
-template <int kWords>
-int32_t search_child(const LookaheadParams& p, const LcsPattern& q, int32_t child, const uint64_t* row,
+template <int kWords, class Rows>
+int32_t search_child(const LookaheadParams& p, const Rows& rows, int64_t m, int32_t child, const uint64_t* row,
                      int64_t& budget, bool& truncated, Scratch& sc) {
-  const int32_t words = q.words();
-  const int64_t m = q.length();
+  const int32_t words = rows.words;
   int32_t best = bitrow::lcs<kWords>(row, words);
   const int32_t ceiling = bitrow::bound<kWords>(row, words, m, p.heights[child]);
   if (best >= ceiling) return best;
@@ -90,7 +89,7 @@ int32_t search_child(const LookaheadParams& p, const LcsPattern& q, int32_t chil
       }
       --budget;
       const int32_t w = static_cast<int32_t>(e) + 1;
-      bitrow::advance<kWords>(next, cur, q.row(p.trie.child_token[e]), words);
+      bitrow::advance<kWords>(next, cur, rows(p.trie.child_token[e]), words);
       const int32_t w_lcs = bitrow::lcs<kWords>(next, words);
       if (w_lcs > best) {
         best = w_lcs;
@@ -112,16 +111,16 @@ struct RowJob {
 };
 
 // Deltas of one row's children. `budget` is the row's share of max_nodes.
-template <int kWords>
-void row_deltas(const LookaheadParams& p, const RowJob& job, int64_t budget, LookaheadStats& stats, Scratch& sc) {
-  const LcsPattern& q = *p.patterns[p.pattern_of_row[job.row]];
-  const int32_t words = q.words();
+template <int kWords, class Rows>
+void row_deltas(const LookaheadParams& p, const Rows& rows, int64_t m, const RowJob& job, int64_t budget,
+                LookaheadStats& stats, Scratch& sc) {
+  const int32_t words = rows.words;
   sc.cur.resize(static_cast<size_t>(words));
   sc.next.resize(static_cast<size_t>(words));
   std::vector<uint64_t> base(static_cast<size_t>(words)), child_row(static_cast<size_t>(words));
   bitrow::reset<kWords>(base.data(), words);
   const int32_t* gen = p.generated + job.row * p.steps;
-  for (int64_t t = job.segment_at; t < p.steps; ++t) bitrow::advance<kWords>(base.data(), base.data(), q.row(gen[t]), words);
+  for (int64_t t = job.segment_at; t < p.steps; ++t) bitrow::advance<kWords>(base.data(), base.data(), rows(gen[t]), words);
   const int32_t base_lcs = bitrow::lcs<kWords>(base.data(), words);
 
   const int32_t node = p.nodes[job.row];
@@ -132,8 +131,9 @@ void row_deltas(const LookaheadParams& p, const RowJob& job, int64_t budget, Loo
     const int64_t share = budget == kUnlimited ? kUnlimited : budget / (hi - e);
     int64_t left = share;
     bool truncated = false;
-    bitrow::advance<kWords>(child_row.data(), base.data(), q.row(p.trie.child_token[e]), words);
-    out[e - lo] = search_child<kWords>(p, q, static_cast<int32_t>(e) + 1, child_row.data(), left, truncated, sc) - base_lcs;
+    bitrow::advance<kWords>(child_row.data(), base.data(), rows(p.trie.child_token[e]), words);
+    const int32_t child = static_cast<int32_t>(e) + 1;
+    out[e - lo] = search_child<kWords>(p, rows, m, child, child_row.data(), left, truncated, sc) - base_lcs;
     if (budget != kUnlimited) budget -= share - left;
     stats.visited += share - left;
     stats.truncated += truncated;
@@ -179,11 +179,14 @@ LookaheadStats run_lookahead(const LookaheadParams& p) {
   std::vector<LookaheadStats> job_stats(static_cast<size_t>(njobs));
   parallel_for(njobs, std::min<int64_t>(row_budget, int64_t{1} << 16), [&](int64_t j) {
     thread_local Scratch sc;
-    switch (p.patterns[p.pattern_of_row[jobs[j].row]]->words()) {
-      case 1: return row_deltas<1>(p, jobs[j], row_budget, job_stats[j], sc);
-      case 2: return row_deltas<2>(p, jobs[j], row_budget, job_stats[j], sc);
-      default: return row_deltas<0>(p, jobs[j], row_budget, job_stats[j], sc);
-    }
+    const LcsPattern& q = *p.patterns[p.pattern_of_row[jobs[j].row]];
+    q.visit([&](const auto& rows) {
+      switch (rows.words) {
+        case 1: return row_deltas<1>(p, rows, q.length(), jobs[j], row_budget, job_stats[j], sc);
+        case 2: return row_deltas<2>(p, rows, q.length(), jobs[j], row_budget, job_stats[j], sc);
+        default: return row_deltas<0>(p, rows, q.length(), jobs[j], row_budget, job_stats[j], sc);
+      }
+    });
   });
 
   for (size_t i = 0; i < order.size(); ++i) {
