@@ -14,6 +14,13 @@ inline int32_t count(int32_t words) {
 
 inline int32_t popcount(uint64_t x) { return __builtin_popcountll(x); }
 
+// The match mask words of `token` from a DirectRows / HashedRows lookup (lcs.h); a constant kWords
+// makes the row stride a constant.
+template <int kWords, class Rows>
+inline const uint64_t* match(const Rows& rows, int32_t token) {
+  return rows.masks + static_cast<size_t>(count<kWords>(rows.words)) * rows.row(token);
+}
+
 // The row of the empty text: every bit set.
 template <int kWords>
 inline void reset(uint64_t* s, int32_t words) {

@@ -41,7 +41,7 @@ LcsPattern::LcsPattern(const int32_t* query, int64_t length)
   masks_.assign(static_cast<size_t>((distinct + 1) * words_), 0);
   visit([&](const auto& rows) {
     for (int64_t j = 0; j < length; ++j)
-      masks_[(rows(query[j]) - masks_.data()) + (j >> 6)] |= uint64_t{1} << (j & 63);
+      masks_[static_cast<size_t>(words_) * rows.row(query[j]) + (j >> 6)] |= uint64_t{1} << (j & 63);
   });
 }
 
@@ -93,7 +93,7 @@ void lcs_block(const LcsLengthsParams& p, const Rows& rows, int64_t first, int64
   uint64_t* s = kWords > 0 ? fixed : dynamic.data();
   for (int64_t i = first; i < end; ++i) {
     bitrow::reset<kWords>(s, rows.words);
-    for (int64_t t = p.offsets[i]; t < p.offsets[i + 1]; ++t) bitrow::advance<kWords>(s, s, rows(p.tokens[t]), rows.words);
+    for (int64_t t = p.offsets[i]; t < p.offsets[i + 1]; ++t) bitrow::advance<kWords>(s, s, bitrow::match<kWords>(rows, p.tokens[t]), rows.words);
     p.out[i] = bitrow::lcs<kWords>(s, rows.words);
   }
 }

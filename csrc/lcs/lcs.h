@@ -17,9 +17,9 @@
 
 namespace pyfastseq {
 
-// Token -> mask row lookups: plain views over an LcsPattern's tables (see LcsPattern::visit). A
-// token absent from the query gets the all-zero row. Whether a text token is in the query is
-// unpredictable, so neither lookup branches on it.
+// Token -> mask row lookups: plain views over an LcsPattern's tables (see LcsPattern::visit);
+// bitrow::match turns a row index into its mask words. A token absent from the query gets row 0,
+// all zero. Whether a text token is in the query is unpredictable, so neither lookup branches on it.
 
 // A byte row index by token id: a clamp and two loads.
 struct DirectRows {
@@ -28,9 +28,7 @@ struct DirectRows {
   const uint64_t* masks;
   int32_t words;
   // Ids past the largest query symbol, and negative ids (huge as unsigned), land on index[last].
-  const uint64_t* operator()(int32_t token) const {
-    return masks + static_cast<size_t>(words) * index[std::min(static_cast<uint32_t>(token), last)];
-  }
+  uint32_t row(int32_t token) const { return index[std::min(static_cast<uint32_t>(token), last)]; }
 };
 
 struct CuckooSlot {
@@ -47,10 +45,10 @@ struct HashedRows {
   int32_t words;
   uint32_t slot_a(int32_t token) const { return (static_cast<uint32_t>(token) * mul_a) >> shift; }
   uint32_t slot_b(int32_t token) const { return (static_cast<uint32_t>(token) * mul_b) >> shift; }
-  const uint64_t* operator()(int32_t token) const {
+  uint32_t row(int32_t token) const {
     const CuckooSlot a = slots[slot_a(token)], b = slots[slot_b(token)];
     const uint32_t in_a = 0u - static_cast<uint32_t>(a.key == token), in_b = 0u - static_cast<uint32_t>(b.key == token);
-    return masks + static_cast<size_t>(words) * ((a.index & in_a) | (b.index & in_b));
+    return (a.index & in_a) | (b.index & in_b);
   }
 };
 

@@ -89,7 +89,7 @@ int32_t search_child(const LookaheadParams& p, const Rows& rows, int64_t m, int3
       }
       --budget;
       const int32_t w = static_cast<int32_t>(e) + 1;
-      bitrow::advance<kWords>(next, cur, rows(p.trie.child_token[e]), words);
+      bitrow::advance<kWords>(next, cur, bitrow::match<kWords>(rows, p.trie.child_token[e]), words);
       const int32_t w_lcs = bitrow::lcs<kWords>(next, words);
       if (w_lcs > best) {
         best = w_lcs;
@@ -120,7 +120,7 @@ void row_deltas(const LookaheadParams& p, const Rows& rows, int64_t m, const Row
   std::vector<uint64_t> base(static_cast<size_t>(words)), child_row(static_cast<size_t>(words));
   bitrow::reset<kWords>(base.data(), words);
   const int32_t* gen = p.generated + job.row * p.steps;
-  for (int64_t t = job.segment_at; t < p.steps; ++t) bitrow::advance<kWords>(base.data(), base.data(), rows(gen[t]), words);
+  for (int64_t t = job.segment_at; t < p.steps; ++t) bitrow::advance<kWords>(base.data(), base.data(), bitrow::match<kWords>(rows, gen[t]), words);
   const int32_t base_lcs = bitrow::lcs<kWords>(base.data(), words);
 
   const int32_t node = p.nodes[job.row];
@@ -131,7 +131,7 @@ void row_deltas(const LookaheadParams& p, const Rows& rows, int64_t m, const Row
     const int64_t share = budget == kUnlimited ? kUnlimited : budget / (hi - e);
     int64_t left = share;
     bool truncated = false;
-    bitrow::advance<kWords>(child_row.data(), base.data(), rows(p.trie.child_token[e]), words);
+    bitrow::advance<kWords>(child_row.data(), base.data(), bitrow::match<kWords>(rows, p.trie.child_token[e]), words);
     const int32_t child = static_cast<int32_t>(e) + 1;
     out[e - lo] = search_child<kWords>(p, rows, m, child, child_row.data(), left, truncated, sc) - base_lcs;
     if (budget != kUnlimited) budget -= share - left;
