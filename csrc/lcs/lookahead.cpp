@@ -34,109 +34,130 @@ namespace {
 
 constexpr int64_t kUnlimited = std::numeric_limits<int64_t>::max();
 
-// A stack of (node, bound, bit row) frames with the rows in one flat word array.
-struct Frames {
-  std::vector<int32_t> node, bound;
+// One level of the walk: the live nodes, the row child each descends from, its LCS and bound, and
+// its bit row.
+struct Level {
+  std::vector<int32_t> node, child, lcs, bound;
   std::vector<uint64_t> rows;
 
-  void clear() { node.clear(); bound.clear(); rows.clear(); }
-  bool empty() const { return node.empty(); }
-  void push(int32_t n, int32_t b, const uint64_t* row, int32_t words) {
+  void clear() {
+    node.clear();
+    child.clear();
+    lcs.clear();
+    bound.clear();
+    rows.clear();
+  }
+  size_t size() const { return node.size(); }
+  void reserve(size_t n, int32_t words) {
+    node.reserve(n);
+    child.reserve(n);
+    lcs.reserve(n);
+    bound.reserve(n);
+    rows.reserve(n * static_cast<size_t>(words));
+  }
+  template <int kWords>
+  void push(int32_t n, int32_t c, int32_t l, int32_t b, const uint64_t* row, int32_t words) {
     node.push_back(n);
+    child.push_back(c);
+    lcs.push_back(l);
     bound.push_back(b);
-    rows.insert(rows.end(), row, row + words);
-  }
-  void append(const Frames& other) {
-    node.insert(node.end(), other.node.begin(), other.node.end());
-    bound.insert(bound.end(), other.bound.begin(), other.bound.end());
-    rows.insert(rows.end(), other.rows.begin(), other.rows.end());
+    for (int32_t w = 0; w < bitrow::count<kWords>(words); ++w) rows.push_back(row[w]);
   }
 };
-
-struct Scratch {
-  Frames stack, hits;
-  std::vector<uint64_t> cur, next;
-};
-
-// The best LCS over the subtree of `child`, whose bit row is `row`, spending at most `budget` node
-// visits below it (decremented). Sets `truncated` when the budget ran out with work left.
-template <int kWords, class Rows>
-int32_t search_child(const LookaheadParams& p, const Rows& rows, int64_t m, int32_t child, const uint64_t* row,
-                     int64_t& budget, bool& truncated, Scratch& sc) {
-  const int32_t words = rows.words;
-  int32_t best = bitrow::lcs<kWords>(row, words);
-  const int32_t ceiling = bitrow::bound<kWords>(row, words, m, p.heights[child]);
-  if (best >= ceiling) return best;
-  uint64_t* cur = sc.cur.data();
-  uint64_t* next = sc.next.data();
-  sc.stack.clear();
-  sc.stack.push(child, ceiling, row, words);
-  while (!sc.stack.empty()) {
-    const int32_t v = sc.stack.node.back(), v_bound = sc.stack.bound.back();
-    std::copy(sc.stack.rows.end() - words, sc.stack.rows.end(), cur);
-    sc.stack.node.pop_back();
-    sc.stack.bound.pop_back();
-    sc.stack.rows.resize(sc.stack.rows.size() - static_cast<size_t>(words));
-    if (v_bound <= best) continue;
-    const int32_t v_lcs = bitrow::lcs<kWords>(cur, words);
-    // Children that raise the LCS go on top of the stack, so the walk follows matches first and
-    // finds a high best early, which prunes more.
-    sc.hits.clear();
-    for (uint32_t e = p.trie.child_begin[v]; e < p.trie.child_begin[v + 1]; ++e) {
-      if (budget == 0) {
-        truncated = true;
-        return best;
-      }
-      --budget;
-      const int32_t w = static_cast<int32_t>(e) + 1;
-      bitrow::advance<kWords>(next, cur, bitrow::match<kWords>(rows, p.trie.child_token[e]), words);
-      const int32_t w_lcs = bitrow::lcs<kWords>(next, words);
-      if (w_lcs > best) {
-        best = w_lcs;
-        if (best >= ceiling) return best;
-      }
-      if (p.heights[w] == 0) continue;
-      const int32_t w_bound = bitrow::bound<kWords>(next, words, m, p.heights[w]);
-      if (w_bound <= best) continue;
-      (w_lcs > v_lcs ? sc.hits : sc.stack).push(w, w_bound, next, words);
-    }
-    sc.stack.append(sc.hits);
-  }
-  return best;
-}
 
 struct RowJob {
   int64_t row;         // representative row
   int64_t segment_at;  // first generated index of the segment
 };
 
-// Deltas of one row's children. `budget` is the row's share of max_nodes.
+// The bound of a node with LCS l, bit row `row` and subtree height h, when it can beat `best`;
+// otherwise 0. min(m, l + h) settles most nodes before the exact bound's popcount.
+template <int kWords>
+int32_t bound_above(const uint64_t* row, int32_t words, int64_t m, int32_t l, int32_t h, int32_t best) {
+  if (h == 0 || l + h <= best || m <= best) return 0;
+  const int32_t b = bitrow::bound<kWords>(row, words, m, h);
+  return b > best ? b : 0;
+}
+
+// Deltas of one row's children, walking all their subtrees one trie level at a time. Breadth-first
+// numbering stores each level of a subtree as one id range, so every level streams through the
+// CSR arrays in order. A node is expanded only while its bound beats the best of its row child;
+// `budget` (the row's share of max_nodes) stops the walk before a level that would exceed it.
 template <int kWords, class Rows>
 void row_deltas(const LookaheadParams& p, const Rows& rows, int64_t m, const RowJob& job, int64_t budget,
-                LookaheadStats& stats, Scratch& sc) {
+                LookaheadStats& stats) {
+  const TrieView& t = p.trie;
   const int32_t words = rows.words;
-  sc.cur.resize(static_cast<size_t>(words));
-  sc.next.resize(static_cast<size_t>(words));
-  std::vector<uint64_t> base(static_cast<size_t>(words)), child_row(static_cast<size_t>(words));
+  std::vector<uint64_t> base(static_cast<size_t>(words)), row(static_cast<size_t>(words));
   bitrow::reset<kWords>(base.data(), words);
   const int32_t* gen = p.generated + job.row * p.steps;
-  for (int64_t t = job.segment_at; t < p.steps; ++t) bitrow::advance<kWords>(base.data(), base.data(), bitrow::match<kWords>(rows, gen[t]), words);
-  const int32_t base_lcs = bitrow::lcs<kWords>(base.data(), words);
+  int32_t base_lcs = 0;
+  for (int64_t i = job.segment_at; i < p.steps; ++i)
+    base_lcs += bitrow::advance<kWords>(base.data(), base.data(), bitrow::match<kWords>(rows, gen[i]), words);
 
+  // Level one: the row's children themselves, always evaluated.
   const int32_t node = p.nodes[job.row];
-  const uint32_t lo = p.trie.child_begin[node], hi = p.trie.child_begin[node + 1];
+  const uint32_t first_edge = t.child_begin[node], num_children = t.child_begin[node + 1] - first_edge;
+  std::vector<int32_t> best(num_children);
+  Level level, next;
+  level.reserve(num_children, words);
+  for (uint32_t c = 0; c < num_children; ++c) {
+    const int32_t w = static_cast<int32_t>(first_edge + c) + 1;
+    const uint64_t* m_row = bitrow::match<kWords>(rows, t.child_token[first_edge + c]);
+    const int32_t l = base_lcs + bitrow::advance<kWords>(row.data(), base.data(), m_row, words);
+    best[c] = l;
+    const int32_t b = bound_above<kWords>(row.data(), words, m, l, p.heights[w], l);
+    if (b > 0) level.push<kWords>(w, static_cast<int32_t>(c), l, b, row.data(), words);
+  }
+
+  while (level.size() > 0) {
+    int64_t planned = 0;
+    for (size_t i = 0; i < level.size(); ++i) {
+      if (level.bound[i] <= best[level.child[i]]) continue;
+      const int32_t v = level.node[i];
+      planned += t.num_children(v);
+      // The trie rarely fits in cache: start fetching what the expansion below will read.
+      __builtin_prefetch(t.child_token + t.child_begin[v]);
+      __builtin_prefetch(p.heights + t.child_begin[v] + 1);
+      __builtin_prefetch(t.child_begin + t.child_begin[v] + 1);
+    }
+    if (planned > budget) break;
+    next.clear();
+    next.reserve(static_cast<size_t>(planned), words);
+    int64_t visited = 0;
+    for (size_t i = 0; i < level.size(); ++i) {
+      const int32_t c = level.child[i];
+      int32_t top = best[c];
+      if (level.bound[i] <= top) continue;  // best rose since this node was queued
+      const uint64_t* parent = level.rows.data() + i * static_cast<size_t>(words);
+      const int32_t v = level.node[i], v_lcs = level.lcs[i];
+      const uint32_t lo = t.child_begin[v], hi = t.child_begin[v + 1];
+      for (uint32_t e = lo; e < hi; ++e) {
+        const int32_t w = static_cast<int32_t>(e) + 1;
+        const int32_t l = v_lcs + bitrow::advance<kWords>(row.data(), parent, bitrow::match<kWords>(rows, t.child_token[e]), words);
+        top = std::max(top, l);
+        const int32_t b = bound_above<kWords>(row.data(), words, m, l, p.heights[w], top);
+        if (b > 0) next.push<kWords>(w, c, l, b, row.data(), words);
+      }
+      best[c] = top;
+      visited += hi - lo;
+    }
+    if (budget != kUnlimited) budget -= visited;
+    stats.visited += visited;
+    std::swap(level, next);
+  }
+
   int32_t* out = p.deltas + p.row_offsets[job.row];
-  for (uint32_t e = lo; e < hi; ++e) {
-    // Each child gets an equal share of what the earlier children left.
-    const int64_t share = budget == kUnlimited ? kUnlimited : budget / (hi - e);
-    int64_t left = share;
-    bool truncated = false;
-    bitrow::advance<kWords>(child_row.data(), base.data(), bitrow::match<kWords>(rows, p.trie.child_token[e]), words);
-    const int32_t child = static_cast<int32_t>(e) + 1;
-    out[e - lo] = search_child<kWords>(p, rows, m, child, child_row.data(), left, truncated, sc) - base_lcs;
-    if (budget != kUnlimited) budget -= share - left;
-    stats.visited += share - left;
-    stats.truncated += truncated;
+  for (uint32_t c = 0; c < num_children; ++c) out[c] = best[c] - base_lcs;
+  // Children with live nodes still queued were cut short by the budget. Queued nodes stay ordered by
+  // row child (each level is built in the order of the one before).
+  int32_t last = -1;
+  for (size_t i = 0; i < level.size(); ++i) {
+    const int32_t c = level.child[i];
+    if (level.bound[i] > best[c] && c != last) {
+      ++stats.truncated;
+      last = c;
+    }
   }
 }
 
@@ -178,13 +199,12 @@ LookaheadStats run_lookahead(const LookaheadParams& p) {
   const int64_t row_budget = p.max_nodes < 0 || njobs == 0 ? kUnlimited : p.max_nodes / njobs;
   std::vector<LookaheadStats> job_stats(static_cast<size_t>(njobs));
   parallel_for(njobs, std::min<int64_t>(row_budget, int64_t{1} << 16), [&](int64_t j) {
-    thread_local Scratch sc;
     const LcsPattern& q = *p.patterns[p.pattern_of_row[jobs[j].row]];
     q.visit([&](const auto& rows) {
       switch (rows.words) {
-        case 1: return row_deltas<1>(p, rows, q.length(), jobs[j], row_budget, job_stats[j], sc);
-        case 2: return row_deltas<2>(p, rows, q.length(), jobs[j], row_budget, job_stats[j], sc);
-        default: return row_deltas<0>(p, rows, q.length(), jobs[j], row_budget, job_stats[j], sc);
+        case 1: return row_deltas<1>(p, rows, q.length(), jobs[j], row_budget, job_stats[j]);
+        case 2: return row_deltas<2>(p, rows, q.length(), jobs[j], row_budget, job_stats[j]);
+        default: return row_deltas<0>(p, rows, q.length(), jobs[j], row_budget, job_stats[j]);
       }
     });
   });
