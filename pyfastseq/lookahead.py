@@ -86,25 +86,28 @@ class LCSLookahead:
             sequences / a 2-D array, one query per batch item. Special tokens count only if included.
         start_after: token id that opens the segment (e.g. the [SEP] that ends the subject), or None.
         max_nodes: cap on the trie nodes one :meth:`deltas` call may visit below the children
-            (None: no cap). It is split evenly over the distinct (query, node) rows of the call, and
-            within a row each child's search gets an equal share of what the previous children left.
-            A search that runs out reports the best completion it found so far: a lower bound of the
-            exact Δ, never below the gain of the child token itself (``max_nodes=0`` gives exactly
-            that one-token gain). :attr:`last_truncated` counts the searches cut short by the cap.
+            (None: no cap). It is shared over the distinct (query, node) rows of the call by
+            water-filling: a row whose whole subtree fits in an equal share of what is left gets
+            all of it, and the others split the remainder evenly. A row walks its children's
+            subtrees one trie level at a time and stops before a level that would exceed its share;
+            its Δ then counts completions cut at the last level walked: a lower bound of the exact
+            Δ, never below the gain of the child token itself (``max_nodes=0`` gives exactly that
+            one-token gain). :attr:`last_truncated` counts the children whose walk was cut, and
+            :attr:`last_visited` the nodes visited.
 
-    The exact search prunes every subtree whose bound (the LCS already reached against the query
-    prefix that ``h`` more tokens can extend, ``h`` the subtree height) cannot beat the best found,
+    The walk prunes every subtree whose bound (the LCS already reached against the query prefix
+    that ``h`` more tokens can still extend, ``h`` the subtree height) cannot beat the best found,
     and rows at the same node with the same query are solved once.
     """
 
-    def __init__(self, query_tokens: Any, start_after: int | None = None, max_nodes: int | None = 1_000_000):
+    def __init__(self, query_tokens: Any, start_after: int | None = None, max_nodes: int | None = 100_000):
         self.queries, self.per_item = _as_queries(query_tokens)
         self._patterns = [_C.LcsPattern(q) for q in self.queries]
         self.start_after = _optional_int(start_after, "start_after", INT32_MAX)
         self.max_nodes = _optional_int(max_nodes, "max_nodes", 2**63 - 1)
         self._heights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.last_visited = 0  # nodes visited below the children by the last deltas() call
-        self.last_truncated = 0  # child searches that the last deltas() call cut short
+        self.last_truncated = 0  # children whose walk the last deltas() call cut short
 
     def __repr__(self) -> str:
         queries = f"{len(self.queries)} queries" if self.per_item else f"query of {len(self.queries[0])} tokens"

@@ -267,3 +267,21 @@ def test_bad_deltas_call__raises_naming_argument(args, error, match):
 def test_bad_trie__type_error():
     with pytest.raises(TypeError, match="trie must be a pyfastseq.Trie"):
         fs.LCSLookahead([1]).deltas(DictTrie([[1]]), [0], [[]])
+
+
+def test_max_nodes__water_filling_gives_small_rows_what_they_need():
+    query = list(range(10, 40))
+    seqs = [[1, 5] + query, [1, 6] + query[:20], [2, 7, 8], [2, 9, 8]]
+    trie = fs.Trie(seqs)
+    nodes = np.array([trie.walk([1]), trie.walk([2])], dtype=np.int32)
+    generated = np.array([[1], [2]], dtype=np.int32)
+    exact = fs.LCSLookahead(query, max_nodes=None).deltas(trie, nodes, generated)[1].tolist()
+    assert exact == [30, 20, 0, 0]
+    # Below the children: 30 + 20 nodes for the first row, 2 for the second. An even split (26
+    # each) would cut the first row; water-filling hands it the 50 the second row leaves.
+    lookahead = fs.LCSLookahead(query, max_nodes=52)
+    assert lookahead.deltas(trie, nodes, generated)[1].tolist() == exact
+    assert lookahead.last_truncated == 0 and lookahead.last_visited == 52
+    lookahead = fs.LCSLookahead(query, max_nodes=51)  # 49 for the first row: 20 levels of 2, 9 of 1
+    assert lookahead.deltas(trie, nodes, generated)[1].tolist() == [29, 20, 0, 0]
+    assert lookahead.last_truncated == 1 and lookahead.last_visited == 51

@@ -101,8 +101,8 @@ void run_lcs_lengths(const LcsLengthsParams& p);
 //     deltas[row_offsets[r] + k] = max over stored sequences P through c of LCS(seg(P), Q) - LCS(seg(prefix), Q)
 // where seg() drops everything up to and including the first start_after, and Q is the row's query.
 // Other rows get zeros. Because LCS never decreases when a sequence is extended, the maximum over
-// stored sequences equals the maximum over every node of c's subtree, found by a depth-first walk
-// that updates the bit row once per node and skips subtrees whose bound cannot beat the best.
+// stored sequences equals the maximum over every node of c's subtree, found by a walk that updates
+// the bit row once per node and skips subtrees whose bound cannot beat the best.
 struct LookaheadParams {
   TrieView trie;
   const uint8_t* heights = nullptr;           // [num_nodes] from run_subtree_heights
@@ -114,10 +114,12 @@ struct LookaheadParams {
   int64_t steps = 0;
   const int64_t* pattern_of_row = nullptr;    // [rows] index into patterns
   int32_t start_after = -1;                   // -1: the segment is the whole row
-  // Nodes below the children that one call may visit (< 0: unlimited). Split evenly over the
-  // distinct (query, node) rows; within a row each child's search gets an equal share of what the
-  // previous children left. A search that runs out reports the best found so far: a lower bound of
-  // the exact delta that is never below the gain of the child token itself.
+  // Nodes below the children that one call may visit (< 0: unlimited). Shared over the distinct
+  // (query, node) rows by water-filling: a row whose whole subtree fits in an equal share of what
+  // is left gets all of it (smallest first), the others split the remainder evenly. A row walks
+  // its children's subtrees one level at a time and stops before a level that would exceed its
+  // share; its deltas then count completions cut at the last level walked: a lower bound of the
+  // exact delta, never below the gain of the child token itself.
   int64_t max_nodes = -1;
   const int64_t* row_offsets = nullptr;       // [rows + 1] from lookahead_row_offsets
   int32_t* deltas = nullptr;                  // [row_offsets[rows]]
@@ -125,7 +127,7 @@ struct LookaheadParams {
 
 struct LookaheadStats {
   int64_t visited = 0;    // nodes below the children whose bit row was computed
-  int64_t truncated = 0;  // child searches cut short by max_nodes
+  int64_t truncated = 0;  // children whose search max_nodes cut short
 };
 
 // row_offsets[r + 1] - row_offsets[r] = number of children of nodes[r] (0 for -1). Throws

@@ -1,5 +1,6 @@
-// The lookahead gain of seed 001 over a trie: a depth-first walk of each child's subtree carrying
-// the LCS bit row, one word-op group per node, pruned by an exact bound and capped by max_nodes.
+// The lookahead gain of seed 001 over a trie: a level-by-level walk of the children's subtrees
+// carrying the LCS bit row, one word-op group per node, pruned by an exact bound and capped by
+// max_nodes.
 #include <algorithm>
 #include <limits>
 #include <numeric>
@@ -161,6 +162,42 @@ void row_deltas(const LookaheadParams& p, const Rows& rows, int64_t m, const Row
   }
 }
 
+// Nodes strictly below the children of `node` (pruning aside, what its walk would visit): each level
+// of a subtree is one id range, so this costs one step per level.
+int64_t nodes_below_children(const TrieView& t, int32_t node) {
+  int64_t count = 0;
+  uint32_t lo = t.child_begin[node] + 1, hi = t.child_begin[node + 1];  // the children's ids
+  while (lo <= hi) {
+    const uint32_t next_lo = t.child_begin[lo] + 1, next_hi = t.child_begin[hi + 1];
+    if (next_lo > next_hi) break;
+    count += next_hi - next_lo + 1;
+    lo = next_lo;
+    hi = next_hi;
+  }
+  return count;
+}
+
+// Each row's share of max_nodes, by water-filling: rows whose whole walk fits in an equal share of
+// what is left get what they need, smallest first, and the rest split the remainder evenly.
+std::vector<int64_t> share_budget(const LookaheadParams& p, const std::vector<RowJob>& jobs) {
+  std::vector<int64_t> budget(jobs.size(), kUnlimited);
+  if (p.max_nodes < 0) return budget;
+  std::vector<int64_t> need(jobs.size());
+  std::vector<size_t> order(jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    need[j] = nodes_below_children(p.trie, p.nodes[jobs[j].row]);
+    order[j] = j;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return need[a] < need[b]; });
+  int64_t left = p.max_nodes;
+  for (size_t k = 0; k < order.size(); ++k) {
+    const size_t j = order[k];
+    budget[j] = std::min(need[j], left / static_cast<int64_t>(order.size() - k));
+    left -= budget[j];
+  }
+  return budget;
+}
+
 }  // namespace
 
 LookaheadStats run_lookahead(const LookaheadParams& p) {
@@ -196,15 +233,15 @@ LookaheadStats run_lookahead(const LookaheadParams& p) {
   }
 
   const int64_t njobs = static_cast<int64_t>(jobs.size());
-  const int64_t row_budget = p.max_nodes < 0 || njobs == 0 ? kUnlimited : p.max_nodes / njobs;
+  const std::vector<int64_t> budget = share_budget(p, jobs);
   std::vector<LookaheadStats> job_stats(static_cast<size_t>(njobs));
-  parallel_for(njobs, std::min<int64_t>(row_budget, int64_t{1} << 16), [&](int64_t j) {
+  parallel_for(njobs, int64_t{1} << 12, [&](int64_t j) {
     const LcsPattern& q = *p.patterns[p.pattern_of_row[jobs[j].row]];
     q.visit([&](const auto& rows) {
       switch (rows.words) {
-        case 1: return row_deltas<1>(p, rows, q.length(), jobs[j], row_budget, job_stats[j]);
-        case 2: return row_deltas<2>(p, rows, q.length(), jobs[j], row_budget, job_stats[j]);
-        default: return row_deltas<0>(p, rows, q.length(), jobs[j], row_budget, job_stats[j]);
+        case 1: return row_deltas<1>(p, rows, q.length(), jobs[j], budget[j], job_stats[j]);
+        case 2: return row_deltas<2>(p, rows, q.length(), jobs[j], budget[j], job_stats[j]);
+        default: return row_deltas<0>(p, rows, q.length(), jobs[j], budget[j], job_stats[j]);
       }
     });
   });
