@@ -3,7 +3,6 @@
 // max_nodes.
 #include <algorithm>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "common/errors.h"
