@@ -93,7 +93,10 @@ void lcs_block(const LcsLengthsParams& p, const Rows& rows, int64_t first, int64
   uint64_t* s = kWords > 0 ? fixed : dynamic.data();
   for (int64_t i = first; i < end; ++i) {
     bitrow::reset<kWords>(s, rows.words);
-    for (int64_t t = p.offsets[i]; t < p.offsets[i + 1]; ++t) bitrow::advance<kWords>(s, s, bitrow::match<kWords>(rows, p.tokens[t]), rows.words);
+    // Candidates are short (a handful of tokens): unrolling trims the loop's share of each step.
+#pragma GCC unroll 4
+    for (int64_t t = p.offsets[i]; t < p.offsets[i + 1]; ++t)
+      bitrow::advance<kWords>(s, s, bitrow::match<kWords>(rows, p.tokens[t]), rows.words);
     p.out[i] = bitrow::lcs<kWords>(s, rows.words);
   }
 }
