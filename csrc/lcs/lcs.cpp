@@ -104,7 +104,11 @@ void lcs_block(const LcsLengthsParams& p, const Rows& rows, int64_t first, int64
 template <int kWords, class Rows>
 void lcs_lengths_impl(const LcsLengthsParams& p, const Rows& rows, std::vector<uint8_t>& negative) {
   constexpr int64_t kBlock = 256;  // candidates per parallel task
-  parallel_for(static_cast<int64_t>(negative.size()), kBlock * 16 * rows.words, [&](int64_t b) {
+  // Threads only pay off past ~1M token-words (about a millisecond): waking a worker costs far more
+  // than a short batch when the cores are shared (with torch's own OpenMP pool, for one).
+  const int64_t blocks = static_cast<int64_t>(negative.size());
+  const int64_t work_per_block = blocks == 0 ? 0 : p.num_tokens * rows.words / 8 / blocks;
+  parallel_for(blocks, work_per_block, [&](int64_t b) {
     const int64_t first = b * kBlock, end = std::min(p.num_candidates, first + kBlock);
     int32_t any = 0;  // sign bit set by a negative id
     for (int64_t t = p.offsets[first]; t < p.offsets[end]; ++t) any |= p.tokens[t];

@@ -3,6 +3,7 @@
 // max_nodes.
 #include <algorithm>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "common/errors.h"
@@ -176,19 +177,16 @@ int64_t nodes_below_children(const TrieView& t, int32_t node) {
   return count;
 }
 
-// Each row's share of max_nodes, by water-filling: rows whose whole walk fits in an equal share of
-// what is left get what they need, smallest first, and the rest split the remainder evenly.
-std::vector<int64_t> share_budget(const LookaheadParams& p, const std::vector<RowJob>& jobs) {
-  std::vector<int64_t> budget(jobs.size(), kUnlimited);
-  if (p.max_nodes < 0) return budget;
-  std::vector<int64_t> need(jobs.size());
-  std::vector<size_t> order(jobs.size());
-  for (size_t j = 0; j < jobs.size(); ++j) {
-    need[j] = nodes_below_children(p.trie, p.nodes[jobs[j].row]);
-    order[j] = j;
-  }
+// Each row's share of max_nodes, by water-filling over `need`: rows whose whole walk fits in an
+// equal share of what is left get what they need, smallest first, and the rest split the remainder
+// evenly.
+std::vector<int64_t> share_budget(int64_t max_nodes, const std::vector<int64_t>& need) {
+  std::vector<int64_t> budget(need.size(), kUnlimited);
+  if (max_nodes < 0) return budget;
+  std::vector<size_t> order(need.size());
+  std::iota(order.begin(), order.end(), size_t{0});
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return need[a] < need[b]; });
-  int64_t left = p.max_nodes;
+  int64_t left = max_nodes;
   for (size_t k = 0; k < order.size(); ++k) {
     const size_t j = order[k];
     budget[j] = std::min(need[j], left / static_cast<int64_t>(order.size() - k));
@@ -232,9 +230,18 @@ LookaheadStats run_lookahead(const LookaheadParams& p) {
   }
 
   const int64_t njobs = static_cast<int64_t>(jobs.size());
-  const std::vector<int64_t> budget = share_budget(p, jobs);
+  std::vector<int64_t> need(jobs.size());
+  int64_t total_need = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    need[j] = nodes_below_children(p.trie, p.nodes[jobs[j].row]);
+    total_need += need[j];
+  }
+  const std::vector<int64_t> budget = share_budget(p.max_nodes, need);
+  const int64_t work = std::min(total_need, p.max_nodes < 0 ? total_need : p.max_nodes);
   std::vector<LookaheadStats> job_stats(static_cast<size_t>(njobs));
-  parallel_for(njobs, int64_t{1} << 12, [&](int64_t j) {
+  // Threads only pay off for walks of ~10^5 nodes and more (about a millisecond): waking a worker
+  // costs far more than a short call when the cores are shared.
+  parallel_for(njobs, njobs == 0 ? 0 : work / njobs, [&](int64_t j) {
     const LcsPattern& q = *p.patterns[p.pattern_of_row[jobs[j].row]];
     q.visit([&](const auto& rows) {
       switch (rows.words) {
