@@ -6,14 +6,18 @@ from ._config import show_config
 from .assignment import linear_sum_assignment
 from .attention import unilm_attention, unilm_mask
 from .copy_prior import CopyPrior
+from .lookahead import LCSLookahead, lcs_length, lcs_lengths
 from .trie import Trie
 from .unilm import UniLM
 
 __all__ = [
     "CopyPrior",
+    "LCSLookahead",
     "Trie",
     "UniLM",
     "__version__",
+    "lcs_length",
+    "lcs_lengths",
     "linear_sum_assignment",
     "show_config",
     "unilm_attention",

@@ -4,14 +4,16 @@
 namespace py = pybind11;
 
 namespace pyfastseq {
-void bind_build_info(py::module_& m);
-void bind_trie(py::module_& m);
 void bind_assign(py::module_& m);
+void bind_build_info(py::module_& m);
+void bind_lcs(py::module_& m);
+void bind_trie(py::module_& m);
 }  // namespace pyfastseq
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyfastseq CPU kernels (torch-free C++ core). Use the pyfastseq package, not this module.";
-  pyfastseq::bind_build_info(m);
-  pyfastseq::bind_trie(m);
   pyfastseq::bind_assign(m);
+  pyfastseq::bind_build_info(m);
+  pyfastseq::bind_lcs(m);
+  pyfastseq::bind_trie(m);
 }

@@ -1,0 +1,213 @@
+"""Longest common subsequence of token sequences, and the LCS "lookahead" rescoring of seed 001.
+
+The LCS is the bit-parallel algorithm of Hyyrö (2004) on int32 token ids of any size; the lookahead
+walks the trie below each allowed next token carrying the LCS bit row, so every trie node costs one
+word-op group and no string is ever enumerated.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._backend import _C
+from ._validate import INT32_MAX, as_token_array, flatten_sequences
+from .trie import Trie
+
+__all__ = ["LCSLookahead", "lcs_length", "lcs_lengths"]
+
+
+def lcs_length(a: Any, b: Any) -> int:
+    """Length of the longest common subsequence of two int token sequences.
+
+    Example:
+        >>> lcs_length([1, 2, 3, 4], [2, 4, 5])
+        2
+    """
+    a_arr, b_arr = _tokens(a, "a"), _tokens(b, "b")
+    if len(a_arr) > len(b_arr):  # the bit row spans the shorter sequence
+        a_arr, b_arr = b_arr, a_arr
+    return int(_C.LcsPattern(a_arr).lengths(b_arr, np.array([0, len(b_arr)], dtype=np.int64))[0])
+
+
+def lcs_lengths(query: Any, candidates: Any, offsets: Any = None) -> np.ndarray:
+    """LCS length of ``query`` with every candidate, as ``np.ndarray[int32]``.
+
+    Args:
+        query: one int token sequence; its match table is built once.
+        candidates: a list of int sequences, a 2-D int array (one candidate per row), or, with
+            ``offsets``, a flat int32 array of all candidate tokens (the fast path: no copy).
+        offsets: int64 ``[num_candidates + 1]``, starting at 0 and ending at ``len(candidates)``;
+            candidate ``i`` is ``candidates[offsets[i]:offsets[i + 1]]``.
+
+    Runs in parallel over candidates with the GIL released. Token ids lie in ``[0, 2**31 - 1]``.
+
+    Example:
+        >>> lcs_lengths([1, 2, 3], [[1, 3], [4], [3, 2, 1]]).tolist()
+        [2, 0, 1]
+    """
+    pattern = _C.LcsPattern(_tokens(query, "query"))
+    if offsets is not None and _is_int32_vector(candidates):
+        # Fast path: the kernel itself rejects negative ids, so a flat int32 buffer is not scanned here.
+        tokens = np.ascontiguousarray(_numpy(candidates))
+        offs = _int_array(offsets, "offsets", np.int64, ndim=1)
+        if offs.size < 1:
+            raise ValueError("offsets must be a 1-D integer array of length num_candidates + 1")
+    else:
+        tokens, offs = flatten_sequences(candidates, offsets, "candidates")
+    return pattern.lengths(tokens, offs)
+
+
+class LCSLookahead:
+    """Seed 001's lookahead: reward each allowed next token by how much of the question the best
+    catalogue entry below it can still cover. Pass it to ``TrieBeamSearch(lookahead=...)``.
+
+    For a row whose decoded tokens (its trie path) are ``P<t`` and an allowed next token ``c``::
+
+        Δ(c) = max over stored sequences P through c of LCS(seg(P), Q) − LCS(seg(P<t), Q)
+
+    where ``Q`` is the row's query and ``seg`` keeps what follows the first ``start_after`` (the
+    whole sequence when ``start_after`` is None). A "stored sequence through c" is a complete trie
+    entry whose path passes through ``c``, including everything after the current segment (e.g. the
+    object after the predicate) and its eos token when the trie was built with ``eos_id``; tokens
+    absent from ``Q`` (eos included, unless the query holds it) never add to the LCS, and since an
+    LCS never shrinks when a sequence is extended, the maximum is reached at a leaf. The beam then
+    reshapes ``p_c ← p_c^(1/(Δ(c)+1))`` over the allowed tokens (see
+    :func:`pyfastseq.reference.lcs.lookahead_reshape`).
+
+    As in the seed, rows with fewer than two allowed tokens, and rows whose generated tokens do not
+    yet hold ``start_after``, get Δ = 0 for every child.
+
+    Args:
+        query_tokens: one int sequence (the same question for every batch item), or a list of int
+            sequences / a 2-D array, one query per batch item. Special tokens count only if included.
+        start_after: token id that opens the segment (e.g. the [SEP] that ends the subject), or None.
+        max_nodes: cap on the trie nodes one :meth:`deltas` call may visit below the children
+            (None: no cap). It is shared over the distinct (query, node) rows of the call by
+            water-filling: a row whose whole subtree fits in an equal share of what is left gets
+            all of it, and the others split the remainder evenly. A row walks its children's
+            subtrees one trie level at a time and stops before a level that would exceed its share;
+            its Δ then counts completions cut at the last level walked: a lower bound of the exact
+            Δ, never below the gain of the child token itself (``max_nodes=0`` gives exactly that
+            one-token gain). :attr:`last_truncated` counts the children whose walk was cut, and
+            :attr:`last_visited` the nodes visited.
+
+    The walk prunes every subtree whose bound (the LCS already reached against the query prefix
+    that ``h`` more tokens can still extend, ``h`` the subtree height) cannot beat the best found,
+    and rows at the same node with the same query are solved once.
+    """
+
+    def __init__(self, query_tokens: Any, start_after: int | None = None, max_nodes: int | None = 100_000):
+        self.queries, self.per_item = _as_queries(query_tokens)
+        self._patterns = [_C.LcsPattern(q) for q in self.queries]
+        self.start_after = _optional_int(start_after, "start_after", INT32_MAX)
+        self.max_nodes = _optional_int(max_nodes, "max_nodes", 2**63 - 1)
+        self._heights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.last_visited = 0  # nodes visited below the children by the last deltas() call
+        self.last_truncated = 0  # children whose walk the last deltas() call cut short
+
+    def __repr__(self) -> str:
+        queries = f"{len(self.queries)} queries" if self.per_item else f"query of {len(self.queries[0])} tokens"
+        return f"LCSLookahead({queries}, start_after={self.start_after}, max_nodes={self.max_nodes})"
+
+    def deltas(self, trie: Trie, nodes: Any, generated: Any, batch_index: Any = None) -> tuple[Any, Any]:
+        """Δ for every child of every row's node.
+
+        Args:
+            trie: the :class:`~pyfastseq.Trie` being decoded.
+            nodes: ``[N]`` trie node of each row; -1 marks a dead row (no children).
+            generated: ``[N, t]`` tokens each row generated so far: exactly its path from the root.
+            batch_index: ``[N]`` batch item of each row, selecting its query; may be None with a
+                single query.
+
+        Returns:
+            ``(row_offsets, deltas)``: int64 ``[N + 1]`` and int32 ``[row_offsets[-1]]``; row ``r``'s
+            slice ``deltas[row_offsets[r]:row_offsets[r + 1]]`` holds one Δ per child of
+            ``nodes[r]``, in the order of ``trie.children(nodes[r])`` (ascending token). Torch
+            tensors when ``nodes`` is one (on its device), NumPy arrays otherwise.
+        """
+        if not isinstance(trie, Trie):
+            raise TypeError(f"trie must be a pyfastseq.Trie, got {type(trie).__name__}")
+        device = nodes.device if isinstance(nodes, torch.Tensor) else None
+        node_arr = _int_array(nodes, "nodes", np.int32, ndim=1)
+        rows = node_arr.shape[0]
+        gen = _int_array(generated, "generated", np.int32, ndim=2)
+        if gen.shape[0] != rows:
+            raise ValueError(f"generated must have one row per node ({rows}), got shape {tuple(gen.shape)}")
+        if batch_index is None:
+            if self.per_item:
+                raise ValueError("batch_index is required when LCSLookahead holds one query per batch item")
+            pattern_of_row = np.zeros(rows, dtype=np.int64)
+        else:
+            pattern_of_row = _int_array(batch_index, "batch_index", np.int64, ndim=1)
+            if pattern_of_row.shape[0] != rows:
+                raise ValueError(f"batch_index must have one entry per row ({rows}), got shape {pattern_of_row.shape}")
+            if not self.per_item:
+                pattern_of_row = np.zeros(rows, dtype=np.int64)
+        heights = self._heights.get(trie)
+        if heights is None:
+            heights = self._heights[trie] = _C.subtree_heights(trie._native)
+        start_after = -1 if self.start_after is None else self.start_after
+        max_nodes = -1 if self.max_nodes is None else self.max_nodes
+        row_offsets, deltas, self.last_visited, self.last_truncated = _C.lcs_lookahead(
+            trie._native, heights, self._patterns, node_arr, gen, pattern_of_row, start_after, max_nodes
+        )
+        if device is None:
+            return row_offsets, deltas
+        return torch.from_numpy(row_offsets).to(device), torch.from_numpy(deltas).to(device)
+
+
+def _tokens(values: Any, name: str) -> np.ndarray:
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must hold integer token ids, not a string")
+    return as_token_array(values, name)
+
+
+def _numpy(values: Any) -> np.ndarray:
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
+def _is_int32_vector(values: Any) -> bool:
+    if isinstance(values, torch.Tensor):
+        return values.dtype == torch.int32 and values.dim() == 1
+    return isinstance(values, np.ndarray) and values.dtype == np.int32 and values.ndim == 1
+
+
+def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
+    arr = _numpy(values)
+    if arr.dtype == np.bool_ or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(arr.shape)}")
+    info = np.iinfo(dtype)
+    if arr.dtype != dtype and arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise ValueError(f"{name} holds a value outside the {np.dtype(dtype).name} range")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:
+    """(queries, one per batch item?) from one int sequence or a list/2-D array of them."""
+    if isinstance(query_tokens, (torch.Tensor, np.ndarray)):
+        arr = _numpy(query_tokens)
+        if arr.ndim == 2:
+            return [_tokens(row, f"query_tokens[{i}]") for i, row in enumerate(arr)], True
+        return [_tokens(arr, "query_tokens")], False
+    if isinstance(query_tokens, (str, bytes)):
+        return [_tokens(query_tokens, "query_tokens")], False
+    items = list(query_tokens)
+    if items and all(not isinstance(q, (int, np.integer)) for q in items):
+        return [_tokens(q, f"query_tokens[{i}]") for i, q in enumerate(items)], True
+    return [_tokens(items, "query_tokens")], False
+
+
+def _optional_int(value: Any, name: str, high: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    if not 0 <= value <= high:
+        raise ValueError(f"{name} must be in [0, {high}], got {value}")
+    return int(value)
