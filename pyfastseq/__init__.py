@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .search import BeamSearch, BeamSearchOutput, TrieBeamSearch
 from .trie import Trie
 
-__all__ = ["Trie", "__version__"]
+__all__ = ["BeamSearch", "BeamSearchOutput", "Trie", "TrieBeamSearch", "__version__"]

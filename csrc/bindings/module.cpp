@@ -5,9 +5,11 @@ namespace py = pybind11;
 
 namespace pyfastseq {
 void bind_trie(py::module_& m);
+void bind_beam(py::module_& m);
 }  // namespace pyfastseq
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyfastseq CPU kernels (torch-free C++ core). Use the pyfastseq package, not this module.";
   pyfastseq::bind_trie(m);
+  pyfastseq::bind_beam(m);
 }
