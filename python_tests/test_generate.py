@@ -88,8 +88,9 @@ def greedy_scores(out, prompt_len, lp):
 
 
 EARLY = (True, False, "never")
-CASES = [(k, lp, kind, nrs, EARLY[(k + int(lp) + nrs) % 3]) for k in (1, 4, 8) for lp in (0.0, 1.0, 2.0)
-         for kind in ("unequal", "equal") for nrs in ((1,) if k == 1 else (1, 3))]
+# every k x length_penalty x trie kind; num_return_sequences and early_stopping vary along the grid
+CASES = [(k, lp, kind, 1 if k == 1 else 1 + 2 * ((int(lp) + (kind == "equal")) % 2), EARLY[(k + int(lp)) % 3])
+         for k in (1, 4, 8) for lp in (0.0, 1.0, 2.0) for kind in ("unequal", "equal")]
 
 
 @pytest.mark.parametrize("k,lp,kind,nrs,early_stopping", CASES)
@@ -110,8 +111,8 @@ def test_generate__gpt2_trie__matches_transformers(gpt2, k, lp, kind, nrs, early
         assert all(trie.contains(s) or len(s) == max_new for s in item)
 
 
-@pytest.mark.parametrize("early_stopping", [True, False, "never"])
-@pytest.mark.parametrize("k,lp", [(1, 1.0), (4, 0.0), (4, 1.0), (8, 2.0)])
+@pytest.mark.parametrize("k,lp,early_stopping", [(1, 1.0, True), (4, 0.0, True), (4, 1.0, False), (4, 2.0, "never"),
+                                                  (8, 2.0, True), (8, 1.0, "never")])
 def test_generate__gpt2_unconstrained__matches_transformers(gpt2, k, lp, early_stopping):
     prompt = torch.randint(3, VOCAB, (3, 4), generator=torch.Generator().manual_seed(3))
     nrs = min(k, 2)
