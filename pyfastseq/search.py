@@ -305,3 +305,18 @@ def _as_numpy(values: Any) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return np.asarray(values)
+
+
+def _beam_step(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: int, trie: Trie | None = None,
+               nodes: torch.Tensor | None = None, normalize: str = "full") -> dict[str, torch.Tensor]:
+    """The fused step alone (no hypothesis bookkeeping): per batch item the best ``2 * num_beams``
+    continuations of ``[batch * num_beams, V]`` logits, best first. Used by benchmarks and tests."""
+    rows = beam_scores.shape[0]
+    logits = _BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie])
+    names = ("score", "logprob", "token", "parent", "node", "count")
+    arrays = _C.beam_step(
+        logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], rows // num_beams, num_beams,
+        beam_scores.float().numpy(), None if nodes is None else nodes.int().numpy(),
+        [] if trie is None else [trie._native], normalize == "allowed", as_eos_id(None if trie is None else trie.eos_id),
+    )
+    return {name: torch.from_numpy(a) for name, a in zip(names, arrays)}

@@ -173,3 +173,202 @@ def test_trie_beam__lookahead__matches_torch_reshape(normalize):
         assert seq == entry
         assert got == pytest.approx(score, abs=1e-5)
     assert lookahead.calls[:3] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("lp", [0.0, 1.0])
+def test_beam_search__unconstrained__global_optimum(lp):
+    vocab, length = 4, 3
+    every = [list(p) + ([EOS] if len(p) < length else []) for n in range(length + 1)
+             for p in itertools.product([0, 2, 3], repeat=n)]
+    every = [s for s in every if s]
+    out = fs.BeamSearch(EOS, num_beams=len(every), max_length=length, length_penalty=lp, early_stopping="never",
+                        num_return_sequences=5).search(PrefixModel(vocab, 11), 1)
+    best = ranked(every, vocab, 11, lp)
+    assert out.sequences[0] == [e for _, e in best[:5]]
+    np.testing.assert_allclose(out.scores[0], [s for s, _ in best[:5]], atol=1e-5)
+    assert out.finished[0] == [e[-1] == EOS for _, e in best[:5]]
+
+
+def test_beam_search__one_beam__greedy_until_max_length():
+    model = PrefixModel(6, 2)
+    out = fs.BeamSearch(None, num_beams=1, max_length=4, length_penalty=0.0).search(model, 2)
+    prefix: list[int] = []
+    for _ in range(4):
+        prefix.append(int(prefix_logits(tuple(prefix), 6, 2).argmax()))
+    assert out.sequences == [[prefix], [prefix]] and out.finished == [[False], [False]]
+    assert model.calls == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_trie_beam__half_logits__same_as_upcast(dtype):
+    rng = random.Random(9)
+    vocab = 40
+    trie = fs.Trie(random_entries(rng, vocab, 300, 2, 6), eos_id=EOS)
+
+    class Rounded(PrefixModel):
+        def logprobs(self, prefix):
+            return super().logprobs(prefix).to(dtype).float()
+
+    searcher = fs.TrieBeamSearch(trie, num_beams=4, max_length=6, num_return_sequences=2)
+    half = searcher.search(Rounded(vocab, 9, dtype=dtype), 2)
+    full = searcher.search(Rounded(vocab, 9), 2)
+    assert half.sequences == full.sequences
+    np.testing.assert_allclose(np.array(half.scores), np.array(full.scores), atol=1e-5)
+
+
+def test_trie_beam__per_item_tries_and_prefix():
+    rng = random.Random(4)
+    vocab = 20
+    tries = [fs.Trie([[3] + e for e in random_entries(rng, vocab, 30, 1, 4)], eos_id=EOS) for _ in range(3)]
+    out = fs.TrieBeamSearch(tries, num_beams=3, max_length=6, prefix=[3], num_return_sequences=3).search(
+        PrefixModel(vocab, 4), 3)
+    for trie, seqs in zip(tries, out.sequences):
+        assert len(seqs) == 3 and all(trie.contains([3] + s) for s in seqs)
+    # each item alone gives the same result
+    for b, trie in enumerate(tries):
+        alone = fs.TrieBeamSearch(trie, num_beams=3, max_length=6, prefix=[3], num_return_sequences=3).search(
+            PrefixModel(vocab, 4), 1)
+        assert alone.sequences[0] == out.sequences[b]
+
+
+def test_trie_beam__min_length_blocks_early_finish():
+    trie = fs.Trie([[2], [2, 3], [2, 3, 4, 5]], eos_id=EOS)
+    out = fs.TrieBeamSearch(trie, num_beams=3, max_length=5, min_length=4, num_return_sequences=3).search(
+        PrefixModel(8, 0), 1)
+    assert out.sequences[0] == [[2, 3, 4, 5, EOS]]
+
+
+def test_trie_beam__fewer_entries_than_return_sequences():
+    trie = fs.Trie([[2, 3], [4]], eos_id=EOS)
+    out = fs.TrieBeamSearch(trie, num_beams=4, max_length=4, num_return_sequences=4).search(PrefixModel(6, 1), 2)
+    assert [sorted(s) for s in out.sequences] == [[[2, 3, EOS], [4, EOS]]] * 2
+
+
+def test_trie_beam__max_length_cuts_hypotheses():
+    trie = fs.Trie([[2, 3, 4, 5, 6]], eos_id=EOS)
+    out = fs.TrieBeamSearch(trie, num_beams=2, max_length=3).search(PrefixModel(8, 0), 1)
+    assert out.sequences == [[[2, 3, 4]]] and out.finished == [[False]]
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+TRIE = fs.Trie([[2, 3], [4, 5, 6]], eos_id=EOS)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"num_beams": 0}, ValueError, "num_beams"),
+        ({"num_beams": 2.5}, TypeError, "num_beams"),
+        ({"max_length": 0}, ValueError, "max_length"),
+        ({"num_return_sequences": 5}, ValueError, "num_return_sequences"),
+        ({"early_stopping": "sometimes"}, ValueError, "early_stopping"),
+        ({"length_penalty": float("nan")}, ValueError, "length_penalty"),
+        ({"normalize": "softmax"}, ValueError, "normalize"),
+        ({"lookahead": object()}, TypeError, "lookahead"),
+        ({"min_length": 100}, ValueError, "min_length"),
+        ({"prefix": [9]}, ValueError, "prefix"),
+        ({"prefix": [2, 3, EOS]}, ValueError, "prefix"),
+    ],
+)
+def test_trie_beam__bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fs.TrieBeamSearch(TRIE, **kwargs)
+
+
+def test_trie_beam__bad_trie_argument():
+    with pytest.raises(TypeError, match="trie"):
+        fs.TrieBeamSearch([[2, 3]])
+    with pytest.raises(ValueError, match="trie"):
+        fs.TrieBeamSearch([TRIE, TRIE]).search(PrefixModel(8), 3)
+    with pytest.raises(ValueError, match="eos_id"):
+        fs.TrieBeamSearch([TRIE, fs.Trie([[2]], eos_id=0)])
+
+
+def step_returning(fn):
+    return lambda tokens, beam_idx: fn(len(beam_idx))
+
+
+@pytest.mark.parametrize(
+    "step,error,match",
+    [
+        (step_returning(lambda n: torch.full((n, 8), float("nan"))), ValueError, "NaN"),
+        (step_returning(lambda n: torch.zeros(n, 6)), ValueError, "vocabulary"),
+        (step_returning(lambda n: torch.zeros(n + 1, 8)), ValueError, "logits"),
+        (step_returning(lambda n: torch.zeros(n, 8, dtype=torch.float64)), TypeError, "float32"),
+        (step_returning(lambda n: [[0.0] * 8] * n), TypeError, "torch.Tensor"),
+    ],
+)
+def test_trie_beam__bad_logits(step, error, match):
+    with pytest.raises(error, match=match):
+        fs.TrieBeamSearch(TRIE, num_beams=2).search(step, 2)
+
+
+def test_beam_search__nan_logits_unconstrained():
+    with pytest.raises(ValueError, match="NaN"):
+        fs.BeamSearch(EOS).search(step_returning(lambda n: torch.full((n, 8), float("nan"))), 1)
+
+
+def test_trie_beam__bad_lookahead_deltas():
+    class Wrong:
+        def deltas(self, trie, nodes, generated, batch_index):
+            return torch.arange(len(nodes) + 1), torch.zeros(len(nodes), dtype=torch.int32)
+
+    class Negative:
+        def deltas(self, trie, nodes, generated, batch_index):
+            counts = [len(trie.children(n)[0]) if n >= 0 else 0 for n in nodes.tolist()]
+            return np.concatenate([[0], np.cumsum(counts)]), -np.ones(sum(counts), dtype=np.int32)
+
+    with pytest.raises(ValueError, match="lookahead.deltas"):
+        fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=Wrong()).search(PrefixModel(8), 1)
+    with pytest.raises(ValueError, match="negative"):
+        fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=Negative()).search(PrefixModel(8), 1)
+    with pytest.raises(TypeError, match="lookahead.deltas"):
+        fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=type("L", (), {"deltas": lambda *a: None})()).search(
+            PrefixModel(8), 1)
+
+
+def test_search__bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        fs.BeamSearch(EOS).search(PrefixModel(8), 0)
+
+
+# -- the fused step alone, against log_softmax + dense mask + topk ------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("batch,beams,vocab", [(1, 1, 7), (3, 4, 59), (2, 8, 1025)])
+def test_beam_step__matches_torch_topk(batch, beams, vocab, constrained, dtype):
+    from pyfastseq.search import _beam_step
+
+    gen = torch.Generator().manual_seed(batch * vocab)
+    rows = batch * beams
+    logits = (torch.randn(rows, vocab, generator=gen) * 4).to(dtype)
+    scores = -torch.rand(rows, generator=gen) * 5
+    scores[1::3] = -float("inf")  # dead rows
+    scores[0] = 0.0
+    logp = torch.log_softmax(logits.float(), -1)
+    nodes = trie = None
+    if constrained:
+        rng = random.Random(vocab)
+        trie = fs.Trie(random_entries(rng, vocab, 40 * beams, 1, 4))
+        internal = [n for n in range(trie.num_nodes) if len(trie.children(n)[0])]
+        nodes = torch.tensor([rng.choice(internal) for _ in range(rows)], dtype=torch.int32)
+        keep = torch.zeros(rows, vocab, dtype=torch.bool)
+        for r, n in enumerate(nodes.tolist()):
+            keep[r, trie.children(n)[0]] = True
+        logp = logp.masked_fill(~keep, -float("inf"))
+    got = _beam_step(logits, scores, beams, trie, nodes)
+    acc = (logp + scores[:, None]).view(batch, -1)
+    want = torch.topk(acc, min(2 * beams, acc.shape[1]))
+    for b in range(batch):
+        n = int(got["count"][b])
+        finite = int(torch.isfinite(want.values[b]).sum())
+        assert n == finite
+        torch.testing.assert_close(got["score"][b, :n], want.values[b, :n], rtol=0, atol=1e-5)
+        # ties (frequent in bf16) may be ordered differently: check each candidate's own score
+        parent, token = got["parent"][b, :n].long(), got["token"][b, :n].long()
+        torch.testing.assert_close(got["score"][b, :n], acc[b, (parent - b * beams) * vocab + token], rtol=0, atol=1e-5)
+        assert len(set(zip(parent.tolist(), token.tolist()))) == n
+        if constrained:
+            assert got["node"][b, :n].tolist() == trie.step(nodes[parent], token).tolist()

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <optional>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -28,6 +29,57 @@ EarlyStopping early_stopping_of(int32_t code) {
 }  // namespace
 
 void bind_beam(py::module_& m) {
+  m.def(
+      "beam_step",
+      [](uintptr_t logits, int64_t vocab, int64_t row_stride, int32_t dtype, int32_t batch_size, int32_t num_beams,
+         py::array_t<float, py::array::c_style | py::array::forcecast> beam_scores,
+         std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> nodes,
+         const std::vector<const Trie*>& tries, bool normalize_allowed, int32_t eos_id) {
+        const int64_t rows = int64_t{batch_size} * num_beams;
+        if (dtype < 0 || dtype > 2) fail("logits dtype code must be 0, 1 or 2");
+        if (batch_size < 1 || num_beams < 1) fail("batch_size and num_beams must be positive");
+        if (beam_scores.size() != rows) fail("beam_scores must hold batch_size * num_beams scores");
+        if (nodes && (nodes->size() != rows || tries.empty())) fail("nodes must hold one node per row, with a trie");
+        std::vector<TrieView> views;
+        for (const Trie* t : tries) views.push_back(t->view());
+        const int32_t C = 2 * num_beams;
+        py::array_t<float> score({batch_size, C}), logprob({batch_size, C});
+        py::array_t<int32_t> token({batch_size, C}), parent({batch_size, C}), node({batch_size, C}), count(batch_size);
+        BeamStepParams p;
+        p.logits = reinterpret_cast<const void*>(logits);
+        p.vocab = vocab;
+        p.row_stride = row_stride;
+        p.dtype = static_cast<LogitsDtype>(dtype);
+        p.batch_size = batch_size;
+        p.num_beams = num_beams;
+        p.num_candidates = C;
+        p.beam_scores = beam_scores.data();
+        if (nodes) {
+          p.nodes = nodes->data();
+          p.tries = views.data();
+          p.num_tries = static_cast<int32_t>(views.size());
+          if (p.num_tries != 1 && p.num_tries != batch_size) fail("tries must hold one trie or one per batch item");
+        }
+        p.normalize_allowed = normalize_allowed;
+        p.eos_id = eos_id;
+        p.cand_score = score.mutable_data();
+        p.cand_logprob = logprob.mutable_data();
+        p.cand_token = token.mutable_data();
+        p.cand_parent = parent.mutable_data();
+        p.cand_node = node.mutable_data();
+        p.cand_count = count.mutable_data();
+        {
+          py::gil_scoped_release release;
+          run_beam_step_cpu(p);
+        }
+        return py::make_tuple(score, logprob, token, parent, node, count);
+      },
+      py::arg("logits_ptr"), py::arg("vocab"), py::arg("row_stride"), py::arg("dtype"), py::arg("batch_size"),
+      py::arg("num_beams"), py::arg("beam_scores"), py::arg("nodes"), py::arg("tries"), py::arg("normalize_allowed"),
+      py::arg("eos_id"),
+      "The fused step alone: the best 2 * num_beams continuations per batch item, as (score, logprob, token, "
+      "parent, node, count) arrays [batch, 2 * num_beams] (count: [batch]). nodes None: unconstrained.");
+
   py::class_<BeamSearchState>(m, "BeamSearchState",
                               "A beam search in progress: feed it each step's logits, read back the tokens.")
       .def(py::init([](int32_t batch_size, int32_t num_beams, int32_t max_length, int32_t min_length,
