@@ -10,6 +10,33 @@
 namespace pyfastseq {
 namespace {
 
+// The one pass over every logit of a row: compiled for AVX2 + FMA as well as the baseline, chosen at
+// load time (GCC function multiversioning), so one wheel runs everywhere and uses wide vectors where
+// they exist.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define PYFASTSEQ_WIDE_CLONES __attribute__((target_clones("default", "arch=haswell")))
+#else
+#define PYFASTSEQ_WIDE_CLONES
+#endif
+
+PYFASTSEQ_WIDE_CLONES float logsumexp_f32(const float* row, int64_t n, bool* nan) {
+  return row_logsumexp<Float32Loader>(row, n, nan);
+}
+PYFASTSEQ_WIDE_CLONES float logsumexp_f16(const uint16_t* row, int64_t n, bool* nan) {
+  return row_logsumexp<Float16Loader>(row, n, nan);
+}
+PYFASTSEQ_WIDE_CLONES float logsumexp_bf16(const uint16_t* row, int64_t n, bool* nan) {
+  return row_logsumexp<BFloat16Loader>(row, n, nan);
+}
+
+inline float full_logsumexp(Float32Loader, const float* row, int64_t n, bool* nan) { return logsumexp_f32(row, n, nan); }
+inline float full_logsumexp(Float16Loader, const uint16_t* row, int64_t n, bool* nan) {
+  return logsumexp_f16(row, n, nan);
+}
+inline float full_logsumexp(BFloat16Loader, const uint16_t* row, int64_t n, bool* nan) {
+  return logsumexp_bf16(row, n, nan);
+}
+
 struct RowCandidate {
   float logprob;
   int32_t token;
@@ -48,7 +75,7 @@ class StepKernel {
  private:
   RowResult full_row(int64_t r, const Bits* logits, RowCandidate* out) const {
     bool nan = false;
-    const float lse = row_logsumexp<Loader>(logits, p_.vocab, &nan);
+    const float lse = full_logsumexp(Loader{}, logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
     // A min-heap of the best num_candidates logits; most entries fail the threshold test.
     const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
@@ -110,7 +137,7 @@ class StepKernel {
       lse = children_logsumexp(kids);
     } else {
       bool nan = false;
-      lse = row_logsumexp<Loader>(logits, p_.vocab, &nan);
+      lse = full_logsumexp(Loader{}, logits, p_.vocab, &nan);
       if (nan) return {RowStatus::kNaN, 0};
     }
     for (RowCandidate& c : kids) c.logprob -= lse;
@@ -140,7 +167,7 @@ class StepKernel {
     float logprob = 0.0f;  // eos is the only allowed token
     if (!p_.normalize_allowed) {
       bool nan = false;
-      logprob = Loader::load(logits[p_.eos_id]) - row_logsumexp<Loader>(logits, p_.vocab, &nan);
+      logprob = Loader::load(logits[p_.eos_id]) - full_logsumexp(Loader{}, logits, p_.vocab, &nan);
       if (nan) return {RowStatus::kNaN, 0};
     }
     out[0] = {logprob, p_.eos_id, kSpentNode};
@@ -231,7 +258,9 @@ void step(const BeamStepParams& p) {
   std::vector<RowResult> results(rows);
   const StepKernel<Loader> kernel(p, pool, pool_count);
   // Exceptions cannot leave a parallel region: rows record a status, reported in row order after.
-  parallel_for(rows, p.vocab, [&](int64_t r) { results[r] = kernel.row(r); });
+  // Rows normalised over their children alone read a few hundred logits, not the vocabulary.
+  const int64_t row_work = p.nodes && p.normalize_allowed && !p.delta_offsets ? 16 * p.num_candidates : p.vocab;
+  parallel_for(rows, row_work, [&](int64_t r) { results[r] = kernel.row(r); });
   for (int64_t r = 0; r < rows; ++r)
     if (results[r].status != RowStatus::kOk) report(r, results[r], p);
   parallel_for(p.batch_size, int64_t{p.num_beams} * p.num_candidates * 16,
