@@ -7,6 +7,7 @@ token per row against ``past_key_values`` reordered by ``beam_idx``, so a step c
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -56,6 +57,9 @@ class _DecoderOnlyStep:
         # Left-padded prompts: positions count real tokens only, as transformers' generate does.
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = None
+        # Only the last position's logits are needed from the prompt (saves the LM head on the rest).
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            self.kwargs = {"logits_to_keep": 1, **self.kwargs}
 
     def __call__(self, tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
         if tokens.shape[1] == 0:

@@ -372,3 +372,18 @@ def test_beam_step__matches_torch_topk(batch, beams, vocab, constrained, dtype):
         assert len(set(zip(parent.tolist(), token.tolist()))) == n
         if constrained:
             assert got["node"][b, :n].tolist() == trie.step(nodes[parent], token).tolist()
+
+
+def test_beam_step__live_row_at_leaf_or_bad_node__raises():
+    from pyfastseq.search import _beam_step
+
+    trie = fs.Trie([[2, 3]])
+    leaf = trie.walk([2, 3])
+    with pytest.raises(ValueError, match="no children"):
+        _beam_step(torch.zeros(2, 5), torch.zeros(2), 2, trie, torch.tensor([0, leaf], dtype=torch.int32))
+    with pytest.raises(ValueError, match="out of range"):
+        _beam_step(torch.zeros(2, 5), torch.zeros(2), 2, trie, torch.tensor([0, 99], dtype=torch.int32))
+    # a dead row (-inf score) is never looked at
+    out = _beam_step(torch.zeros(2, 5), torch.tensor([0.0, -float("inf")]), 2, trie,
+                     torch.tensor([0, 99], dtype=torch.int32))
+    assert out["count"].tolist() == [1] and out["token"][0, 0] == 2

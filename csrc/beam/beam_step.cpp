@@ -4,37 +4,37 @@
 
 #include "beam/beam.h"
 #include "beam/logits_row.h"
+#include "beam/logits_row_avx2.h"
 #include "common/errors.h"
 #include "common/parallel.h"
 
 namespace pyfastseq {
 namespace {
 
-// The one pass over every logit of a row: compiled for AVX2 + FMA as well as the baseline, chosen at
-// load time (GCC function multiversioning), so one wheel runs everywhere and uses wide vectors where
-// they exist.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-#define PYFASTSEQ_WIDE_CLONES __attribute__((target_clones("default", "arch=haswell")))
+// The one pass over every logit of a row, in its AVX2 + FMA build where the CPU has one.
+#if PYFASTSEQ_AVX2_ROWS
+const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
-#define PYFASTSEQ_WIDE_CLONES
+constexpr bool kAvx2 = false;
 #endif
 
-PYFASTSEQ_WIDE_CLONES float logsumexp_f32(const float* row, int64_t n, bool* nan) {
+inline float full_logsumexp(Float32Loader, const float* row, int64_t n, bool* nan) {
+#if PYFASTSEQ_AVX2_ROWS
+  if (kAvx2) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
+#endif
   return row_logsumexp<Float32Loader>(row, n, nan);
 }
-PYFASTSEQ_WIDE_CLONES float logsumexp_f16(const uint16_t* row, int64_t n, bool* nan) {
+inline float full_logsumexp(Float16Loader, const uint16_t* row, int64_t n, bool* nan) {
+#if PYFASTSEQ_AVX2_ROWS
+  if (kAvx2) return pyfastseq_logsumexp_f16_avx2(row, n, nan);
+#endif
   return row_logsumexp<Float16Loader>(row, n, nan);
 }
-PYFASTSEQ_WIDE_CLONES float logsumexp_bf16(const uint16_t* row, int64_t n, bool* nan) {
-  return row_logsumexp<BFloat16Loader>(row, n, nan);
-}
-
-inline float full_logsumexp(Float32Loader, const float* row, int64_t n, bool* nan) { return logsumexp_f32(row, n, nan); }
-inline float full_logsumexp(Float16Loader, const uint16_t* row, int64_t n, bool* nan) {
-  return logsumexp_f16(row, n, nan);
-}
 inline float full_logsumexp(BFloat16Loader, const uint16_t* row, int64_t n, bool* nan) {
-  return logsumexp_bf16(row, n, nan);
+#if PYFASTSEQ_AVX2_ROWS
+  if (kAvx2) return pyfastseq_logsumexp_bf16_avx2(row, n, nan);
+#endif
+  return row_logsumexp<BFloat16Loader>(row, n, nan);
 }
 
 struct RowCandidate {
