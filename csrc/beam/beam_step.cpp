@@ -77,22 +77,39 @@ class StepKernel {
     bool nan = false;
     const float lse = full_logsumexp(Loader{}, logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
-    // A min-heap of the best num_candidates logits; most entries fail the threshold test.
+    // A min-heap of the best num_candidates logits. Tokens arrive in ascending order, so one that
+    // only ties the heap's worst never displaces it: eight logits at a time are tested against
+    // that threshold, and most blocks fail it at once.
     const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
     std::vector<RowCandidate>& heap = scratch();
     heap.clear();
     auto worse_on_top = [](const RowCandidate& a, const RowCandidate& b) { return better(a, b); };
-    for (int64_t t = 0; t < p_.vocab; ++t) {
-      if (t == p_.blocked_token) continue;
-      const RowCandidate c{Loader::load(logits[t]), static_cast<int32_t>(t), -1};
+    float threshold = -INFINITY;
+    auto consider = [&](int64_t t, float x) {
+      if (t == p_.blocked_token) return;
       if (static_cast<int32_t>(heap.size()) < keep) {
-        heap.push_back(c);
+        heap.push_back({x, static_cast<int32_t>(t), -1});
         std::push_heap(heap.begin(), heap.end(), worse_on_top);
-      } else if (better(c, heap.front())) {
+      } else {
         std::pop_heap(heap.begin(), heap.end(), worse_on_top);
-        heap.back() = c;
+        heap.back() = {x, static_cast<int32_t>(t), -1};
         std::push_heap(heap.begin(), heap.end(), worse_on_top);
       }
+      if (static_cast<int32_t>(heap.size()) == keep) threshold = heap.front().logprob;
+    };
+    const int64_t body = p_.vocab & ~int64_t{7};
+    for (int64_t i = 0; i < body; i += 8) {
+      const Floats8 x = Loader::load8(logits + i);
+      const Ints8 above = x > threshold;
+      int any = 0;
+      for (int j = 0; j < 8; ++j) any |= above[j];
+      if (!any) continue;
+      for (int j = 0; j < 8; ++j)
+        if (x[j] > threshold) consider(i + j, x[j]);
+    }
+    for (int64_t t = body; t < p_.vocab; ++t) {
+      const float x = Loader::load(logits[t]);
+      if (x > threshold) consider(t, x);
     }
     std::sort_heap(heap.begin(), heap.end(), worse_on_top);
     for (size_t i = 0; i < heap.size(); ++i) out[i] = {heap[i].logprob - lse, heap[i].token, -1};
