@@ -9,7 +9,8 @@
   ``TrieBeamSearch.generate`` vs. ``model.generate(prefix_allowed_tokens_fn=...)``.
 
 Each test asserts equal results first, times pyfastseq with pytest-benchmark and the peer in the same
-test, and records ``peer_median_s`` and ``speedup`` in ``extra_info``.
+test, and records ``peer_min_s`` and ``speedup`` (fastest run vs. fastest run, the stable figure on a
+shared machine) in ``extra_info``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import functools
 import os
 import random
-import statistics
 import time
 
 import pytest
@@ -49,14 +49,15 @@ def catalogue(kind: str):
     return fs.Trie(tokens, eos_id=eos, offsets=offsets), DictTrie(entries, eos_id=eos), vocab, entries
 
 
-def median_time(fn, rounds: int) -> float:
+def best_time(fn, rounds: int) -> float:
+    """The fastest of ``rounds`` runs: on a shared machine the minimum is the stable estimate."""
     fn()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def dict_trie_fn(dict_trie: DictTrie, prompt_len: int):
@@ -99,12 +100,12 @@ def test_step(benchmark, kind, rows, normalize):
         n = int(got["count"][b])
         assert n == int(torch.isfinite(want.values[b]).sum())
         torch.testing.assert_close(got["score"][b, :n], want.values[b, :n], rtol=0, atol=1e-4)
-    peer_s = median_time(peer, rounds=3 if rows == 800 else 10)
+    peer_s = best_time(peer, rounds=5 if rows == 800 else 10)
     benchmark.pedantic(ours, rounds=20, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(
         kind=kind, rows=rows, num_beams=NUM_BEAMS, vocab=vocab, items=len(trie), normalize=normalize,
         peer="transformers log_softmax + PrefixConstrainedLogitsProcessor(dict trie) + topk",
-        peer_median_s=peer_s, speedup=peer_s / benchmark.stats.stats.median,
+        peer_min_s=peer_s, speedup=peer_s / benchmark.stats.stats.min,
     )
 
 
@@ -133,10 +134,10 @@ def test_generate(benchmark, num_beams):
         return searcher.generate(model, prompt)
 
     assert ours().sequences == [[row] for row in peer()[:, prompt.shape[1]:].tolist()]
-    peer_s = median_time(peer, rounds=3)
+    peer_s = best_time(peer, rounds=5)
     benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(
         num_beams=num_beams, batch=2, items=len(trie), model="GPT-2 2x64, vocab 32k",
         peer="transformers generate + prefix_allowed_tokens_fn (dict trie)",
-        peer_median_s=peer_s, speedup=peer_s / benchmark.stats.stats.median,
+        peer_min_s=peer_s, speedup=peer_s / benchmark.stats.stats.min,
     )

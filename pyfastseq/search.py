@@ -218,9 +218,6 @@ class TrieBeamSearch(_BeamSearchBase):
         self.prefix = as_token_array([] if prefix is None else prefix, "prefix")
         self._start_nodes = [self._start_node(t) for t in self.tries]
 
-    def trie_of(self, batch_index: int) -> Trie:
-        return self.tries[0] if len(self.tries) == 1 else self.tries[batch_index]
-
     def _start_node(self, trie: Trie) -> int:
         node = trie.walk(self.prefix)
         if node < 0:

@@ -387,3 +387,13 @@ def test_beam_step__live_row_at_leaf_or_bad_node__raises():
     out = _beam_step(torch.zeros(2, 5), torch.tensor([0.0, -float("inf")]), 2, trie,
                      torch.tensor([0, 99], dtype=torch.int32))
     assert out["count"].tolist() == [1] and out["token"][0, 0] == 2
+
+
+def test_trie_beam__lookahead_with_per_item_tries__same_as_shared():
+    rng = random.Random(8)
+    vocab = 11
+    trie = fs.Trie([e + [EOS] for e in random_entries(rng, vocab, 12, 1, 4)], eos_id=EOS)
+    kwargs = dict(num_beams=3, max_length=trie.depth, num_return_sequences=2, output_token_scores=True)
+    shared = fs.TrieBeamSearch(trie, lookahead=FakeLookahead(), **kwargs).search(PrefixModel(vocab, 8), 2)
+    per_item = fs.TrieBeamSearch([trie, trie], lookahead=FakeLookahead(), **kwargs).search(PrefixModel(vocab, 8), 2)
+    assert per_item == shared

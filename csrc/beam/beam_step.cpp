@@ -267,6 +267,19 @@ void merge_item(const BeamStepParams& p, const std::vector<RowCandidate>& pool,
   fail("internal error in the beam step");
 }
 
+// Logits a row reads: its children alone when normalised over them, else the whole vocabulary.
+// Threads only pay off for large steps (and cost dearly on a busy machine), so this is estimated.
+int64_t average_row_work(const BeamStepParams& p, int64_t rows) {
+  if (!p.nodes || !p.normalize_allowed || p.delta_offsets) return p.vocab;
+  int64_t total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const TrieView& trie = p.tries[p.num_tries == 1 ? 0 : r / p.num_beams];
+    const int32_t node = p.nodes[r];
+    if (p.beam_scores[r] != -INFINITY && node >= 0 && node < trie.num_nodes) total += trie.num_children(node);
+  }
+  return total / rows + 1;
+}
+
 template <class Loader>
 void step(const BeamStepParams& p) {
   const int64_t rows = int64_t{p.batch_size} * p.num_beams;
@@ -275,9 +288,7 @@ void step(const BeamStepParams& p) {
   std::vector<RowResult> results(rows);
   const StepKernel<Loader> kernel(p, pool, pool_count);
   // Exceptions cannot leave a parallel region: rows record a status, reported in row order after.
-  // Rows normalised over their children alone read a few hundred logits, not the vocabulary.
-  const int64_t row_work = p.nodes && p.normalize_allowed && !p.delta_offsets ? 16 * p.num_candidates : p.vocab;
-  parallel_for(rows, row_work, [&](int64_t r) { results[r] = kernel.row(r); });
+  parallel_for(rows, average_row_work(p, rows), [&](int64_t r) { results[r] = kernel.row(r); });
   for (int64_t r = 0; r < rows; ++r)
     if (results[r].status != RowStatus::kOk) report(r, results[r], p);
   parallel_for(p.batch_size, int64_t{p.num_beams} * p.num_candidates * 16,
