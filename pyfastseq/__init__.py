@@ -7,13 +7,17 @@ from .assignment import linear_sum_assignment
 from .attention import unilm_attention, unilm_mask
 from .copy_prior import CopyPrior
 from .lookahead import LCSLookahead, lcs_length, lcs_lengths
+from .search import BeamSearch, BeamSearchOutput, TrieBeamSearch
 from .trie import Trie
 from .unilm import UniLM
 
 __all__ = [
+    "BeamSearch",
+    "BeamSearchOutput",
     "CopyPrior",
     "LCSLookahead",
     "Trie",
+    "TrieBeamSearch",
     "UniLM",
     "__version__",
     "lcs_length",

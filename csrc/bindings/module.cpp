@@ -5,6 +5,7 @@ namespace py = pybind11;
 
 namespace pyfastseq {
 void bind_assign(py::module_& m);
+void bind_beam(py::module_& m);
 void bind_build_info(py::module_& m);
 void bind_lcs(py::module_& m);
 void bind_trie(py::module_& m);
@@ -13,6 +14,7 @@ void bind_trie(py::module_& m);
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyfastseq CPU kernels (torch-free C++ core). Use the pyfastseq package, not this module.";
   pyfastseq::bind_assign(m);
+  pyfastseq::bind_beam(m);
   pyfastseq::bind_build_info(m);
   pyfastseq::bind_lcs(m);
   pyfastseq::bind_trie(m);

@@ -1,0 +1,62 @@
+// The fused beam step: from one step's logits, the running beam scores and (optionally) trie nodes,
+// the best 2*num_beams continuations of every batch item.
+//
+// Per row it computes the log-softmax normaliser in one pass over the logits (max, then sum of
+// exp), and in the constrained case reads only the row's allowed children (the trie node's edge
+// range): no vocabulary-wide mask is ever built. Each row keeps its own best `num_candidates`
+// children (partial sort); a batch item then merges its beams' lists by accumulated score, which is
+// exactly the top-k over beams x vocabulary that transformers takes (masked entries are -inf there).
+#pragma once
+#include <cstdint>
+
+#include "trie/trie_view.h"
+
+namespace pyfastseq {
+
+constexpr int32_t kSpentNode = -2;
+
+enum class LogitsDtype : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct BeamStepParams {
+  const void* logits = nullptr;  // [rows, vocab], unit stride along vocab
+  int64_t vocab = 0;
+  int64_t row_stride = 0;        // in elements
+  LogitsDtype dtype = LogitsDtype::kFloat32;
+  int32_t batch_size = 0;
+  int32_t num_beams = 0;         // rows = batch_size * num_beams
+  int32_t num_candidates = 0;    // kept per batch item (2 * num_beams)
+  const float* beam_scores = nullptr;  // [rows] running scores; -inf marks a dead row (skipped)
+
+  // Constrained search: nodes[r] is row r's trie node; tries has 1 view (shared) or batch_size.
+  // A row at kSpentNode holds a hypothesis that already ended: as with transformers'
+  // prefix_allowed_tokens_fn past the end of an entry, its only continuation is eos_id (none if -1).
+  const int32_t* nodes = nullptr;      // null: unconstrained, every token of the vocabulary
+  const TrieView* tries = nullptr;
+  int32_t num_tries = 0;
+  bool normalize_allowed = false;      // log-softmax over the allowed children, not the vocabulary
+  int32_t eos_id = -1;
+
+  // min_length: continuations that would finish a hypothesis are dropped.
+  int32_t blocked_token = -1;          // the eos id while finishing is blocked, else -1
+  bool block_leaves = false;           // also drop children that are trie leaves
+
+  // Lookahead (constrained only, may be null): row r's children get deltas[delta_offsets[r] + i]
+  // in ascending token order; where some delta > 0 and the row has more than one child, the
+  // children's full-vocabulary probabilities become p^(1/(delta+1)), renormalised over the children.
+  const int64_t* delta_offsets = nullptr;  // [rows + 1]
+  const int32_t* deltas = nullptr;
+
+  // Outputs, [batch_size * num_candidates] each, every item's list sorted best first.
+  float* cand_score = nullptr;     // beam score + token log-prob
+  float* cand_logprob = nullptr;   // the token log-prob the beam added
+  int32_t* cand_token = nullptr;
+  int32_t* cand_parent = nullptr;  // the row the candidate continues
+  int32_t* cand_node = nullptr;    // its trie node (-1 when unconstrained)
+  int32_t* cand_count = nullptr;   // [batch_size] candidates found (< num_candidates near the trie's ends)
+};
+
+// Throws InvalidArgument naming the row for NaN logits, a live row whose node is out of range or
+// has no children, a child token >= vocab, or lookahead deltas that do not match the children.
+void run_beam_step_cpu(const BeamStepParams& params);
+
+}  // namespace pyfastseq

@@ -1,0 +1,309 @@
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "beam/beam.h"
+#include "beam/logits_row.h"
+#include "beam/logits_row_avx2.h"
+#include "common/errors.h"
+#include "common/parallel.h"
+
+namespace pyfastseq {
+namespace {
+
+// The one pass over every logit of a row, in its AVX2 + FMA build where the CPU has one.
+#if PYFASTSEQ_AVX2_ROWS
+const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+constexpr bool kAvx2 = false;
+#endif
+
+inline float full_logsumexp(Float32Loader, const float* row, int64_t n, bool* nan) {
+#if PYFASTSEQ_AVX2_ROWS
+  if (kAvx2) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
+#endif
+  return row_logsumexp<Float32Loader>(row, n, nan);
+}
+inline float full_logsumexp(Float16Loader, const uint16_t* row, int64_t n, bool* nan) {
+#if PYFASTSEQ_AVX2_ROWS
+  if (kAvx2) return pyfastseq_logsumexp_f16_avx2(row, n, nan);
+#endif
+  return row_logsumexp<Float16Loader>(row, n, nan);
+}
+inline float full_logsumexp(BFloat16Loader, const uint16_t* row, int64_t n, bool* nan) {
+#if PYFASTSEQ_AVX2_ROWS
+  if (kAvx2) return pyfastseq_logsumexp_bf16_avx2(row, n, nan);
+#endif
+  return row_logsumexp<BFloat16Loader>(row, n, nan);
+}
+
+struct RowCandidate {
+  float logprob;
+  int32_t token;
+  int32_t node;
+};
+
+// Better first: higher log-prob, then the lower token id (torch.topk's flat-index order on ties).
+inline bool better(const RowCandidate& a, const RowCandidate& b) {
+  return a.logprob > b.logprob || (a.logprob == b.logprob && a.token < b.token);
+}
+
+enum class RowStatus : int32_t { kOk, kNaN, kBadNode, kNoChildren, kTokenOutOfVocab, kDeltaCount, kNegativeDelta };
+
+struct RowResult {
+  RowStatus status = RowStatus::kOk;
+  int64_t detail = 0;
+};
+
+template <class Loader>
+class StepKernel {
+ public:
+  using Bits = typename Loader::Bits;
+
+  StepKernel(const BeamStepParams& p, std::vector<RowCandidate>& pool, std::vector<int32_t>& pool_count)
+      : p_(p), pool_(pool), pool_count_(pool_count) {}
+
+  // Fills row r's slice of the pool with its best children, best first.
+  RowResult row(int64_t r) const {
+    RowCandidate* out = pool_.data() + r * p_.num_candidates;
+    pool_count_[r] = 0;
+    if (p_.beam_scores[r] == -INFINITY) return {};
+    const Bits* logits = static_cast<const Bits*>(p_.logits) + r * p_.row_stride;
+    return p_.nodes ? constrained_row(r, logits, out) : full_row(r, logits, out);
+  }
+
+ private:
+  RowResult full_row(int64_t r, const Bits* logits, RowCandidate* out) const {
+    bool nan = false;
+    const float lse = full_logsumexp(Loader{}, logits, p_.vocab, &nan);
+    if (nan) return {RowStatus::kNaN, 0};
+    // A min-heap of the best num_candidates logits. Tokens arrive in ascending order, so one that
+    // only ties the heap's worst never displaces it: eight logits at a time are tested against
+    // that threshold, and most blocks fail it at once.
+    const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
+    std::vector<RowCandidate>& heap = scratch();
+    heap.clear();
+    auto worse_on_top = [](const RowCandidate& a, const RowCandidate& b) { return better(a, b); };
+    float threshold = -INFINITY;
+    auto consider = [&](int64_t t, float x) {
+      if (t == p_.blocked_token) return;
+      if (static_cast<int32_t>(heap.size()) < keep) {
+        heap.push_back({x, static_cast<int32_t>(t), -1});
+        std::push_heap(heap.begin(), heap.end(), worse_on_top);
+      } else {
+        std::pop_heap(heap.begin(), heap.end(), worse_on_top);
+        heap.back() = {x, static_cast<int32_t>(t), -1};
+        std::push_heap(heap.begin(), heap.end(), worse_on_top);
+      }
+      if (static_cast<int32_t>(heap.size()) == keep) threshold = heap.front().logprob;
+    };
+    const int64_t body = p_.vocab & ~int64_t{7};
+    for (int64_t i = 0; i < body; i += 8) {
+      const Floats8 x = Loader::load8(logits + i);
+      const Ints8 above = x > threshold;
+      int any = 0;
+      for (int j = 0; j < 8; ++j) any |= above[j];
+      if (!any) continue;
+      for (int j = 0; j < 8; ++j)
+        if (x[j] > threshold) consider(i + j, x[j]);
+    }
+    for (int64_t t = body; t < p_.vocab; ++t) {
+      const float x = Loader::load(logits[t]);
+      if (x > threshold) consider(t, x);
+    }
+    std::sort_heap(heap.begin(), heap.end(), worse_on_top);
+    for (size_t i = 0; i < heap.size(); ++i) out[i] = {heap[i].logprob - lse, heap[i].token, -1};
+    pool_count_[r] = static_cast<int32_t>(heap.size());
+    return {};
+  }
+
+  RowResult constrained_row(int64_t r, const Bits* logits, RowCandidate* out) const {
+    const TrieView& trie = p_.tries[p_.num_tries == 1 ? 0 : r / p_.num_beams];
+    const int32_t node = p_.nodes[r];
+    if (node == kSpentNode) return spent_row(r, logits, out);
+    if (node < 0 || node >= trie.num_nodes) return {RowStatus::kBadNode, node};
+    const uint32_t lo = trie.child_begin[node], hi = trie.child_begin[node + 1];
+    if (lo == hi) return {RowStatus::kNoChildren, node};
+    const int64_t n = hi - lo;
+
+    std::vector<RowCandidate>& kids = scratch();
+    kids.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t token = trie.child_token[lo + i];
+      if (token >= p_.vocab) return {RowStatus::kTokenOutOfVocab, token};
+      const float x = Loader::load(logits[token]);
+      if (x != x) return {RowStatus::kNaN, 0};
+      kids[i] = {x, token, static_cast<int32_t>(lo + i) + 1};
+    }
+
+    const int32_t* deltas = nullptr;
+    if (p_.delta_offsets) {
+      const int64_t begin = p_.delta_offsets[r], count = p_.delta_offsets[r + 1] - begin;
+      if (count != n) return {RowStatus::kDeltaCount, count};
+      bool any_positive = false;
+      for (int64_t i = 0; i < n; ++i) {
+        if (p_.deltas[begin + i] < 0) return {RowStatus::kNegativeDelta, p_.deltas[begin + i]};
+        any_positive |= p_.deltas[begin + i] > 0;
+      }
+      // The seed's rule acts only where there is a choice to reshape.
+      if (any_positive && n > 1) deltas = p_.deltas + begin;
+    }
+
+    float lse;
+    if (p_.normalize_allowed && !deltas) {
+      lse = children_logsumexp(kids);
+    } else {
+      bool nan = false;
+      lse = full_logsumexp(Loader{}, logits, p_.vocab, &nan);
+      if (nan) return {RowStatus::kNaN, 0};
+    }
+    for (RowCandidate& c : kids) c.logprob -= lse;
+    if (deltas) {
+      for (int64_t i = 0; i < n; ++i) kids[i].logprob /= static_cast<float>(deltas[i] + 1);
+      const float renorm = children_logsumexp(kids);
+      for (RowCandidate& c : kids) c.logprob -= renorm;
+    }
+
+    if (p_.blocked_token >= 0 || p_.block_leaves) {
+      auto blocked = [&](const RowCandidate& c) {
+        return c.token == p_.blocked_token || (p_.block_leaves && trie.num_children(c.node) == 0);
+      };
+      kids.erase(std::remove_if(kids.begin(), kids.end(), blocked), kids.end());
+    }
+    const int64_t keep = std::min<int64_t>(p_.num_candidates, static_cast<int64_t>(kids.size()));
+    std::partial_sort(kids.begin(), kids.begin() + keep, kids.end(), better);
+    std::copy_n(kids.begin(), keep, out);
+    pool_count_[r] = static_cast<int32_t>(keep);
+    return {};
+  }
+
+  RowResult spent_row(int64_t r, const Bits* logits, RowCandidate* out) const {
+    if (p_.delta_offsets && p_.delta_offsets[r + 1] != p_.delta_offsets[r])
+      return {RowStatus::kDeltaCount, p_.delta_offsets[r + 1] - p_.delta_offsets[r]};
+    if (p_.eos_id < 0 || p_.eos_id >= p_.vocab || p_.eos_id == p_.blocked_token) return {};
+    float logprob = 0.0f;  // eos is the only allowed token
+    if (!p_.normalize_allowed) {
+      bool nan = false;
+      logprob = Loader::load(logits[p_.eos_id]) - full_logsumexp(Loader{}, logits, p_.vocab, &nan);
+      if (nan) return {RowStatus::kNaN, 0};
+    }
+    out[0] = {logprob, p_.eos_id, kSpentNode};
+    pool_count_[r] = 1;
+    return {};
+  }
+
+  static float children_logsumexp(const std::vector<RowCandidate>& kids) {
+    float m = -INFINITY;
+    for (const RowCandidate& c : kids) m = std::max(m, c.logprob);
+    if (!std::isfinite(m)) return m;
+    double sum = 0.0;
+    for (const RowCandidate& c : kids) sum += std::exp(static_cast<double>(c.logprob - m));
+    return m + static_cast<float>(std::log(sum));
+  }
+
+  static std::vector<RowCandidate>& scratch() {
+    thread_local std::vector<RowCandidate> buffer;
+    return buffer;
+  }
+
+  const BeamStepParams& p_;
+  std::vector<RowCandidate>& pool_;
+  std::vector<int32_t>& pool_count_;
+};
+
+struct ItemCandidate {
+  float score;
+  int32_t pool_index;  // row * num_candidates + i
+  int32_t row;
+  int32_t token;
+};
+
+// Per batch item: the best num_candidates of its beams' lists by accumulated score. Ties go to the
+// lower (beam, token), the flat beams x vocabulary order transformers' topk sees.
+void merge_item(const BeamStepParams& p, const std::vector<RowCandidate>& pool,
+                const std::vector<int32_t>& pool_count, int64_t b) {
+  std::vector<ItemCandidate> all;
+  for (int64_t r = b * p.num_beams; r < (b + 1) * p.num_beams; ++r)
+    for (int32_t i = 0; i < pool_count[r]; ++i) {
+      const RowCandidate& c = pool[r * p.num_candidates + i];
+      all.push_back({p.beam_scores[r] + c.logprob, static_cast<int32_t>(r * p.num_candidates + i),
+                     static_cast<int32_t>(r), c.token});
+    }
+  auto order = [](const ItemCandidate& a, const ItemCandidate& c) {
+    if (a.score != c.score) return a.score > c.score;
+    return a.row != c.row ? a.row < c.row : a.token < c.token;
+  };
+  const int64_t keep = std::min<int64_t>(p.num_candidates, static_cast<int64_t>(all.size()));
+  std::partial_sort(all.begin(), all.begin() + keep, all.end(), order);
+  for (int64_t i = 0; i < keep; ++i) {
+    const int64_t o = b * p.num_candidates + i;
+    const RowCandidate& c = pool[all[i].pool_index];
+    p.cand_score[o] = all[i].score;
+    p.cand_logprob[o] = c.logprob;
+    p.cand_token[o] = c.token;
+    p.cand_parent[o] = all[i].row;
+    p.cand_node[o] = c.node;
+  }
+  p.cand_count[b] = static_cast<int32_t>(keep);
+}
+
+[[noreturn]] void report(int64_t row, const RowResult& e, const BeamStepParams& p) {
+  switch (e.status) {
+    case RowStatus::kNaN: fail("logits row ", row, " contains NaN");
+    case RowStatus::kBadNode:
+      fail("row ", row, " is a live beam but its trie node ", e.detail, " is out of range");
+    case RowStatus::kNoChildren:
+      fail("row ", row, " is a live beam at trie node ", e.detail,
+           ", which has no children: the trie does not cover this decoding state (check the prefix / "
+           "decoder start, and that the trie was built for this search)");
+    case RowStatus::kTokenOutOfVocab:
+      fail("the trie holds token id ", e.detail, " but logits has only ", p.vocab, " columns (vocabulary)");
+    case RowStatus::kDeltaCount:
+      fail("lookahead.deltas gave ", e.detail, " deltas for row ", row, ", which must be one per child of its node");
+    case RowStatus::kNegativeDelta:
+      fail("lookahead.deltas gave a negative delta (", e.detail, ") for row ", row);
+    case RowStatus::kOk: break;
+  }
+  fail("internal error in the beam step");
+}
+
+// Logits a row reads: its children alone when normalised over them, else the whole vocabulary.
+// Threads only pay off for large steps (and cost dearly on a busy machine), so this is estimated.
+int64_t average_row_work(const BeamStepParams& p, int64_t rows) {
+  if (!p.nodes || !p.normalize_allowed || p.delta_offsets) return p.vocab;
+  int64_t total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const TrieView& trie = p.tries[p.num_tries == 1 ? 0 : r / p.num_beams];
+    const int32_t node = p.nodes[r];
+    if (p.beam_scores[r] != -INFINITY && node >= 0 && node < trie.num_nodes) total += trie.num_children(node);
+  }
+  return total / rows + 1;
+}
+
+template <class Loader>
+void step(const BeamStepParams& p) {
+  const int64_t rows = int64_t{p.batch_size} * p.num_beams;
+  std::vector<RowCandidate> pool(static_cast<size_t>(rows) * p.num_candidates);
+  std::vector<int32_t> pool_count(rows, 0);
+  std::vector<RowResult> results(rows);
+  const StepKernel<Loader> kernel(p, pool, pool_count);
+  // Exceptions cannot leave a parallel region: rows record a status, reported in row order after.
+  parallel_for(rows, average_row_work(p, rows), [&](int64_t r) { results[r] = kernel.row(r); });
+  for (int64_t r = 0; r < rows; ++r)
+    if (results[r].status != RowStatus::kOk) report(r, results[r], p);
+  parallel_for(p.batch_size, int64_t{p.num_beams} * p.num_candidates * 16,
+               [&](int64_t b) { merge_item(p, pool, pool_count, b); });
+}
+
+}  // namespace
+
+void run_beam_step_cpu(const BeamStepParams& p) {
+  switch (p.dtype) {
+    case LogitsDtype::kFloat32: return step<Float32Loader>(p);
+    case LogitsDtype::kFloat16: return step<Float16Loader>(p);
+    case LogitsDtype::kBFloat16: return step<BFloat16Loader>(p);
+  }
+  fail("logits dtype code ", static_cast<int32_t>(p.dtype), " is not float32, float16 or bfloat16");
+}
+
+}  // namespace pyfastseq

@@ -1,0 +1,140 @@
+// Reading one row of fp32/fp16/bf16 logits as float, and its log-sum-exp in two vectorisable passes.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors never cross a non-inlined call
+#endif
+
+// Everything here is inlined into the row loops (and compiled once more for AVX2).
+#if defined(__GNUC__)
+#define PYFASTSEQ_INLINE inline __attribute__((always_inline))
+#else
+#define PYFASTSEQ_INLINE inline
+#endif
+
+namespace pyfastseq {
+
+PYFASTSEQ_INLINE float bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+PYFASTSEQ_INLINE uint32_t float_to_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+// Eight lanes as GCC/Clang vector extensions: the baseline build lowers them to SSE pairs, the AVX2
+// build (logits_row_avx2.cpp) to single ymm instructions. No -ffast-math is needed for the reductions.
+typedef float Floats8 __attribute__((vector_size(32)));
+typedef int32_t Ints8 __attribute__((vector_size(32)));
+typedef uint16_t Halves8 __attribute__((vector_size(16)));
+
+PYFASTSEQ_INLINE Floats8 as_floats(Ints8 bits) {
+  Floats8 f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+PYFASTSEQ_INLINE Ints8 widen(const uint16_t* p) {
+  Halves8 h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, Ints8);
+}
+
+struct Float32Loader {
+  using Bits = float;
+  static PYFASTSEQ_INLINE float load(float v) { return v; }
+  static PYFASTSEQ_INLINE Floats8 load8(const float* p) {
+    Floats8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+};
+struct BFloat16Loader {
+  using Bits = uint16_t;
+  static PYFASTSEQ_INLINE float load(uint16_t v) { return bits_to_float(uint32_t{v} << 16); }
+  static PYFASTSEQ_INLINE Floats8 load8(const uint16_t* p) { return as_floats(widen(p) << 16); }
+};
+struct Float16Loader {
+  using Bits = uint16_t;
+  // Shifting exponent + mantissa into float position and scaling by 2^112 rebiases the exponent
+  // and handles subnormals in one multiply; only inf/NaN need fixing up. Branch-free on the
+  // common path, so the row loops below still vectorise.
+  static PYFASTSEQ_INLINE float load(uint16_t h) {
+    const uint32_t em = h & 0x7fffu;
+    float f = bits_to_float(em << 13) * 0x1p112f;
+    if (em >= 0x7c00u) f = bits_to_float((em << 13) | 0x7f800000u);
+    return bits_to_float(float_to_bits(f) | (uint32_t{h & 0x8000u} << 16));
+  }
+  static PYFASTSEQ_INLINE Floats8 load8(const uint16_t* p) {
+    const Ints8 h = widen(p), em = h & 0x7fff;
+    const Floats8 f = as_floats(em << 13) * 0x1p112f;
+    Ints8 bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    bits = em >= 0x7c00 ? ((em << 13) | 0x7f800000) : bits;
+    return as_floats(bits | ((h & 0x8000) << 16));
+  }
+};
+
+// exp(x) for x <= 0 (Cephes expf polynomial, ~1 ulp): Cody-Waite reduction to 2^k * e^r. Inputs
+// below -87 flush to ~1e-38, harmless inside a sum.
+PYFASTSEQ_INLINE Floats8 exp_nonpositive(Floats8 x) {
+  const Floats8 lo = Floats8{} - 87.0f;
+  x = x < lo ? lo : x;
+  const Floats8 k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const Floats8 r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  Floats8 p = Floats8{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const Ints8 bits = (__builtin_convertvector(k, Ints8) + 127) << 23;
+  return p * as_floats(bits);
+}
+
+PYFASTSEQ_INLINE float exp_nonpositive(float x) {
+  Floats8 v = {};
+  v[0] = x;
+  return exp_nonpositive(v)[0];
+}
+
+// log(sum(exp(row))) over the whole row; sets *has_nan when any entry is NaN.
+template <class Loader>
+PYFASTSEQ_INLINE float row_logsumexp(const typename Loader::Bits* row, int64_t vocab, bool* has_nan) {
+  const int64_t body = vocab & ~int64_t{7};
+  Floats8 m8 = Floats8{} - INFINITY;
+  Ints8 nan8 = {};
+  for (int64_t i = 0; i < body; i += 8) {
+    const Floats8 x = Loader::load8(row + i);
+    nan8 |= x != x;
+    m8 = x > m8 ? x : m8;
+  }
+  float m = -INFINITY;
+  bool nan = false;
+  for (int j = 0; j < 8; ++j) {
+    m = m8[j] > m ? m8[j] : m;
+    nan |= nan8[j] != 0;
+  }
+  for (int64_t i = body; i < vocab; ++i) {
+    const float x = Loader::load(row[i]);
+    nan |= x != x;
+    m = x > m ? x : m;
+  }
+  *has_nan = nan;
+  if (nan || m == -INFINITY) return m;
+  if (m == INFINITY) return INFINITY;
+  Floats8 sum8 = {};
+  for (int64_t i = 0; i < body; i += 8) sum8 += exp_nonpositive(Loader::load8(row + i) - m);
+  float sum = 0.0f;
+  for (int j = 0; j < 8; ++j) sum += sum8[j];
+  for (int64_t i = body; i < vocab; ++i) sum += exp_nonpositive(Loader::load(row[i]) - m);
+  return m + std::log(sum);
+}
+
+}  // namespace pyfastseq

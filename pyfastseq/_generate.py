@@ -1,0 +1,112 @@
+"""The step function that drives a transformers-style model for ``search(step_fn, batch_size)``.
+
+The prompt (decoder-only) or source (encoder-decoder) runs once; afterwards each call feeds one
+token per row against ``past_key_values`` reordered by ``beam_idx``, so a step costs O(1) tokens
+(never the seed-003 trap of re-running the whole sequence).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+
+def model_step_fn(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_beams: int,
+                  model_kwargs: dict[str, Any]):
+    config = getattr(model, "config", None)
+    if config is None or not callable(model):
+        raise TypeError("model must be a transformers-style model with a .config and a forward call")
+    device = _device_of(model, input_ids)
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    elif attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+    attention_mask = attention_mask.to(device)
+    if getattr(config, "is_encoder_decoder", False):
+        return _EncoderDecoderStep(model, input_ids, attention_mask, num_beams, model_kwargs, device)
+    return _DecoderOnlyStep(model, input_ids, attention_mask, num_beams, model_kwargs, device)
+
+
+def _device_of(model: Any, input_ids: torch.Tensor) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return input_ids.device
+
+
+def _reorder(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
+    """Reorder (or, with repeated indices, expand) a KV cache along the batch dimension."""
+    if hasattr(cache, "reorder_cache"):
+        cache.reorder_cache(beam_idx)
+        return cache
+    if hasattr(model, "_reorder_cache"):
+        return model._reorder_cache(cache, beam_idx)
+    raise TypeError(f"cannot reorder the past_key_values of {type(model).__name__} ({type(cache).__name__})")
+
+
+class _DecoderOnlyStep:
+    """GPT-2 style: the prompt runs once per batch item, its cache is then expanded to every beam."""
+
+    def __init__(self, model, input_ids, attention_mask, num_beams, model_kwargs, device):
+        self.model, self.k, self.device, self.kwargs = model, num_beams, device, model_kwargs
+        self.input_ids = input_ids
+        self.mask = attention_mask.long()
+        # Left-padded prompts: positions count real tokens only, as transformers' generate does.
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = None
+        # Only the last position's logits are needed from the prompt (saves the LM head on the rest).
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            self.kwargs = {"logits_to_keep": 1, **self.kwargs}
+
+    def __call__(self, tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] == 0:
+            out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
+                             use_cache=True, **self.kwargs)
+            expand = torch.arange(self.input_ids.shape[0], device=self.device).repeat_interleave(self.k)
+            self.cache = _reorder(self.model, out.past_key_values, expand)
+            self.mask = self.mask[expand]
+            self.next_position = self.positions[expand, -1:] + 1
+            return out.logits[:, -1, :][expand]
+        self.cache = _reorder(self.model, self.cache, beam_idx.to(self.device))
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        out = self.model(input_ids=tokens.to(self.device), attention_mask=self.mask, position_ids=self.next_position,
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        self.next_position = self.next_position + 1
+        return out.logits[:, -1, :]
+
+
+class _EncoderDecoderStep:
+    """BART/T5 style: the encoder runs once per batch item; the decoder starts from its start token."""
+
+    def __init__(self, model, input_ids, attention_mask, num_beams, model_kwargs, device):
+        kwargs = dict(model_kwargs)
+        start = kwargs.pop("decoder_start_token_id", None)
+        if start is None:
+            start = getattr(getattr(model, "generation_config", None), "decoder_start_token_id", None)
+        if start is None:
+            start = getattr(model.config, "decoder_start_token_id", None)
+        if start is None:
+            raise ValueError("the model has no decoder_start_token_id: pass decoder_start_token_id=...")
+        encoder = model.get_encoder()
+        encoded = encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        expand = torch.arange(input_ids.shape[0], device=device).repeat_interleave(num_beams)
+        encoded.last_hidden_state = encoded.last_hidden_state[expand]
+        self.model, self.device, self.encoded = model, device, encoded
+        self.mask = attention_mask[expand]
+        self.start = torch.full((len(expand), 1), int(start), dtype=torch.long, device=device)
+        self.cache = None
+
+    def __call__(self, tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] == 0:
+            decoder_input_ids = self.start
+        else:
+            self.cache = _reorder(self.model, self.cache, beam_idx.to(self.device))
+            decoder_input_ids = tokens.to(self.device)
+        out = self.model(encoder_outputs=self.encoded, attention_mask=self.mask, decoder_input_ids=decoder_input_ids,
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :]

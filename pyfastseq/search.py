@@ -1,0 +1,319 @@
+"""Beam search over a trie of allowed sequences (:class:`TrieBeamSearch`) or the whole vocabulary
+(:class:`BeamSearch`), with the exact semantics of transformers' beam search.
+
+Each step runs one fused native kernel (log-softmax normaliser, allowed children, top ``2 * num_beams``
+per batch item, finished-hypothesis bookkeeping) with the GIL released; Python only calls the model
+once per step. See ``DESIGN.md`` ("Step protocol", "Semantics").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ._backend import _C
+from ._validate import as_eos_id, as_token_array
+from .trie import Trie
+
+__all__ = ["BeamSearch", "BeamSearchOutput", "TrieBeamSearch"]
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_EARLY_STOPPING_CODES = {False: 0, True: 1, "never": 2}
+
+
+@dataclass
+class BeamSearchOutput:
+    """Per batch item, up to ``num_return_sequences`` hypotheses, best first.
+
+    ``sequences[b][i]`` holds the generated tokens only (no prompt, prefix or decoder start token),
+    the final eos included when one was picked. ``scores[b][i]`` is the sum of the token log-probs
+    divided by ``len ** length_penalty``; ``finished[b][i]`` is False where the hypothesis was cut at
+    ``max_length``; ``token_scores[b][i]`` (with ``output_token_scores=True``) the log-prob each token
+    added. A batch item lists fewer hypotheses when the trie allows fewer distinct continuations.
+    """
+
+    sequences: list[list[list[int]]]
+    scores: list[list[float]]
+    finished: list[list[bool]]
+    token_scores: list[list[list[float]]] | None = None
+
+
+class _BeamSearchBase:
+    def __init__(self, *, num_beams, max_length, length_penalty, early_stopping, num_return_sequences,
+                 min_length, output_token_scores):
+        self.num_beams = _positive_int(num_beams, "num_beams")
+        self.max_length = _positive_int(max_length, "max_length")
+        if isinstance(min_length, bool) or not isinstance(min_length, (int, np.integer)) or min_length < 0:
+            raise ValueError(f"min_length must be a non-negative int, got {min_length!r}")
+        if min_length > self.max_length:
+            raise ValueError(f"min_length ({min_length}) must not exceed max_length ({self.max_length})")
+        self.min_length = int(min_length)
+        if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
+            raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+        self.length_penalty = float(length_penalty)
+        if not any(early_stopping is key or (isinstance(key, str) and early_stopping == key) for key in _EARLY_STOPPING_CODES):
+            raise ValueError(f'early_stopping must be True, False or "never", got {early_stopping!r}')
+        self.early_stopping = early_stopping
+        self.num_return_sequences = _positive_int(num_return_sequences, "num_return_sequences")
+        if self.num_return_sequences > self.num_beams:
+            raise ValueError(
+                f"num_return_sequences ({self.num_return_sequences}) must not exceed num_beams ({self.num_beams})"
+            )
+        self.output_token_scores = bool(output_token_scores)
+
+    # -- the model-agnostic loop -------------------------------------------------------------
+
+    def search(self, step_fn: StepFn, batch_size: int) -> BeamSearchOutput:
+        """Run the search against ``step_fn(tokens, beam_idx) -> logits`` (DESIGN "Step protocol").
+
+        ``step_fn`` gets ``N = batch_size * num_beams`` rows at every call: ``tokens`` int64
+        ``[N, 1]`` (``[N, 0]`` at the first call) and ``beam_idx`` int64 ``[N]``, the previous row each
+        row continues (reorder any cache with it; ``arange(N)`` at the first call), both on the CPU.
+        It returns ``[N, V]`` float32/float16/bfloat16 logits (CPU or CUDA). Rows of finished batch
+        items and dead beams are fed the pad token (eos, else 0); their logits are ignored.
+        """
+        batch_size = _positive_int(batch_size, "batch_size")
+        state, tries = self._start(batch_size)
+        rows = batch_size * self.num_beams
+        tokens = torch.zeros(rows, 0, dtype=torch.long)
+        beam_idx = torch.arange(rows)
+        while True:
+            logits = self._checked_logits(step_fn(tokens, beam_idx), rows, tries)
+            delta_offsets, deltas = self._lookahead_deltas(state, tries, batch_size)
+            more = state.step(
+                logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype],
+                0 if delta_offsets is None else delta_offsets.ctypes.data,
+                0 if deltas is None else deltas.ctypes.data,
+            )
+            if not more:
+                break
+            tokens = torch.from_numpy(state.next_tokens).long().unsqueeze(1)
+            beam_idx = torch.from_numpy(state.beam_idx).long()
+        return self._output(state)
+
+    def generate(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **model_kwargs: Any) -> BeamSearchOutput:
+        """Beam search with a transformers-style model (decoder-only or encoder-decoder).
+
+        The prompt (decoder-only) or source (encoder-decoder) runs once; every later step feeds one
+        token per row and reorders ``past_key_values`` by ``beam_idx``. Constraints and lengths
+        apply to the generated tokens only. Encoder-decoder models start the decoder from
+        ``decoder_start_token_id`` (pass ``decoder_start_token_id=`` to override). ``model_kwargs``
+        go to the first forward call (the encoder for encoder-decoder models).
+        """
+        from ._generate import model_step_fn
+
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a 2-D [batch, length] tensor of token ids")
+        step_fn = model_step_fn(model, input_ids, attention_mask, self.num_beams, model_kwargs)
+        with torch.no_grad():
+            return self.search(step_fn, input_ids.shape[0])
+
+    # -- hooks and helpers -------------------------------------------------------------------
+
+    def _start(self, batch_size: int):
+        raise NotImplementedError
+
+    def _lookahead_deltas(self, state, tries, batch_size):
+        return None, None
+
+    def _new_state(self, batch_size, eos_id, tries, start_nodes, normalize_allowed):
+        return _C.BeamSearchState(
+            batch_size, self.num_beams, self.max_length, self.min_length, self.num_return_sequences,
+            self.length_penalty, _EARLY_STOPPING_CODES[self.early_stopping], eos_id,
+            0 if eos_id < 0 else eos_id, normalize_allowed, self.output_token_scores, tries, start_nodes,
+        )
+
+    @staticmethod
+    def _checked_logits(logits: Any, rows: int, tries: Sequence[Trie]) -> torch.Tensor:
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"step_fn must return a torch.Tensor of logits, got {type(logits).__name__}")
+        if logits.dtype not in _DTYPE_CODES:
+            raise TypeError(f"logits returned by step_fn must be float32, float16 or bfloat16, got {logits.dtype}")
+        if logits.dim() != 2 or logits.shape[0] != rows:
+            raise ValueError(
+                f"logits returned by step_fn must have shape [batch_size * num_beams = {rows}, vocab], "
+                f"got {tuple(logits.shape)}"
+            )
+        if logits.shape[1] == 0:
+            raise ValueError("logits returned by step_fn have an empty vocabulary dimension")
+        for trie in tries:
+            if trie.max_token >= logits.shape[1]:
+                raise ValueError(
+                    f"the trie holds token id {trie.max_token} but logits has only {logits.shape[1]} columns (vocabulary)"
+                )
+        logits = logits.detach()
+        if logits.device.type != "cpu":
+            logits = logits.cpu()
+        if logits.stride(1) != 1:
+            logits = logits.contiguous()
+        return logits
+
+    def _output(self, state) -> BeamSearchOutput:
+        results = state.results(self.num_return_sequences)
+        return BeamSearchOutput(
+            sequences=[[list(h[0]) for h in item] for item in results],
+            scores=[[float(h[1]) for h in item] for item in results],
+            finished=[[bool(h[2]) for h in item] for item in results],
+            token_scores=[[list(h[3]) for h in item] for item in results] if self.output_token_scores else None,
+        )
+
+
+class TrieBeamSearch(_BeamSearchBase):
+    """Beam search whose outputs are constrained to the sequences of a :class:`Trie`.
+
+    Args:
+        trie: a :class:`Trie`, or a list with one Trie per batch item. A hypothesis finishes when it
+            picks the trie's eos (build the trie with ``eos_id`` so that an entry may be a prefix of
+            another) or reaches a leaf.
+        num_beams, max_length, length_penalty, early_stopping, num_return_sequences: as in
+            transformers' ``generate``; ``max_length`` counts new tokens (``max_new_tokens``) and
+            ``early_stopping`` is True, False or ``"never"``.
+        lookahead: None, or an object with ``deltas(trie, nodes, generated, batch_index) ->
+            (row_offsets, deltas)`` (e.g. ``LCSLookahead``), called once per step (once per batch item
+            when ``trie`` is a list). Row r's children (ascending token order) get
+            ``deltas[row_offsets[r]:row_offsets[r+1]]``; where some delta is positive and the row has
+            more than one child, their full-vocabulary probabilities become ``p ** (1 / (delta + 1))``
+            renormalised over the children. Rows with every delta 0 keep their plain log-probs (so
+            ``normalize`` still applies there), matching "delta 0 leaves the distribution unchanged".
+        normalize: ``"full"`` (log-softmax over the vocabulary, as transformers with
+            ``prefix_allowed_tokens_fn``) or ``"allowed"`` (over the node's children; skips the pass
+            over the vocabulary).
+        min_length: no hypothesis finishes (eos or leaf) with fewer new tokens.
+        prefix: tokens consumed from the trie's root before decoding (e.g. a decoder start token that
+            the trie entries begin with); the generated tokens continue from that node.
+        output_token_scores: also return the log-prob each token added.
+
+    Differences from transformers only arise where a batch item has fewer than ``num_beams`` live
+    continuations: transformers then fills beams with -1e9-penalised copies that can occupy
+    hypothesis slots; here such beams are left empty.
+    """
+
+    def __init__(self, trie: Trie | Sequence[Trie], num_beams: int = 4, max_length: int = 64,
+                 length_penalty: float = 1.0, early_stopping: bool | str = True, num_return_sequences: int = 1,
+                 lookahead: Any = None, normalize: str = "full", *, min_length: int = 0,
+                 prefix: Sequence[int] | None = None, output_token_scores: bool = False):
+        super().__init__(num_beams=num_beams, max_length=max_length, length_penalty=length_penalty,
+                         early_stopping=early_stopping, num_return_sequences=num_return_sequences,
+                         min_length=min_length, output_token_scores=output_token_scores)
+        self.tries = [trie] if isinstance(trie, Trie) else list(trie) if isinstance(trie, (list, tuple)) else None
+        if not self.tries or not all(isinstance(t, Trie) for t in self.tries):
+            raise TypeError(f"trie must be a pyfastseq.Trie or a non-empty list of them, got {type(trie).__name__}")
+        eos_ids = {t.eos_id for t in self.tries}
+        if len(eos_ids) > 1:
+            raise ValueError(f"every trie in trie must share one eos_id, got {sorted(eos_ids, key=str)}")
+        self.eos_id = eos_ids.pop()
+        if normalize not in ("full", "allowed"):
+            raise ValueError(f'normalize must be "full" or "allowed", got {normalize!r}')
+        self.normalize = normalize
+        if lookahead is not None and not callable(getattr(lookahead, "deltas", None)):
+            raise TypeError("lookahead must be None or have a deltas(trie, nodes, generated, batch_index) method")
+        self.lookahead = lookahead
+        self.prefix = as_token_array([] if prefix is None else prefix, "prefix")
+        self._start_nodes = [self._start_node(t) for t in self.tries]
+
+    def _start_node(self, trie: Trie) -> int:
+        node = trie.walk(self.prefix)
+        if node < 0:
+            raise ValueError(f"prefix {self.prefix.tolist()} is not a path from the root of the trie")
+        if len(trie.children(node)[0]) == 0:
+            raise ValueError(f"prefix {self.prefix.tolist()} leads to a trie leaf: nothing is left to decode")
+        return node
+
+    def _start(self, batch_size: int):
+        if len(self.tries) not in (1, batch_size):
+            raise ValueError(f"trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or one per item")
+        starts = self._start_nodes * batch_size if len(self.tries) == 1 else self._start_nodes
+        state = self._new_state(batch_size, as_eos_id(self.eos_id), [t._native for t in self.tries], starts,
+                                self.normalize == "allowed")
+        return state, self.tries
+
+    def _lookahead_deltas(self, state, tries, batch_size):
+        if self.lookahead is None:
+            return None, None
+        k = self.num_beams
+        nodes = torch.from_numpy(state.nodes)
+        generated = torch.from_numpy(state.generated)
+        batch_index = torch.arange(batch_size * k) // k
+        if len(tries) == 1:
+            return _checked_deltas(self.lookahead.deltas(tries[0], nodes, generated, batch_index), len(nodes))
+        offsets, parts, total = [np.zeros(1, dtype=np.int64)], [], 0
+        for b, trie in enumerate(tries):
+            rows = slice(b * k, (b + 1) * k)
+            offs, deltas = _checked_deltas(
+                self.lookahead.deltas(trie, nodes[rows], generated[rows], batch_index[rows]), k
+            )
+            offsets.append(offs[1:] + total)
+            parts.append(deltas)
+            total += len(deltas)
+        return np.concatenate(offsets), np.ascontiguousarray(np.concatenate(parts), dtype=np.int32)
+
+
+class BeamSearch(_BeamSearchBase):
+    """Unconstrained beam search over the full vocabulary, identical to transformers' beam search.
+
+    ``eos_id`` (or None: hypotheses run to ``max_length``) ends a hypothesis; the other arguments are
+    as in :class:`TrieBeamSearch`.
+    """
+
+    def __init__(self, eos_id: int | None, num_beams: int = 4, max_length: int = 64, length_penalty: float = 1.0,
+                 early_stopping: bool | str = True, num_return_sequences: int = 1, *, min_length: int = 0,
+                 output_token_scores: bool = False):
+        super().__init__(num_beams=num_beams, max_length=max_length, length_penalty=length_penalty,
+                         early_stopping=early_stopping, num_return_sequences=num_return_sequences,
+                         min_length=min_length, output_token_scores=output_token_scores)
+        self.eos_id = as_eos_id(eos_id)
+
+    def _start(self, batch_size: int):
+        return self._new_state(batch_size, self.eos_id, [], [], False), []
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _checked_deltas(result: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        row_offsets, deltas = result
+    except (TypeError, ValueError) as exc:
+        raise TypeError("lookahead.deltas must return (row_offsets, deltas)") from exc
+    offs = _as_numpy(row_offsets)
+    vals = _as_numpy(deltas)
+    if offs.ndim != 1 or offs.shape[0] != rows + 1 or not np.issubdtype(offs.dtype, np.integer):
+        raise ValueError(f"lookahead.deltas row_offsets must be 1-D integers of length {rows + 1}, got shape {offs.shape}")
+    if vals.ndim != 1 or (vals.size and not np.issubdtype(vals.dtype, np.integer)):
+        raise ValueError(f"lookahead.deltas deltas must be a 1-D integer array, got shape {vals.shape}")
+    if offs[0] != 0 or offs[-1] != vals.shape[0] or np.any(np.diff(offs) < 0):
+        raise ValueError("lookahead.deltas row_offsets must start at 0, never decrease and end at len(deltas)")
+    return np.ascontiguousarray(offs, dtype=np.int64), np.ascontiguousarray(vals, dtype=np.int32)
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _beam_step(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: int, trie: Trie | None = None,
+               nodes: torch.Tensor | None = None, normalize: str = "full") -> dict[str, torch.Tensor]:
+    """The fused step alone (no hypothesis bookkeeping): per batch item the best ``2 * num_beams``
+    continuations of ``[batch * num_beams, V]`` logits, best first. Used by benchmarks and tests."""
+    rows = beam_scores.shape[0]
+    logits = _BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie])
+    names = ("score", "logprob", "token", "parent", "node", "count")
+    arrays = _C.beam_step(
+        logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], rows // num_beams, num_beams,
+        beam_scores.float().numpy(), None if nodes is None else nodes.int().numpy(),
+        [] if trie is None else [trie._native], normalize == "allowed", as_eos_id(None if trie is None else trie.eos_id),
+    )
+    return {name: torch.from_numpy(a) for name, a in zip(names, arrays)}

@@ -1,0 +1,399 @@
+"""TrieBeamSearch / BeamSearch against brute force on tiny vocabularies and tries."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import pyfastseq as fs
+from beam_models import PrefixModel, prefix_logits
+
+pytestmark = pytest.mark.native
+
+EOS = 1
+
+
+def random_entries(rng: random.Random, vocab: int, count: int, min_len: int, max_len: int) -> list[list[int]]:
+    entries = set()
+    while len(entries) < count:
+        entries.add(tuple(rng.randrange(2, vocab) for _ in range(rng.randint(min_len, max_len))))
+    return [list(e) for e in sorted(entries)]
+
+
+def entry_logprob(entry, vocab, seed, allowed_of=None, deltas_of=None, renormalise=False):
+    """Sum of the log-probs a beam adds along ``entry``: full log-softmax, renormalised over the
+    allowed tokens with ``renormalise``, reshaped by lookahead deltas where some delta is positive."""
+    total, token_scores = 0.0, []
+    for t, token in enumerate(entry):
+        logp = torch.log_softmax(prefix_logits(tuple(entry[:t]), vocab, seed), -1)
+        if allowed_of is not None:
+            allowed = allowed_of(entry[:t])
+            sub = logp[allowed]
+            if deltas_of is not None:
+                d = torch.tensor(deltas_of(entry[:t], allowed), dtype=torch.float32)
+                if len(allowed) > 1 and bool((d > 0).any()):
+                    sub = torch.log_softmax(sub / (d + 1), -1)
+                elif renormalise:
+                    sub = torch.log_softmax(sub, -1)
+            elif renormalise:
+                sub = torch.log_softmax(sub, -1)
+            step = float(sub[allowed.index(token)])
+        else:
+            step = float(logp[token])
+        total += step
+        token_scores.append(step)
+    return total, token_scores
+
+
+def ranked(entries, vocab, seed, lp, **kw):
+    scored = [(entry_logprob(e, vocab, seed, **kw)[0] / len(e) ** lp, e) for e in entries]
+    return sorted(scored, key=lambda x: -x[0])
+
+
+@pytest.mark.parametrize("lp,early", [(0.0, "never"), (1.0, "never"), (2.0, "never"), (0.0, True), (1.0, False)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trie_beam__enough_beams__global_optimum(lp, early, seed):
+    rng = random.Random(seed)
+    vocab = 9
+    entries = [e + [EOS] for e in random_entries(rng, vocab, 7, 1, 4)]
+    trie = fs.Trie(entries, eos_id=EOS)
+    searcher = fs.TrieBeamSearch(trie, num_beams=8, max_length=trie.depth, length_penalty=lp, early_stopping=early,
+                                 num_return_sequences=3)
+    out = searcher.search(PrefixModel(vocab, seed), batch_size=1)
+    best = ranked(entries, vocab, seed, lp)
+    if early is not False:  # transformers' default heuristic may stop before a longer, better entry
+        assert out.sequences[0] == [e for _, e in best[:3]]
+        np.testing.assert_allclose(out.scores[0], [s for s, _ in best[:3]], rtol=1e-5, atol=1e-5)
+    assert all(trie.contains(s) for s in out.sequences[0])
+    assert out.finished[0] == [True] * 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_trie_beam__one_beam__greedy(seed):
+    rng = random.Random(seed)
+    vocab = 12
+    trie = fs.Trie(random_entries(rng, vocab, 20, 1, 6), eos_id=EOS)
+    out = fs.TrieBeamSearch(trie, num_beams=1, max_length=5, length_penalty=1.0).search(PrefixModel(vocab, seed), 1)
+    prefix: list[int] = []
+    while len(prefix) < 5:
+        allowed = trie.children(trie.walk(prefix))[0].tolist()
+        prefix.append(max(allowed, key=lambda t: float(prefix_logits(tuple(prefix), vocab, seed)[t])))
+        if prefix[-1] == EOS:
+            break
+    assert out.sequences[0] == [prefix]
+    assert out.finished[0] == [prefix[-1] == EOS]
+    total, _ = entry_logprob(prefix, vocab, seed)
+    assert out.scores[0][0] == pytest.approx(total / len(prefix), abs=1e-5)
+
+
+@pytest.mark.parametrize("num_beams", [2, 3, 5])
+@pytest.mark.parametrize("seed", range(4))
+def test_trie_beam__outputs_are_entries__token_scores_add_up(num_beams, seed):
+    rng = random.Random(seed)
+    vocab = 30
+    trie = fs.Trie(random_entries(rng, vocab, 200, 2, 7), eos_id=EOS)
+    searcher = fs.TrieBeamSearch(trie, num_beams=num_beams, max_length=trie.depth, length_penalty=1.5,
+                                 num_return_sequences=2, output_token_scores=True)
+    out = searcher.search(PrefixModel(vocab, seed), batch_size=3)
+    for seqs, scores, token_scores in zip(out.sequences, out.scores, out.token_scores):
+        assert scores == sorted(scores, reverse=True)
+        for seq, score, ts in zip(seqs, scores, token_scores):
+            assert trie.contains(seq)
+            expected, expected_ts = entry_logprob(seq, vocab, seed)
+            np.testing.assert_allclose(ts, expected_ts, atol=1e-5)
+            assert score == pytest.approx(sum(ts) / len(seq) ** 1.5, abs=1e-5)
+
+
+def test_trie_beam__equal_length_trie_without_eos__leaves_finish():
+    rng = random.Random(3)
+    vocab = 7
+    entries = random_entries(rng, vocab, 10, 3, 3)
+    trie = fs.Trie(entries)
+    out = fs.TrieBeamSearch(trie, num_beams=10, max_length=10, length_penalty=0.0,
+                            num_return_sequences=4).search(PrefixModel(vocab, 3), 1)
+    best = ranked(entries, vocab, 3, 0.0)
+    assert out.sequences[0] == [e for _, e in best[:4]]
+    assert out.finished[0] == [True] * 4
+
+
+def test_trie_beam__normalize_allowed__optimum_over_renormalised_probs():
+    rng = random.Random(5)
+    vocab = 10
+    entries = [e + [EOS] for e in random_entries(rng, vocab, 6, 1, 3)]
+    trie = fs.Trie(entries, eos_id=EOS)
+    allowed_of = lambda prefix: trie.children(trie.walk(prefix))[0].tolist()  # noqa: E731
+    out = fs.TrieBeamSearch(trie, num_beams=6, max_length=trie.depth, length_penalty=0.0, early_stopping="never",
+                            normalize="allowed").search(PrefixModel(vocab, 5), 1)
+    best = ranked(entries, vocab, 5, 0.0, allowed_of=allowed_of, renormalise=True)
+    assert out.sequences[0] == [best[0][1]]
+    assert out.scores[0][0] == pytest.approx(best[0][0], abs=1e-5)
+
+
+class FakeLookahead:
+    """Chosen deltas: a function of the row's prefix and the child token."""
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def delta(prefix, token) -> int:
+        return (token * 7 + 3 * len(prefix)) % 3
+
+    def deltas(self, trie, nodes, generated, batch_index):
+        assert nodes.dtype == torch.int32 and generated.dtype == torch.int32 and batch_index.dtype == torch.int64
+        self.calls.append(generated.shape[1])
+        offsets, values = [0], []
+        for r, node in enumerate(nodes.tolist()):
+            if node >= 0:
+                values += [self.delta(generated[r].tolist(), t) for t in trie.children(node)[0].tolist()]
+            offsets.append(len(values))
+        return torch.tensor(offsets), torch.tensor(values, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+def test_trie_beam__lookahead__matches_torch_reshape(normalize):
+    rng = random.Random(7)
+    vocab = 11
+    entries = [e + [EOS] for e in random_entries(rng, vocab, 8, 1, 4)]
+    trie = fs.Trie(entries, eos_id=EOS)
+    lookahead = FakeLookahead()
+    out = fs.TrieBeamSearch(trie, num_beams=8, max_length=trie.depth, length_penalty=1.0, early_stopping="never",
+                            lookahead=lookahead, normalize=normalize, num_return_sequences=2,
+                            output_token_scores=True).search(PrefixModel(vocab, 7), 1)
+    allowed_of = lambda prefix: trie.children(trie.walk(prefix))[0].tolist()  # noqa: E731
+    deltas_of = lambda prefix, allowed: [FakeLookahead.delta(prefix, t) for t in allowed]  # noqa: E731
+    best = ranked(entries, vocab, 7, 1.0, allowed_of=allowed_of, deltas_of=deltas_of,
+                  renormalise=normalize == "allowed")
+    for (score, entry), seq, got in zip(best, out.sequences[0], out.scores[0]):
+        assert seq == entry
+        assert got == pytest.approx(score, abs=1e-5)
+    assert lookahead.calls[:3] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("lp", [0.0, 1.0])
+def test_beam_search__unconstrained__global_optimum(lp):
+    vocab, length = 4, 3
+    every = [list(p) + ([EOS] if len(p) < length else []) for n in range(length + 1)
+             for p in itertools.product([0, 2, 3], repeat=n)]
+    every = [s for s in every if s]
+    out = fs.BeamSearch(EOS, num_beams=len(every), max_length=length, length_penalty=lp, early_stopping="never",
+                        num_return_sequences=5).search(PrefixModel(vocab, 11), 1)
+    best = ranked(every, vocab, 11, lp)
+    assert out.sequences[0] == [e for _, e in best[:5]]
+    np.testing.assert_allclose(out.scores[0], [s for s, _ in best[:5]], atol=1e-5)
+    assert out.finished[0] == [e[-1] == EOS for _, e in best[:5]]
+
+
+def test_beam_search__one_beam__greedy_until_max_length():
+    model = PrefixModel(6, 2)
+    out = fs.BeamSearch(None, num_beams=1, max_length=4, length_penalty=0.0).search(model, 2)
+    prefix: list[int] = []
+    for _ in range(4):
+        prefix.append(int(prefix_logits(tuple(prefix), 6, 2).argmax()))
+    assert out.sequences == [[prefix], [prefix]] and out.finished == [[False], [False]]
+    assert model.calls == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_trie_beam__half_logits__same_as_upcast(dtype):
+    rng = random.Random(9)
+    vocab = 40
+    trie = fs.Trie(random_entries(rng, vocab, 300, 2, 6), eos_id=EOS)
+
+    class Rounded(PrefixModel):
+        def logprobs(self, prefix):
+            return super().logprobs(prefix).to(dtype).float()
+
+    searcher = fs.TrieBeamSearch(trie, num_beams=4, max_length=6, num_return_sequences=2)
+    half = searcher.search(Rounded(vocab, 9, dtype=dtype), 2)
+    full = searcher.search(Rounded(vocab, 9), 2)
+    assert half.sequences == full.sequences
+    np.testing.assert_allclose(np.array(half.scores), np.array(full.scores), atol=1e-5)
+
+
+def test_trie_beam__per_item_tries_and_prefix():
+    rng = random.Random(4)
+    vocab = 20
+    tries = [fs.Trie([[3] + e for e in random_entries(rng, vocab, 30, 1, 4)], eos_id=EOS) for _ in range(3)]
+    out = fs.TrieBeamSearch(tries, num_beams=3, max_length=6, prefix=[3], num_return_sequences=3).search(
+        PrefixModel(vocab, 4), 3)
+    for trie, seqs in zip(tries, out.sequences):
+        assert len(seqs) == 3 and all(trie.contains([3] + s) for s in seqs)
+    # each item alone gives the same result
+    for b, trie in enumerate(tries):
+        alone = fs.TrieBeamSearch(trie, num_beams=3, max_length=6, prefix=[3], num_return_sequences=3).search(
+            PrefixModel(vocab, 4), 1)
+        assert alone.sequences[0] == out.sequences[b]
+
+
+def test_trie_beam__min_length_blocks_early_finish():
+    trie = fs.Trie([[2], [2, 3], [2, 3, 4, 5]], eos_id=EOS)
+    out = fs.TrieBeamSearch(trie, num_beams=3, max_length=5, min_length=4, num_return_sequences=3).search(
+        PrefixModel(8, 0), 1)
+    assert out.sequences[0] == [[2, 3, 4, 5, EOS]]
+
+
+def test_trie_beam__fewer_entries_than_return_sequences():
+    trie = fs.Trie([[2, 3], [4]], eos_id=EOS)
+    out = fs.TrieBeamSearch(trie, num_beams=4, max_length=4, num_return_sequences=4).search(PrefixModel(6, 1), 2)
+    assert [sorted(s) for s in out.sequences] == [[[2, 3, EOS], [4, EOS]]] * 2
+
+
+def test_trie_beam__max_length_cuts_hypotheses():
+    trie = fs.Trie([[2, 3, 4, 5, 6]], eos_id=EOS)
+    out = fs.TrieBeamSearch(trie, num_beams=2, max_length=3).search(PrefixModel(8, 0), 1)
+    assert out.sequences == [[[2, 3, 4]]] and out.finished == [[False]]
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+TRIE = fs.Trie([[2, 3], [4, 5, 6]], eos_id=EOS)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"num_beams": 0}, ValueError, "num_beams"),
+        ({"num_beams": 2.5}, TypeError, "num_beams"),
+        ({"max_length": 0}, ValueError, "max_length"),
+        ({"num_return_sequences": 5}, ValueError, "num_return_sequences"),
+        ({"early_stopping": "sometimes"}, ValueError, "early_stopping"),
+        ({"length_penalty": float("nan")}, ValueError, "length_penalty"),
+        ({"normalize": "softmax"}, ValueError, "normalize"),
+        ({"lookahead": object()}, TypeError, "lookahead"),
+        ({"min_length": 100}, ValueError, "min_length"),
+        ({"prefix": [9]}, ValueError, "prefix"),
+        ({"prefix": [2, 3, EOS]}, ValueError, "prefix"),
+    ],
+)
+def test_trie_beam__bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fs.TrieBeamSearch(TRIE, **kwargs)
+
+
+def test_trie_beam__bad_trie_argument():
+    with pytest.raises(TypeError, match="trie"):
+        fs.TrieBeamSearch([[2, 3]])
+    with pytest.raises(ValueError, match="trie"):
+        fs.TrieBeamSearch([TRIE, TRIE]).search(PrefixModel(8), 3)
+    with pytest.raises(ValueError, match="eos_id"):
+        fs.TrieBeamSearch([TRIE, fs.Trie([[2]], eos_id=0)])
+
+
+def step_returning(fn):
+    return lambda tokens, beam_idx: fn(len(beam_idx))
+
+
+@pytest.mark.parametrize(
+    "step,error,match",
+    [
+        (step_returning(lambda n: torch.full((n, 8), float("nan"))), ValueError, "NaN"),
+        (step_returning(lambda n: torch.zeros(n, 6)), ValueError, "vocabulary"),
+        (step_returning(lambda n: torch.zeros(n + 1, 8)), ValueError, "logits"),
+        (step_returning(lambda n: torch.zeros(n, 8, dtype=torch.float64)), TypeError, "float32"),
+        (step_returning(lambda n: [[0.0] * 8] * n), TypeError, "torch.Tensor"),
+    ],
+)
+def test_trie_beam__bad_logits(step, error, match):
+    with pytest.raises(error, match=match):
+        fs.TrieBeamSearch(TRIE, num_beams=2).search(step, 2)
+
+
+def test_beam_search__nan_logits_unconstrained():
+    with pytest.raises(ValueError, match="NaN"):
+        fs.BeamSearch(EOS).search(step_returning(lambda n: torch.full((n, 8), float("nan"))), 1)
+
+
+def test_trie_beam__bad_lookahead_deltas():
+    class Wrong:
+        def deltas(self, trie, nodes, generated, batch_index):
+            return torch.arange(len(nodes) + 1), torch.zeros(len(nodes), dtype=torch.int32)
+
+    class Negative:
+        def deltas(self, trie, nodes, generated, batch_index):
+            counts = [len(trie.children(n)[0]) if n >= 0 else 0 for n in nodes.tolist()]
+            return np.concatenate([[0], np.cumsum(counts)]), -np.ones(sum(counts), dtype=np.int32)
+
+    with pytest.raises(ValueError, match="lookahead.deltas"):
+        fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=Wrong()).search(PrefixModel(8), 1)
+    with pytest.raises(ValueError, match="negative"):
+        fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=Negative()).search(PrefixModel(8), 1)
+    with pytest.raises(TypeError, match="lookahead.deltas"):
+        fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=type("L", (), {"deltas": lambda *a: None})()).search(
+            PrefixModel(8), 1)
+
+
+def test_search__bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        fs.BeamSearch(EOS).search(PrefixModel(8), 0)
+
+
+# -- the fused step alone, against log_softmax + dense mask + topk ------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("batch,beams,vocab", [(1, 1, 7), (3, 4, 59), (2, 8, 1025)])
+def test_beam_step__matches_torch_topk(batch, beams, vocab, constrained, dtype):
+    from pyfastseq.search import _beam_step
+
+    gen = torch.Generator().manual_seed(batch * vocab)
+    rows = batch * beams
+    logits = (torch.randn(rows, vocab, generator=gen) * 4).to(dtype)
+    scores = -torch.rand(rows, generator=gen) * 5
+    scores[1::3] = -float("inf")  # dead rows
+    scores[0] = 0.0
+    logp = torch.log_softmax(logits.float(), -1)
+    nodes = trie = None
+    if constrained:
+        rng = random.Random(vocab)
+        trie = fs.Trie(random_entries(rng, vocab, 40 * beams, 1, 4))
+        internal = [n for n in range(trie.num_nodes) if len(trie.children(n)[0])]
+        nodes = torch.tensor([rng.choice(internal) for _ in range(rows)], dtype=torch.int32)
+        keep = torch.zeros(rows, vocab, dtype=torch.bool)
+        for r, n in enumerate(nodes.tolist()):
+            keep[r, trie.children(n)[0]] = True
+        logp = logp.masked_fill(~keep, -float("inf"))
+    got = _beam_step(logits, scores, beams, trie, nodes)
+    acc = (logp + scores[:, None]).view(batch, -1)
+    want = torch.topk(acc, min(2 * beams, acc.shape[1]))
+    for b in range(batch):
+        n = int(got["count"][b])
+        finite = int(torch.isfinite(want.values[b]).sum())
+        assert n == finite
+        torch.testing.assert_close(got["score"][b, :n], want.values[b, :n], rtol=0, atol=1e-5)
+        # ties (frequent in bf16) may be ordered differently: check each candidate's own score
+        parent, token = got["parent"][b, :n].long(), got["token"][b, :n].long()
+        torch.testing.assert_close(got["score"][b, :n], acc[b, (parent - b * beams) * vocab + token], rtol=0, atol=1e-5)
+        assert len(set(zip(parent.tolist(), token.tolist()))) == n
+        if constrained:
+            assert got["node"][b, :n].tolist() == trie.step(nodes[parent], token).tolist()
+
+
+def test_beam_step__live_row_at_leaf_or_bad_node__raises():
+    from pyfastseq.search import _beam_step
+
+    trie = fs.Trie([[2, 3]])
+    leaf = trie.walk([2, 3])
+    with pytest.raises(ValueError, match="no children"):
+        _beam_step(torch.zeros(2, 5), torch.zeros(2), 2, trie, torch.tensor([0, leaf], dtype=torch.int32))
+    with pytest.raises(ValueError, match="out of range"):
+        _beam_step(torch.zeros(2, 5), torch.zeros(2), 2, trie, torch.tensor([0, 99], dtype=torch.int32))
+    # a dead row (-inf score) is never looked at
+    out = _beam_step(torch.zeros(2, 5), torch.tensor([0.0, -float("inf")]), 2, trie,
+                     torch.tensor([0, 99], dtype=torch.int32))
+    assert out["count"].tolist() == [1] and out["token"][0, 0] == 2
+
+
+def test_trie_beam__lookahead_with_per_item_tries__same_as_shared():
+    rng = random.Random(8)
+    vocab = 11
+    trie = fs.Trie([e + [EOS] for e in random_entries(rng, vocab, 12, 1, 4)], eos_id=EOS)
+    kwargs = dict(num_beams=3, max_length=trie.depth, num_return_sequences=2, output_token_scores=True)
+    shared = fs.TrieBeamSearch(trie, lookahead=FakeLookahead(), **kwargs).search(PrefixModel(vocab, 8), 2)
+    per_item = fs.TrieBeamSearch([trie, trie], lookahead=FakeLookahead(), **kwargs).search(PrefixModel(vocab, 8), 2)
+    assert per_item == shared

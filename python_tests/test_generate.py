@@ -1,0 +1,181 @@
+"""generate() against transformers' generate on small randomly initialised GPT-2 and BART models."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import pyfastseq as fs
+
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.native
+
+VOCAB, EOS, PAD = 100, 1, 0
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                     bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def bart():
+    torch.manual_seed(1)
+    config = transformers.BartConfig(
+        vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+        pad_token_id=PAD, bos_token_id=2, eos_token_id=EOS, decoder_start_token_id=2,
+        forced_bos_token_id=None, forced_eos_token_id=None,
+    )
+    return transformers.BartForConditionalGeneration(config).eval()
+
+
+def make_trie(kind: str, seed: int) -> fs.Trie:
+    rng = random.Random(seed)
+    if kind == "unequal":  # 3-8 tokens + eos, entries may be prefixes of others
+        entries = [[rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 8))] for _ in range(60)]
+        entries += [e[:2] for e in entries[:10]]
+        return fs.Trie(entries, eos_id=EOS)
+    # equal length, no eos: every entry ends at a leaf
+    return fs.Trie([[rng.randrange(3, VOCAB) for _ in range(4)] for _ in range(60)])
+
+
+def allowed_fn(tries, prompt_len):
+    """transformers' prefix_allowed_tokens_fn for per-item tries; past an entry only eos."""
+
+    def fn(batch_id, ids):
+        trie = tries[batch_id] if isinstance(tries, list) else tries
+        node = trie.walk(ids[prompt_len:].tolist())
+        tokens = trie.children(node)[0].tolist() if node >= 0 else []
+        return tokens or [EOS]
+
+    return fn
+
+
+def hf_results(ids: torch.Tensor, scores, batch: int, nrs: int, prompt_len: int):
+    seqs = []
+    for row in ids[:, prompt_len:].tolist():
+        seqs.append(row[: row.index(EOS) + 1] if EOS in row else row)
+    seqs = [seqs[b * nrs:(b + 1) * nrs] for b in range(batch)]
+    return seqs, None if scores is None else scores.view(batch, nrs).tolist()
+
+
+def assert_same(ours: fs.BeamSearchOutput, seqs, scores, equal_length: bool):
+    if equal_length:  # transformers pads a cut sequence only after max_new_tokens: nothing to strip
+        seqs = [[s[:4] for s in item] for item in seqs]
+    assert ours.sequences == seqs
+    if scores is not None:
+        for got, want in zip(ours.scores, scores):
+            assert got == pytest.approx(want, abs=1e-4)
+
+
+def greedy_scores(out, prompt_len, lp):
+    """Length-penalised log-prob of transformers' greedy outputs, from its raw logits."""
+    logp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.logits], 1)  # [B, T, V]
+    gen = out.sequences[:, prompt_len:]
+    scores = []
+    for b in range(gen.shape[0]):
+        row = gen[b].tolist()
+        n = row.index(EOS) + 1 if EOS in row else len(row)
+        scores.append(float(logp[b, torch.arange(n), gen[b, :n]].sum()) / n**lp)
+    return torch.tensor(scores)
+
+
+EARLY = (True, False, "never")
+# every k x length_penalty x trie kind; num_return_sequences and early_stopping vary along the grid
+CASES = [(k, lp, kind, 1 if k == 1 else 1 + 2 * ((int(lp) + (kind == "equal")) % 2), EARLY[(k + int(lp)) % 3])
+         for k in (1, 4, 8) for lp in (0.0, 1.0, 2.0) for kind in ("unequal", "equal")]
+
+
+@pytest.mark.parametrize("k,lp,kind,nrs,early_stopping", CASES)
+def test_generate__gpt2_trie__matches_transformers(gpt2, k, lp, kind, nrs, early_stopping):
+    trie = make_trie(kind, seed=k + int(lp))
+    prompt = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(k))
+    max_new = 4 if kind == "equal" else 7
+    ours = fs.TrieBeamSearch(trie, num_beams=k, max_length=max_new, length_penalty=lp, early_stopping=early_stopping,
+                             num_return_sequences=nrs).generate(gpt2, prompt)
+    out = gpt2.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=k, max_new_tokens=max_new,
+                        length_penalty=lp, early_stopping=early_stopping, num_return_sequences=nrs, do_sample=False,
+                        prefix_allowed_tokens_fn=allowed_fn(trie, 5), return_dict_in_generate=True,
+                        output_scores=True, output_logits=k == 1, pad_token_id=PAD)
+    scores = greedy_scores(out, 5, lp) if k == 1 else out.sequences_scores
+    seqs, scores = hf_results(out.sequences, scores, 2, nrs, 5)
+    assert_same(ours, seqs, scores, kind == "equal")
+    for item in ours.sequences:
+        assert all(trie.contains(s) or len(s) == max_new for s in item)
+
+
+@pytest.mark.parametrize("k,lp,early_stopping", [(1, 1.0, True), (4, 0.0, True), (4, 1.0, False), (4, 2.0, "never"),
+                                                  (8, 2.0, True), (8, 1.0, "never")])
+def test_generate__gpt2_unconstrained__matches_transformers(gpt2, k, lp, early_stopping):
+    prompt = torch.randint(3, VOCAB, (3, 4), generator=torch.Generator().manual_seed(3))
+    nrs = min(k, 2)
+    ours = fs.BeamSearch(EOS, num_beams=k, max_length=10, length_penalty=lp, early_stopping=early_stopping,
+                         num_return_sequences=nrs).generate(gpt2, prompt)
+    out = gpt2.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=k, max_new_tokens=10,
+                        length_penalty=lp, early_stopping=early_stopping, num_return_sequences=nrs, do_sample=False,
+                        return_dict_in_generate=True, output_scores=True, output_logits=k == 1, pad_token_id=PAD)
+    scores = greedy_scores(out, 4, lp) if k == 1 else out.sequences_scores
+    seqs, scores = hf_results(out.sequences, scores, 3, nrs, 4)
+    assert_same(ours, seqs, scores, False)
+
+
+def test_generate__gpt2_left_padded_prompts_and_per_item_tries(gpt2):
+    tries = [make_trie("unequal", 20), make_trie("unequal", 21)]
+    prompt = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(prompt)
+    prompt[0, :2], mask[0, :2] = PAD, 0
+    ours = fs.TrieBeamSearch(tries, num_beams=4, max_length=6, num_return_sequences=2).generate(
+        gpt2, prompt, attention_mask=mask)
+    out = gpt2.generate(prompt, attention_mask=mask, num_beams=4, max_new_tokens=6, num_return_sequences=2,
+                        early_stopping=True,
+                        do_sample=False, prefix_allowed_tokens_fn=allowed_fn(tries, 6),
+                        return_dict_in_generate=True, output_scores=True, pad_token_id=PAD)
+    seqs, scores = hf_results(out.sequences, out.sequences_scores, 2, 2, 6)
+    assert_same(ours, seqs, scores, False)
+
+
+@pytest.mark.parametrize("k,lp,kind,nrs,early_stopping", [
+    (1, 1.0, "unequal", 1, True), (4, 0.0, "unequal", 2, True), (4, 2.0, "equal", 1, False),
+    (8, 1.0, "unequal", 3, "never"), (8, 1.0, "equal", 2, True), (8, 2.0, "unequal", 1, False)])
+def test_generate__bart_trie__matches_transformers(bart, k, lp, kind, nrs, early_stopping):
+    trie = make_trie(kind, seed=30 + k)
+    source = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(k))
+    max_new = 4 if kind == "equal" else 7
+    ours = fs.TrieBeamSearch(trie, num_beams=k, max_length=max_new, length_penalty=lp, early_stopping=early_stopping,
+                             num_return_sequences=nrs).generate(bart, source)
+    out = bart.generate(source, attention_mask=torch.ones_like(source), num_beams=k, max_new_tokens=max_new,
+                        length_penalty=lp, early_stopping=early_stopping, num_return_sequences=nrs, do_sample=False,
+                        prefix_allowed_tokens_fn=allowed_fn(trie, 1), return_dict_in_generate=True,
+                        output_scores=True, output_logits=k == 1)
+    scores = greedy_scores(out, 1, lp) if k == 1 else out.sequences_scores
+    seqs, scores = hf_results(out.sequences, scores, 2, nrs, 1)
+    assert_same(ours, seqs, scores, kind == "equal")
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_generate__bart_unconstrained__matches_transformers(bart, k):
+    source = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(9))
+    ours = fs.BeamSearch(EOS, num_beams=k, max_length=8, num_return_sequences=k).generate(bart, source)
+    out = bart.generate(source, attention_mask=torch.ones_like(source), num_beams=k, max_new_tokens=8,
+                        early_stopping=True,
+                        num_return_sequences=k, do_sample=False, return_dict_in_generate=True, output_scores=True,
+                        output_logits=k == 1)
+    scores = greedy_scores(out, 1, 1.0) if k == 1 else out.sequences_scores
+    seqs, scores = hf_results(out.sequences, scores, 2, k, 1)
+    assert_same(ours, seqs, scores, False)
+
+
+def test_generate__bad_input_ids(gpt2):
+    with pytest.raises(ValueError, match="input_ids"):
+        fs.BeamSearch(EOS).generate(gpt2, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="attention_mask"):
+        fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=torch.ones(1, 3))
+    with pytest.raises(TypeError, match="model"):
+        fs.BeamSearch(EOS).generate(object(), torch.tensor([[4, 5]]))
