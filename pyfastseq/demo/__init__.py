@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     peer, t_peer = evaluate.timed(evaluate.decode_with_transformers, unilm, codec, trie, compare, num_beams, max_length)
     same = sum(a == b for a, b in zip(ours, peer))
     results["speedup"] = t_peer / t_ours
+    results["identical"] = (same, len(compare))
     print(f"\ndecode {len(compare)} questions, {num_beams} beams, same model: pyfastseq {t_ours:.2f} s, "
           f"transformers generate(prefix_allowed_tokens_fn) {t_peer:.2f} s -> {results['speedup']:.1f}x; "
           f"identical outputs {same}/{len(compare)}")
