@@ -177,7 +177,9 @@ class TrieBeamSearch(_BeamSearchBase):
             ``early_stopping`` is True, False or ``"never"``.
         lookahead: None, or an object with ``deltas(trie, nodes, generated, batch_index) ->
             (row_offsets, deltas)`` (e.g. ``LCSLookahead``), called once per step (once per batch item
-            when ``trie`` is a list). Row r's children (ascending token order) get
+            when ``trie`` is a list) with CPU tensors: ``nodes`` int32 ``[N]`` (-1 for rows with nothing
+            to continue), ``generated`` int32 ``[N, t]`` (the tokens each row generated, ``prefix``
+            excluded) and ``batch_index`` int64 ``[N]``. Row r's children (ascending token order) get
             ``deltas[row_offsets[r]:row_offsets[r+1]]``; where some delta is positive and the row has
             more than one child, their full-vocabulary probabilities become ``p ** (1 / (delta + 1))``
             renormalised over the children. Rows with every delta 0 keep their plain log-probs (so
