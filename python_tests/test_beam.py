@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import pyfastseq as fs
+from pyfastseq.reference.lcs import lookahead_reshape
 from beam_models import PrefixModel, prefix_logits
 
 pytestmark = pytest.mark.native
@@ -27,7 +28,7 @@ def random_entries(rng: random.Random, vocab: int, count: int, min_len: int, max
 
 def entry_logprob(entry, vocab, seed, allowed_of=None, deltas_of=None, renormalise=False):
     """Sum of the log-probs a beam adds along ``entry``: full log-softmax, renormalised over the
-    allowed tokens with ``renormalise``, reshaped by lookahead deltas where some delta is positive."""
+    allowed tokens with ``renormalise``, reshaped by lookahead deltas as the reference rule says."""
     total, token_scores = 0.0, []
     for t, token in enumerate(entry):
         logp = torch.log_softmax(prefix_logits(tuple(entry[:t]), vocab, seed), -1)
@@ -35,12 +36,8 @@ def entry_logprob(entry, vocab, seed, allowed_of=None, deltas_of=None, renormali
             allowed = allowed_of(entry[:t])
             sub = logp[allowed]
             if deltas_of is not None:
-                d = torch.tensor(deltas_of(entry[:t], allowed), dtype=torch.float32)
-                if len(allowed) > 1 and bool((d > 0).any()):
-                    sub = torch.log_softmax(sub / (d + 1), -1)
-                elif renormalise:
-                    sub = torch.log_softmax(sub, -1)
-            elif renormalise:
+                sub = lookahead_reshape(logp, allowed, deltas_of(entry[:t], allowed))
+            if renormalise:
                 sub = torch.log_softmax(sub, -1)
             step = float(sub[allowed.index(token)])
         else:

@@ -159,9 +159,13 @@ class StepKernel {
     }
     for (RowCandidate& c : kids) c.logprob -= lse;
     if (deltas) {
+      // p^(1/(delta+1)) renormalised over the children to the mass they had (pyfastseq.reference.lcs.
+      // lookahead_reshape): the seed's rule under normalize="allowed" (mass 1), and under "full" the
+      // row keeps its total, so all-zero deltas are exactly the identity.
+      const float mass = p_.normalize_allowed ? 0.0f : children_logsumexp(kids);
       for (int64_t i = 0; i < n; ++i) kids[i].logprob /= static_cast<float>(deltas[i] + 1);
-      const float renorm = children_logsumexp(kids);
-      for (RowCandidate& c : kids) c.logprob -= renorm;
+      const float shift = mass - children_logsumexp(kids);
+      for (RowCandidate& c : kids) c.logprob += shift;
     }
 
     if (p_.blocked_token >= 0 || p_.block_leaves) {

@@ -1,0 +1,71 @@
+"""TrieBeamSearch with the real LCSLookahead against brute force: every stored sequence scored by
+the reference Δ (enumerating completions) and the reference reshaping, step by step."""
+
+import random
+
+import pytest
+import torch
+from beam_models import PrefixModel, prefix_logits
+
+import pyfastseq as fs
+from pyfastseq.reference.lcs import lookahead_deltas, lookahead_reshape
+from pyfastseq.reference.trie import DictTrie
+
+pytestmark = pytest.mark.native
+
+EOS, SEP, VOCAB = 0, 1, 14
+
+
+def kb_entries(rng):
+    """(subject [SEP] predicate) keys: the shape seed 001 decodes."""
+    entries = set()
+    while len(entries) < 10:
+        subject = tuple(rng.randrange(2, 7) for _ in range(rng.randint(1, 2)))
+        predicate = tuple(rng.randrange(7, VOCAB) for _ in range(rng.randint(1, 3)))
+        entries.add(subject + (SEP,) + predicate)
+    return [list(e) for e in sorted(entries)]
+
+
+def brute_force_best(ref, query, seed, normalize):
+    best = None
+    for entry in ref.sequences():
+        total = 0.0
+        for t, token in enumerate(entry):
+            logp = torch.log_softmax(prefix_logits(tuple(entry[:t]), VOCAB, seed), -1)
+            allowed = ref.children(entry[:t])
+            sub = lookahead_reshape(logp, allowed, lookahead_deltas(ref, entry[:t], query, SEP))
+            if normalize == "allowed":
+                sub = torch.log_softmax(sub, -1)
+            total += float(sub[allowed.index(token)])
+        if best is None or total > best[0]:
+            best = (total, entry)
+    return best
+
+
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+@pytest.mark.parametrize("seed", range(6))
+def test_lookahead_beam_finds_brute_force_optimum(seed, normalize):
+    rng = random.Random(seed)
+    entries = kb_entries(rng)
+    trie, ref = fs.Trie(entries, eos_id=EOS), DictTrie(entries, eos_id=EOS)
+    query = [rng.randrange(2, VOCAB) for _ in range(5)]
+    searcher = fs.TrieBeamSearch(trie, num_beams=len(entries), max_length=trie.depth, length_penalty=0.0,
+                                 early_stopping="never", normalize=normalize,
+                                 lookahead=fs.LCSLookahead(query, start_after=SEP))
+    out = searcher.search(PrefixModel(VOCAB, seed), 1)
+    score, entry = brute_force_best(ref, query, seed, normalize)
+    assert out.sequences[0][0] == entry
+    assert out.scores[0][0] == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_query_sharing_nothing_leaves_decoding_unchanged(seed):
+    rng = random.Random(seed)
+    trie = fs.Trie(kb_entries(rng), eos_id=EOS)
+    kwargs = dict(num_beams=4, max_length=trie.depth, num_return_sequences=3)
+    plain = fs.TrieBeamSearch(trie, **kwargs).search(PrefixModel(VOCAB, seed), 2)
+    unrelated = fs.LCSLookahead([[VOCAB + 5, VOCAB + 6], [VOCAB + 7]], start_after=SEP)
+    rescored = fs.TrieBeamSearch(trie, lookahead=unrelated, **kwargs).search(PrefixModel(VOCAB, seed), 2)
+    assert rescored.sequences == plain.sequences
+    for got, expected in zip(rescored.scores, plain.scores):
+        assert got == pytest.approx(expected, abs=1e-6)
