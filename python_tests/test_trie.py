@@ -155,3 +155,15 @@ def test_bad_lookups():
         trie.step([0, 0], [1])
     with pytest.raises(TypeError, match="nodes must hold integers"):
         trie.step([0.5], [1])
+
+
+def test_native_stub_lists_every_binding():
+    """pyfastseq/_C.pyi must describe the compiled module as built."""
+    import ast
+    from pathlib import Path
+
+    from pyfastseq import _C
+
+    stub = Path(fs.__file__).with_name("_C.pyi")
+    declared = {node.name for node in ast.parse(stub.read_text()).body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
+    assert declared == {name for name in dir(_C) if not name.startswith("_")}
