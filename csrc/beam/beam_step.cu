@@ -1,0 +1,440 @@
+// CUDA beam step: the same candidates as run_beam_step_cpu, in two launches and no host sync.
+//
+// 1. One block per row: the log-softmax normaliser in one online (max, sum-exp) pass over the row
+//    (skipped under normalize_allowed, which reads only the children), then the row's best
+//    num_candidates tokens: the whole vocabulary (unconstrained) or the trie node's children,
+//    gathered through the CSR arrays. Selection is a radix select on order-preserving float keys
+//    (four 8-bit digit histograms) followed by a bitonic sort of the at most 2048 winners, so any
+//    beam width up to 1024 takes the same path.
+// 2. One block per batch item: the same selection over its beams' lists by accumulated score.
+//
+// Ordering matches the CPU step: higher value first, ties to the lower token (rows) and to the
+// lower (beam, token) (items). Threshold ties among equal keys are taken in item order, which is
+// token order within a row.
+#include <cub/block/block_scan.cuh>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "beam/beam.h"
+
+namespace pyfastseq {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxSlots = 2048;  // num_candidates <= 2 * 1024 beams
+
+struct Pool {
+  float* logprob;   // [rows, C]
+  int32_t* token;   // [rows, C]
+  int32_t* node;    // [rows, C]
+  int32_t* count;   // [rows]
+  int32_t* detail;  // [rows] error detail
+};
+
+size_t align_up(size_t n) { return (n + 255) & ~size_t{255}; }
+
+Pool pool_of(void* workspace, int64_t rows, int32_t c) {
+  char* base = static_cast<char*>(workspace);
+  const size_t entries = static_cast<size_t>(rows) * c;
+  Pool p;
+  p.logprob = reinterpret_cast<float*>(base);
+  base += align_up(entries * sizeof(float));
+  p.token = reinterpret_cast<int32_t*>(base);
+  base += align_up(entries * sizeof(int32_t));
+  p.node = reinterpret_cast<int32_t*>(base);
+  base += align_up(entries * sizeof(int32_t));
+  p.count = reinterpret_cast<int32_t*>(base);
+  p.detail = reinterpret_cast<int32_t*>(static_cast<char*>(workspace) + beam_step_error_detail_offset(rows, c));
+  return p;
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+struct Half { uint16_t bits; };
+struct BHalf { uint16_t bits; };
+__device__ __forceinline__ float to_float(Half v) { return __half2float(__ushort_as_half(v.bits)); }
+__device__ __forceinline__ float to_float(BHalf v) { return __uint_as_float(uint32_t{v.bits} << 16); }
+
+// Keys that order like the floats; 0 is reserved for "not a candidate" (no float maps to it).
+__device__ __forceinline__ uint32_t order_key(float v) {
+  const uint32_t b = __float_as_uint(v);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ void record_error(unsigned long long* error, Pool pool, int64_t row, BeamStepError code,
+                                             int32_t detail) {
+  pool.detail[row] = detail;
+  atomicMin(error, static_cast<unsigned long long>(row) * 256u + static_cast<unsigned>(code));
+}
+
+struct TopShared {
+  uint32_t key[kMaxSlots];
+  int64_t secondary[kMaxSlots];
+  int32_t item[kMaxSlots];
+  int32_t hist[256];
+  typename cub::BlockScan<int32_t, kThreads>::TempStorage scan;
+  int32_t included, digit, remaining, greater, equal_taken;
+  uint32_t max_key;
+  float s;
+  double ds;
+  int32_t flag, bad_token;
+};
+
+// A block-wide sum through shared memory (all threads get the result).
+template <class T>
+__device__ T block_sum(T v, T* slot) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x == 0) *slot = T{};
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) atomicAdd(slot, v);
+  __syncthreads();
+  const T total = *slot;
+  __syncthreads();
+  return total;
+}
+
+// The block-wide max of finite-or-infinite floats (all threads get it), through order-preserving keys.
+__device__ float block_max(float v, TopShared& sh) {
+  uint32_t key = order_key(v);
+  for (int o = 16; o > 0; o >>= 1) key = max(key, __shfl_xor_sync(0xffffffffu, key, o));
+  if (threadIdx.x == 0) sh.max_key = 0;
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) atomicMax(&sh.max_key, key);
+  __syncthreads();
+  const uint32_t top = sh.max_key;
+  __syncthreads();
+  return __uint_as_float((top & 0x80000000u) ? (top & 0x7fffffffu) : ~top);
+}
+
+// The best min(want, included) items of `items` (key 0: excluded) into sh.item[0..k), best first.
+// Every thread of the block must call it; returns k.
+template <class Items>
+__device__ int32_t block_top(const Items& items, int32_t n, int32_t want, TopShared& sh) {
+  const int tid = threadIdx.x;
+  int32_t local = 0;
+  for (int32_t i = tid; i < n; i += kThreads) local += items.key(i) != 0;
+  const int32_t k = min(want, block_sum(local, &sh.included));
+  if (k == 0) return 0;
+
+  // Radix select of the k-th largest key T; `remaining` keys equal to T complete the k.
+  uint32_t prefix = 0, mask = 0;
+  int32_t remaining = k;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int j = tid; j < 256; j += kThreads) sh.hist[j] = 0;
+    __syncthreads();
+    for (int32_t i = tid; i < n; i += kThreads) {
+      const uint32_t key = items.key(i);
+      if (key != 0 && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], 1);
+    }
+    __syncthreads();
+    if (tid == 0) {
+      int32_t above = 0, d = 255;
+      for (; d > 0; --d) {
+        if (above + sh.hist[d] >= remaining) break;
+        above += sh.hist[d];
+      }
+      sh.digit = d;
+      sh.remaining = remaining - above;
+    }
+    __syncthreads();
+    prefix |= static_cast<uint32_t>(sh.digit) << shift;
+    mask |= 255u << shift;
+    remaining = sh.remaining;
+    __syncthreads();
+  }
+
+  // Gather: every key above T, and the first `remaining` equal to T in item order.
+  const uint32_t threshold = prefix;
+  const int32_t greater_total = k - remaining;
+  if (tid == 0) sh.greater = sh.equal_taken = 0;
+  __syncthreads();
+  for (int32_t base = 0; base < n; base += kThreads) {
+    const int32_t i = base + tid;
+    const uint32_t key = i < n ? items.key(i) : 0u;
+    int32_t slot = -1;
+    if (key > threshold) slot = atomicAdd(&sh.greater, 1);
+    const int32_t equal = key == threshold;
+    int32_t before = 0, total = 0;
+    cub::BlockScan<int32_t, kThreads>(sh.scan).ExclusiveSum(equal, before, total);
+    if (equal && sh.equal_taken + before < remaining) slot = greater_total + sh.equal_taken + before;
+    if (slot >= 0) {
+      sh.key[slot] = key;
+      sh.secondary[slot] = items.secondary(i);
+      sh.item[slot] = i;
+    }
+    __syncthreads();
+    if (tid == 0) sh.equal_taken += total;
+    __syncthreads();
+  }
+
+  // Bitonic sort of the k winners (padded to a power of two) by key down, secondary up.
+  int32_t size = 1;
+  while (size < k) size <<= 1;
+  for (int32_t i = k + tid; i < size; i += kThreads) {
+    sh.key[i] = 0;
+    sh.secondary[i] = INT64_MAX;
+    sh.item[i] = -1;
+  }
+  __syncthreads();
+  for (int32_t run = 2; run <= size; run <<= 1) {
+    for (int32_t stride = run >> 1; stride > 0; stride >>= 1) {
+      for (int32_t t = tid; t < size / 2; t += kThreads) {
+        const int32_t i = 2 * stride * (t / stride) + t % stride, j = i + stride;
+        const bool j_first = sh.key[j] > sh.key[i] || (sh.key[j] == sh.key[i] && sh.secondary[j] < sh.secondary[i]);
+        if (j_first == ((i & run) == 0)) {
+          const uint32_t kk = sh.key[i];
+          sh.key[i] = sh.key[j];
+          sh.key[j] = kk;
+          const int64_t ss = sh.secondary[i];
+          sh.secondary[i] = sh.secondary[j];
+          sh.secondary[j] = ss;
+          const int32_t it = sh.item[i];
+          sh.item[i] = sh.item[j];
+          sh.item[j] = it;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  return k;
+}
+
+// log(sum(exp(row))) in one online pass; NaN when the row holds one.
+template <class Bits>
+__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh) {
+  float m = -INFINITY, s = 0.0f;
+  bool nan = false;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const float x = to_float(row[i]);
+    nan |= x != x;
+    if (x > m) {
+      s = (m == -INFINITY ? 0.0f : s * expf(m - x)) + 1.0f;
+      m = x;
+    } else if (x != -INFINITY && m != INFINITY) {
+      s += expf(x - m);
+    }
+  }
+  // Combine (m, s) across the block: the block max, then the rescaled sums.
+  const float M = block_max(m, sh);
+  const bool any_nan = __syncthreads_or(nan) != 0;
+  if (any_nan) return NAN;
+  if (M == -INFINITY || M == INFINITY) return M;
+  const float part = m == -INFINITY ? 0.0f : s * expf(m - M);
+  return M + logf(block_sum(part, &sh.s));
+}
+
+// A row's items: the vocabulary (unconstrained) or a node's children, ranked by value(i).
+template <class Bits>
+struct DenseRow {
+  const Bits* logits;
+  int32_t blocked;
+  __device__ float value(int32_t i) const { return to_float(logits[i]); }
+  // -inf logits never enter (the CPU heap only admits values above -inf).
+  __device__ uint32_t key(int32_t i) const {
+    const float x = value(i);
+    return (i == blocked || x == -INFINITY) ? 0u : order_key(x);
+  }
+  __device__ int64_t secondary(int32_t i) const { return i; }
+};
+
+template <class Bits>
+struct ChildRow {
+  const Bits* logits;
+  TrieView trie;
+  uint32_t lo;
+  float lse;
+  int32_t blocked;
+  bool block_leaves;
+  __device__ int32_t token(int32_t i) const { return trie.child_token[lo + i]; }
+  __device__ float value(int32_t i) const { return to_float(logits[token(i)]) - lse; }
+  __device__ uint32_t key(int32_t i) const {
+    if (token(i) == blocked) return 0u;
+    if (block_leaves && trie.num_children(static_cast<int32_t>(lo + i) + 1) == 0) return 0u;
+    return order_key(value(i));
+  }
+  __device__ int64_t secondary(int32_t i) const { return i; }
+};
+
+// The children's own log-sum-exp (normalize_allowed), summed in double as on the CPU.
+template <class Bits>
+__device__ float children_logsumexp(const Bits* logits, const TrieView& trie, uint32_t lo, int32_t n, TopShared& sh) {
+  float m = -INFINITY;
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) m = fmaxf(m, to_float(logits[trie.child_token[lo + i]]));
+  const float M = block_max(m, sh);
+  if (!isfinite(M)) return M;
+  double sum = 0.0;
+  for (int32_t i = threadIdx.x; i < n; i += kThreads)
+    sum += exp(static_cast<double>(to_float(logits[trie.child_token[lo + i]]) - M));
+  return M + static_cast<float>(log(block_sum(sum, &sh.ds)));
+}
+
+template <class Bits>
+__global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
+  __shared__ TopShared sh;
+  const int64_t r = blockIdx.x;
+  const int32_t C = p.num_candidates;
+  float* out_logprob = pool.logprob + r * C;
+  int32_t* out_token = pool.token + r * C;
+  int32_t* out_node = pool.node + r * C;
+  if (threadIdx.x == 0) pool.count[r] = 0;
+  if (p.beam_scores[r] == -INFINITY) return;
+  const Bits* logits = static_cast<const Bits*>(p.logits) + r * p.row_stride;
+
+  if (!p.nodes) {
+    const float lse = row_logsumexp(logits, p.vocab, sh);
+    if (lse != lse) {
+      if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
+      return;
+    }
+    const DenseRow<Bits> items{logits, p.blocked_token};
+    const int32_t k = block_top(items, static_cast<int32_t>(p.vocab), C, sh);
+    for (int32_t t = threadIdx.x; t < k; t += kThreads) {
+      out_logprob[t] = items.value(sh.item[t]) - lse;
+      out_token[t] = sh.item[t];
+      out_node[t] = -1;
+    }
+    if (threadIdx.x == 0) pool.count[r] = k;
+    return;
+  }
+
+  const TrieView trie = p.tries[p.num_tries == 1 ? 0 : r / p.num_beams];
+  const int32_t node = p.nodes[r];
+  if (node == kSpentNode) {
+    // An ended hypothesis continues with eos alone.
+    if (p.eos_id < 0 || p.eos_id >= p.vocab || p.eos_id == p.blocked_token) return;
+    float logprob = 0.0f;
+    if (!p.normalize_allowed) {
+      const float lse = row_logsumexp(logits, p.vocab, sh);
+      if (lse != lse) {
+        if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
+        return;
+      }
+      logprob = to_float(logits[p.eos_id]) - lse;
+    }
+    if (threadIdx.x == 0) {
+      out_logprob[0] = logprob;
+      out_token[0] = p.eos_id;
+      out_node[0] = kSpentNode;
+      pool.count[r] = 1;
+    }
+    return;
+  }
+  if (node < 0 || node >= trie.num_nodes) {
+    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kBadNode, node);
+    return;
+  }
+  const uint32_t lo = trie.child_begin[node], hi = trie.child_begin[node + 1];
+  if (lo == hi) {
+    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNoChildren, node);
+    return;
+  }
+  const int32_t n = static_cast<int32_t>(hi - lo);
+
+  // Children in token order: a NaN among the in-vocabulary ones comes before any token >= vocab.
+  if (threadIdx.x == 0) {
+    sh.flag = 0;
+    sh.bad_token = INT32_MAX;
+  }
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) {
+    const int32_t token = trie.child_token[lo + i];
+    if (token >= p.vocab) {
+      atomicMin(&sh.bad_token, token);
+    } else {
+      const float x = to_float(logits[token]);
+      if (x != x) sh.flag = 1;
+    }
+  }
+  __syncthreads();
+  const bool child_nan = sh.flag != 0;
+  const int32_t bad_token = sh.bad_token;
+  __syncthreads();
+  if (child_nan || bad_token != INT32_MAX) {
+    if (threadIdx.x == 0) {
+      if (child_nan) record_error(error, pool, r, BeamStepError::kNaN, 0);
+      else record_error(error, pool, r, BeamStepError::kTokenOutOfVocab, bad_token);
+    }
+    return;
+  }
+
+  const float lse = p.normalize_allowed ? children_logsumexp(logits, trie, lo, n, sh) : row_logsumexp(logits, p.vocab, sh);
+  if (lse != lse) {
+    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
+    return;
+  }
+  const ChildRow<Bits> items{logits, trie, lo, lse, p.blocked_token, p.block_leaves};
+  const int32_t k = block_top(items, n, C, sh);
+  for (int32_t t = threadIdx.x; t < k; t += kThreads) {
+    const int32_t i = sh.item[t];
+    out_logprob[t] = items.value(i);
+    out_token[t] = items.token(i);
+    out_node[t] = static_cast<int32_t>(lo + i) + 1;
+  }
+  if (threadIdx.x == 0) pool.count[r] = k;
+}
+
+// A batch item's candidates: entry i of beam j's list is item j * C + i.
+struct ItemLists {
+  const float* beam_scores;  // the item's K rows
+  const float* logprob;
+  const int32_t* token;
+  const int32_t* count;
+  int32_t C;
+  __device__ float score(int32_t e) const { return beam_scores[e / C] + logprob[e]; }
+  __device__ uint32_t key(int32_t e) const { return e % C < count[e / C] ? order_key(score(e)) : 0u; }
+  __device__ int64_t secondary(int32_t e) const { return (static_cast<int64_t>(e / C) << 32) | static_cast<uint32_t>(token[e]); }
+};
+
+__global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
+  __shared__ TopShared sh;
+  // A failed row makes the whole step an error: skip the work (the host raises).
+  if (*error != kNoBeamStepError) return;
+  const int64_t b = blockIdx.x, first = b * p.num_beams;
+  const int32_t C = p.num_candidates;
+  const ItemLists items{p.beam_scores + first, pool.logprob + first * C, pool.token + first * C, pool.count + first, C};
+  const int32_t k = block_top(items, p.num_beams * C, C, sh);
+  for (int32_t t = threadIdx.x; t < k; t += kThreads) {
+    const int32_t e = sh.item[t];
+    const int64_t o = b * C + t;
+    p.cand_score[o] = items.score(e);
+    p.cand_logprob[o] = items.logprob[e];
+    p.cand_token[o] = items.token[e];
+    p.cand_parent[o] = static_cast<int32_t>(first + e / C);
+    p.cand_node[o] = pool.node[first * C + e];
+  }
+  if (threadIdx.x == 0) p.cand_count[b] = k;
+}
+
+}  // namespace
+
+size_t beam_step_cuda_workspace_bytes(int64_t rows, int32_t num_candidates) {
+  const size_t entries = static_cast<size_t>(rows) * num_candidates;
+  return align_up(entries * sizeof(float)) + 2 * align_up(entries * sizeof(int32_t)) +
+         2 * align_up(rows * sizeof(int32_t));
+}
+
+size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates) {
+  const size_t entries = static_cast<size_t>(rows) * num_candidates;
+  return align_up(entries * sizeof(float)) + 2 * align_up(entries * sizeof(int32_t)) + align_up(rows * sizeof(int32_t));
+}
+
+int run_beam_step_cuda(const BeamStepParams& p, void* workspace, unsigned long long* error, void* stream) {
+  if (p.num_candidates < 1 || p.num_candidates > kMaxSlots) return static_cast<int>(cudaErrorInvalidValue);
+  if (p.delta_offsets || p.vocab >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  if (int64_t{p.num_beams} * p.num_candidates >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  const int64_t rows = int64_t{p.batch_size} * p.num_beams;
+  if (rows == 0) return 0;
+  const Pool pool = pool_of(workspace, rows, p.num_candidates);
+  auto s = static_cast<cudaStream_t>(stream);
+  const unsigned row_blocks = static_cast<unsigned>(rows), items = static_cast<unsigned>(p.batch_size);
+  switch (p.dtype) {
+    case LogitsDtype::kFloat32: beam_rows_kernel<float><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
+    case LogitsDtype::kFloat16: beam_rows_kernel<Half><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
+    case LogitsDtype::kBFloat16: beam_rows_kernel<BHalf><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
+  }
+  beam_merge_kernel<<<items, kThreads, 0, s>>>(p, pool, error);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace pyfastseq
