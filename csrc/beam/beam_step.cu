@@ -8,10 +8,9 @@
 //    beam width up to 1024 takes the same path.
 // 2. One block per batch item: the same selection over its beams' lists by accumulated score.
 //
-// Ordering matches the CPU step: higher value first, ties to the lower token (rows) and to the
-// lower (beam, token) (items). Threshold ties among equal keys are taken in item order, which is
-// token order within a row.
-#include <cub/block/block_scan.cuh>
+// Ordering matches the CPU step exactly: higher value first, ties to the lower token (rows) and to
+// the lower (beam, token) (items); a tie at the k-th place is settled by a second radix select on
+// that secondary order.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -56,9 +55,10 @@ struct BHalf { uint16_t bits; };
 __device__ __forceinline__ float to_float(Half v) { return __half2float(__ushort_as_half(v.bits)); }
 __device__ __forceinline__ float to_float(BHalf v) { return __uint_as_float(uint32_t{v.bits} << 16); }
 
-// Keys that order like the floats; 0 is reserved for "not a candidate" (no float maps to it).
+// Keys that order like the floats (-0 as +0: equal values tie); 0 is reserved for "not a
+// candidate" (no float maps to it).
 __device__ __forceinline__ uint32_t order_key(float v) {
-  const uint32_t b = __float_as_uint(v);
+  const uint32_t b = __float_as_uint(v == 0.0f ? 0.0f : v);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
@@ -73,8 +73,7 @@ struct TopShared {
   int64_t secondary[kMaxSlots];
   int32_t item[kMaxSlots];
   int32_t hist[256];
-  typename cub::BlockScan<int32_t, kThreads>::TempStorage scan;
-  int32_t included, digit, remaining, greater, equal_taken;
+  int32_t included, digit, remaining, equal, greater;
   uint32_t max_key;
   float s;
   double ds;
@@ -94,6 +93,9 @@ __device__ T block_sum(T v, T* slot) {
   return total;
 }
 
+// Bits that hold every value below n.
+__device__ __forceinline__ int bits_below(int64_t n) { return 64 - __clzll(static_cast<unsigned long long>(n)); }
+
 // The block-wide max of finite-or-infinite floats (all threads get it), through order-preserving keys.
 __device__ float block_max(float v, TopShared& sh) {
   uint32_t key = order_key(v);
@@ -107,19 +109,21 @@ __device__ float block_max(float v, TopShared& sh) {
   return __uint_as_float((top & 0x80000000u) ? (top & 0x7fffffffu) : ~top);
 }
 
-// The best min(want, included) items of `items` (key 0: excluded) into sh.item[0..k), best first.
-// Every thread of the block must call it; returns k.
+// The best min(want, included) items of `items` (key 0: excluded) into sh.item[0..k), best first:
+// key down, then secondary up (unique per item, below 2^secondary_bits). Every thread of the block
+// must call it; returns k.
 template <class Items>
-__device__ int32_t block_top(const Items& items, int32_t n, int32_t want, TopShared& sh) {
+__device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
   const int tid = threadIdx.x;
   int32_t local = 0;
   for (int32_t i = tid; i < n; i += kThreads) local += items.key(i) != 0;
   const int32_t k = min(want, block_sum(local, &sh.included));
   if (k == 0) return 0;
 
-  // Radix select of the k-th largest key T; `remaining` keys equal to T complete the k.
+  // Radix select of the k-th largest key T, one 8-bit digit at a time from the top: `remaining`
+  // items with key T complete the k, out of `equal` such items.
   uint32_t prefix = 0, mask = 0;
-  int32_t remaining = k;
+  int32_t remaining = k, equal = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int j = tid; j < 256; j += kThreads) sh.hist[j] = 0;
     __syncthreads();
@@ -136,37 +140,64 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, TopSha
       }
       sh.digit = d;
       sh.remaining = remaining - above;
+      sh.equal = sh.hist[d];
     }
     __syncthreads();
     prefix |= static_cast<uint32_t>(sh.digit) << shift;
     mask |= 255u << shift;
     remaining = sh.remaining;
+    equal = sh.equal;
     __syncthreads();
+  }
+  const uint32_t threshold = prefix;
+
+  // Where T is tied beyond the k, the tied items with the `remaining` smallest secondaries: the
+  // same radix select on the secondary, from the bottom.
+  uint64_t last = UINT64_MAX;  // largest secondary taken among key T
+  if (equal > remaining) {
+    uint64_t sprefix = 0, smask = 0;
+    int32_t need = remaining;
+    for (int shift = (secondary_bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
+      for (int j = tid; j < 256; j += kThreads) sh.hist[j] = 0;
+      __syncthreads();
+      for (int32_t i = tid; i < n; i += kThreads) {
+        if (items.key(i) != threshold) continue;
+        const uint64_t sec = static_cast<uint64_t>(items.secondary(i));
+        if ((sec & smask) == sprefix) atomicAdd(&sh.hist[(sec >> shift) & 255u], 1);
+      }
+      __syncthreads();
+      if (tid == 0) {
+        int32_t below = 0, d = 0;
+        for (; d < 255; ++d) {
+          if (below + sh.hist[d] >= need) break;
+          below += sh.hist[d];
+        }
+        sh.digit = d;
+        sh.remaining = need - below;
+      }
+      __syncthreads();
+      sprefix |= static_cast<uint64_t>(sh.digit) << shift;
+      smask |= uint64_t{255} << shift;
+      need = sh.remaining;
+      __syncthreads();
+    }
+    last = sprefix;
   }
 
-  // Gather: every key above T, and the first `remaining` equal to T in item order.
-  const uint32_t threshold = prefix;
-  const int32_t greater_total = k - remaining;
-  if (tid == 0) sh.greater = sh.equal_taken = 0;
+  // Gather the k winners (any order: sorted below).
+  if (tid == 0) sh.greater = 0;
   __syncthreads();
-  for (int32_t base = 0; base < n; base += kThreads) {
-    const int32_t i = base + tid;
-    const uint32_t key = i < n ? items.key(i) : 0u;
-    int32_t slot = -1;
-    if (key > threshold) slot = atomicAdd(&sh.greater, 1);
-    const int32_t equal = key == threshold;
-    int32_t before = 0, total = 0;
-    cub::BlockScan<int32_t, kThreads>(sh.scan).ExclusiveSum(equal, before, total);
-    if (equal && sh.equal_taken + before < remaining) slot = greater_total + sh.equal_taken + before;
-    if (slot >= 0) {
-      sh.key[slot] = key;
-      sh.secondary[slot] = items.secondary(i);
-      sh.item[slot] = i;
-    }
-    __syncthreads();
-    if (tid == 0) sh.equal_taken += total;
-    __syncthreads();
+  for (int32_t i = tid; i < n; i += kThreads) {
+    const uint32_t key = items.key(i);
+    if (key < threshold) continue;
+    const int64_t sec = items.secondary(i);
+    if (key == threshold && static_cast<uint64_t>(sec) > last) continue;
+    const int32_t slot = atomicAdd(&sh.greater, 1);
+    sh.key[slot] = key;
+    sh.secondary[slot] = sec;
+    sh.item[slot] = i;
   }
+  __syncthreads();
 
   // Bitonic sort of the k winners (padded to a power of two) by key down, secondary up.
   int32_t size = 1;
@@ -288,7 +319,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
       return;
     }
     const DenseRow<Bits> items{logits, p.blocked_token};
-    const int32_t k = block_top(items, static_cast<int32_t>(p.vocab), C, sh);
+    const int32_t k = block_top(items, static_cast<int32_t>(p.vocab), C, bits_below(p.vocab), sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
       out_logprob[t] = items.value(sh.item[t]) - lse;
       out_token[t] = sh.item[t];
@@ -364,7 +395,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     return;
   }
   const ChildRow<Bits> items{logits, trie, lo, lse, p.blocked_token, p.block_leaves};
-  const int32_t k = block_top(items, n, C, sh);
+  const int32_t k = block_top(items, n, C, bits_below(n), sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t i = sh.item[t];
     out_logprob[t] = items.value(i);
@@ -393,7 +424,7 @@ __global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, 
   const int64_t b = blockIdx.x, first = b * p.num_beams;
   const int32_t C = p.num_candidates;
   const ItemLists items{p.beam_scores + first, pool.logprob + first * C, pool.token + first * C, pool.count + first, C};
-  const int32_t k = block_top(items, p.num_beams * C, C, sh);
+  const int32_t k = block_top(items, p.num_beams * C, C, 32 + bits_below(p.num_beams), sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t e = sh.item[t];
     const int64_t o = b * C + t;
