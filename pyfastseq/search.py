@@ -79,7 +79,9 @@ class _BeamSearchBase:
         ``[N, 1]`` (``[N, 0]`` at the first call) and ``beam_idx`` int64 ``[N]``, the previous row each
         row continues (reorder any cache with it; ``arange(N)`` at the first call), both on the CPU.
         It returns ``[N, V]`` float32/float16/bfloat16 logits (CPU or CUDA). Rows of finished batch
-        items and dead beams are fed the pad token (eos, else 0); their logits are ignored.
+        items and dead beams are fed the pad token (eos, else 0); their logits are ignored. CUDA
+        logits stay on the GPU (except with a lookahead, whose deltas are computed on the CPU): the
+        CUDA step picks the candidates there and copies back only those.
         """
         batch_size = _positive_int(batch_size, "batch_size")
         state, tries = self._start(batch_size)
@@ -406,17 +408,17 @@ class _CudaStep:
                                np.zeros(self.rows, np.int32) if nodes is None else np.asarray(nodes, np.int32)])
         self.beams.copy_(torch.from_numpy(host))
         self.out[:2].fill_(-1)
-        cands = self.batch * self.width
-        base, item = self.out.data_ptr(), 4
-        ptrs = [base + item * (2 + i * cands) for i in range(6)]
+        cands, base, word = self.batch * self.width, self.out.data_ptr(), 4
         constrained = nodes is not None
-        code = self.ext.beam_step(
+        args = (
             logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], self.batch, self.k,
-            self.beams.data_ptr(), self.beams.data_ptr() + item * self.rows if constrained else 0,
+            self.beams.data_ptr(), self.beams.data_ptr() + word * self.rows if constrained else 0,
             self.views.data_ptr() if constrained else 0, len(self.views) if constrained else 0,
             self.normalize_allowed, self.eos_id, self.eos_id if blocked else -1, blocked and constrained,
-            *ptrs, base, self.workspace.data_ptr(), stream_of(logits),
+            *(base + word * (2 + i * cands) for i in range(6)), base, self.workspace.data_ptr(), stream_of(logits),
         )
+        with torch.cuda.device(logits.device):  # launch on the logits' GPU whatever the current device
+            code = self.ext.beam_step(*args)
         if code:
             raise RuntimeError(f"the CUDA beam step failed to launch (cudaError_t {code})")
 

@@ -1,12 +1,15 @@
 """The search loop's route for CUDA logits, checked without a GPU.
 
-A stand-in for the CUDA step (computing its candidates with the CPU fused step) checks that CUDA
-logits take the candidate route (BeamSearchState.step_candidates), that the route gives the same
-search as the CPU one, and that CPU logits and lookahead searches never take it.
+A stand-in for the _cuda module (filling _CudaStep's buffers through their raw pointers with the CPU
+fused step's candidates) checks that CUDA logits take the candidate route (BeamSearchState.
+step_candidates), that the route gives the same search as the CPU one, that device errors raise the
+CPU step's messages, and that CPU logits and lookahead searches never take it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import random
 
 import numpy as np
@@ -21,22 +24,61 @@ from test_beam_cuda import EOS, random_trie
 pytestmark = pytest.mark.native
 
 
-class _CpuStandIn:
-    """Computes the candidates the CUDA step would return with the CPU fused step."""
+class _HostKernel:
+    """Stands in for the _cuda module on the CPU: reads and writes the buffers _CudaStep lays out
+    (through their raw pointers, as the kernel does) and fills them with the CPU fused step."""
 
-    made = 0
+    def __init__(self, trie=None, error=None):
+        self.trie, self.error, self.launches, self.enabled = trie, error, 0, True
 
-    def __init__(self, device, batch_size, num_beams, tries, normalize_allowed, eos_id, min_length):
-        type(self).made += 1
-        self.k, self.trie = num_beams, tries[0] if tries else None
-        self.normalize = "allowed" if normalize_allowed else "full"
-        assert min_length == 0  # the CPU step binding has no min_length blocking
+    @staticmethod
+    def beam_step_workspace_bytes(rows, num_candidates):
+        return 4 * rows
 
-    def candidates(self, state, logits):
-        scores, nodes = state.beams
-        nodes = torch.from_numpy(nodes) if self.trie is not None else None
-        out = search._beam_step(logits, torch.from_numpy(scores), self.k, self.trie, nodes, self.normalize)
-        return tuple(out[name].numpy() for name in search._CANDIDATE_NAMES)
+    @staticmethod
+    def beam_step_error_detail_offset(rows, num_candidates):
+        return 0
+
+    def beam_step(self, logits, vocab, row_stride, dtype, batch, beams, scores_ptr, nodes_ptr, tries_ptr, num_tries,
+                  normalize_allowed, eos_id, blocked_token, block_leaves, *outputs):
+        *cand_ptrs, count_ptr, error_ptr, workspace_ptr, _stream = outputs
+        self.launches += 1
+        rows = batch * beams
+        scores = _view(scores_ptr, np.float32, rows).copy()
+        nodes = _view(nodes_ptr, np.int32, rows).copy() if nodes_ptr else None
+        assert blocked_token == -1 and not block_leaves  # the CPU step binding has no min_length blocking
+        tries = []
+        if nodes_ptr:
+            views = _view(tries_ptr, np.int64, 4 * num_tries).reshape(num_tries, 4)
+            begin, token = self.trie._arrays_on(torch.device("cpu"))
+            assert views.tolist() == [[begin.data_ptr(), token.data_ptr(), 0, self.trie.num_nodes]] * num_tries
+            tries = [self.trie._native]
+        if self.error is not None:
+            row, code, detail = self.error
+            _view(error_ptr, np.uint64, 1)[0] = row * 256 + code
+            _view(workspace_ptr, np.int32, rows)[row] = detail
+            return 0
+        arrays = fs._C.beam_step(logits, vocab, row_stride, dtype, batch, beams, scores, nodes, tries,
+                                 normalize_allowed, eos_id)
+        for ptr, values in zip(cand_ptrs + [count_ptr], arrays):
+            _view(ptr, values.dtype, values.size)[:] = values.reshape(-1)
+        return 0
+
+
+def _view(ptr, dtype, count):
+    dtype = np.dtype(dtype)
+    return np.ctypeslib.as_array((ctypes.c_char * (dtype.itemsize * count)).from_address(ptr)).view(dtype)
+
+
+@pytest.fixture
+def host_kernel(monkeypatch):
+    """Routes search() through _CudaStep with CPU tensors and _HostKernel for the kernel."""
+    kernel = _HostKernel()
+    monkeypatch.setattr(search, "_is_cuda", lambda logits: kernel.enabled)
+    monkeypatch.setattr(search, "cuda", lambda: kernel)
+    monkeypatch.setattr(search, "stream_of", lambda tensor: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    return kernel
 
 
 class _Forbidden:
@@ -62,14 +104,28 @@ def test_dispatch__cpu_logits_never_take_the_cuda_step(monkeypatch, which):
 
 
 @pytest.mark.parametrize("which", range(3))
-def test_dispatch__cuda_logits_take_the_candidate_route__same_search(monkeypatch, which):
+def test_dispatch__cuda_logits_take_the_candidate_route__same_search(host_kernel, which):
+    host_kernel.enabled = False
     want = _searches()[which]().search(PrefixModel(40, 4), batch_size=2)
-    monkeypatch.setattr(search, "_is_cuda", lambda logits: True)
-    monkeypatch.setattr(search, "_CudaStep", _CpuStandIn)
-    _CpuStandIn.made = 0
-    got = _searches()[which]().search(PrefixModel(40, 4), batch_size=2)
-    assert _CpuStandIn.made == 1  # made once per search, reused every step
+    host_kernel.enabled = True
+    searcher = _searches()[which]()
+    host_kernel.trie = getattr(searcher, "tries", [None])[0]
+    model = PrefixModel(40, 4)
+    got = searcher.search(model, batch_size=2)
+    assert host_kernel.launches == model.calls  # one launch per step
     assert got == want
+
+
+@pytest.mark.parametrize("code,detail,match", [
+    (1, 0, "logits row 3 contains NaN"),
+    (3, 17, "row 3 is a live beam at trie node 17, which has no children"),
+    (4, 99, "the trie holds token id 99 but logits has only 40 columns"),
+])
+def test_dispatch__device_errors_raise_like_the_cpu_step(host_kernel, code, detail, match):
+    searcher = _searches()[0]()
+    host_kernel.trie, host_kernel.error = searcher.tries[0], (3, code, detail)
+    with pytest.raises(ValueError, match=match):
+        searcher.search(PrefixModel(40, 4), batch_size=2)
 
 
 def test_dispatch__only_cuda_tensors_are_cuda():

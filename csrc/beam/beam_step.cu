@@ -115,15 +115,11 @@ __device__ float block_max(float v, TopShared& sh) {
 template <class Items>
 __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
   const int tid = threadIdx.x;
-  int32_t local = 0;
-  for (int32_t i = tid; i < n; i += kThreads) local += items.key(i) != 0;
-  const int32_t k = min(want, block_sum(local, &sh.included));
-  if (k == 0) return 0;
-
   // Radix select of the k-th largest key T, one 8-bit digit at a time from the top: `remaining`
-  // items with key T complete the k, out of `equal` such items.
+  // items with key T complete the k, out of `equal` such items. The first histogram also counts
+  // the candidates, which bounds k.
   uint32_t prefix = 0, mask = 0;
-  int32_t remaining = k, equal = 0;
+  int32_t k = 0, remaining = 0, equal = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int j = tid; j < 256; j += kThreads) sh.hist[j] = 0;
     __syncthreads();
@@ -132,6 +128,12 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
       if (key != 0 && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], 1);
     }
     __syncthreads();
+    if (shift == 24) {
+      int32_t local = 0;
+      for (int j = tid; j < 256; j += kThreads) local += sh.hist[j];
+      k = remaining = min(want, block_sum(local, &sh.included));
+      if (k == 0) return 0;
+    }
     if (tid == 0) {
       int32_t above = 0, d = 255;
       for (; d > 0; --d) {
@@ -231,27 +233,77 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
   return k;
 }
 
-// log(sum(exp(row))) in one online pass; NaN when the row holds one.
-template <class Bits>
-__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh) {
+// A running (max, sum of exp(x - max)) over one thread's share of a row.
+struct OnlineLse {
   float m = -INFINITY, s = 0.0f;
   bool nan = false;
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-    const float x = to_float(row[i]);
-    nan |= x != x;
-    if (x > m) {
-      s = (m == -INFINITY ? 0.0f : s * expf(m - x)) + 1.0f;
-      m = x;
-    } else if (x != -INFINITY && m != INFINITY) {
-      s += expf(x - m);
+
+  // A few values at a time: one rescale per group.
+  template <int N>
+  __device__ __forceinline__ void add(const float (&x)[N]) {
+    float top = x[0];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      nan |= x[j] != x[j];
+      top = fmaxf(top, x[j]);
     }
+    if (top > m) {
+      s = m == -INFINITY ? 0.0f : s * expf(m - top);
+      m = top;
+    }
+    if (m == -INFINITY || m == INFINITY) return;  // nothing to sum yet / the result is +inf anyway
+#pragma unroll
+    for (int j = 0; j < N; ++j) s += expf(x[j] - m);
+  }
+};
+
+// 16-byte words of a row as floats.
+__device__ __forceinline__ void unpack(uint4 w, float (&x)[4], const float*) {
+  x[0] = __uint_as_float(w.x), x[1] = __uint_as_float(w.y), x[2] = __uint_as_float(w.z), x[3] = __uint_as_float(w.w);
+}
+__device__ __forceinline__ void unpack(uint4 w, float (&x)[8], const Half*) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    x[2 * j] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[j] & 0xffffu)));
+    x[2 * j + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[j] >> 16)));
+  }
+}
+__device__ __forceinline__ void unpack(uint4 w, float (&x)[8], const BHalf*) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) x[2 * j] = __uint_as_float(words[j] << 16), x[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+}
+
+// log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one.
+template <class Bits>
+__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh) {
+  constexpr int kPer = 16 / sizeof(Bits);
+  OnlineLse acc;
+  // Scalar head up to 16-byte alignment, whole words, scalar tail.
+  const int64_t misaligned = static_cast<int64_t>((16 - reinterpret_cast<uintptr_t>(row) % 16) % 16 / sizeof(Bits));
+  const int64_t head = misaligned < vocab ? misaligned : vocab;
+  const int64_t words = (vocab - head) / kPer, tail = head + words * kPer;
+  for (int64_t i = threadIdx.x; i < head; i += kThreads) {
+    const float x[1] = {to_float(row[i])};
+    acc.add(x);
+  }
+  const uint4* body = reinterpret_cast<const uint4*>(row + head);
+  for (int64_t j = threadIdx.x; j < words; j += kThreads) {
+    float x[kPer];
+    unpack(body[j], x, static_cast<const Bits*>(nullptr));
+    acc.add(x);
+  }
+  for (int64_t i = tail + threadIdx.x; i < vocab; i += kThreads) {
+    const float x[1] = {to_float(row[i])};
+    acc.add(x);
   }
   // Combine (m, s) across the block: the block max, then the rescaled sums.
-  const float M = block_max(m, sh);
-  const bool any_nan = __syncthreads_or(nan) != 0;
+  const float M = block_max(acc.m, sh);
+  const bool any_nan = __syncthreads_or(acc.nan) != 0;
   if (any_nan) return NAN;
   if (M == -INFINITY || M == INFINITY) return M;
-  const float part = m == -INFINITY ? 0.0f : s * expf(m - M);
+  const float part = acc.m == -INFINITY ? 0.0f : acc.s * expf(acc.m - M);
   return M + logf(block_sum(part, &sh.s));
 }
 
