@@ -80,8 +80,8 @@ class _BeamSearchBase:
         row continues (reorder any cache with it; ``arange(N)`` at the first call), both on the CPU.
         It returns ``[N, V]`` float32/float16/bfloat16 logits (CPU or CUDA). Rows of finished batch
         items and dead beams are fed the pad token (eos, else 0); their logits are ignored. CUDA
-        logits stay on the GPU (except with a lookahead, whose deltas are computed on the CPU): the
-        CUDA step picks the candidates there and copies back only those.
+        logits stay on the GPU (except with a lookahead, whose deltas are computed on the CPU, or more
+        than 1,024 beams): the CUDA step picks the candidates there and copies back only those.
         """
         batch_size = _positive_int(batch_size, "batch_size")
         state, tries = self._start(batch_size)
@@ -91,7 +91,7 @@ class _BeamSearchBase:
         device_step = None
         while True:
             logits = self._checked_logits(step_fn(tokens, beam_idx), rows, tries)
-            if _is_cuda(logits) and not self._uses_lookahead():
+            if _is_cuda(logits) and self.num_beams <= _CUDA_MAX_BEAMS and not self._uses_lookahead():
                 if device_step is None:
                     device_step = _CudaStep(logits.device, batch_size, self.num_beams, tries, state.normalize_allowed,
                                             state.eos_id, self.min_length)
@@ -359,6 +359,7 @@ def _host(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.device.type == "cpu" else logits.cpu()
 
 
+_CUDA_MAX_BEAMS = 1024  # the CUDA step sorts a row's 2 * num_beams candidates in shared memory
 _NO_ERROR = np.uint64(2**64 - 1)
 _STEP_ERRORS = {
     1: "logits row {row} contains NaN",

@@ -133,6 +133,13 @@ def test_dispatch__only_cuda_tensors_are_cuda():
     assert not search._is_cuda(torch.zeros(2, 3, device="meta"))
 
 
+def test_dispatch__over_1024_beams_keeps_the_cpu_step(monkeypatch):
+    monkeypatch.setattr(search, "_is_cuda", lambda logits: True)
+    monkeypatch.setattr(search, "_CudaStep", _Forbidden)
+    out = fs.BeamSearch(EOS, num_beams=1025, max_length=2).search(PrefixModel(40, 1), batch_size=1)
+    assert len(out.sequences[0]) == 1
+
+
 def test_dispatch__lookahead_keeps_the_cpu_step(monkeypatch):
     class NoDeltas:
         def deltas(self, trie, nodes, generated, batch_index):

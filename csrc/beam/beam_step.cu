@@ -11,6 +11,7 @@
 // Ordering matches the CPU step exactly: higher value first, ties to the lower token (rows) and to
 // the lower (beam, token) (items); a tie at the k-th place is settled by a second radix select on
 // that secondary order.
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -93,6 +94,14 @@ __device__ T block_sum(T v, T* slot) {
   return total;
 }
 
+// hist[bin] += 1, one shared atomic per distinct bin in the warp: logits of a row mostly share
+// their top key byte, so plain atomics would serialise on one bin.
+__device__ __forceinline__ void count_bin(int32_t* hist, uint32_t bin) {
+  namespace cg = cooperative_groups;
+  const cg::coalesced_group same = cg::labeled_partition(cg::coalesced_threads(), bin);
+  if (same.thread_rank() == 0) atomicAdd(&hist[bin], static_cast<int32_t>(same.size()));
+}
+
 // Bits that hold every value below n.
 __device__ __forceinline__ int bits_below(int64_t n) { return 64 - __clzll(static_cast<unsigned long long>(n)); }
 
@@ -125,7 +134,7 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
     __syncthreads();
     for (int32_t i = tid; i < n; i += kThreads) {
       const uint32_t key = items.key(i);
-      if (key != 0 && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], 1);
+      if (key != 0 && (key & mask) == prefix) count_bin(sh.hist, (key >> shift) & 255u);
     }
     __syncthreads();
     if (shift == 24) {
@@ -165,7 +174,7 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
       for (int32_t i = tid; i < n; i += kThreads) {
         if (items.key(i) != threshold) continue;
         const uint64_t sec = static_cast<uint64_t>(items.secondary(i));
-        if ((sec & smask) == sprefix) atomicAdd(&sh.hist[(sec >> shift) & 255u], 1);
+        if ((sec & smask) == sprefix) count_bin(sh.hist, static_cast<uint32_t>(sec >> shift) & 255u);
       }
       __syncthreads();
       if (tid == 0) {
