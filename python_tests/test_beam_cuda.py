@@ -81,7 +81,7 @@ def test_cuda_step__widest_beams_dense(beams):
 @pytest.mark.cuda
 def test_cuda_step__strided_rows_and_neg_inf_logits():
     logits, scores, _ = step_inputs(2, 4, 257, torch.float32, None, seed=3)
-    wide = torch.full((8, 300), 7.0)
+    wide = torch.full((8, 301), 7.0)  # rows start off 16-byte alignment
     wide[:, :257] = logits
     wide[:, 5:200] = -float("inf")  # never candidates (the CPU heap admits only > -inf)
     view = wide[:, :257]
@@ -107,6 +107,20 @@ def test_cuda_search__same_as_cpu_logits(constrained, dtype):
     got = make().search(lambda t, b: cpu_model(t, b).cuda(), batch_size=3)
     assert got.sequences == want.sequences
     assert got.finished == want.finished
+    np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+def test_cuda_search__per_item_tries_and_prefix(normalize):
+    vocab = 30
+    tries = [random_trie(random.Random(seed), vocab, 80, 5) for seed in (1, 2)]
+    make = lambda: fs.TrieBeamSearch(tries, num_beams=5, max_length=6, num_return_sequences=3,  # noqa: E731
+                                     normalize=normalize, early_stopping=False)
+    want = make().search(PrefixModel(vocab, 9), batch_size=2)
+    cpu_model = PrefixModel(vocab, 9)
+    got = make().search(lambda t, b: cpu_model(t, b).cuda(), batch_size=2)
+    assert got.sequences == want.sequences
     np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
 
 
