@@ -91,6 +91,17 @@ def test_cuda_step__strided_rows_and_neg_inf_logits():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("vocab", [700, 3001])
+def test_cuda_step__all_equal_logits__lowest_tokens(vocab):
+    # Every logit ties: the candidates are the lowest tokens of the lowest beams, as torch.topk orders them.
+    logits, scores = torch.zeros(8, vocab), torch.zeros(8)
+    want = search._beam_step(logits, scores, 4)
+    got = search._beam_step_cuda(logits.cuda(), scores, 4)
+    for name in ("score", "token", "parent", "count"):
+        np.testing.assert_array_equal(got[name].numpy(), want[name].numpy())
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("constrained", [False, True])
 def test_cuda_search__same_as_cpu_logits(constrained, dtype):
@@ -101,7 +112,7 @@ def test_cuda_search__same_as_cpu_logits(constrained, dtype):
                                          min_length=2, output_token_scores=True)
     else:
         make = lambda: fs.BeamSearch(EOS, num_beams=beams, max_length=7, num_return_sequences=4,  # noqa: E731
-                                     early_stopping="never", output_token_scores=True)
+                                     early_stopping="never", min_length=2, output_token_scores=True)
     want = make().search(PrefixModel(vocab, 2, dtype), batch_size=3)
     cpu_model = PrefixModel(vocab, 2, dtype)
     got = make().search(lambda t, b: cpu_model(t, b).cuda(), batch_size=3)

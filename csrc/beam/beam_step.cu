@@ -5,7 +5,8 @@
 //    num_candidates tokens: the whole vocabulary (unconstrained) or the trie node's children,
 //    gathered through the CSR arrays. Selection is a radix select on order-preserving float keys
 //    (four 8-bit digit histograms) followed by a bitonic sort of the at most 2048 winners, so any
-//    beam width up to 1024 takes the same path.
+//    beam width up to 1024 takes the same path. Dense rows (beam widths up to 128) first narrow the
+//    vocabulary with a bound from the normaliser pass, so they read the row twice, not six times.
 // 2. One block per batch item: the same selection over its beams' lists by accumulated score.
 //
 // Ordering matches the CPU step exactly: higher value first, ties to the lower token (rows) and to
@@ -69,11 +70,18 @@ __device__ __forceinline__ void record_error(unsigned long long* error, Pool poo
   atomicMin(error, static_cast<unsigned long long>(row) * 256u + static_cast<unsigned>(code));
 }
 
+constexpr int kStaged = 1024;  // dense rows: items that pass the bound, kept for the selection
+
 struct TopShared {
   uint32_t key[kMaxSlots];
   int64_t secondary[kMaxSlots];
   int32_t item[kMaxSlots];
   int32_t hist[256];
+  uint32_t staged_key[kStaged];
+  int32_t staged_item[kStaged];
+  uint32_t thread_max[kThreads];
+  uint32_t bound;
+  int32_t staged;
   int32_t included, digit, remaining, equal, greater;
   uint32_t max_key;
   float s;
@@ -285,8 +293,9 @@ __device__ __forceinline__ void unpack(uint4 w, float (&x)[8], const BHalf*) {
 }
 
 // log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one.
+// *thread_max (if given) gets the largest value this thread read.
 template <class Bits>
-__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh) {
+__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, float* thread_max = nullptr) {
   constexpr int kPer = 16 / sizeof(Bits);
   OnlineLse acc;
   // Scalar head up to 16-byte alignment, whole words, scalar tail.
@@ -307,6 +316,7 @@ __device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh) {
     const float x[1] = {to_float(row[i])};
     acc.add(x);
   }
+  if (thread_max) *thread_max = acc.m;
   // Combine (m, s) across the block: the block max, then the rescaled sums.
   const float M = block_max(acc.m, sh);
   const bool any_nan = __syncthreads_or(acc.nan) != 0;
@@ -329,6 +339,62 @@ struct DenseRow {
   }
   __device__ int64_t secondary(int32_t i) const { return i; }
 };
+
+// Items staged in shared memory, with their row index as the secondary.
+struct StagedItems {
+  const uint32_t* keys;
+  const int32_t* index;
+  __device__ uint32_t key(int32_t j) const { return keys[j]; }
+  __device__ int64_t secondary(int32_t j) const { return index[j]; }
+};
+
+// A dense row's best `want`: the threads' maxima from the normaliser pass bound the want-th best
+// from below (`need` distinct items reach the need-th largest maximum), so one more pass stages
+// the items at or above it, usually a few hundred, and the selection runs on those. Without a
+// bound (want > kThreads) or when too many items tie above it, the selection reads the row.
+template <class Bits>
+__device__ int32_t dense_top(const DenseRow<Bits>& items, int32_t n, int32_t want, float thread_max, TopShared& sh) {
+  const int tid = threadIdx.x;
+  const int32_t need = want + (items.blocked >= 0 ? 1 : 0);  // the blocked token may be a maximum
+  if (need <= kThreads) {
+    const uint32_t mine = thread_max == -INFINITY ? 0u : order_key(thread_max);
+    sh.thread_max[tid] = mine;
+    if (tid == 0) {
+      sh.bound = 0;
+      sh.staged = 0;
+    }
+    __syncthreads();
+    int32_t rank = 0;  // a strict order of the maxima: rank is a permutation of 0..kThreads-1
+    for (int j = 0; j < kThreads; ++j) {
+      const uint32_t other = sh.thread_max[j];
+      rank += other > mine || (other == mine && j < tid);
+    }
+    if (rank == need - 1) sh.bound = mine;
+    __syncthreads();
+    const uint32_t bound = sh.bound;
+    if (bound != 0) {  // 0: fewer than `need` threads saw a candidate
+      for (int32_t i = tid; i < n; i += kThreads) {
+        const uint32_t key = items.key(i);
+        if (key < bound) continue;
+        const int32_t slot = atomicAdd(&sh.staged, 1);
+        if (slot < kStaged) {
+          sh.staged_key[slot] = key;
+          sh.staged_item[slot] = i;
+        }
+      }
+    }
+    __syncthreads();
+    const int32_t staged = sh.staged;
+    __syncthreads();
+    if (bound != 0 && staged <= kStaged) {
+      const int32_t k = block_top(StagedItems{sh.staged_key, sh.staged_item}, staged, want, bits_below(n), sh);
+      for (int32_t t = tid; t < k; t += kThreads) sh.item[t] = sh.staged_item[sh.item[t]];
+      __syncthreads();
+      return k;
+    }
+  }
+  return block_top(items, n, want, bits_below(n), sh);
+}
 
 template <class Bits>
 struct ChildRow {
@@ -374,13 +440,14 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   const Bits* logits = static_cast<const Bits*>(p.logits) + r * p.row_stride;
 
   if (!p.nodes) {
-    const float lse = row_logsumexp(logits, p.vocab, sh);
+    float thread_max;
+    const float lse = row_logsumexp(logits, p.vocab, sh, &thread_max);
     if (lse != lse) {
       if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
       return;
     }
     const DenseRow<Bits> items{logits, p.blocked_token};
-    const int32_t k = block_top(items, static_cast<int32_t>(p.vocab), C, bits_below(p.vocab), sh);
+    const int32_t k = dense_top(items, static_cast<int32_t>(p.vocab), C, thread_max, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
       out_logprob[t] = items.value(sh.item[t]) - lse;
       out_token[t] = sh.item[t];
