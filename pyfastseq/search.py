@@ -80,8 +80,9 @@ class _BeamSearchBase:
         row continues (reorder any cache with it; ``arange(N)`` at the first call), both on the CPU.
         It returns ``[N, V]`` float32/float16/bfloat16 logits (CPU or CUDA). Rows of finished batch
         items and dead beams are fed the pad token (eos, else 0); their logits are ignored. CUDA
-        logits stay on the GPU (except with a lookahead, whose deltas are computed on the CPU, or more
-        than 1,024 beams): the CUDA step picks the candidates there and copies back only those.
+        logits stay on the GPU (except with a lookahead, whose deltas are computed on the CPU, more
+        than 1,024 beams, or a build without the CUDA module): the CUDA step picks the candidates
+        there and copies back only those.
         """
         batch_size = _positive_int(batch_size, "batch_size")
         state, tries = self._start(batch_size)
@@ -91,7 +92,7 @@ class _BeamSearchBase:
         device_step = None
         while True:
             logits = self._checked_logits(step_fn(tokens, beam_idx), rows, tries)
-            if _is_cuda(logits) and self.num_beams <= _CUDA_MAX_BEAMS and not self._uses_lookahead():
+            if self._on_device(logits):
                 if device_step is None:
                     device_step = _CudaStep(logits.device, batch_size, self.num_beams, tries, state.normalize_allowed,
                                             state.eos_id, self.min_length)
@@ -139,6 +140,12 @@ class _BeamSearchBase:
     def _uses_lookahead(self) -> bool:
         # Lookahead deltas are computed on the CPU per step: such searches copy the logits there.
         return False
+
+    def _on_device(self, logits: torch.Tensor) -> bool:
+        """Whether this step runs on the logits' GPU (else they are copied to the CPU, as a build
+        without the CUDA module has to)."""
+        return (_is_cuda(logits) and self.num_beams <= _CUDA_MAX_BEAMS and not self._uses_lookahead()
+                and _has_cuda_module())
 
     def _new_state(self, batch_size, eos_id, tries, start_nodes, normalize_allowed):
         return _C.BeamSearchState(
@@ -353,6 +360,14 @@ def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: 
 
 def _is_cuda(logits: torch.Tensor) -> bool:
     return logits.device.type == "cuda"
+
+
+def _has_cuda_module() -> bool:
+    try:
+        cuda()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _host(logits: torch.Tensor) -> torch.Tensor:

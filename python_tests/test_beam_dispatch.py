@@ -133,6 +133,17 @@ def test_dispatch__only_cuda_tensors_are_cuda():
     assert not search._is_cuda(torch.zeros(2, 3, device="meta"))
 
 
+def test_dispatch__build_without_cuda_module_keeps_the_cpu_step(monkeypatch):
+    def missing():
+        raise RuntimeError("pyfastseq was built without its CUDA module")
+
+    monkeypatch.setattr(search, "_is_cuda", lambda logits: True)
+    monkeypatch.setattr(search, "cuda", missing)
+    monkeypatch.setattr(search, "_CudaStep", _Forbidden)
+    out = _searches()[2]().search(PrefixModel(40, 4), batch_size=2)
+    assert out.sequences[0]
+
+
 def test_dispatch__over_1024_beams_keeps_the_cpu_step(monkeypatch):
     monkeypatch.setattr(search, "_is_cuda", lambda logits: True)
     monkeypatch.setattr(search, "_CudaStep", _Forbidden)

@@ -7,7 +7,8 @@
 //    (four 8-bit digit histograms) followed by a bitonic sort of the at most 2048 winners, so any
 //    beam width up to 1024 takes the same path. Dense rows (beam widths up to 128) first narrow the
 //    vocabulary with a bound from the normaliser pass, so they read the row twice, not six times.
-// 2. One block per batch item: the same selection over its beams' lists by accumulated score.
+// 2. One block per batch item: the same selection over its beams' lists by accumulated score
+//    (narrowed the same way, from one pass over the lists).
 //
 // Ordering matches the CPU step exactly: higher value first, ties to the lower token (rows) and to
 // the lower (beam, token) (items); a tie at the k-th place is settled by a second radix select on
@@ -340,24 +341,27 @@ struct DenseRow {
   __device__ int64_t secondary(int32_t i) const { return i; }
 };
 
-// Items staged in shared memory, with their row index as the secondary.
+// Items staged in shared memory: their keys, and their indices into the items they came from.
+template <class Items>
 struct StagedItems {
   const uint32_t* keys;
   const int32_t* index;
+  const Items& from;
   __device__ uint32_t key(int32_t j) const { return keys[j]; }
-  __device__ int64_t secondary(int32_t j) const { return index[j]; }
+  __device__ int64_t secondary(int32_t j) const { return from.secondary(index[j]); }
 };
 
-// A dense row's best `want`: the threads' maxima from the normaliser pass bound the want-th best
-// from below (`need` distinct items reach the need-th largest maximum), so one more pass stages
-// the items at or above it, usually a few hundred, and the selection runs on those. Without a
-// bound (want > kThreads) or when too many items tie above it, the selection reads the row.
-template <class Bits>
-__device__ int32_t dense_top(const DenseRow<Bits>& items, int32_t n, int32_t want, float thread_max, TopShared& sh) {
+// block_top with a shortcut: each thread's largest key (`mine`, 0 for none) over any partition of
+// the items bounds the want-th best from below (the need-th largest of those maxima is reached by
+// `need` distinct items, `extra` of which may be excluded ones), so one pass stages the items at
+// or above it, usually a few hundred, and the selection runs on those in shared memory. Without a
+// bound (need > kThreads) or when too many items tie above it, the selection reads the items.
+template <class Items>
+__device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, uint32_t mine,
+                               int32_t extra, TopShared& sh) {
   const int tid = threadIdx.x;
-  const int32_t need = want + (items.blocked >= 0 ? 1 : 0);  // the blocked token may be a maximum
+  const int32_t need = want + extra;
   if (need <= kThreads) {
-    const uint32_t mine = thread_max == -INFINITY ? 0u : order_key(thread_max);
     sh.thread_max[tid] = mine;
     if (tid == 0) {
       sh.bound = 0;
@@ -387,13 +391,14 @@ __device__ int32_t dense_top(const DenseRow<Bits>& items, int32_t n, int32_t wan
     const int32_t staged = sh.staged;
     __syncthreads();
     if (bound != 0 && staged <= kStaged) {
-      const int32_t k = block_top(StagedItems{sh.staged_key, sh.staged_item}, staged, want, bits_below(n), sh);
+      const StagedItems<Items> on_chip{sh.staged_key, sh.staged_item, items};
+      const int32_t k = block_top(on_chip, staged, want, secondary_bits, sh);
       for (int32_t t = tid; t < k; t += kThreads) sh.item[t] = sh.staged_item[sh.item[t]];
       __syncthreads();
       return k;
     }
   }
-  return block_top(items, n, want, bits_below(n), sh);
+  return block_top(items, n, want, secondary_bits, sh);
 }
 
 template <class Bits>
@@ -447,7 +452,10 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
       return;
     }
     const DenseRow<Bits> items{logits, p.blocked_token};
-    const int32_t k = dense_top(items, static_cast<int32_t>(p.vocab), C, thread_max, sh);
+    // The normaliser pass saw every logit: its maxima bound the row (the blocked token may be one).
+    const uint32_t mine = thread_max == -INFINITY ? 0u : order_key(thread_max);
+    const int32_t k = bounded_top(items, static_cast<int32_t>(p.vocab), C, bits_below(p.vocab), mine,
+                                  p.blocked_token >= 0 ? 1 : 0, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
       out_logprob[t] = items.value(sh.item[t]) - lse;
       out_token[t] = sh.item[t];
@@ -552,7 +560,10 @@ __global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, 
   const int64_t b = blockIdx.x, first = b * p.num_beams;
   const int32_t C = p.num_candidates;
   const ItemLists items{p.beam_scores + first, pool.logprob + first * C, pool.token + first * C, pool.count + first, C};
-  const int32_t k = block_top(items, p.num_beams * C, C, 32 + bits_below(p.num_beams), sh);
+  const int32_t n = p.num_beams * C;
+  uint32_t mine = 0;
+  for (int32_t e = threadIdx.x; e < n; e += kThreads) mine = max(mine, items.key(e));
+  const int32_t k = bounded_top(items, n, C, 32 + bits_below(p.num_beams), mine, 0, sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t e = sh.item[t];
     const int64_t o = b * C + t;
