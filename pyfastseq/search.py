@@ -3,7 +3,9 @@
 
 Each step runs one fused native kernel (log-softmax normaliser, allowed children, top ``2 * num_beams``
 per batch item, finished-hypothesis bookkeeping) with the GIL released; Python only calls the model
-once per step. See ``DESIGN.md`` ("Step protocol", "Semantics").
+once per step. CUDA logits stay on the device: the CUDA step computes the candidates there and only
+those (``[batch, 2 * num_beams]``) come back for the bookkeeping. See ``DESIGN.md`` ("Step protocol",
+"Semantics").
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ._backend import _C
+from ._backend import _C, cuda, stream_of
 from ._validate import as_eos_id, as_token_array
 from .trie import Trie
 
@@ -23,6 +25,7 @@ __all__ = ["BeamSearch", "BeamSearchOutput", "TrieBeamSearch"]
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+_CANDIDATE_NAMES = ("score", "logprob", "token", "parent", "node", "count")
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _EARLY_STOPPING_CODES = {False: 0, True: 1, "never": 2}
 
@@ -76,21 +79,32 @@ class _BeamSearchBase:
         ``[N, 1]`` (``[N, 0]`` at the first call) and ``beam_idx`` int64 ``[N]``, the previous row each
         row continues (reorder any cache with it; ``arange(N)`` at the first call), both on the CPU.
         It returns ``[N, V]`` float32/float16/bfloat16 logits (CPU or CUDA). Rows of finished batch
-        items and dead beams are fed the pad token (eos, else 0); their logits are ignored.
+        items and dead beams are fed the pad token (eos, else 0); their logits are ignored. CUDA
+        logits stay on the GPU (except with a lookahead, whose deltas are computed on the CPU, more
+        than 1,024 beams, or a build without the CUDA module): the CUDA step picks the candidates
+        there and copies back only those.
         """
         batch_size = _positive_int(batch_size, "batch_size")
         state, tries = self._start(batch_size)
         rows = batch_size * self.num_beams
         tokens = torch.zeros(rows, 0, dtype=torch.long)
         beam_idx = torch.arange(rows)
+        device_step = None
         while True:
             logits = self._checked_logits(step_fn(tokens, beam_idx), rows, tries)
-            delta_offsets, deltas = self._lookahead_deltas(state, tries, batch_size)
-            more = state.step(
-                logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype],
-                0 if delta_offsets is None else delta_offsets.ctypes.data,
-                0 if deltas is None else deltas.ctypes.data,
-            )
+            if self._on_device(logits):
+                if device_step is None:
+                    device_step = _CudaStep(logits.device, batch_size, self.num_beams, tries, state.normalize_allowed,
+                                            state.eos_id, self.min_length)
+                more = state.step_candidates(*device_step.candidates(state, logits))
+            else:
+                logits = _host(logits)
+                delta_offsets, deltas = self._lookahead_deltas(state, tries, batch_size)
+                more = state.step(
+                    logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype],
+                    0 if delta_offsets is None else delta_offsets.ctypes.data,
+                    0 if deltas is None else deltas.ctypes.data,
+                )
             if not more:
                 break
             tokens = torch.from_numpy(state.next_tokens).long().unsqueeze(1)
@@ -123,6 +137,16 @@ class _BeamSearchBase:
     def _lookahead_deltas(self, state, tries, batch_size):
         return None, None
 
+    def _uses_lookahead(self) -> bool:
+        # Lookahead deltas are computed on the CPU per step: such searches copy the logits there.
+        return False
+
+    def _on_device(self, logits: torch.Tensor) -> bool:
+        """Whether this step runs on the logits' GPU (else they are copied to the CPU, as a build
+        without the CUDA module has to)."""
+        return (_is_cuda(logits) and self.num_beams <= _CUDA_MAX_BEAMS and not self._uses_lookahead()
+                and _has_cuda_module())
+
     def _new_state(self, batch_size, eos_id, tries, start_nodes, normalize_allowed):
         return _C.BeamSearchState(
             batch_size, self.num_beams, self.max_length, self.min_length, self.num_return_sequences,
@@ -149,8 +173,6 @@ class _BeamSearchBase:
                     f"the trie holds token id {trie.max_token} but logits has only {logits.shape[1]} columns (vocabulary)"
                 )
         logits = logits.detach()
-        if logits.device.type != "cpu":
-            logits = logits.cpu()
         if logits.stride(1) != 1:
             logits = logits.contiguous()
         return logits
@@ -236,6 +258,9 @@ class TrieBeamSearch(_BeamSearchBase):
                                 self.normalize == "allowed")
         return state, self.tries
 
+    def _uses_lookahead(self) -> bool:
+        return self.lookahead is not None
+
     def _lookahead_deltas(self, state, tries, batch_size):
         if self.lookahead is None:
             return None, None
@@ -311,11 +336,118 @@ def _beam_step(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: int, 
     """The fused step alone (no hypothesis bookkeeping): per batch item the best ``2 * num_beams``
     continuations of ``[batch * num_beams, V]`` logits, best first. Used by benchmarks and tests."""
     rows = beam_scores.shape[0]
-    logits = _BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie])
-    names = ("score", "logprob", "token", "parent", "node", "count")
+    logits = _host(_BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie]))
     arrays = _C.beam_step(
         logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], rows // num_beams, num_beams,
         beam_scores.float().numpy(), None if nodes is None else nodes.int().numpy(),
         [] if trie is None else [trie._native], normalize == "allowed", as_eos_id(None if trie is None else trie.eos_id),
     )
-    return {name: torch.from_numpy(a) for name, a in zip(names, arrays)}
+    return {name: torch.from_numpy(a) for name, a in zip(_CANDIDATE_NAMES, arrays)}
+
+
+def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: int, trie: Trie | None = None,
+                    nodes: torch.Tensor | None = None, normalize: str = "full") -> dict[str, torch.Tensor]:
+    """:func:`_beam_step` on CUDA logits with the CUDA kernel; the candidates come back as CPU tensors."""
+    rows = beam_scores.shape[0]
+    logits = _BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie])
+    tries = [] if trie is None or nodes is None else [trie]
+    step = _CudaStep(logits.device, rows // num_beams, num_beams, tries, normalize == "allowed",
+                     as_eos_id(None if trie is None else trie.eos_id), 0)
+    step.launch(logits, beam_scores.detach().float().cpu().numpy(),
+                None if nodes is None else nodes.detach().int().cpu().numpy(), blocked=False)
+    return {name: torch.from_numpy(np.array(a)) for name, a in zip(_CANDIDATE_NAMES, step.read(logits.shape[1]))}
+
+
+def _is_cuda(logits: torch.Tensor) -> bool:
+    return logits.device.type == "cuda"
+
+
+def _has_cuda_module() -> bool:
+    try:
+        cuda()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _host(logits: torch.Tensor) -> torch.Tensor:
+    return logits if logits.device.type == "cpu" else logits.cpu()
+
+
+_CUDA_MAX_BEAMS = 1024  # the CUDA step sorts a row's 2 * num_beams candidates in shared memory
+_NO_ERROR = np.uint64(2**64 - 1)
+_STEP_ERRORS = {
+    1: "logits row {row} contains NaN",
+    2: "row {row} is a live beam but its trie node {detail} is out of range",
+    3: "row {row} is a live beam at trie node {detail}, which has no children: the trie does not cover this decoding "
+       "state (check the prefix / decoder start, and that the trie was built for this search)",
+    4: "the trie holds token id {detail} but logits has only {vocab} columns (vocabulary)",
+}
+
+
+class _CudaStep:
+    """The CUDA candidate step of one search: device trie views, workspace and buffers made once.
+
+    A step uploads the beams' scores and nodes (``[N]`` each), launches the kernels on the current
+    stream and copies back one int32 buffer: an error word, the ``[batch, 2 * num_beams]`` candidate
+    arrays and the counts. That copy is the step's only synchronisation.
+    """
+
+    def __init__(self, device, batch_size, num_beams, tries, normalize_allowed, eos_id, min_length):
+        self.ext = cuda()
+        self.device, self.batch, self.k = device, batch_size, num_beams
+        self.rows, self.width = batch_size * num_beams, 2 * num_beams
+        self.normalize_allowed, self.eos_id, self.min_length = normalize_allowed, eos_id, min_length
+        self.views = None
+        if tries:
+            # TrieView rows (child_begin, child_token, terminal, num_nodes); the arrays stay cached on the trie.
+            packed = []
+            for trie in tries:
+                child_begin, child_token = trie._arrays_on(device)
+                packed.append([child_begin.data_ptr(), child_token.data_ptr(), 0, trie.num_nodes])
+            self.views = torch.tensor(packed, dtype=torch.int64).to(device)
+        self.workspace = torch.empty(self.ext.beam_step_workspace_bytes(self.rows, self.width), dtype=torch.uint8,
+                                     device=device)
+        cands = self.batch * self.width
+        # error word (2 int32), score, logprob, token, parent, node ([batch * width] each), count [batch]
+        self.out = torch.empty(2 + 5 * cands + self.batch, dtype=torch.int32, device=device)
+        self.beams = torch.empty(2 * self.rows, dtype=torch.int32, device=device)  # score bits, then nodes
+
+    def candidates(self, state, logits: torch.Tensor):
+        scores, nodes = state.beams
+        self.launch(logits, scores, nodes if self.views is not None else None,
+                    blocked=state.length + 1 < self.min_length)
+        return self.read(logits.shape[1])
+
+    def launch(self, logits: torch.Tensor, scores: np.ndarray, nodes: np.ndarray | None, blocked: bool) -> None:
+        host = np.concatenate([np.ascontiguousarray(scores, dtype=np.float32).view(np.int32),
+                               np.zeros(self.rows, np.int32) if nodes is None else np.asarray(nodes, np.int32)])
+        self.beams.copy_(torch.from_numpy(host))
+        self.out[:2].fill_(-1)
+        cands, base, word = self.batch * self.width, self.out.data_ptr(), 4
+        constrained = nodes is not None
+        args = (
+            logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], self.batch, self.k,
+            self.beams.data_ptr(), self.beams.data_ptr() + word * self.rows if constrained else 0,
+            self.views.data_ptr() if constrained else 0, len(self.views) if constrained else 0,
+            self.normalize_allowed, self.eos_id, self.eos_id if blocked else -1, blocked and constrained,
+            *(base + word * (2 + i * cands) for i in range(6)), base, self.workspace.data_ptr(), stream_of(logits),
+        )
+        with torch.cuda.device(logits.device):  # launch on the logits' GPU whatever the current device
+            code = self.ext.beam_step(*args)
+        if code:
+            raise RuntimeError(f"the CUDA beam step failed to launch (cudaError_t {code})")
+
+    def read(self, vocab: int):
+        """The candidates of the last launch as host arrays (score, logprob, token, parent, node, count)."""
+        host = self.out.cpu().numpy()
+        error = host[:2].view(np.uint64)[0]
+        if error != _NO_ERROR:
+            row, code = int(error) // 256, int(error) % 256
+            offset = self.ext.beam_step_error_detail_offset(self.rows, self.width) // 4 + row
+            detail = int(self.workspace.view(torch.int32)[offset])
+            raise ValueError(_STEP_ERRORS[code].format(row=row, detail=detail, vocab=vocab))
+        cands = self.batch * self.width
+        part = [host[2 + i * cands: 2 + (i + 1) * cands].reshape(self.batch, self.width) for i in range(5)]
+        return (part[0].view(np.float32), part[1].view(np.float32), part[2], part[3], part[4],
+                host[2 + 5 * cands:])

@@ -7,6 +7,7 @@
 // children (partial sort); a batch item then merges its beams' lists by accumulated score, which is
 // exactly the top-k over beams x vocabulary that transformers takes (masked entries are -inf there).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "trie/trie_view.h"
@@ -59,5 +60,19 @@ struct BeamStepParams {
 // Throws InvalidArgument naming the row for NaN logits, a live row whose node is out of range or
 // has no children, a child token >= vocab, or lookahead deltas that do not match the children.
 void run_beam_step_cpu(const BeamStepParams& params);
+
+// The CUDA step (beam_step.cu). Every pointer in params is device memory, p.tries included (an array
+// of num_tries views); lookahead deltas are not taken (delta_offsets must be null). Row errors are
+// not thrown but recorded on the device, so the launch needs no synchronisation: *error (set to
+// kNoBeamStepError before the launch, e.g. by memset 0xff) ends as the smallest row * 256 + code
+// of a failing row, with the code's detail (node or token) in the workspace's int32 [rows] array at
+// byte offset beam_step_error_detail_offset.
+constexpr unsigned long long kNoBeamStepError = ~0ull;
+enum class BeamStepError : int32_t { kNaN = 1, kBadNode = 2, kNoChildren = 3, kTokenOutOfVocab = 4 };
+
+size_t beam_step_cuda_workspace_bytes(int64_t rows, int32_t num_candidates);
+size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates);
+// Launches the two kernels on `stream`; returns the cudaError_t of the launches.
+int run_beam_step_cuda(const BeamStepParams& params, void* workspace, unsigned long long* error, void* stream);
 
 }  // namespace pyfastseq

@@ -58,9 +58,8 @@ BeamSearchState::BeamSearchState(const BeamConfig& config, std::vector<TrieView>
 
 bool BeamSearchState::step(const void* logits, int64_t vocab, int64_t row_stride, LogitsDtype dtype,
                            const int64_t* delta_offsets, const int32_t* deltas) {
-  if (length_ >= config_.max_length) fail("the search is already complete");
-  const int32_t new_length = length_ + 1;
-  const bool blocked = new_length < config_.min_length;
+  check_open();
+  const bool blocked = length_ + 1 < config_.min_length;
 
   BeamStepParams p;
   p.logits = logits;
@@ -89,13 +88,47 @@ bool BeamSearchState::step(const void* logits, int64_t vocab, int64_t row_stride
   p.cand_node = cand_node_.data();
   p.cand_count = cand_count_.data();
   run_beam_step_cpu(p);
+  return advance();
+}
 
+bool BeamSearchState::step_candidates(const float* score, const float* logprob, const int32_t* token,
+                                      const int32_t* parent, const int32_t* node, const int32_t* count) {
+  check_open();
+  const size_t n = cand_score_.size();
+  std::copy_n(score, n, cand_score_.begin());
+  std::copy_n(logprob, n, cand_logprob_.begin());
+  std::copy_n(token, n, cand_token_.begin());
+  std::copy_n(parent, n, cand_parent_.begin());
+  std::copy_n(node, n, cand_node_.begin());
+  std::copy_n(count, cand_count_.size(), cand_count_.begin());
+  const int32_t C = 2 * config_.num_beams;
+  for (int32_t b = 0; b < config_.batch_size; ++b) {
+    if (cand_count_[b] < 0 || cand_count_[b] > C) fail("candidate count ", cand_count_[b], " out of range");
+    for (int32_t i = 0; i < cand_count_[b]; ++i) {
+      const int64_t c = int64_t{b} * C + i;
+      const int32_t r = cand_parent_[c];
+      if (r < b * config_.num_beams || r >= (b + 1) * config_.num_beams)
+        fail("candidate parent row ", r, " is not a beam of batch item ", b);
+      if (tries_.empty()) continue;
+      const int32_t v = cand_node_[c], nodes = tries_[tries_.size() == 1 ? 0 : b].num_nodes;
+      if (!(v > 0 && v < nodes) && !(v == kSpentNode && cand_token_[c] == config_.eos_id))
+        fail("candidate trie node ", v, " is out of range");
+    }
+  }
+  return advance();
+}
+
+void BeamSearchState::check_open() const {
+  if (length_ >= config_.max_length) fail("the search is already complete");
+}
+
+bool BeamSearchState::advance() {
   bool any_open = false;
   for (int32_t b = 0; b < config_.batch_size; ++b) {
     if (done_[b]) {
       for (int32_t j = 0; j < config_.num_beams; ++j) kill_row(b * config_.num_beams + j);
     } else {
-      advance_item(p, b);
+      advance_item(b);
     }
     any_open |= !done_[b];
   }
@@ -104,23 +137,23 @@ bool BeamSearchState::step(const void* logits, int64_t vocab, int64_t row_stride
   std::swap(filler_, next_filler_);
   std::swap(seq_, next_seq_);
   std::swap(token_scores_, next_token_scores_);
-  length_ = new_length;
+  ++length_;
   return any_open;
 }
 
-bool BeamSearchState::finishes(const BeamStepParams& p, int64_t c) const {
+bool BeamSearchState::finishes(int64_t c) const {
   if (cand_token_[c] == config_.eos_id) return true;
   if (tries_.empty()) return false;
-  const TrieView& trie = tries_[p.num_tries == 1 ? 0 : c / p.num_candidates];
+  const TrieView& trie = tries_[tries_.size() == 1 ? 0 : c / (2 * config_.num_beams)];
   return trie.num_children(cand_node_[c]) == 0;
 }
 
 // transformers' `_get_running_beams_for_next_iteration`, `_update_finished_beams` and
 // `_check_early_stop_heuristic` for one batch item, in its float32 arithmetic.
-void BeamSearchState::advance_item(const BeamStepParams& p, int32_t b) {
+void BeamSearchState::advance_item(int32_t b) {
   const int32_t K = config_.num_beams, L = length_ + 1;
   const bool at_max = L == config_.max_length;
-  const int64_t base = int64_t{b} * p.num_candidates;
+  const int64_t base = int64_t{b} * 2 * K;
   int32_t count = 0;  // candidates with a finite score (the rest are -inf in transformers)
   while (count < cand_count_[b] && cand_score_[base + count] != -INFINITY) ++count;
 
@@ -129,7 +162,7 @@ void BeamSearchState::advance_item(const BeamStepParams& p, int32_t b) {
   std::vector<std::pair<float, int32_t>>& keyed = keyed_;
   keyed.clear();
   for (int32_t i = 0; i < count; ++i) {
-    const bool ends = finishes(p, base + i);
+    const bool ends = finishes(base + i);
     ends_[i] = ends;
     keyed.push_back({(ends || at_max) ? cand_score_[base + i] + -1.0e9f : cand_score_[base + i], i});
     // Only the top num_beams candidates may finish; the others are backups for the beams.

@@ -8,6 +8,7 @@ namespace py = pybind11;
 
 namespace pyfastseq {
 void bind_assign_cuda(py::module_& m);
+void bind_beam_cuda(py::module_& m);
 }  // namespace pyfastseq
 
 PYBIND11_MODULE(_cuda, m) {
@@ -37,4 +38,5 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("num_nodes"), py::arg("stream"),
       "Launch the trie mask kernel; returns the cudaError_t code of the launch.");
   pyfastseq::bind_assign_cuda(m);
+  pyfastseq::bind_beam_cuda(m);
 }

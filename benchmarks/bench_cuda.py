@@ -1,0 +1,173 @@
+"""GPU kernels vs. their peers on the same GPU, same run (skipped without CUDA).
+
+- Mask apply: ``Trie.mask_logits`` (the CUDA trie mask, no V-wide mask built) vs. xgrammar's
+  ``apply_token_bitmask_inplace`` (when importable) with the equivalent int32 bitmask, and torch
+  ``masked_fill_`` with a precomputed bool mask. 4,096 rows x 128k vocab; rows sit at semantic-ID
+  trie nodes (256 children each).
+- Sparse constrained step: the CUDA beam step (``pyfastseq.search._CudaStep``) at 2 x 70 rows (batch 2,
+  70 beams) and 2,048 rows (batch 32, 64 beams) on 1M / 10M-item semantic-ID tries, rows at depth 2;
+  vs. torch ``log_softmax`` + ``masked_fill`` (precomputed mask) + add + ``topk``.
+- Dense step: V = 152,064 bf16, B*K in {256, 1024}; vs. torch ``log_softmax`` + add + ``topk``.
+
+Times are CUDA-event medians of the kernels alone ("kernel"), plus the whole search-loop step with
+the candidates' copy to the host ("step"). GB/s counts the logits' bytes once (rows x V x element
+size): every kernel here must read (step) or write (mask) each of them at least once. % of peak is
+against the HBM bandwidth of the device (H100 SXM 3.35 TB/s, H200 4.8 TB/s).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import datasets
+import pyfastseq as fs
+from pyfastseq import search
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+HBM_PEAK = {"H100": 3.35e12, "H200": 4.8e12}
+ITEMS = [int(n) for n in os.environ.get("PYFASTSEQ_BENCH_CUDA_ITEMS", "1000000,10000000").split(",")]
+
+
+def peak_bandwidth() -> float | None:
+    name = torch.cuda.get_device_name()
+    return next((bw for key, bw in HBM_PEAK.items() if key in name), None)
+
+
+def gpu_time(fn, iters: int = 50) -> float:
+    """Median seconds per call, by CUDA events, after a warm-up."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return float(np.median(times))
+
+
+def record(benchmark, fn, nbytes: int, peer_s: dict[str, float], **info):
+    benchmark.pedantic(lambda: (fn(), torch.cuda.synchronize()), rounds=20, iterations=1, warmup_rounds=2)
+    ours = gpu_time(fn)
+    peak = peak_bandwidth()
+    benchmark.extra_info.update(
+        info, device=torch.cuda.get_device_name(), kernel_s=ours, gbps=nbytes / ours / 1e9,
+        pct_of_peak=None if peak is None else 100 * nbytes / ours / peak,
+        **{f"{name}_s": s for name, s in peer_s.items()}, **{f"ratio_vs_{name}": s / ours for name, s in peer_s.items()},
+    )
+
+
+@functools.cache
+def semantic_trie(items: int) -> fs.Trie:
+    tokens, offsets = datasets.semantic_ids(items)
+    return fs.Trie(tokens, offsets=offsets)
+
+
+def rows_at_depth(trie: fs.Trie, items: int, rows: int, depth: int) -> torch.Tensor:
+    tokens, offsets = datasets.semantic_ids(items)
+    rng = random.Random(0)
+    picks = [rng.randrange(items) for _ in range(rows)]
+    return torch.tensor([trie.walk(tokens[offsets[i]: offsets[i] + depth].tolist()) for i in picks], dtype=torch.int32)
+
+
+def allowed_mask(trie: fs.Trie, nodes: torch.Tensor, vocab: int) -> torch.Tensor:
+    keep = torch.zeros(len(nodes), vocab, dtype=torch.bool)
+    for r, n in enumerate(nodes.tolist()):
+        keep[r, torch.from_numpy(trie.children(n)[0]).long()] = True
+    return keep
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_mask_apply(benchmark, dtype):
+    rows, vocab = 4096, 128_000
+    trie = semantic_trie(ITEMS[0])
+    nodes = rows_at_depth(trie, ITEMS[0], rows, depth=1)
+    keep = allowed_mask(trie, nodes, vocab).cuda()
+    base = torch.randn(rows, vocab, device="cuda").to(dtype)
+    logits, nodes_dev = base.clone(), nodes.cuda()
+    want = base.masked_fill(~keep, -float("inf"))
+    torch.testing.assert_close(trie.mask_logits(logits, nodes_dev), want, rtol=0, atol=0)
+
+    peers = {"torch_masked_fill": gpu_time(lambda: logits.masked_fill_(~keep, -float("inf")))}
+    try:
+        import xgrammar
+    except ImportError:
+        xgrammar = None
+    if xgrammar is not None:
+        words = (vocab + 31) // 32
+        padded = torch.zeros(rows, words * 32, dtype=torch.bool, device="cuda")
+        padded[:, :vocab] = keep
+        weights = (1 << torch.arange(32, device="cuda", dtype=torch.int64))
+        bitmask = (padded.view(rows, words, 32).long() * weights).sum(-1).to(torch.int64)
+        bitmask = torch.where(bitmask >= 2**31, bitmask - 2**32, bitmask).to(torch.int32)
+        check = base.clone()
+        xgrammar.apply_token_bitmask_inplace(check, bitmask)
+        torch.testing.assert_close(check, want, rtol=0, atol=0)
+        peers["xgrammar"] = gpu_time(lambda: xgrammar.apply_token_bitmask_inplace(logits, bitmask))
+    record(benchmark, lambda: trie.mask_logits(logits, nodes_dev), rows * vocab * base.element_size(), peers,
+           kernel="trie mask", shape=f"{rows}x{vocab} {dtype}")
+
+
+def torch_step(logits, scores, keep, batch, beams, allowed=False):
+    if allowed:  # log-softmax over the allowed tokens
+        logp = torch.log_softmax(logits.float().masked_fill(~keep, -float("inf")), -1)
+    else:
+        logp = torch.log_softmax(logits.float(), -1)
+        if keep is not None:
+            logp = logp.masked_fill(~keep, -float("inf"))
+    acc = (logp + scores[:, None]).view(batch, -1)
+    return torch.topk(acc, 2 * beams)
+
+
+def check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, allowed=False, **info):
+    scores_dev = scores.cuda()
+    host_scores, host_nodes = scores.numpy(), None if nodes is None else nodes.numpy()
+    peer = lambda: torch_step(logits, scores_dev, keep, batch, beams, allowed)  # noqa: E731
+    want = peer()
+    step.launch(logits, host_scores, host_nodes, blocked=False)
+    got = step.read(logits.shape[1])
+    for b in range(batch):
+        n = int(got[5][b])
+        finite = int(torch.isfinite(want.values[b]).sum())
+        assert n == finite
+        np.testing.assert_allclose(got[0][b, :n], want.values[b, :n].cpu().numpy(), rtol=0, atol=1e-4)
+    peers = {"torch": gpu_time(peer)}
+    step_s = gpu_time(lambda: (step.launch(logits, host_scores, host_nodes, blocked=False), step.read(logits.shape[1])))
+    record(benchmark, lambda: step.launch(logits, host_scores, host_nodes, blocked=False),
+           logits.shape[0] * logits.shape[1] * logits.element_size(), peers, step_with_copy_s=step_s, **info)
+
+
+@pytest.mark.parametrize("items", ITEMS)
+@pytest.mark.parametrize("batch,beams", [(2, 70), (32, 64)])
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+def test_sparse_step(benchmark, items, batch, beams, normalize):
+    trie = semantic_trie(items)
+    rows, vocab = batch * beams, datasets.SEMANTIC_VOCAB
+    nodes = rows_at_depth(trie, items, rows, depth=2)
+    logits = torch.randn(rows, vocab, device="cuda")
+    scores = -torch.rand(rows) * 10
+    keep = allowed_mask(trie, nodes, vocab).cuda()  # the peer's mask, built outside the timing
+    step = search._CudaStep(logits.device, batch, beams, [trie], normalize == "allowed", -1, 0)
+    check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, allowed=normalize == "allowed",
+                   kernel=f"sparse step ({normalize})", shape=f"{rows} rows, {items:,} items, V={vocab}")
+
+
+@pytest.mark.parametrize("batch,beams", [(4, 64), (16, 16), (4, 256)])
+def test_dense_step(benchmark, batch, beams):
+    rows, vocab = batch * beams, 152_064
+    logits = (torch.randn(rows, vocab, device="cuda") * 3).to(torch.bfloat16)
+    scores = -torch.rand(rows) * 10
+    step = search._CudaStep(logits.device, batch, beams, [], False, -1, 0)
+    check_and_time(benchmark, step, logits, scores, None, None, batch, beams,
+                   kernel="dense step", shape=f"{rows} rows x {vocab} bf16, K={beams}")

@@ -1,0 +1,610 @@
+// CUDA beam step: the same candidates as run_beam_step_cpu, in two launches and no host sync.
+//
+// 1. One block per row: the log-softmax normaliser in one online (max, sum-exp) pass over the row
+//    (skipped under normalize_allowed, which reads only the children), then the row's best
+//    num_candidates tokens: the whole vocabulary (unconstrained) or the trie node's children,
+//    gathered through the CSR arrays. Selection is a radix select on order-preserving float keys
+//    (four 8-bit digit histograms) followed by a bitonic sort of the at most 2048 winners, so any
+//    beam width up to 1024 takes the same path. Dense rows (beam widths up to 128) first narrow the
+//    vocabulary with a bound from the normaliser pass, so they read the row twice, not six times.
+// 2. One block per batch item: the same selection over its beams' lists by accumulated score
+//    (narrowed the same way, from one pass over the lists).
+//
+// Ordering matches the CPU step exactly: higher value first, ties to the lower token (rows) and to
+// the lower (beam, token) (items); a tie at the k-th place is settled by a second radix select on
+// that secondary order.
+#include <cooperative_groups.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "beam/beam.h"
+
+namespace pyfastseq {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxSlots = 2048;  // num_candidates <= 2 * 1024 beams
+
+struct Pool {
+  float* logprob;   // [rows, C]
+  int32_t* token;   // [rows, C]
+  int32_t* node;    // [rows, C]
+  int32_t* count;   // [rows]
+  int32_t* detail;  // [rows] error detail
+};
+
+size_t align_up(size_t n) { return (n + 255) & ~size_t{255}; }
+
+Pool pool_of(void* workspace, int64_t rows, int32_t c) {
+  char* base = static_cast<char*>(workspace);
+  const size_t entries = static_cast<size_t>(rows) * c;
+  Pool p;
+  p.logprob = reinterpret_cast<float*>(base);
+  base += align_up(entries * sizeof(float));
+  p.token = reinterpret_cast<int32_t*>(base);
+  base += align_up(entries * sizeof(int32_t));
+  p.node = reinterpret_cast<int32_t*>(base);
+  base += align_up(entries * sizeof(int32_t));
+  p.count = reinterpret_cast<int32_t*>(base);
+  p.detail = reinterpret_cast<int32_t*>(static_cast<char*>(workspace) + beam_step_error_detail_offset(rows, c));
+  return p;
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+struct Half { uint16_t bits; };
+struct BHalf { uint16_t bits; };
+__device__ __forceinline__ float to_float(Half v) { return __half2float(__ushort_as_half(v.bits)); }
+__device__ __forceinline__ float to_float(BHalf v) { return __uint_as_float(uint32_t{v.bits} << 16); }
+
+// Keys that order like the floats (-0 as +0: equal values tie); 0 is reserved for "not a
+// candidate" (no float maps to it).
+__device__ __forceinline__ uint32_t order_key(float v) {
+  const uint32_t b = __float_as_uint(v == 0.0f ? 0.0f : v);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ void record_error(unsigned long long* error, Pool pool, int64_t row, BeamStepError code,
+                                             int32_t detail) {
+  pool.detail[row] = detail;
+  atomicMin(error, static_cast<unsigned long long>(row) * 256u + static_cast<unsigned>(code));
+}
+
+constexpr int kStaged = 1024;  // dense rows: items that pass the bound, kept for the selection
+
+struct TopShared {
+  uint32_t key[kMaxSlots];
+  int64_t secondary[kMaxSlots];
+  int32_t item[kMaxSlots];
+  int32_t hist[256];
+  uint32_t staged_key[kStaged];
+  int32_t staged_item[kStaged];
+  uint32_t thread_max[kThreads];
+  uint32_t bound;
+  int32_t staged;
+  int32_t included, digit, remaining, equal, greater;
+  uint32_t max_key;
+  float s;
+  double ds;
+  int32_t flag, bad_token;
+};
+
+// A block-wide sum through shared memory (all threads get the result).
+template <class T>
+__device__ T block_sum(T v, T* slot) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x == 0) *slot = T{};
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) atomicAdd(slot, v);
+  __syncthreads();
+  const T total = *slot;
+  __syncthreads();
+  return total;
+}
+
+// hist[bin] += 1, one shared atomic per distinct bin in the warp: logits of a row mostly share
+// their top key byte, so plain atomics would serialise on one bin.
+__device__ __forceinline__ void count_bin(int32_t* hist, uint32_t bin) {
+  namespace cg = cooperative_groups;
+  const cg::coalesced_group same = cg::labeled_partition(cg::coalesced_threads(), bin);
+  if (same.thread_rank() == 0) atomicAdd(&hist[bin], static_cast<int32_t>(same.size()));
+}
+
+// Bits that hold every value below n.
+__device__ __forceinline__ int bits_below(int64_t n) { return 64 - __clzll(static_cast<unsigned long long>(n)); }
+
+// The block-wide max of finite-or-infinite floats (all threads get it), through order-preserving keys.
+__device__ float block_max(float v, TopShared& sh) {
+  uint32_t key = order_key(v);
+  for (int o = 16; o > 0; o >>= 1) key = max(key, __shfl_xor_sync(0xffffffffu, key, o));
+  if (threadIdx.x == 0) sh.max_key = 0;
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) atomicMax(&sh.max_key, key);
+  __syncthreads();
+  const uint32_t top = sh.max_key;
+  __syncthreads();
+  return __uint_as_float((top & 0x80000000u) ? (top & 0x7fffffffu) : ~top);
+}
+
+// The best min(want, included) items of `items` (key 0: excluded) into sh.item[0..k), best first:
+// key down, then secondary up (unique per item, below 2^secondary_bits). Every thread of the block
+// must call it; returns k.
+template <class Items>
+__device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
+  const int tid = threadIdx.x;
+  // Radix select of the k-th largest key T, one 8-bit digit at a time from the top: `remaining`
+  // items with key T complete the k, out of `equal` such items. The first histogram also counts
+  // the candidates, which bounds k.
+  uint32_t prefix = 0, mask = 0;
+  int32_t k = 0, remaining = 0, equal = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int j = tid; j < 256; j += kThreads) sh.hist[j] = 0;
+    __syncthreads();
+    for (int32_t i = tid; i < n; i += kThreads) {
+      const uint32_t key = items.key(i);
+      if (key != 0 && (key & mask) == prefix) count_bin(sh.hist, (key >> shift) & 255u);
+    }
+    __syncthreads();
+    if (shift == 24) {
+      int32_t local = 0;
+      for (int j = tid; j < 256; j += kThreads) local += sh.hist[j];
+      k = remaining = min(want, block_sum(local, &sh.included));
+      if (k == 0) return 0;
+    }
+    if (tid == 0) {
+      int32_t above = 0, d = 255;
+      for (; d > 0; --d) {
+        if (above + sh.hist[d] >= remaining) break;
+        above += sh.hist[d];
+      }
+      sh.digit = d;
+      sh.remaining = remaining - above;
+      sh.equal = sh.hist[d];
+    }
+    __syncthreads();
+    prefix |= static_cast<uint32_t>(sh.digit) << shift;
+    mask |= 255u << shift;
+    remaining = sh.remaining;
+    equal = sh.equal;
+    __syncthreads();
+  }
+  const uint32_t threshold = prefix;
+
+  // Where T is tied beyond the k, the tied items with the `remaining` smallest secondaries: the
+  // same radix select on the secondary, from the bottom.
+  uint64_t last = UINT64_MAX;  // largest secondary taken among key T
+  if (equal > remaining) {
+    uint64_t sprefix = 0, smask = 0;
+    int32_t need = remaining;
+    for (int shift = (secondary_bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
+      for (int j = tid; j < 256; j += kThreads) sh.hist[j] = 0;
+      __syncthreads();
+      for (int32_t i = tid; i < n; i += kThreads) {
+        if (items.key(i) != threshold) continue;
+        const uint64_t sec = static_cast<uint64_t>(items.secondary(i));
+        if ((sec & smask) == sprefix) count_bin(sh.hist, static_cast<uint32_t>(sec >> shift) & 255u);
+      }
+      __syncthreads();
+      if (tid == 0) {
+        int32_t below = 0, d = 0;
+        for (; d < 255; ++d) {
+          if (below + sh.hist[d] >= need) break;
+          below += sh.hist[d];
+        }
+        sh.digit = d;
+        sh.remaining = need - below;
+      }
+      __syncthreads();
+      sprefix |= static_cast<uint64_t>(sh.digit) << shift;
+      smask |= uint64_t{255} << shift;
+      need = sh.remaining;
+      __syncthreads();
+    }
+    last = sprefix;
+  }
+
+  // Gather the k winners (any order: sorted below).
+  if (tid == 0) sh.greater = 0;
+  __syncthreads();
+  for (int32_t i = tid; i < n; i += kThreads) {
+    const uint32_t key = items.key(i);
+    if (key < threshold) continue;
+    const int64_t sec = items.secondary(i);
+    if (key == threshold && static_cast<uint64_t>(sec) > last) continue;
+    const int32_t slot = atomicAdd(&sh.greater, 1);
+    sh.key[slot] = key;
+    sh.secondary[slot] = sec;
+    sh.item[slot] = i;
+  }
+  __syncthreads();
+
+  // Bitonic sort of the k winners (padded to a power of two) by key down, secondary up.
+  int32_t size = 1;
+  while (size < k) size <<= 1;
+  for (int32_t i = k + tid; i < size; i += kThreads) {
+    sh.key[i] = 0;
+    sh.secondary[i] = INT64_MAX;
+    sh.item[i] = -1;
+  }
+  __syncthreads();
+  for (int32_t run = 2; run <= size; run <<= 1) {
+    for (int32_t stride = run >> 1; stride > 0; stride >>= 1) {
+      for (int32_t t = tid; t < size / 2; t += kThreads) {
+        const int32_t i = 2 * stride * (t / stride) + t % stride, j = i + stride;
+        const bool j_first = sh.key[j] > sh.key[i] || (sh.key[j] == sh.key[i] && sh.secondary[j] < sh.secondary[i]);
+        if (j_first == ((i & run) == 0)) {
+          const uint32_t kk = sh.key[i];
+          sh.key[i] = sh.key[j];
+          sh.key[j] = kk;
+          const int64_t ss = sh.secondary[i];
+          sh.secondary[i] = sh.secondary[j];
+          sh.secondary[j] = ss;
+          const int32_t it = sh.item[i];
+          sh.item[i] = sh.item[j];
+          sh.item[j] = it;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  return k;
+}
+
+// A running (max, sum of exp(x - max)) over one thread's share of a row.
+struct OnlineLse {
+  float m = -INFINITY, s = 0.0f;
+  bool nan = false;
+
+  // A few values at a time: one rescale per group.
+  template <int N>
+  __device__ __forceinline__ void add(const float (&x)[N]) {
+    float top = x[0];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      nan |= x[j] != x[j];
+      top = fmaxf(top, x[j]);
+    }
+    if (top > m) {
+      s = m == -INFINITY ? 0.0f : s * expf(m - top);
+      m = top;
+    }
+    if (m == -INFINITY || m == INFINITY) return;  // nothing to sum yet / the result is +inf anyway
+#pragma unroll
+    for (int j = 0; j < N; ++j) s += expf(x[j] - m);
+  }
+};
+
+// 16-byte words of a row as floats.
+__device__ __forceinline__ void unpack(uint4 w, float (&x)[4], const float*) {
+  x[0] = __uint_as_float(w.x), x[1] = __uint_as_float(w.y), x[2] = __uint_as_float(w.z), x[3] = __uint_as_float(w.w);
+}
+__device__ __forceinline__ void unpack(uint4 w, float (&x)[8], const Half*) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    x[2 * j] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[j] & 0xffffu)));
+    x[2 * j + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[j] >> 16)));
+  }
+}
+__device__ __forceinline__ void unpack(uint4 w, float (&x)[8], const BHalf*) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) x[2 * j] = __uint_as_float(words[j] << 16), x[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+}
+
+// log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one.
+// *thread_max (if given) gets the largest value this thread read.
+template <class Bits>
+__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, float* thread_max = nullptr) {
+  constexpr int kPer = 16 / sizeof(Bits);
+  OnlineLse acc;
+  // Scalar head up to 16-byte alignment, whole words, scalar tail.
+  const int64_t misaligned = static_cast<int64_t>((16 - reinterpret_cast<uintptr_t>(row) % 16) % 16 / sizeof(Bits));
+  const int64_t head = misaligned < vocab ? misaligned : vocab;
+  const int64_t words = (vocab - head) / kPer, tail = head + words * kPer;
+  for (int64_t i = threadIdx.x; i < head; i += kThreads) {
+    const float x[1] = {to_float(row[i])};
+    acc.add(x);
+  }
+  const uint4* body = reinterpret_cast<const uint4*>(row + head);
+  for (int64_t j = threadIdx.x; j < words; j += kThreads) {
+    float x[kPer];
+    unpack(body[j], x, static_cast<const Bits*>(nullptr));
+    acc.add(x);
+  }
+  for (int64_t i = tail + threadIdx.x; i < vocab; i += kThreads) {
+    const float x[1] = {to_float(row[i])};
+    acc.add(x);
+  }
+  if (thread_max) *thread_max = acc.m;
+  // Combine (m, s) across the block: the block max, then the rescaled sums.
+  const float M = block_max(acc.m, sh);
+  const bool any_nan = __syncthreads_or(acc.nan) != 0;
+  if (any_nan) return NAN;
+  if (M == -INFINITY || M == INFINITY) return M;
+  const float part = acc.m == -INFINITY ? 0.0f : acc.s * expf(acc.m - M);
+  return M + logf(block_sum(part, &sh.s));
+}
+
+// A row's items: the vocabulary (unconstrained) or a node's children, ranked by value(i).
+template <class Bits>
+struct DenseRow {
+  const Bits* logits;
+  int32_t blocked;
+  __device__ float value(int32_t i) const { return to_float(logits[i]); }
+  // -inf logits never enter (the CPU heap only admits values above -inf).
+  __device__ uint32_t key(int32_t i) const {
+    const float x = value(i);
+    return (i == blocked || x == -INFINITY) ? 0u : order_key(x);
+  }
+  __device__ int64_t secondary(int32_t i) const { return i; }
+};
+
+// Items staged in shared memory: their keys, and their indices into the items they came from.
+template <class Items>
+struct StagedItems {
+  const uint32_t* keys;
+  const int32_t* index;
+  const Items& from;
+  __device__ uint32_t key(int32_t j) const { return keys[j]; }
+  __device__ int64_t secondary(int32_t j) const { return from.secondary(index[j]); }
+};
+
+// block_top with a shortcut: each thread's largest key (`mine`, 0 for none) over any partition of
+// the items bounds the want-th best from below (the need-th largest of those maxima is reached by
+// `need` distinct items, `extra` of which may be excluded ones), so one pass stages the items at
+// or above it, usually a few hundred, and the selection runs on those in shared memory. Without a
+// bound (need > kThreads) or when too many items tie above it, the selection reads the items.
+template <class Items>
+__device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, uint32_t mine,
+                               int32_t extra, TopShared& sh) {
+  const int tid = threadIdx.x;
+  const int32_t need = want + extra;
+  if (need <= kThreads) {
+    sh.thread_max[tid] = mine;
+    if (tid == 0) {
+      sh.bound = 0;
+      sh.staged = 0;
+    }
+    __syncthreads();
+    int32_t rank = 0;  // a strict order of the maxima: rank is a permutation of 0..kThreads-1
+    for (int j = 0; j < kThreads; ++j) {
+      const uint32_t other = sh.thread_max[j];
+      rank += other > mine || (other == mine && j < tid);
+    }
+    if (rank == need - 1) sh.bound = mine;
+    __syncthreads();
+    const uint32_t bound = sh.bound;
+    if (bound != 0) {  // 0: fewer than `need` threads saw a candidate
+      for (int32_t i = tid; i < n; i += kThreads) {
+        const uint32_t key = items.key(i);
+        if (key < bound) continue;
+        const int32_t slot = atomicAdd(&sh.staged, 1);
+        if (slot < kStaged) {
+          sh.staged_key[slot] = key;
+          sh.staged_item[slot] = i;
+        }
+      }
+    }
+    __syncthreads();
+    const int32_t staged = sh.staged;
+    __syncthreads();
+    if (bound != 0 && staged <= kStaged) {
+      const StagedItems<Items> on_chip{sh.staged_key, sh.staged_item, items};
+      const int32_t k = block_top(on_chip, staged, want, secondary_bits, sh);
+      for (int32_t t = tid; t < k; t += kThreads) sh.item[t] = sh.staged_item[sh.item[t]];
+      __syncthreads();
+      return k;
+    }
+  }
+  return block_top(items, n, want, secondary_bits, sh);
+}
+
+template <class Bits>
+struct ChildRow {
+  const Bits* logits;
+  TrieView trie;
+  uint32_t lo;
+  float lse;
+  int32_t blocked;
+  bool block_leaves;
+  __device__ int32_t token(int32_t i) const { return trie.child_token[lo + i]; }
+  __device__ float value(int32_t i) const { return to_float(logits[token(i)]) - lse; }
+  __device__ uint32_t key(int32_t i) const {
+    if (token(i) == blocked) return 0u;
+    if (block_leaves && trie.num_children(static_cast<int32_t>(lo + i) + 1) == 0) return 0u;
+    return order_key(value(i));
+  }
+  __device__ int64_t secondary(int32_t i) const { return i; }
+};
+
+// The children's own log-sum-exp (normalize_allowed), summed in double as on the CPU.
+template <class Bits>
+__device__ float children_logsumexp(const Bits* logits, const TrieView& trie, uint32_t lo, int32_t n, TopShared& sh) {
+  float m = -INFINITY;
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) m = fmaxf(m, to_float(logits[trie.child_token[lo + i]]));
+  const float M = block_max(m, sh);
+  if (!isfinite(M)) return M;
+  double sum = 0.0;
+  for (int32_t i = threadIdx.x; i < n; i += kThreads)
+    sum += exp(static_cast<double>(to_float(logits[trie.child_token[lo + i]]) - M));
+  return M + static_cast<float>(log(block_sum(sum, &sh.ds)));
+}
+
+template <class Bits>
+__global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
+  __shared__ TopShared sh;
+  const int64_t r = blockIdx.x;
+  const int32_t C = p.num_candidates;
+  float* out_logprob = pool.logprob + r * C;
+  int32_t* out_token = pool.token + r * C;
+  int32_t* out_node = pool.node + r * C;
+  if (threadIdx.x == 0) pool.count[r] = 0;
+  if (p.beam_scores[r] == -INFINITY) return;
+  const Bits* logits = static_cast<const Bits*>(p.logits) + r * p.row_stride;
+
+  if (!p.nodes) {
+    float thread_max;
+    const float lse = row_logsumexp(logits, p.vocab, sh, &thread_max);
+    if (lse != lse) {
+      if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
+      return;
+    }
+    const DenseRow<Bits> items{logits, p.blocked_token};
+    // The normaliser pass saw every logit: its maxima bound the row (the blocked token may be one).
+    const uint32_t mine = thread_max == -INFINITY ? 0u : order_key(thread_max);
+    const int32_t k = bounded_top(items, static_cast<int32_t>(p.vocab), C, bits_below(p.vocab), mine,
+                                  p.blocked_token >= 0 ? 1 : 0, sh);
+    for (int32_t t = threadIdx.x; t < k; t += kThreads) {
+      out_logprob[t] = items.value(sh.item[t]) - lse;
+      out_token[t] = sh.item[t];
+      out_node[t] = -1;
+    }
+    if (threadIdx.x == 0) pool.count[r] = k;
+    return;
+  }
+
+  const TrieView trie = p.tries[p.num_tries == 1 ? 0 : r / p.num_beams];
+  const int32_t node = p.nodes[r];
+  if (node == kSpentNode) {
+    // An ended hypothesis continues with eos alone.
+    if (p.eos_id < 0 || p.eos_id >= p.vocab || p.eos_id == p.blocked_token) return;
+    float logprob = 0.0f;
+    if (!p.normalize_allowed) {
+      const float lse = row_logsumexp(logits, p.vocab, sh);
+      if (lse != lse) {
+        if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
+        return;
+      }
+      logprob = to_float(logits[p.eos_id]) - lse;
+    }
+    if (threadIdx.x == 0) {
+      out_logprob[0] = logprob;
+      out_token[0] = p.eos_id;
+      out_node[0] = kSpentNode;
+      pool.count[r] = 1;
+    }
+    return;
+  }
+  if (node < 0 || node >= trie.num_nodes) {
+    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kBadNode, node);
+    return;
+  }
+  const uint32_t lo = trie.child_begin[node], hi = trie.child_begin[node + 1];
+  if (lo == hi) {
+    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNoChildren, node);
+    return;
+  }
+  const int32_t n = static_cast<int32_t>(hi - lo);
+
+  // Children in token order: a NaN among the in-vocabulary ones comes before any token >= vocab.
+  if (threadIdx.x == 0) {
+    sh.flag = 0;
+    sh.bad_token = INT32_MAX;
+  }
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) {
+    const int32_t token = trie.child_token[lo + i];
+    if (token >= p.vocab) {
+      atomicMin(&sh.bad_token, token);
+    } else {
+      const float x = to_float(logits[token]);
+      if (x != x) sh.flag = 1;
+    }
+  }
+  __syncthreads();
+  const bool child_nan = sh.flag != 0;
+  const int32_t bad_token = sh.bad_token;
+  __syncthreads();
+  if (child_nan || bad_token != INT32_MAX) {
+    if (threadIdx.x == 0) {
+      if (child_nan) record_error(error, pool, r, BeamStepError::kNaN, 0);
+      else record_error(error, pool, r, BeamStepError::kTokenOutOfVocab, bad_token);
+    }
+    return;
+  }
+
+  const float lse = p.normalize_allowed ? children_logsumexp(logits, trie, lo, n, sh) : row_logsumexp(logits, p.vocab, sh);
+  if (lse != lse) {
+    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
+    return;
+  }
+  const ChildRow<Bits> items{logits, trie, lo, lse, p.blocked_token, p.block_leaves};
+  const int32_t k = block_top(items, n, C, bits_below(n), sh);
+  for (int32_t t = threadIdx.x; t < k; t += kThreads) {
+    const int32_t i = sh.item[t];
+    out_logprob[t] = items.value(i);
+    out_token[t] = items.token(i);
+    out_node[t] = static_cast<int32_t>(lo + i) + 1;
+  }
+  if (threadIdx.x == 0) pool.count[r] = k;
+}
+
+// A batch item's candidates: entry i of beam j's list is item j * C + i.
+struct ItemLists {
+  const float* beam_scores;  // the item's K rows
+  const float* logprob;
+  const int32_t* token;
+  const int32_t* count;
+  int32_t C;
+  __device__ float score(int32_t e) const { return beam_scores[e / C] + logprob[e]; }
+  __device__ uint32_t key(int32_t e) const { return e % C < count[e / C] ? order_key(score(e)) : 0u; }
+  __device__ int64_t secondary(int32_t e) const { return (static_cast<int64_t>(e / C) << 32) | static_cast<uint32_t>(token[e]); }
+};
+
+__global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
+  __shared__ TopShared sh;
+  // A failed row makes the whole step an error: skip the work (the host raises).
+  if (*error != kNoBeamStepError) return;
+  const int64_t b = blockIdx.x, first = b * p.num_beams;
+  const int32_t C = p.num_candidates;
+  const ItemLists items{p.beam_scores + first, pool.logprob + first * C, pool.token + first * C, pool.count + first, C};
+  const int32_t n = p.num_beams * C;
+  uint32_t mine = 0;
+  for (int32_t e = threadIdx.x; e < n; e += kThreads) mine = max(mine, items.key(e));
+  const int32_t k = bounded_top(items, n, C, 32 + bits_below(p.num_beams), mine, 0, sh);
+  for (int32_t t = threadIdx.x; t < k; t += kThreads) {
+    const int32_t e = sh.item[t];
+    const int64_t o = b * C + t;
+    p.cand_score[o] = items.score(e);
+    p.cand_logprob[o] = items.logprob[e];
+    p.cand_token[o] = items.token[e];
+    p.cand_parent[o] = static_cast<int32_t>(first + e / C);
+    p.cand_node[o] = pool.node[first * C + e];
+  }
+  if (threadIdx.x == 0) p.cand_count[b] = k;
+}
+
+}  // namespace
+
+size_t beam_step_cuda_workspace_bytes(int64_t rows, int32_t num_candidates) {
+  const size_t entries = static_cast<size_t>(rows) * num_candidates;
+  return align_up(entries * sizeof(float)) + 2 * align_up(entries * sizeof(int32_t)) +
+         2 * align_up(rows * sizeof(int32_t));
+}
+
+size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates) {
+  const size_t entries = static_cast<size_t>(rows) * num_candidates;
+  return align_up(entries * sizeof(float)) + 2 * align_up(entries * sizeof(int32_t)) + align_up(rows * sizeof(int32_t));
+}
+
+int run_beam_step_cuda(const BeamStepParams& p, void* workspace, unsigned long long* error, void* stream) {
+  if (p.num_candidates < 1 || p.num_candidates > kMaxSlots) return static_cast<int>(cudaErrorInvalidValue);
+  if (p.delta_offsets || p.vocab >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  if (int64_t{p.num_beams} * p.num_candidates >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  const int64_t rows = int64_t{p.batch_size} * p.num_beams;
+  if (rows == 0) return 0;
+  const Pool pool = pool_of(workspace, rows, p.num_candidates);
+  auto s = static_cast<cudaStream_t>(stream);
+  const unsigned row_blocks = static_cast<unsigned>(rows), items = static_cast<unsigned>(p.batch_size);
+  switch (p.dtype) {
+    case LogitsDtype::kFloat32: beam_rows_kernel<float><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
+    case LogitsDtype::kFloat16: beam_rows_kernel<Half><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
+    case LogitsDtype::kBFloat16: beam_rows_kernel<BHalf><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
+  }
+  beam_merge_kernel<<<items, kThreads, 0, s>>>(p, pool, error);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace pyfastseq

@@ -1,0 +1,75 @@
+#include <cstddef>
+
+#include <pybind11/pybind11.h>
+
+#include "beam/beam.h"
+#include "common/errors.h"
+
+namespace py = pybind11;
+
+namespace pyfastseq {
+
+// Python packs the device trie views as int64 [num_tries, 4] rows (child_begin, child_token,
+// terminal, num_nodes): that is TrieView's layout on every 64-bit little-endian target we build for.
+static_assert(sizeof(TrieView) == 32 && offsetof(TrieView, child_begin) == 0 && offsetof(TrieView, child_token) == 8 &&
+                  offsetof(TrieView, terminal) == 16 && offsetof(TrieView, num_nodes) == 24,
+              "TrieView layout changed: update the packing in pyfastseq/search.py");
+
+void bind_beam_cuda(py::module_& m) {
+  m.def(
+      "beam_step_workspace_bytes",
+      [](int64_t rows, int32_t num_candidates) { return beam_step_cuda_workspace_bytes(rows, num_candidates); },
+      py::arg("rows"), py::arg("num_candidates"), "Device workspace bytes beam_step() needs.");
+  m.def(
+      "beam_step_error_detail_offset",
+      [](int64_t rows, int32_t num_candidates) { return beam_step_error_detail_offset(rows, num_candidates); },
+      py::arg("rows"), py::arg("num_candidates"),
+      "Byte offset in the workspace of the int32 [rows] error details.");
+  m.def(
+      "beam_step",
+      [](uintptr_t logits, int64_t vocab, int64_t row_stride, int32_t dtype, int32_t batch_size, int32_t num_beams,
+         uintptr_t beam_scores, uintptr_t nodes, uintptr_t tries, int32_t num_tries, bool normalize_allowed,
+         int32_t eos_id, int32_t blocked_token, bool block_leaves, uintptr_t cand_score, uintptr_t cand_logprob,
+         uintptr_t cand_token, uintptr_t cand_parent, uintptr_t cand_node, uintptr_t cand_count, uintptr_t error,
+         uintptr_t workspace, uintptr_t stream) {
+        if (dtype < 0 || dtype > 2) fail("logits dtype code must be 0, 1 or 2");
+        if (batch_size < 1 || num_beams < 1 || num_beams > 1024) fail("batch_size must be positive and num_beams in 1..1024");
+        if (nodes && num_tries != 1 && num_tries != batch_size) fail("tries must hold one trie or one per batch item");
+        BeamStepParams p;
+        p.logits = reinterpret_cast<const void*>(logits);
+        p.vocab = vocab;
+        p.row_stride = row_stride;
+        p.dtype = static_cast<LogitsDtype>(dtype);
+        p.batch_size = batch_size;
+        p.num_beams = num_beams;
+        p.num_candidates = 2 * num_beams;
+        p.beam_scores = reinterpret_cast<const float*>(beam_scores);
+        p.nodes = reinterpret_cast<const int32_t*>(nodes);
+        p.tries = reinterpret_cast<const TrieView*>(tries);
+        p.num_tries = num_tries;
+        p.normalize_allowed = normalize_allowed;
+        p.eos_id = eos_id;
+        p.blocked_token = blocked_token;
+        p.block_leaves = block_leaves;
+        p.cand_score = reinterpret_cast<float*>(cand_score);
+        p.cand_logprob = reinterpret_cast<float*>(cand_logprob);
+        p.cand_token = reinterpret_cast<int32_t*>(cand_token);
+        p.cand_parent = reinterpret_cast<int32_t*>(cand_parent);
+        p.cand_node = reinterpret_cast<int32_t*>(cand_node);
+        p.cand_count = reinterpret_cast<int32_t*>(cand_count);
+        py::gil_scoped_release release;
+        return run_beam_step_cuda(p, reinterpret_cast<void*>(workspace), reinterpret_cast<unsigned long long*>(error),
+                                  reinterpret_cast<void*>(stream));
+      },
+      py::arg("logits_ptr"), py::arg("vocab"), py::arg("row_stride"), py::arg("dtype"), py::arg("batch_size"),
+      py::arg("num_beams"), py::arg("beam_scores_ptr"), py::arg("nodes_ptr"), py::arg("tries_ptr"), py::arg("num_tries"),
+      py::arg("normalize_allowed"), py::arg("eos_id"), py::arg("blocked_token"), py::arg("block_leaves"),
+      py::arg("cand_score_ptr"), py::arg("cand_logprob_ptr"), py::arg("cand_token_ptr"), py::arg("cand_parent_ptr"),
+      py::arg("cand_node_ptr"), py::arg("cand_count_ptr"), py::arg("error_ptr"), py::arg("workspace_ptr"),
+      py::arg("stream"),
+      "Launch the fused beam step on device pointers (nodes_ptr 0: unconstrained; tries_ptr: int64 [num_tries, 4]\n"
+      "device views). *error_ptr (uint64, preset to all ones) ends as row * 256 + code of the first failing row.\n"
+      "Returns the cudaError_t code of the launches.");
+}
+
+}  // namespace pyfastseq
