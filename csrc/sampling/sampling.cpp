@@ -1,0 +1,261 @@
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "beam/logits_row.h"
+#include "common/errors.h"
+#include "common/parallel.h"
+#include "sampling/sampling.h"
+
+namespace pyfastseq {
+namespace {
+
+// splitmix64's finaliser: a bijection whose outputs pass BigCrush as a counter-based generator.
+inline uint64_t mix(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// The uniform in [0, 1) that row `row` draws at `step`.
+double sample_uniform(uint64_t seed, int64_t row, int64_t step) {
+  const uint64_t bits = mix(mix(mix(seed) ^ static_cast<uint64_t>(row)) ^ static_cast<uint64_t>(step));
+  return static_cast<double>(bits >> 11) * 0x1p-53;
+}
+
+struct Cand {
+  float x;  // the raw logit
+  int32_t token;
+  int32_t node;
+};
+
+// Higher logit first, then the lower token id, so ties cut deterministically.
+inline bool better(const Cand& a, const Cand& b) { return a.x > b.x || (a.x == b.x && a.token < b.token); }
+
+// top_p is compared with a relative allowance of 1e-6: probabilities handed in as logits (the
+// seed's [.5, .3, .15, .05] with top_p=.8) reach p only up to float rounding.
+constexpr double kTopPSlack = 1e-6;
+
+enum class RowStatus : int32_t { kOk, kNaN, kNoFinite, kBadNode, kNoChildren, kTokenOutOfVocab };
+
+struct RowResult {
+  RowStatus status = RowStatus::kOk;
+  int64_t detail = 0;
+};
+
+template <class Loader>
+class SampleKernel {
+ public:
+  using Bits = typename Loader::Bits;
+
+  explicit SampleKernel(const SampleStepParams& p) : p_(p) {}
+
+  RowResult row(int64_t r) const {
+    p_.token[r] = -1;
+    p_.logprob[r] = 0.0f;
+    p_.node[r] = -1;
+    if (p_.active && !p_.active[r]) return {};
+    const Bits* logits = static_cast<const Bits*>(p_.logits) + r * p_.row_stride;
+    bool nan = false;
+    const float lse = row_logsumexp<Loader>(logits, p_.vocab, &nan);
+    if (nan) return {RowStatus::kNaN, 0};
+    if (!std::isfinite(lse)) return {RowStatus::kNoFinite, 0};
+
+    std::vector<Cand>& cands = scratch();
+    if (p_.nodes) {
+      const RowResult gathered = gather_children(r, logits, cands);
+      if (gathered.status != RowStatus::kOk) return gathered;
+    } else if (p_.top_k > 0 && p_.top_k < p_.vocab) {
+      top_k_of_row(logits, cands);
+    } else if (p_.top_p >= 1.0f) {
+      return finish(r, logits, lse, draw_from_row(r, logits), -1);
+    } else {
+      cands.resize(p_.vocab);
+      for (int64_t t = 0; t < p_.vocab; ++t) cands[t] = {Loader::load(logits[t]), static_cast<int32_t>(t), -1};
+    }
+    if (p_.nodes && p_.top_k > 0 && p_.top_k < static_cast<int64_t>(cands.size())) {
+      std::partial_sort(cands.begin(), cands.begin() + p_.top_k, cands.end(), better);
+      cands.resize(p_.top_k);
+    }
+    float m = -INFINITY;
+    for (const Cand& c : cands) m = std::max(m, c.x);
+    if (m == -INFINITY) return {RowStatus::kNoFinite, 0};
+    const Cand& pick = draw_from(r, cands, m);
+    return finish(r, logits, lse, pick.token, pick.node);
+  }
+
+ private:
+  RowResult finish(int64_t r, const Bits* logits, float lse, int32_t token, int32_t node) const {
+    p_.token[r] = token;
+    p_.logprob[r] = Loader::load(logits[token]) - lse;
+    p_.node[r] = node;
+    return {};
+  }
+
+  RowResult gather_children(int64_t r, const Bits* logits, std::vector<Cand>& cands) const {
+    const TrieView& trie = p_.tries[p_.num_tries == 1 ? 0 : r / p_.rows_per_trie];
+    const int32_t node = p_.nodes[r];
+    if (node < 0 || node >= trie.num_nodes) return {RowStatus::kBadNode, node};
+    const uint32_t lo = trie.child_begin[node], hi = trie.child_begin[node + 1];
+    if (lo == hi) return {RowStatus::kNoChildren, node};
+    cands.resize(hi - lo);
+    for (uint32_t e = lo; e < hi; ++e) {
+      const int32_t token = trie.child_token[e];
+      if (token >= p_.vocab) return {RowStatus::kTokenOutOfVocab, token};
+      cands[e - lo] = {Loader::load(logits[token]), token, static_cast<int32_t>(e) + 1};
+    }
+    return {};
+  }
+
+  // The top_k logits of the row, best first, by a min-heap whose worst entry is the threshold that
+  // eight logits at a time are tested against (most blocks fail it at once).
+  void top_k_of_row(const Bits* logits, std::vector<Cand>& heap) const {
+    heap.clear();
+    const size_t keep = static_cast<size_t>(p_.top_k);
+    float threshold = -INFINITY;
+    auto consider = [&](int64_t t, float x) {
+      const Cand c{x, static_cast<int32_t>(t), -1};
+      if (heap.size() == keep) {
+        std::pop_heap(heap.begin(), heap.end(), better);
+        heap.back() = c;
+      } else {
+        heap.push_back(c);
+      }
+      std::push_heap(heap.begin(), heap.end(), better);
+      if (heap.size() == keep) threshold = heap.front().x;
+    };
+    const int64_t body = p_.vocab & ~int64_t{7};
+    for (int64_t i = 0; i < body; i += 8) {
+      const Floats8 x = Loader::load8(logits + i);
+      const Ints8 above = x > threshold;
+      int any = 0;
+      for (int j = 0; j < 8; ++j) any |= above[j];
+      if (!any) continue;
+      for (int j = 0; j < 8; ++j)
+        if (x[j] > threshold || (heap.size() < keep && x[j] == threshold)) consider(i + j, x[j]);
+    }
+    for (int64_t t = body; t < p_.vocab; ++t) {
+      const float x = Loader::load(logits[t]);
+      if (x > threshold || (heap.size() < keep && x == threshold)) consider(t, x);
+    }
+  }
+
+  // No cut at all: inverse-CDF draw over the whole row, weights exp((x - max) / T) in vector lanes.
+  int32_t draw_from_row(int64_t r, const Bits* logits) const {
+    std::vector<float>& w = weights();
+    w.resize(p_.vocab);
+    float m = -INFINITY;
+    for (int64_t t = 0; t < p_.vocab; ++t) m = std::max(m, Loader::load(logits[t]));
+    const float inv_t = 1.0f / p_.temperature[r];
+    const int64_t body = p_.vocab & ~int64_t{7};
+    for (int64_t i = 0; i < body; i += 8) {
+      const Floats8 e = exp_nonpositive((Loader::load8(logits + i) - m) * inv_t);
+      std::memcpy(w.data() + i, &e, sizeof e);
+    }
+    for (int64_t t = body; t < p_.vocab; ++t) w[t] = exp_nonpositive((Loader::load(logits[t]) - m) * inv_t);
+    double total = 0.0;
+    for (float v : w) total += v;
+    const double target = sample_uniform(p_.seed, r, p_.step) * total;
+    double acc = 0.0;
+    int32_t last = 0;
+    for (int64_t t = 0; t < p_.vocab; ++t) {
+      if (w[t] <= 0.0f) continue;
+      acc += w[t];
+      last = static_cast<int32_t>(t);
+      if (target < acc) break;
+    }
+    return last;
+  }
+
+  // Temperature, then the top-p cut on the (already top-k) candidates, then the draw.
+  const Cand& draw_from(int64_t r, std::vector<Cand>& cands, float m) const {
+    const double inv_t = 1.0 / p_.temperature[r];
+    auto weight = [&](const Cand& c) { return std::exp((static_cast<double>(c.x) - m) * inv_t); };
+    double total = 0.0;
+    for (const Cand& c : cands) total += weight(c);
+    size_t kept = cands.size();
+    if (p_.top_p < 1.0f) kept = top_p_prefix(cands, weight, total, &total);
+    const double target = sample_uniform(p_.seed, r, p_.step) * total;
+    double acc = 0.0;
+    for (size_t i = 0; i + 1 < kept; ++i) {
+      acc += weight(cands[i]);
+      if (target < acc) return cands[i];
+    }
+    return cands[kept - 1];
+  }
+
+  // Sorts the head of `cands` best first until its mass reaches top_p of `total`; returns its
+  // length and sets *kept_mass. The head grows geometrically, so a long flat tail is never sorted.
+  template <class Weight>
+  size_t top_p_prefix(std::vector<Cand>& cands, const Weight& weight, double total, double* kept_mass) const {
+    const double goal = (static_cast<double>(p_.top_p) - kTopPSlack) * total;
+    double cum = 0.0;
+    size_t sorted = 0, head = 64;
+    while (true) {
+      head = std::min(head, cands.size());
+      if (head < cands.size()) std::nth_element(cands.begin() + sorted, cands.begin() + head, cands.end(), better);
+      std::sort(cands.begin() + sorted, cands.begin() + head, better);
+      for (; sorted < head; ++sorted) {
+        cum += weight(cands[sorted]);
+        if (cum >= goal) {
+          *kept_mass = cum;
+          return sorted + 1;
+        }
+      }
+      if (head == cands.size()) break;
+      head *= 4;
+    }
+    *kept_mass = cum;
+    return cands.size();
+  }
+
+  static std::vector<Cand>& scratch() {
+    thread_local std::vector<Cand> buffer;
+    return buffer;
+  }
+  static std::vector<float>& weights() {
+    thread_local std::vector<float> buffer;
+    return buffer;
+  }
+
+  const SampleStepParams& p_;
+};
+
+[[noreturn]] void report(int64_t row, const RowResult& e, const SampleStepParams& p) {
+  switch (e.status) {
+    case RowStatus::kNaN: fail("logits row ", row, " contains NaN");
+    case RowStatus::kNoFinite:
+      fail("logits row ", row, " has no finite logit among its allowed tokens (all -inf, or +inf present)");
+    case RowStatus::kBadNode: fail("row ", row, " is live but its trie node ", e.detail, " is out of range");
+    case RowStatus::kNoChildren:
+      fail("row ", row, " is live at trie node ", e.detail,
+           ", which has no children: the trie does not cover this decoding state");
+    case RowStatus::kTokenOutOfVocab:
+      fail("the trie holds token id ", e.detail, " but logits has only ", p.vocab, " columns (vocabulary)");
+    case RowStatus::kOk: break;
+  }
+  fail("internal error in the sampling step");
+}
+
+template <class Loader>
+void step(const SampleStepParams& p) {
+  std::vector<RowResult> results(p.rows);
+  const SampleKernel<Loader> kernel(p);
+  parallel_for(p.rows, p.vocab, [&](int64_t r) { results[r] = kernel.row(r); });
+  for (int64_t r = 0; r < p.rows; ++r)
+    if (results[r].status != RowStatus::kOk) report(r, results[r], p);
+}
+
+}  // namespace
+
+void run_sample_step_cpu(const SampleStepParams& p) {
+  switch (p.dtype) {
+    case LogitsDtype::kFloat32: return step<Float32Loader>(p);
+    case LogitsDtype::kFloat16: return step<Float16Loader>(p);
+    case LogitsDtype::kBFloat16: return step<BFloat16Loader>(p);
+  }
+  fail("logits dtype code ", static_cast<int32_t>(p.dtype), " is not float32, float16 or bfloat16");
+}
+
+}  // namespace pyfastseq
