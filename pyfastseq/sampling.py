@@ -50,7 +50,7 @@ class Sampler:
         top_k: keep the ``top_k`` largest logits (0: all).
         top_p: then keep the shortest prefix, in descending order of probability, whose probability
             under the top-k-renormalised distribution reaches ``top_p`` (1.0: no cut). Probabilities
-            within a relative 1e-6 of ``top_p`` count as reaching it, so that ``[.5, .3, .15, .05]``
+            within 1e-6 of ``top_p`` count as reaching it, so that ``[.5, .3, .15, .05]``
             given as logits keeps ``{0, 1}`` at ``top_p=0.8``.
         temperature: logits are divided by it before the cuts' probabilities are taken (> 0; the
             top-k set does not depend on it). ``top_k=1`` is greedy argmax.

@@ -33,7 +33,7 @@ struct Cand {
 // Higher logit first, then the lower token id, so ties cut deterministically.
 inline bool better(const Cand& a, const Cand& b) { return a.x > b.x || (a.x == b.x && a.token < b.token); }
 
-// top_p is compared with a relative allowance of 1e-6: probabilities handed in as logits (the
+// top_p is compared with an allowance of 1e-6: probabilities handed in as logits (the
 // seed's [.5, .3, .15, .05] with top_p=.8) reach p only up to float rounding.
 constexpr double kTopPSlack = 1e-6;
 
