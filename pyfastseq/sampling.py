@@ -145,10 +145,8 @@ class Sampler:
         beam_idx = torch.arange(rows)
         for step in range(max_length):
             logits = _BeamSearchBase._checked_logits(step_fn(tokens, beam_idx), rows, self.tries)
-            drawn, logprob, node = _C.sample_step(
-                logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], rows, temperature,
-                self.top_k, self.top_p, seed, step, active.view(np.uint8), nodes, natives, num_samples,
-            )
+            drawn, logprob, node = _sample_step(logits, temperature, self.top_k, self.top_p, seed, step, active,
+                                                nodes, natives, num_samples)
             live = active.copy()
             out[live, step] = drawn[live]
             lengths[live] += 1
@@ -171,6 +169,18 @@ class Sampler:
             scores=shape([float(s) for s in scores]),
             finished=shape([bool(f) for f in finished]),
         )
+
+
+def _sample_step(logits: torch.Tensor, temperature: np.ndarray, top_k: int, top_p: float, seed: int, step: int,
+                 active: np.ndarray | None = None, nodes: np.ndarray | None = None, tries: Sequence[Any] = (),
+                 rows_per_trie: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The native step alone on checked CPU logits ``[N, V]``: (token, model log-prob, node) per row.
+    Used by the search loop and the benchmarks."""
+    return _C.sample_step(
+        logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], logits.shape[0],
+        temperature, top_k, top_p, seed, step, None if active is None else active.view(np.uint8), nodes, list(tries),
+        rows_per_trie,
+    )
 
 
 def _as_tries(trie: Any) -> list[Trie]:

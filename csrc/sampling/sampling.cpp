@@ -1,14 +1,48 @@
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "beam/logits_row.h"
 #include "common/errors.h"
 #include "common/parallel.h"
+#include "sampling/row_weights.h"
+#include "sampling/row_weights_avx2.h"
 #include "sampling/sampling.h"
 
 namespace pyfastseq {
 namespace {
+
+#if PYFASTSEQ_AVX2_ROWS
+const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+constexpr bool kAvx2 = false;
+#endif
+
+// The row's log-sum-exp through the AVX2 + FMA build where the CPU has one.
+template <class Loader>
+float logsumexp_of(const typename Loader::Bits* row, int64_t n, bool* nan) {
+#if PYFASTSEQ_AVX2_ROWS
+  if (kAvx2) {
+    if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
+    if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_logsumexp_f16_avx2(row, n, nan);
+    if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_logsumexp_bf16_avx2(row, n, nan);
+  }
+#endif
+  return row_logsumexp<Loader>(row, n, nan);
+}
+
+template <class Loader>
+double weights_of(const typename Loader::Bits* row, int64_t n, float inv_t, float* w) {
+#if PYFASTSEQ_AVX2_ROWS
+  if (kAvx2) {
+    if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_row_weights_f32_avx2(row, n, inv_t, w);
+    if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_row_weights_f16_avx2(row, n, inv_t, w);
+    if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_row_weights_bf16_avx2(row, n, inv_t, w);
+  }
+#endif
+  return row_weights<Loader>(row, n, inv_t, w);
+}
 
 // splitmix64's finaliser: a bijection whose outputs pass BigCrush as a counter-based generator.
 inline uint64_t mix(uint64_t z) {
@@ -58,30 +92,40 @@ class SampleKernel {
     if (p_.active && !p_.active[r]) return {};
     const Bits* logits = static_cast<const Bits*>(p_.logits) + r * p_.row_stride;
     bool nan = false;
-    const float lse = row_logsumexp<Loader>(logits, p_.vocab, &nan);
+    const float lse = logsumexp_of<Loader>(logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
     if (!std::isfinite(lse)) return {RowStatus::kNoFinite, 0};
 
+    const float inv_t = 1.0f / p_.temperature[r];
     std::vector<Cand>& cands = scratch();
+    if (!p_.nodes && (p_.top_k == 0 || p_.top_k >= p_.vocab)) {
+      // No cut but top-p over the whole vocabulary: weights for every token in one vector pass.
+      std::vector<float>& w = weights();
+      w.resize(p_.vocab);
+      const double total = weights_of<Loader>(logits, p_.vocab, inv_t, w.data());
+      if (p_.top_p >= 1.0f) return finish(r, logits, lse, draw_from_weights(r, w, total), -1);
+      cands.resize(p_.vocab);
+      for (int64_t t = 0; t < p_.vocab; ++t) cands[t] = {Loader::load(logits[t]), static_cast<int32_t>(t), -1};
+      const Cand& pick = draw_from(r, cands, [&](const Cand& c) { return double{w[c.token]}; }, total);
+      return finish(r, logits, lse, pick.token, -1);
+    }
     if (p_.nodes) {
       const RowResult gathered = gather_children(r, logits, cands);
       if (gathered.status != RowStatus::kOk) return gathered;
-    } else if (p_.top_k > 0 && p_.top_k < p_.vocab) {
-      top_k_of_row(logits, cands);
-    } else if (p_.top_p >= 1.0f) {
-      return finish(r, logits, lse, draw_from_row(r, logits), -1);
+      if (p_.top_k > 0 && p_.top_k < static_cast<int64_t>(cands.size())) {
+        std::partial_sort(cands.begin(), cands.begin() + p_.top_k, cands.end(), better);
+        cands.resize(p_.top_k);
+      }
     } else {
-      cands.resize(p_.vocab);
-      for (int64_t t = 0; t < p_.vocab; ++t) cands[t] = {Loader::load(logits[t]), static_cast<int32_t>(t), -1};
-    }
-    if (p_.nodes && p_.top_k > 0 && p_.top_k < static_cast<int64_t>(cands.size())) {
-      std::partial_sort(cands.begin(), cands.begin() + p_.top_k, cands.end(), better);
-      cands.resize(p_.top_k);
+      top_k_of_row(logits, cands);
     }
     float m = -INFINITY;
     for (const Cand& c : cands) m = std::max(m, c.x);
     if (m == -INFINITY) return {RowStatus::kNoFinite, 0};
-    const Cand& pick = draw_from(r, cands, m);
+    auto weight = [&](const Cand& c) { return std::exp((static_cast<double>(c.x) - m) * inv_t); };
+    double total = 0.0;
+    for (const Cand& c : cands) total += weight(c);
+    const Cand& pick = draw_from(r, cands, weight, total);
     return finish(r, logits, lse, pick.token, pick.node);
   }
 
@@ -141,21 +185,8 @@ class SampleKernel {
     }
   }
 
-  // No cut at all: inverse-CDF draw over the whole row, weights exp((x - max) / T) in vector lanes.
-  int32_t draw_from_row(int64_t r, const Bits* logits) const {
-    std::vector<float>& w = weights();
-    w.resize(p_.vocab);
-    float m = -INFINITY;
-    for (int64_t t = 0; t < p_.vocab; ++t) m = std::max(m, Loader::load(logits[t]));
-    const float inv_t = 1.0f / p_.temperature[r];
-    const int64_t body = p_.vocab & ~int64_t{7};
-    for (int64_t i = 0; i < body; i += 8) {
-      const Floats8 e = exp_nonpositive((Loader::load8(logits + i) - m) * inv_t);
-      std::memcpy(w.data() + i, &e, sizeof e);
-    }
-    for (int64_t t = body; t < p_.vocab; ++t) w[t] = exp_nonpositive((Loader::load(logits[t]) - m) * inv_t);
-    double total = 0.0;
-    for (float v : w) total += v;
+  // Inverse-CDF draw over the whole row's weights.
+  int32_t draw_from_weights(int64_t r, const std::vector<float>& w, double total) const {
     const double target = sample_uniform(p_.seed, r, p_.step) * total;
     double acc = 0.0;
     int32_t last = 0;
@@ -168,12 +199,9 @@ class SampleKernel {
     return last;
   }
 
-  // Temperature, then the top-p cut on the (already top-k) candidates, then the draw.
-  const Cand& draw_from(int64_t r, std::vector<Cand>& cands, float m) const {
-    const double inv_t = 1.0 / p_.temperature[r];
-    auto weight = [&](const Cand& c) { return std::exp((static_cast<double>(c.x) - m) * inv_t); };
-    double total = 0.0;
-    for (const Cand& c : cands) total += weight(c);
+  // The top-p cut on the (already top-k) candidates of total weight `total`, then the draw.
+  template <class Weight>
+  const Cand& draw_from(int64_t r, std::vector<Cand>& cands, const Weight& weight, double total) const {
     size_t kept = cands.size();
     if (p_.top_p < 1.0f) kept = top_p_prefix(cands, weight, total, &total);
     const double target = sample_uniform(p_.seed, r, p_.step) * total;
