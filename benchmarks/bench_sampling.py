@@ -2,7 +2,7 @@
 
 Precomputed fp32 logits for 80 and 800 rows over a 32k vocabulary. The peer is what a PyTorch
 decoder does per step: temperature, ``topk`` (or a full descending ``sort`` when only top-p cuts),
-``softmax``, ``cumsum`` top-p mask, ``multinomial``, and the drawn token's model log-prob from
+``softmax``, ``cumsum`` top-p mask, ``multinomial`` (just ``softmax`` + ``multinomial`` with no cut), and the drawn token's model log-prob from
 ``log_softmax`` (pyfastseq returns that log-prob too). Draws differ by generator, so correctness is
 checked as: every token we draw lies in the reference support, with the model's log-prob.
 
@@ -42,6 +42,9 @@ def best_time(fn, rounds: int) -> float:
 
 def torch_sample(logits: torch.Tensor, top_k: int, top_p: float, temperature: float, gen: torch.Generator):
     x = logits / temperature  # [N, V]
+    if top_k == 0 and top_p == 1.0:
+        token = torch.multinomial(torch.softmax(x, dim=-1), 1, generator=gen)  # [N, 1]
+        return token[:, 0], torch.log_softmax(logits, -1).gather(-1, token)[:, 0]
     vals, idx = x.topk(top_k, dim=-1) if top_k else x.sort(dim=-1, descending=True)  # [N, K] best first
     probs = torch.softmax(vals, dim=-1)  # [N, K] top-k renormalised
     if top_p < 1.0:

@@ -152,37 +152,40 @@ class SampleKernel {
     return {};
   }
 
-  // The top_k logits of the row, best first, by a min-heap whose worst entry is the threshold that
-  // eight logits at a time are tested against (most blocks fail it at once).
-  void top_k_of_row(const Bits* logits, std::vector<Cand>& heap) const {
-    heap.clear();
+  // The top_k logits of the row (in no particular order). Logits above a threshold are appended
+  // to a buffer of 2 * top_k; when it fills, nth_element keeps the best top_k and their worst
+  // becomes the threshold. Eight logits at a time are tested against it (most blocks fail at
+  // once), and each kept logit costs O(1) amortised instead of a heap's O(log k).
+  void top_k_of_row(const Bits* logits, std::vector<Cand>& buf) const {
     const size_t keep = static_cast<size_t>(p_.top_k);
+    buf.clear();
+    buf.reserve(2 * keep);
     float threshold = -INFINITY;
+    auto compact = [&] {
+      std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
+      buf.resize(keep);
+      threshold = buf[keep - 1].x;
+    };
+    // Before the first compaction -inf logits must count too, so the test is >= until then.
     auto consider = [&](int64_t t, float x) {
-      const Cand c{x, static_cast<int32_t>(t), -1};
-      if (heap.size() == keep) {
-        std::pop_heap(heap.begin(), heap.end(), better);
-        heap.back() = c;
-      } else {
-        heap.push_back(c);
-      }
-      std::push_heap(heap.begin(), heap.end(), better);
-      if (heap.size() == keep) threshold = heap.front().x;
+      buf.push_back({x, static_cast<int32_t>(t), -1});
+      if (buf.size() == 2 * keep) compact();
     };
     const int64_t body = p_.vocab & ~int64_t{7};
     for (int64_t i = 0; i < body; i += 8) {
       const Floats8 x = Loader::load8(logits + i);
-      const Ints8 above = x > threshold;
+      const Ints8 above = x >= threshold;
       int any = 0;
       for (int j = 0; j < 8; ++j) any |= above[j];
       if (!any) continue;
       for (int j = 0; j < 8; ++j)
-        if (x[j] > threshold || (heap.size() < keep && x[j] == threshold)) consider(i + j, x[j]);
+        if (x[j] > threshold || (x[j] == threshold && threshold == -INFINITY)) consider(i + j, x[j]);
     }
     for (int64_t t = body; t < p_.vocab; ++t) {
       const float x = Loader::load(logits[t]);
-      if (x > threshold || (heap.size() < keep && x == threshold)) consider(t, x);
+      if (x > threshold || (x == threshold && threshold == -INFINITY)) consider(t, x);
     }
+    if (buf.size() > keep) compact();
   }
 
   // Inverse-CDF draw over the whole row's weights.
