@@ -2,9 +2,10 @@
 
 Precomputed fp32 logits for 80 and 800 rows over a 32k vocabulary. The peer is what a PyTorch
 decoder does per step: temperature, ``topk`` (or a full descending ``sort`` when only top-p cuts),
-``softmax``, ``cumsum`` top-p mask, ``multinomial`` (just ``softmax`` + ``multinomial`` with no cut), and the drawn token's model log-prob from
-``log_softmax`` (pyfastseq returns that log-prob too). Draws differ by generator, so correctness is
-checked as: every token we draw lies in the reference support, with the model's log-prob.
+``softmax``, ``cumsum`` top-p mask, ``multinomial`` (just ``softmax`` + ``multinomial`` with no cut),
+and the drawn token's model log-prob from ``log_softmax`` (pyfastseq returns that log-prob too).
+Draws differ by generator, so correctness is checked as: every token either side draws lies in the
+reference support, and our log-probs equal ``log_softmax``.
 
 Each test times the peer and ours in the same run and records ``peer_min_s`` and ``speedup``
 (fastest run vs. fastest run, the stable figure on a shared machine) in ``extra_info``.

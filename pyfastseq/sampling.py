@@ -81,7 +81,8 @@ class Sampler:
         ):
             raise ValueError(f"temperature must be a finite number > 0 (top_k=1 for greedy), got {temperature!r}")
         self.temperature = float(temperature)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64):
+        is_int = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+        if seed is not None and not (is_int and 0 <= seed < 2**64):
             raise ValueError(f"seed must be None or an int in [0, 2**64), got {seed!r}")
         self.seed = None if seed is None else int(seed)
         self.max_length = _positive_int(max_length, "max_length")
@@ -127,7 +128,9 @@ class Sampler:
         num_samples = _positive_int(num_samples, "num_samples")
         max_length = self.max_length if max_length is None else _positive_int(max_length, "max_length")
         if len(self.tries) not in (0, 1, batch_size):
-            raise ValueError(f"trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or one per item")
+            raise ValueError(
+                f"trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or one per item"
+            )
         rows = batch_size * num_samples
         seed = int(torch.randint(0, 2**63 - 1, ())) if self.seed is None else self.seed
         pad = max(self.eos_id, 0)

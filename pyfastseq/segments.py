@@ -76,7 +76,8 @@ class SegmentDecoder:
             k = self.searcher.num_beams
             index = torch.from_numpy(ended.astype(np.int64)).repeat_interleave(k)
             fork = fork_step(step_fn, index)
-            logits = fork(torch.from_numpy(drawn[index.numpy()].astype(np.int64)).unsqueeze(1), torch.arange(len(index)))
+            last = torch.from_numpy(drawn[index.numpy()].astype(np.int64)).unsqueeze(1)
+            logits = fork(last, torch.arange(len(index)))
             out = self.searcher.search(_Continuation(fork, logits), len(ended))
             for j, r in enumerate(ended.tolist()):
                 found[r] = (out.sequences[j], out.scores[j], out.finished[j])
