@@ -44,6 +44,23 @@ def test_empirical_distribution__topk__topp__temperature__dtype(top_k, top_p, te
     assert_matches(tokens, sampling_probs(logits.float()[None], top_k, top_p, temperature)[0])
 
 
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.99])
+def test_top_p_over_a_large_vocabulary(top_p):
+    # The whole-vocabulary top-p cut bins weights by magnitude: exact support, right frequencies
+    # (the 30 likeliest tokens one by one, the rest of the support lumped together).
+    logits = torch.randn(5000) * 2
+    probs = sampling_probs(logits[None], top_p=top_p)[0]
+    tokens = draw_once(logits, 20000, top_p=top_p, seed=4)
+    counts = np.bincount(tokens, minlength=5000)
+    support = (probs > 0).numpy()
+    assert counts[~support].sum() == 0
+    order = torch.argsort(probs, descending=True).numpy()[: min(30, support.sum())]
+    observed = np.append(counts[order], len(tokens) - counts[order].sum())
+    expected = np.append(probs.numpy()[order], 1 - probs.numpy()[order].sum()) * len(tokens)
+    keep = expected > 0
+    assert stats.chisquare(observed[keep], expected[keep] * observed.sum() / expected[keep].sum()).pvalue > 1e-3
+
+
 @pytest.mark.parametrize("top_p,support", [(0.8, {0, 1}), (0.5, {0}), (0.95, {0, 1, 2}), (1.0, {0, 1, 2, 3})])
 def test_seed_worked_example(top_p, support):
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()

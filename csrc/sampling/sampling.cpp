@@ -104,10 +104,7 @@ class SampleKernel {
       w.resize(p_.vocab);
       const double total = weights_of<Loader>(logits, p_.vocab, inv_t, w.data());
       if (p_.top_p >= 1.0f) return finish(r, logits, lse, draw_from_weights(r, w, total), -1);
-      cands.resize(p_.vocab);
-      for (int64_t t = 0; t < p_.vocab; ++t) cands[t] = {Loader::load(logits[t]), static_cast<int32_t>(t), -1};
-      const Cand& pick = draw_from(r, cands, [&](const Cand& c) { return double{w[c.token]}; }, total);
-      return finish(r, logits, lse, pick.token, -1);
+      return finish(r, logits, lse, draw_top_p_of_row(r, logits, w, total, cands), -1);
     }
     if (p_.nodes) {
       const RowResult gathered = gather_children(r, logits, cands);
@@ -202,6 +199,42 @@ class SampleKernel {
     return last;
   }
 
+  // Top-p over the whole vocabulary without sorting it: the weights' mass is binned by float
+  // exponent and top three mantissa bits (8 bins per octave, weights lie in (0, 1]); every bin
+  // heavier than the one where the descending cumulative mass reaches p is kept whole, and only
+  // that bin's tokens are sorted to place the cut.
+  int32_t draw_top_p_of_row(int64_t r, const Bits* logits, const std::vector<float>& w, double total,
+                            std::vector<Cand>& boundary) const {
+    constexpr int kBins = 1024;
+    auto bin = [](float v) { return std::min(static_cast<int>(float_to_bits(v) >> 20), kBins - 1); };
+    std::vector<double>& mass = bins();
+    mass.assign(kBins, 0.0);
+    for (int64_t t = 0; t < p_.vocab; ++t) mass[bin(w[t])] += w[t];
+    const double goal = (static_cast<double>(p_.top_p) - kTopPSlack) * total;
+    double kept_mass = 0.0;
+    int cut = kBins - 1;
+    for (; cut > 0 && kept_mass + mass[cut] < goal; --cut) kept_mass += mass[cut];
+    boundary.clear();
+    for (int64_t t = 0; t < p_.vocab; ++t)
+      if (bin(w[t]) == cut) boundary.push_back({Loader::load(logits[t]), static_cast<int32_t>(t), -1});
+    std::sort(boundary.begin(), boundary.end(), better);
+    size_t kept = 0;
+    while (kept < boundary.size() && (kept == 0 || kept_mass < goal)) kept_mass += w[boundary[kept++].token];
+
+    const double target = sample_uniform(p_.seed, r, p_.step) * kept_mass;
+    double acc = 0.0;
+    for (int64_t t = 0; t < p_.vocab; ++t) {
+      if (bin(w[t]) <= cut) continue;
+      acc += w[t];
+      if (target < acc) return static_cast<int32_t>(t);
+    }
+    for (size_t i = 0; i + 1 < kept; ++i) {
+      acc += w[boundary[i].token];
+      if (target < acc) return boundary[i].token;
+    }
+    return boundary[kept - 1].token;
+  }
+
   // The top-p cut on the (already top-k) candidates of total weight `total`, then the draw.
   template <class Weight>
   const Cand& draw_from(int64_t r, std::vector<Cand>& cands, const Weight& weight, double total) const {
@@ -243,6 +276,10 @@ class SampleKernel {
 
   static std::vector<Cand>& scratch() {
     thread_local std::vector<Cand> buffer;
+    return buffer;
+  }
+  static std::vector<double>& bins() {
+    thread_local std::vector<double> buffer;
     return buffer;
   }
   static std::vector<float>& weights() {
