@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BeamSearchState', 'LcsPattern', 'Trie', 'assign', 'assign_matrix', 'beam_step', 'build_info', 'lcs_lookahead', 'subtree_heights', 'trie_constrain', 'trie_mask', 'trie_walk']
+__all__: list[str] = ['BeamSearchState', 'LcsPattern', 'Trie', 'assign', 'assign_matrix', 'beam_step', 'build_info', 'lcs_lookahead', 'sample_step', 'subtree_heights', 'trie_constrain', 'trie_mask', 'trie_walk']
 class BeamSearchState:
     """
     A beam search in progress: feed it each step's logits, read back the tokens.
@@ -21,8 +21,18 @@ class BeamSearchState:
         """
         One step from logits [rows, vocab] (dtype 0/1/2 = float32/float16/bfloat16); lookahead pointers or 0. Returns False once every batch item is done.
         """
+    def step_candidates(self, score: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], logprob: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], token: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], parent: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], node: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], count: typing.Annotated[numpy.typing.ArrayLike, numpy.int32]) -> bool:
+        """
+        One step from precomputed candidates (the CUDA step's output for the current beams), as step().
+        """
     @property
     def beam_idx(self) -> numpy.typing.NDArray[numpy.int32]:
+        ...
+    @property
+    def beams(self) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int32]]:
+        ...
+    @property
+    def eos_id(self) -> int:
         ...
     @property
     def generated(self) -> numpy.typing.NDArray[numpy.int32]:
@@ -35,6 +45,9 @@ class BeamSearchState:
         ...
     @property
     def nodes(self) -> numpy.typing.NDArray[numpy.int32]:
+        ...
+    @property
+    def normalize_allowed(self) -> bool:
         ...
 class LcsPattern:
     """
@@ -115,6 +128,10 @@ def build_info() -> dict:
 def lcs_lookahead(trie: ..., heights: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], patterns: collections.abc.Sequence[LcsPattern], nodes: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], generated: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], pattern_of_row: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], start_after: typing.SupportsInt | typing.SupportsIndex, max_nodes: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int32], int, int]:
     """
     (row_offsets int64 [N+1], deltas int32, nodes visited, truncated child searches) of one lookahead call.
+    """
+def sample_step(logits_ptr: typing.SupportsInt | typing.SupportsIndex, vocab: typing.SupportsInt | typing.SupportsIndex, row_stride: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, rows: typing.SupportsInt | typing.SupportsIndex, temperature: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], top_k: typing.SupportsInt | typing.SupportsIndex, top_p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, step: typing.SupportsInt | typing.SupportsIndex, active: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8] | None, nodes: typing.Annotated[numpy.typing.ArrayLike, numpy.int32] | None, tries: collections.abc.Sequence[Trie], rows_per_trie: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int32], numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int32]]:
+    """
+    One sampling step: (token, logprob, node) arrays [rows]; logprob is the full-vocabulary log-softmax of the drawn token; inactive rows give token -1. nodes None: unconstrained.
     """
 def subtree_heights(trie: ...) -> numpy.typing.NDArray[numpy.uint8]:
     """

@@ -7,7 +7,9 @@ from .assignment import linear_sum_assignment
 from .attention import unilm_attention, unilm_mask
 from .copy_prior import CopyPrior
 from .lookahead import LCSLookahead, lcs_length, lcs_lengths
+from .sampling import SampleOutput, Sampler
 from .search import BeamSearch, BeamSearchOutput, TrieBeamSearch
+from .segments import SegmentDecoder, SegmentOutput
 from .trie import Trie
 from .unilm import UniLM
 
@@ -16,6 +18,10 @@ __all__ = [
     "BeamSearchOutput",
     "CopyPrior",
     "LCSLookahead",
+    "SampleOutput",
+    "Sampler",
+    "SegmentDecoder",
+    "SegmentOutput",
     "Trie",
     "TrieBeamSearch",
     "UniLM",

@@ -9,6 +9,7 @@ e.g. ``[CLS] source [SEP]`` and ``target [SEP]``.
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -135,6 +136,18 @@ class UniLMStep:
             raise ValueError("the first call must pass tokens of shape [N, 0]")
         self.cache.reorder_cache(beam_idx.to(self.device, torch.long))
         return self.extend(tokens)
+
+    def fork(self, index: torch.Tensor) -> "UniLMStep":
+        """A copy whose row ``i`` continues row ``index[i]`` (its own cache); ``self`` is unchanged."""
+        if self.cache is None:
+            raise ValueError("a step function can be forked only after its first call")
+        index = index.to(self.device, torch.long)
+        fork = copy.copy(self)
+        fork.cache = copy.deepcopy(self.cache)
+        fork.cache.reorder_cache(index)
+        fork.source_lens = self.source_lens[index]
+        fork.num_rows = index.numel()
+        return fork
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:

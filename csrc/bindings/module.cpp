@@ -8,6 +8,7 @@ void bind_assign(py::module_& m);
 void bind_beam(py::module_& m);
 void bind_build_info(py::module_& m);
 void bind_lcs(py::module_& m);
+void bind_sampling(py::module_& m);
 void bind_trie(py::module_& m);
 }  // namespace pyfastseq
 
@@ -17,5 +18,6 @@ PYBIND11_MODULE(_C, m) {
   pyfastseq::bind_beam(m);
   pyfastseq::bind_build_info(m);
   pyfastseq::bind_lcs(m);
+  pyfastseq::bind_sampling(m);
   pyfastseq::bind_trie(m);
 }

@@ -1,0 +1,12 @@
+// AVX2 + FMA builds of row_weights (row_weights_avx2.cpp), on x86-64 with GCC or Clang; the
+// sampling step calls them only when the CPU has both.
+#pragma once
+#include <cstdint>
+
+#include "beam/logits_row_avx2.h"  // PYFASTSEQ_AVX2_ROWS
+
+#if PYFASTSEQ_AVX2_ROWS
+double pyfastseq_row_weights_f32_avx2(const float* row, int64_t n, float inv_t, float* w);
+double pyfastseq_row_weights_f16_avx2(const uint16_t* row, int64_t n, float inv_t, float* w);
+double pyfastseq_row_weights_bf16_avx2(const uint16_t* row, int64_t n, float inv_t, float* w);
+#endif

@@ -1,0 +1,152 @@
+"""SegmentDecoder (seed 000): sample the answer, beam-search the question over the same KV cache.
+
+The second segment must be exactly what a separate beam search decodes after the sampled answer:
+the reference starts a fresh step function on the prompt alone, feeds it the answer one token per
+call (the decode's own arithmetic), then runs the searcher. Exactness also needs every matrix
+product to give a row the same bits whatever the batch around it: the CPU GEMM does so
+single-threaded from 4 rows up (fewer rows take another kernel), so these tests pin torch to one
+thread and keep every forward at 4 rows or more (4 beams, 4 samples).
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # the UniLM kernels on CPU (see test_attention.py)
+
+transformers = pytest.importorskip("transformers")
+
+import pyfastseq as fs  # noqa: E402
+from pyfastseq import _generate  # noqa: E402
+from pyfastseq.segments import fork_step  # noqa: E402
+
+pytestmark = pytest.mark.native
+
+VOCAB, SEP, K, SAMPLES = 40, 3, 4, 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Forced:
+    """Step function that feeds ``forced`` tokens to every row right after the prompt."""
+
+    def __init__(self, step, forced):
+        self.step, self.forced = step, forced
+
+    def __call__(self, tokens, beam_idx):
+        logits = self.step(tokens, beam_idx)
+        if tokens.shape[1] == 0:
+            for t in self.forced:
+                logits = self.step(torch.full((len(beam_idx), 1), t), torch.arange(len(beam_idx)))
+        return logits
+
+
+def searchers():
+    questions = fs.Trie([[7, 8, 9, SEP], [7, 10, SEP], [11, SEP], [12, 13, 14, 15, SEP], [7, 8, SEP]], eos_id=SEP)
+    return [fs.BeamSearch(SEP, num_beams=K, max_length=6, num_return_sequences=2),
+            fs.TrieBeamSearch(questions, num_beams=K, max_length=6)]
+
+
+def decoder(searcher):
+    return fs.SegmentDecoder(fs.Sampler(top_k=12, top_p=0.95, seed=5, eos_id=SEP, max_length=7), searcher)
+
+
+def assert_second_segments(out, searcher, fresh_step):
+    """Every sample's second segment against a separate search after its answer."""
+    for b, answers in enumerate(out.first.sequences):
+        assert len(answers) == SAMPLES
+        for i, answer in enumerate(answers):
+            ref = searcher.search(Forced(fresh_step(b), answer), 1)
+            assert out.second[b][i] == ref.sequences[0]
+            assert out.second_scores[b][i] == ref.scores[0]
+            assert out.second_finished[b][i] == ref.finished[0]
+            assert out.sequences[b][i] == answer + ref.sequences[0][0]
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_layer=2, n_embd=32, n_head=2)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+@pytest.mark.parametrize("searcher", searchers(), ids=["BeamSearch", "TrieBeamSearch"])
+def test_gpt2_second_segment_equals_separate_search(gpt2, searcher):
+    prompts = torch.tensor([[5, 6, 7, 8, SEP], [9, 10, 11, 12, SEP]])
+    prefills = []
+    hook = gpt2.register_forward_pre_hook(lambda m, args, kw: prefills.append(kw["input_ids"].shape[1] > 1),
+                                          with_kwargs=True)
+    try:
+        out = decoder(searcher).generate(gpt2, prompts, num_samples=SAMPLES)
+    finally:
+        hook.remove()
+    assert sum(prefills) == 1  # the prompt is encoded once; everything after feeds one token per row
+    assert any(a[-1] == SEP for item in out.first.sequences for a in item)
+    with torch.no_grad():
+        assert_second_segments(out, searcher,
+                               lambda b: _generate.model_step_fn(gpt2, prompts[b:b + 1], None, K, {}))
+        # From scratch with the answer inside the prompt (encoded in one pass): same tokens.
+        for b, answers in enumerate(out.first.sequences):
+            for i, answer in enumerate(answers):
+                ref = searcher.generate(gpt2, torch.cat([prompts[b:b + 1], torch.tensor([answer])], 1))
+                assert out.second[b][i] == ref.sequences[0]
+                np.testing.assert_allclose(out.second_scores[b][i], ref.scores[0], rtol=1e-5)
+
+
+def test_unilm_second_segment_equals_separate_search():
+    torch.manual_seed(1)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    unilm = fs.UniLM(transformers.BertModel(config).eval())
+    sources = [[2, 5, 6, 7, SEP], [2, 9, 10, 11, SEP]]
+    for searcher in searchers():
+        out = decoder(searcher).search(unilm.step_fn(sources, num_beams=SAMPLES), len(sources), SAMPLES)
+        assert_second_segments(out, searcher, lambda b: unilm.step_fn(sources[b:b + 1], num_beams=K))
+
+
+def test_encoder_decoder_second_segment_equals_separate_search():
+    torch.manual_seed(2)
+    config = transformers.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                     decoder_ffn_dim=64, max_position_embeddings=64, decoder_start_token_id=2,
+                                     pad_token_id=1, bos_token_id=0, eos_token_id=SEP, forced_eos_token_id=None)
+    model = transformers.BartForConditionalGeneration(config).eval()
+    sources = torch.tensor([[0, 5, 6, 7, SEP], [0, 9, 10, 11, SEP]])
+    searcher = searchers()[0]
+    out = decoder(searcher).generate(model, sources, num_samples=SAMPLES)
+    with torch.no_grad():
+        assert_second_segments(out, searcher, lambda b: _generate.model_step_fn(model, sources[b:b + 1], None, K, {}))
+
+
+def test_answer_cut_at_max_length_still_gets_a_question(gpt2):
+    sampler = fs.Sampler(top_k=5, seed=1, eos_id=SEP, max_length=2)
+    out = fs.SegmentDecoder(sampler, fs.BeamSearch(SEP, num_beams=2, max_length=3)).generate(
+        gpt2, torch.tensor([[5, 6, 7]]), num_samples=3)
+    for answer, done, question in zip(out.first.sequences[0], out.first.finished[0], out.second[0]):
+        assert done == (answer[-1] == SEP) and (done or len(answer) == 2)
+        assert len(question) == 1 and 1 <= len(question[0]) <= 3
+
+
+def test_bad_input(gpt2):
+    with pytest.raises(TypeError, match="sampler must be a pyfastseq.Sampler"):
+        fs.SegmentDecoder(fs.BeamSearch(SEP), fs.BeamSearch(SEP))
+    with pytest.raises(TypeError, match="searcher must be a pyfastseq.BeamSearch or TrieBeamSearch"):
+        fs.SegmentDecoder(fs.Sampler(eos_id=SEP), fs.Sampler(eos_id=SEP))
+    plain = fs.SegmentDecoder(fs.Sampler(eos_id=SEP, max_length=2), fs.BeamSearch(SEP, num_beams=2))
+    with pytest.raises(TypeError, match="step_fn must define fork"):
+        plain.search(lambda t, b: torch.zeros(2, VOCAB), 2)
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        plain.generate(gpt2, torch.tensor([[5, 6]]), num_samples=0)
+    with pytest.raises(ValueError, match="forked only after its first call"):
+        fork_step(_generate.model_step_fn(gpt2, torch.tensor([[5, 6]]), None, 1, {}), torch.tensor([0]))
