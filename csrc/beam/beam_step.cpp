@@ -4,38 +4,12 @@
 
 #include "beam/beam.h"
 #include "beam/logits_row.h"
-#include "beam/logits_row_avx2.h"
+#include "beam/logits_row_dispatch.h"
 #include "common/errors.h"
 #include "common/parallel.h"
 
 namespace pyfastseq {
 namespace {
-
-// The one pass over every logit of a row, in its AVX2 + FMA build where the CPU has one.
-#if PYFASTSEQ_AVX2_ROWS
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-constexpr bool kAvx2 = false;
-#endif
-
-inline float full_logsumexp(Float32Loader, const float* row, int64_t n, bool* nan) {
-#if PYFASTSEQ_AVX2_ROWS
-  if (kAvx2) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
-#endif
-  return row_logsumexp<Float32Loader>(row, n, nan);
-}
-inline float full_logsumexp(Float16Loader, const uint16_t* row, int64_t n, bool* nan) {
-#if PYFASTSEQ_AVX2_ROWS
-  if (kAvx2) return pyfastseq_logsumexp_f16_avx2(row, n, nan);
-#endif
-  return row_logsumexp<Float16Loader>(row, n, nan);
-}
-inline float full_logsumexp(BFloat16Loader, const uint16_t* row, int64_t n, bool* nan) {
-#if PYFASTSEQ_AVX2_ROWS
-  if (kAvx2) return pyfastseq_logsumexp_bf16_avx2(row, n, nan);
-#endif
-  return row_logsumexp<BFloat16Loader>(row, n, nan);
-}
 
 struct RowCandidate {
   float logprob;
@@ -75,7 +49,7 @@ class StepKernel {
  private:
   RowResult full_row(int64_t r, const Bits* logits, RowCandidate* out) const {
     bool nan = false;
-    const float lse = full_logsumexp(Loader{}, logits, p_.vocab, &nan);
+    const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
     // A min-heap of the best num_candidates logits. Tokens arrive in ascending order, so one that
     // only ties the heap's worst never displaces it: eight logits at a time are tested against
@@ -154,7 +128,7 @@ class StepKernel {
       lse = children_logsumexp(kids);
     } else {
       bool nan = false;
-      lse = full_logsumexp(Loader{}, logits, p_.vocab, &nan);
+      lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
       if (nan) return {RowStatus::kNaN, 0};
     }
     for (RowCandidate& c : kids) c.logprob -= lse;
@@ -188,7 +162,7 @@ class StepKernel {
     float logprob = 0.0f;  // eos is the only allowed token
     if (!p_.normalize_allowed) {
       bool nan = false;
-      logprob = Loader::load(logits[p_.eos_id]) - full_logsumexp(Loader{}, logits, p_.vocab, &nan);
+      logprob = Loader::load(logits[p_.eos_id]) - full_logsumexp<Loader>(logits, p_.vocab, &nan);
       if (nan) return {RowStatus::kNaN, 0};
     }
     out[0] = {logprob, p_.eos_id, kSpentNode};

@@ -19,17 +19,7 @@ PYBIND11_MODULE(_cuda, m) {
       [](uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, int32_t elem_bytes,
          uint32_t fill_bits, uintptr_t nodes, uintptr_t child_begin, uintptr_t child_token,
          int32_t num_nodes, uintptr_t stream) {
-        pyfastseq::TrieMaskParams p;
-        p.logits = reinterpret_cast<void*>(logits);
-        p.rows = rows;
-        p.vocab = vocab;
-        p.row_stride = row_stride;
-        p.elem_bytes = elem_bytes;
-        p.fill_bits = fill_bits;
-        p.nodes = reinterpret_cast<const int32_t*>(nodes);
-        p.trie.child_begin = reinterpret_cast<const uint32_t*>(child_begin);
-        p.trie.child_token = reinterpret_cast<const int32_t*>(child_token);
-        p.trie.num_nodes = num_nodes;
+        const pyfastseq::TrieMaskParams p = pyfastseq::trie_mask_params(logits, rows, vocab, row_stride, elem_bytes, fill_bits, nodes, child_begin, child_token, num_nodes);
         py::gil_scoped_release release;
         return pyfastseq::run_trie_mask_cuda(p, reinterpret_cast<void*>(stream));
       },

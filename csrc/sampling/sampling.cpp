@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "beam/logits_row.h"
+#include "beam/logits_row_dispatch.h"
 #include "common/errors.h"
 #include "common/parallel.h"
 #include "sampling/row_weights.h"
@@ -13,29 +14,10 @@
 namespace pyfastseq {
 namespace {
 
-#if PYFASTSEQ_AVX2_ROWS
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-constexpr bool kAvx2 = false;
-#endif
-
-// The row's log-sum-exp through the AVX2 + FMA build where the CPU has one.
-template <class Loader>
-float logsumexp_of(const typename Loader::Bits* row, int64_t n, bool* nan) {
-#if PYFASTSEQ_AVX2_ROWS
-  if (kAvx2) {
-    if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
-    if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_logsumexp_f16_avx2(row, n, nan);
-    if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_logsumexp_bf16_avx2(row, n, nan);
-  }
-#endif
-  return row_logsumexp<Loader>(row, n, nan);
-}
-
 template <class Loader>
 double weights_of(const typename Loader::Bits* row, int64_t n, float inv_t, float* w) {
 #if PYFASTSEQ_AVX2_ROWS
-  if (kAvx2) {
+  if (cpu_has_avx2_fma()) {
     if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_row_weights_f32_avx2(row, n, inv_t, w);
     if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_row_weights_f16_avx2(row, n, inv_t, w);
     if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_row_weights_bf16_avx2(row, n, inv_t, w);
@@ -92,7 +74,7 @@ class SampleKernel {
     if (p_.active && !p_.active[r]) return {};
     const Bits* logits = static_cast<const Bits*>(p_.logits) + r * p_.row_stride;
     bool nan = false;
-    const float lse = logsumexp_of<Loader>(logits, p_.vocab, &nan);
+    const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
     if (!std::isfinite(lse)) return {RowStatus::kNoFinite, 0};
 

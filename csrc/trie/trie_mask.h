@@ -21,6 +21,24 @@ struct TrieMaskParams {
   TrieView trie;
 };
 
+// The params from the raw addresses and sizes the Python bindings receive (CPU and CUDA alike).
+inline TrieMaskParams trie_mask_params(uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride,
+                                       int32_t elem_bytes, uint32_t fill_bits, uintptr_t nodes,
+                                       uintptr_t child_begin, uintptr_t child_token, int32_t num_nodes) {
+  TrieMaskParams p;
+  p.logits = reinterpret_cast<void*>(logits);
+  p.rows = rows;
+  p.vocab = vocab;
+  p.row_stride = row_stride;
+  p.elem_bytes = elem_bytes;
+  p.fill_bits = fill_bits;
+  p.nodes = reinterpret_cast<const int32_t*>(nodes);
+  p.trie.child_begin = reinterpret_cast<const uint32_t*>(child_begin);
+  p.trie.child_token = reinterpret_cast<const int32_t*>(child_token);
+  p.trie.num_nodes = num_nodes;
+  return p;
+}
+
 // CPU. Returns -1 on success or the index of the first row whose node is out of range (nothing is
 // written then). Children with token >= vocab are the caller's to rule out (Trie::max_token()).
 int64_t run_trie_mask_cpu(const TrieMaskParams& params);

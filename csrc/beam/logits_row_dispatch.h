@@ -1,0 +1,36 @@
+// Run-time choice between the baseline and the AVX2 + FMA builds of the row passes. Never include
+// this from a file compiled for AVX2: its inline functions must stay baseline code.
+#pragma once
+#include <cstdint>
+#include <type_traits>
+
+#include "beam/logits_row.h"
+#include "beam/logits_row_avx2.h"
+
+namespace pyfastseq {
+
+// True when this CPU runs the AVX2 + FMA builds (decided once per process).
+inline bool cpu_has_avx2_fma() {
+#if PYFASTSEQ_AVX2_ROWS
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// The log-sum-exp of a whole logits row (NaN reported through *nan): the one pass over every logit
+// that a full-vocabulary normaliser costs.
+template <class Loader>
+float full_logsumexp(const typename Loader::Bits* row, int64_t n, bool* nan) {
+#if PYFASTSEQ_AVX2_ROWS
+  if (cpu_has_avx2_fma()) {
+    if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
+    if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_logsumexp_f16_avx2(row, n, nan);
+    if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_logsumexp_bf16_avx2(row, n, nan);
+  }
+#endif
+  return row_logsumexp<Loader>(row, n, nan);
+}
+
+}  // namespace pyfastseq
