@@ -19,7 +19,8 @@ PYBIND11_MODULE(_cuda, m) {
       [](uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, int32_t elem_bytes,
          uint32_t fill_bits, uintptr_t nodes, uintptr_t child_begin, uintptr_t child_token,
          int32_t num_nodes, uintptr_t stream) {
-        const pyfastseq::TrieMaskParams p = pyfastseq::trie_mask_params(logits, rows, vocab, row_stride, elem_bytes, fill_bits, nodes, child_begin, child_token, num_nodes);
+        const pyfastseq::TrieMaskParams p = pyfastseq::trie_mask_params(logits, rows, vocab, row_stride, elem_bytes, fill_bits, nodes,
+                                                 child_begin, child_token, num_nodes);
         py::gil_scoped_release release;
         return pyfastseq::run_trie_mask_cuda(p, reinterpret_cast<void*>(stream));
       },
