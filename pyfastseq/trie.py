@@ -11,6 +11,7 @@ import torch
 
 from . import _backend
 from ._backend import _C
+from ._limits import check_memory
 from ._validate import INT32_MAX, as_eos_id, as_token_array, flatten_sequences
 
 __all__ = ["Trie"]
@@ -43,7 +44,9 @@ class Trie:
 
     def __init__(self, sequences: Iterable[Any], eos_id: int | None = None, *, offsets: Any = None):
         tokens, offs = flatten_sequences(sequences, offsets)
-        self._init(_C.Trie.build(tokens, offs, as_eos_id(eos_id)))
+        eos = as_eos_id(eos_id)
+        check_memory(_build_bytes(tokens.size, offs.size - 1, eos >= 0), f"building a Trie of {tokens.size} tokens")
+        self._init(_C.Trie.build(tokens, offs, eos))
 
     def _init(self, native: Any) -> None:
         self._native = native
@@ -58,8 +61,15 @@ class Trie:
     def load(cls, path: str | os.PathLike, mmap: bool = True) -> "Trie":
         """Load a file written by :meth:`save`; with ``mmap`` the arrays are mapped read-only and
         shared by every process that maps the same file. Any defect raises ``ValueError``."""
+        path = os.fspath(path)
+        try:
+            size = os.stat(path).st_size
+        except (OSError, ValueError):
+            size = 0  # the native loader reports a missing or unreadable file by name
+        # Mapped or read, the arrays' pages are the trie's working set once it is searched.
+        check_memory(size, f"loading the trie file {path!r}")
         trie = cls.__new__(cls)
-        trie._init(_C.Trie.load(os.fspath(path), bool(mmap)))
+        trie._init(_C.Trie.load(path, bool(mmap)))
         return trie
 
     def save(self, path: str | os.PathLike) -> None:
@@ -171,6 +181,9 @@ class Trie:
             raise ValueError(
                 f"the trie holds token id {self.max_token} but logits has only {logits.shape[1]} columns (vocabulary)"
             )
+        if logits.stride(1) != 1:
+            what = "mask_logits on logits with strided columns (a contiguous copy)"
+            check_memory(logits.numel() * logits.element_size(), what)
         node_tensor = _node_tensor(nodes, logits.shape[0], logits.device)
         child_begin, child_token = self._arrays_on(logits.device)
         torch.ops.pyfastseq.trie_mask_(logits, node_tensor, child_begin, child_token, float(fill))
@@ -183,6 +196,13 @@ class Trie:
             arrays = tuple(a.to(device) for a in self._device_arrays[torch.device("cpu")])
             self._device_arrays[device] = arrays
         return arrays
+
+
+def _build_bytes(num_tokens: int, num_sequences: int, with_eos: bool) -> int:
+    """Peak bytes of Trie.build: at most one node per token (plus eos and root), each an offset, a
+    token and a terminal flag, and per sequence its length, order, sort key and (key, item) pair."""
+    nodes = num_tokens + (num_sequences if with_eos else 0) + 1
+    return 9 * nodes + 20 * num_sequences
 
 
 def _as_int32(values: Any, name: str) -> np.ndarray:
