@@ -17,6 +17,7 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
+from ._validate import as_array
 
 __all__ = ["linear_sum_assignment"]
 
@@ -99,7 +100,7 @@ def _as_float64(cost: Any) -> np.ndarray:
             raise TypeError(f"Cannot cast cost from {cost.dtype} to float64 according to the rule 'safe'")
         _check_size(tuple(cost.shape))
         cost = cost.to(torch.float64).numpy()
-    arr = np.asarray(cost)
+    arr = as_array(cost, "cost")
     if not np.can_cast(arr.dtype, np.float64, "safe"):
         raise TypeError(
             f"Cannot cast array data of cost from {arr.dtype!r} to dtype('float64') according to the rule 'safe'"
@@ -121,9 +122,7 @@ def _lengths(lens: Any, batch: int, limit: int, name: str) -> np.ndarray | None:
     """Optional per-problem sizes as int64 ``[batch]``, each in ``[0, limit]``."""
     if lens is None:
         return None
-    if isinstance(lens, torch.Tensor):
-        lens = lens.detach().cpu().numpy()
-    arr = np.asarray(lens)
+    arr = as_array(lens, name)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.shape != (batch,):

@@ -16,7 +16,7 @@ import torch
 
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_token_array, flatten_sequences
+from ._validate import INT32_MAX, as_array, as_token_array, flatten_sequences
 from .trie import Trie
 
 __all__ = ["LCSLookahead", "lcs_length", "lcs_lengths"]
@@ -54,7 +54,7 @@ def lcs_lengths(query: Any, candidates: Any, offsets: Any = None) -> np.ndarray:
     pattern = _pattern(_tokens(query, "query"), "query")
     if offsets is not None and _is_int32_vector(candidates):
         # Fast path: the kernel itself rejects negative ids, so a flat int32 buffer is not scanned here.
-        tokens = np.ascontiguousarray(_numpy(candidates))
+        tokens = np.ascontiguousarray(as_array(candidates, "candidates"))
         offs = _int_array(offsets, "offsets", np.int64, ndim=1)
         if offs.size < 1:
             raise ValueError("offsets must be a 1-D integer array of length num_candidates + 1")
@@ -189,10 +189,6 @@ def _tokens(values: Any, name: str) -> np.ndarray:
     return as_token_array(values, name)
 
 
-def _numpy(values: Any) -> np.ndarray:
-    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-
-
 def _is_int32_vector(values: Any) -> bool:
     if isinstance(values, torch.Tensor):
         return values.dtype == torch.int32 and values.dim() == 1
@@ -200,7 +196,7 @@ def _is_int32_vector(values: Any) -> bool:
 
 
 def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
-    arr = _numpy(values)
+    arr = as_array(values, name)
     if arr.dtype == np.bool_ or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.ndim != ndim:
@@ -214,7 +210,7 @@ def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
 def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:
     """(queries, one per batch item?) from one int sequence or a list/2-D array of them."""
     if isinstance(query_tokens, (torch.Tensor, np.ndarray)):
-        arr = _numpy(query_tokens)
+        arr = as_array(query_tokens, "query_tokens")
         if arr.ndim == 2:
             return [_tokens(row, f"query_tokens[{i}]") for i, row in enumerate(arr)], True
         return [_tokens(arr, "query_tokens")], False

@@ -12,7 +12,7 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_eos_id, as_token_array, flatten_sequences
+from ._validate import INT32_MAX, as_array, as_eos_id, as_token_array, flatten_sequences
 
 __all__ = ["Trie"]
 
@@ -206,9 +206,7 @@ def _build_bytes(num_tokens: int, num_sequences: int, with_eos: bool) -> int:
 
 
 def _as_int32(values: Any, name: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
+    arr = as_array(values, name)
     if arr.size == 0:
         return np.zeros(arr.shape, dtype=np.int32)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
