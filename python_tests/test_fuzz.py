@@ -176,7 +176,7 @@ def make_logits(layout: str, rows: int, vocab: int, dtype: torch.dtype):
         "expanded": lambda: base[:1].expand(rows, vocab),
         "3-D": lambda: base.reshape(2, rows, vocab),
         "1-D": lambda: base.reshape(-1),
-        "numpy": lambda: base[:rows].numpy(),
+        "numpy": lambda: base[:rows].float().numpy(),
     }[layout]()
 
 
@@ -207,7 +207,7 @@ def test_mask_logits(layout, rows, vocab, dtype, nodes, fill):
             assert torch.equal(logits, before), "a rejected call must leave logits untouched"
         return
     allowed = [[] if int(n) < 0 else MASK_TRIE.children(int(n))[0].tolist() for n in torch.as_tensor(nodes)]
-    expected = mask_logits(before, allowed, fill)
+    expected = mask_logits(before, allowed, torch.tensor(fill, dtype=before.dtype))  # 1e300 -> inf in half
     assert out is logits and torch.equal(out.isnan(), expected.isnan())
     assert torch.equal(out.nan_to_num(0.0), expected.nan_to_num(0.0))
 
@@ -253,6 +253,8 @@ def test_linear_sum_assignment(cost, container, maximize, row_lens, col_lens):
         lambda: fs.linear_sum_assignment(given_cost, maximize, row_lens=row_lens, col_lens=col_lens),
         "cost", "row_lens", "col_lens",
     )
+    if container == "list":
+        cost = np.asarray(given_cost, dtype=cost.dtype)  # a list loses empty dimensions: (0, n) reads as (0,)
     if cost.ndim == 2 and row_lens is None and col_lens is None:
         want = scipy_total(cost, maximize)
         if isinstance(want, type):
