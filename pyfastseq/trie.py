@@ -181,6 +181,11 @@ class Trie:
             raise ValueError(
                 f"the trie holds token id {self.max_token} but logits has only {logits.shape[1]} columns (vocabulary)"
             )
+        if _overlapping(logits):
+            raise ValueError(
+                f"logits must not be an expanded or self-overlapping view (strides {logits.stride()}): masking "
+                "writes in place, and rows sharing memory would mask each other"
+            )
         if logits.stride(1) != 1:
             what = "mask_logits on logits with strided columns (a contiguous copy)"
             check_memory(logits.numel() * logits.element_size(), what)
@@ -196,6 +201,16 @@ class Trie:
             arrays = tuple(a.to(device) for a in self._device_arrays[torch.device("cpu")])
             self._device_arrays[device] = arrays
         return arrays
+
+
+def _overlapping(t: torch.Tensor) -> bool:
+    """Whether two elements of the 2-D ``t`` may share memory (conservatively: any interleaving of
+    rows and columns counts)."""
+    rows, cols = t.shape
+    (row_stride, col_stride) = t.stride()
+    if rows <= 1 or cols <= 1:
+        return (rows > 1 and row_stride == 0) or (cols > 1 and col_stride == 0)
+    return not (row_stride >= cols * col_stride > 0 or col_stride >= rows * row_stride > 0)
 
 
 def _build_bytes(num_tokens: int, num_sequences: int, with_eos: bool) -> int:

@@ -212,6 +212,12 @@ def test_mask_logits(layout, rows, vocab, dtype, nodes, fill):
     assert torch.equal(out.nan_to_num(0.0), expected.nan_to_num(0.0))
 
 
+def test_mask_rejects_rows_sharing_memory():
+    logits = torch.zeros(1, 12).expand(3, 12)
+    with pytest.raises(ValueError, match="logits must not be an expanded or self-overlapping view"):
+        MASK_TRIE.mask_logits(logits, [0, 1, 2])
+
+
 # -- linear_sum_assignment ------------------------------------------------------------------------
 
 entries = st.one_of(
@@ -254,7 +260,7 @@ def test_linear_sum_assignment(cost, container, maximize, row_lens, col_lens):
         "cost", "row_lens", "col_lens",
     )
     if container == "list":
-        cost = np.asarray(given_cost, dtype=cost.dtype)  # a list loses empty dimensions: (0, n) reads as (0,)
+        cost = np.asarray(given_cost)  # a list loses empty dimensions ((0, n) reads as (0,)) and dtypes
     if cost.ndim == 2 and row_lens is None and col_lens is None:
         want = scipy_total(cost, maximize)
         if isinstance(want, type):
@@ -315,3 +321,4 @@ TARGETS = {
     "assignment": test_linear_sum_assignment,
     "lcs": test_lcs_lengths,
 }
+
