@@ -6,6 +6,13 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 
 
+def pytest_report_header(config):
+    import pyfastseq
+
+    # Shows whether the run tests an installed package or a source tree (CI checks it is installed).
+    return f"pyfastseq {pyfastseq.__version__} from {os.path.dirname(pyfastseq.__file__)}"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

@@ -81,15 +81,20 @@ def test_set_memory_limit_arguments(cap):
     assert fs.get_memory_limit() is None
 
 
+def run_python(code, limit):
+    """``python -c code`` with PYFASTSEQ_MEMORY_LIMIT set, importing the same pyfastseq as this process
+    (run beside the package: from a source checkout's root a bare import would find the sources)."""
+    env = {**os.environ, "PYFASTSEQ_MEMORY_LIMIT": limit}
+    beside = os.path.dirname(os.path.dirname(fs.__file__))
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=beside, capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("value, expected", [("2g", 2 << 30), ("", None)])
 def test_environment_variable(value, expected):
-    code = "import pyfastseq; print(pyfastseq.get_memory_limit())"
-    env = {**os.environ, "PYFASTSEQ_MEMORY_LIMIT": value}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(expected)
+    out = run_python("import pyfastseq; print(pyfastseq.get_memory_limit())", value)
+    assert out.returncode == 0 and out.stdout.strip() == str(expected), out.stderr
 
 
 def test_environment_variable_invalid():
-    env = {**os.environ, "PYFASTSEQ_MEMORY_LIMIT": "lots"}
-    out = subprocess.run([sys.executable, "-c", "import pyfastseq"], env=env, capture_output=True, text=True)
+    out = run_python("import pyfastseq", "lots")
     assert out.returncode != 0 and "PYFASTSEQ_MEMORY_LIMIT must be a byte count" in out.stderr
