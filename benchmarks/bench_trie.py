@@ -81,8 +81,8 @@ def test_build_marisa(benchmark, name):
     gc.collect()
     _, peak = peak_rss(marisa_trie.Trie, keys)
     benchmark.extra_info.update(
-        impl="marisa-trie", items=items, bytes_per_item=nbytes / items, items_per_s=items / benchmark.stats.stats.median,
-        peak_rss_mb=peak / 2**20,
+        impl="marisa-trie", items=items, bytes_per_item=nbytes / items,
+        items_per_s=items / benchmark.stats.stats.median, peak_rss_mb=peak / 2**20,
     )
 
 
@@ -124,7 +124,8 @@ def test_mask_pyfastseq(benchmark, mask_inputs, case):
     benchmark(trie.mask_logits, work, nodes)
     _, peak = peak_rss(trie.mask_logits, work, nodes)
     benchmark.extra_info.update(impl="pyfastseq", rows=logits.shape[0], vocab=logits.shape[1],
-                                gb_per_s=logits.numel() * 4 / benchmark.stats.stats.median / 1e9, peak_rss_mb=peak / 2**20)
+                                gb_per_s=logits.numel() * 4 / benchmark.stats.stats.median / 1e9,
+                                peak_rss_mb=peak / 2**20)
 
 
 @pytest.mark.parametrize("case", list(MASK_CASES))

@@ -31,12 +31,13 @@ def run_target(target: str, seconds: int, scratch: str) -> dict:
     ]
     proc = subprocess.run(command, env={**os.environ, "FUZZ_STATS": stats}, capture_output=True, text=True)
     done = re.search(r"Done (\d+) runs", proc.stderr)
-    rejected = json.load(open(stats))["rejected"] if os.path.exists(stats) else {}
-    result = {"target": target, "runs": int(done.group(1)) if done else None, "returncode": proc.returncode,
-              "rejected": rejected}
+    counts = json.load(open(stats)) if os.path.exists(stats) else {"calls": 0, "rejected": {}}
+    result = {"target": target, "runs": int(done.group(1)) if done else None, "calls": counts["calls"],
+              "rejected": counts["rejected"], "returncode": proc.returncode}
     if proc.returncode != 0:
         result["log_tail"] = proc.stderr[-4000:]
-        result["artifacts"] = [os.path.join(work, f) for f in os.listdir(work) if f.startswith(("crash-", "timeout-", "oom-"))]
+        found = [f for f in os.listdir(work) if f.startswith(("crash-", "timeout-", "oom-"))]
+        result["artifacts"] = [os.path.join(work, f) for f in found]
     return result
 
 
@@ -50,7 +51,8 @@ def main() -> int:
     results = [run_target(t, args.seconds, scratch) for t in args.targets or TARGETS]
     for r in results:
         status = "ok" if r["returncode"] == 0 else f"FAILED (exit {r['returncode']})"
-        print(f"{r['target']:>11}: {r['runs']} executions, {sum(r['rejected'].values())} rejected, {status}")
+        print(f"{r['target']:>11}: {r['runs']} executions, {r['calls']} calls, "
+              f"{sum(r['rejected'].values())} rejected, {status}")
         for kind, count in sorted(r["rejected"].items(), key=lambda kv: -kv[1]):
             print(f"{count:>19}  {kind}")
         if r["returncode"]:
