@@ -228,7 +228,7 @@ def _as_int32(values: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.size and (arr.min() < -(2**31) or arr.max() > INT32_MAX):
         raise ValueError(f"{name} holds a value outside the int32 range")
-    return np.ascontiguousarray(arr, dtype=np.int32)
+    return arr.astype(np.int32, order="C", copy=False)  # keeps a 0-d shape (ascontiguousarray would not)
 
 
 def _node_tensor(nodes: Any, rows: int, device: torch.device) -> torch.Tensor:

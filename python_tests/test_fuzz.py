@@ -34,6 +34,8 @@ pytestmark = pytest.mark.native
 # Calls made and rejections by class ("ValueError: offsets must be non-decreasing ..."), for fuzz/run.py.
 CALLS: collections.Counter = collections.Counter()
 REJECTED: collections.Counter = collections.Counter()
+# Numbers (not those in "1-D" or "float32") vary by input: a class is a message without them.
+NUMBER = re.compile(r"(?<![\w.*])-?[0-9]+(?![\w*-])")
 
 EDGE_INTS = [-(2**63), -(2**31) - 1, -(2**31), -1, 0, 2**31 - 1, 2**31, 2**32, 2**63 - 1, 2**64]
 small_token = st.integers(0, 40)
@@ -49,8 +51,7 @@ def outcome(call, *names):
     except (ValueError, TypeError) as exc:
         message = str(exc)
         assert any(name in message for name in names), f"{type(exc).__name__} names none of {names}: {message}"
-        # Numbers (not those in "1-D" or "float32") vary by input: the class is the message without them.
-        REJECTED[f"{type(exc).__name__}: {re.sub(r'(?<![\w.*])-?[0-9]+(?![\w*-])', 'N', message)[:80]}"] += 1
+        REJECTED[f"{type(exc).__name__}: {NUMBER.sub('N', message)[:80]}"] += 1
         return None
 
 
