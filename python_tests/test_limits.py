@@ -1,14 +1,11 @@
 """The memory cap: oversized tries, files, batches and LCS tables fail fast with MemoryError."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 import pyfastseq as fs
+from conftest import run_python
 
 pytestmark = pytest.mark.native
 
@@ -81,20 +78,12 @@ def test_set_memory_limit_arguments(cap):
     assert fs.get_memory_limit() is None
 
 
-def run_python(code, limit):
-    """``python -c code`` with PYFASTSEQ_MEMORY_LIMIT set, importing the same pyfastseq as this process
-    (run beside the package: from a source checkout's root a bare import would find the sources)."""
-    env = {**os.environ, "PYFASTSEQ_MEMORY_LIMIT": limit}
-    beside = os.path.dirname(os.path.dirname(fs.__file__))
-    return subprocess.run([sys.executable, "-c", code], env=env, cwd=beside, capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("value, expected", [("2g", 2 << 30), ("", None)])
 def test_environment_variable(value, expected):
-    out = run_python("import pyfastseq; print(pyfastseq.get_memory_limit())", value)
+    out = run_python("import pyfastseq; print(pyfastseq.get_memory_limit())", PYFASTSEQ_MEMORY_LIMIT=value)
     assert out.returncode == 0 and out.stdout.strip() == str(expected), out.stderr
 
 
 def test_environment_variable_invalid():
-    out = run_python("import pyfastseq", "lots")
+    out = run_python("import pyfastseq", PYFASTSEQ_MEMORY_LIMIT="lots")
     assert out.returncode != 0 and "PYFASTSEQ_MEMORY_LIMIT must be a byte count" in out.stderr
