@@ -1,6 +1,5 @@
 """fs.hf.TrieLogitsProcessor against transformers' PrefixConstrainedLogitsProcessor + a dict trie."""
 
-
 import numpy as np
 import pytest
 import torch
