@@ -1,11 +1,14 @@
 """Peak memory of one call: the resident set sampled while it runs, so native allocations count too
 (tracemalloc sees only Python's)."""
 
+import ctypes
+import gc
 import os
 import threading
 import time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+_LIBC = ctypes.CDLL("libc.so.6")
 
 
 def _rss() -> int:
@@ -15,7 +18,10 @@ def _rss() -> int:
 
 def peak_rss(fn, *args, **kwargs):
     """``(fn(*args, **kwargs), bytes)``: the call's result and its peak resident set above the
-    resident set before it, sampled every half millisecond (native kernels release the GIL)."""
+    resident set before it, sampled every half millisecond (native kernels release the GIL). Freed
+    heap is handed back to the system first, or the call would reuse it unseen."""
+    gc.collect()
+    _LIBC.malloc_trim(0)
     base = peak = _rss()
     done = threading.Event()
 
