@@ -18,6 +18,7 @@ import torch
 
 import datasets
 import pyfastseq as fs
+from memory import peak_rss
 from pyfastseq.reference.trie import DictTrie
 
 ITEMS = int(os.environ.get("PYFASTSEQ_BENCH_ITEMS", 1_000_000))
@@ -40,9 +41,13 @@ def test_build_pyfastseq(benchmark, name):
     trie = benchmark.pedantic(fs.Trie, args=(tokens,), kwargs={"eos_id": datasets.EOS, "offsets": offsets}, rounds=3)
     items = len(offsets) - 1
     assert len(trie) == len(set(map(bytes, np.split(tokens.view(np.uint8), offsets[1:-1] * 4))))
+    nbytes, nodes = trie.nbytes, trie.num_nodes
+    del trie
+    gc.collect()
+    _, peak = peak_rss(fs.Trie, tokens, eos_id=datasets.EOS, offsets=offsets)
     benchmark.extra_info.update(
-        impl="pyfastseq", items=items, bytes_per_item=trie.nbytes / items, items_per_s=items / benchmark.stats.stats.median,
-        nodes=trie.num_nodes,
+        impl="pyfastseq", items=items, bytes_per_item=nbytes / items, items_per_s=items / benchmark.stats.stats.median,
+        nodes=nodes, peak_rss_mb=peak / 2**20,
     )
 
 
@@ -57,9 +62,11 @@ def test_build_dicttrie(benchmark, name):
     size, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     del ref
+    gc.collect()
+    _, peak = peak_rss(DictTrie, seqs, eos_id=datasets.EOS)
     items = len(seqs)
     benchmark.extra_info.update(impl="dict-of-dicts trie", items=items, bytes_per_item=size / items,
-                                items_per_s=items / benchmark.stats.stats.median)
+                                items_per_s=items / benchmark.stats.stats.median, peak_rss_mb=peak / 2**20)
 
 
 @pytest.mark.parametrize("name", list(CATALOGUES))
@@ -69,8 +76,13 @@ def test_build_marisa(benchmark, name):
     keys = to_marisa_keys(tokens, offsets)
     trie = benchmark.pedantic(marisa_trie.Trie, args=(keys,), rounds=1)
     items = len(keys)
+    nbytes = len(trie.tobytes())
+    del trie
+    gc.collect()
+    _, peak = peak_rss(marisa_trie.Trie, keys)
     benchmark.extra_info.update(
-        impl="marisa-trie", items=items, bytes_per_item=len(trie.tobytes()) / items, items_per_s=items / benchmark.stats.stats.median
+        impl="marisa-trie", items=items, bytes_per_item=nbytes / items,
+        items_per_s=items / benchmark.stats.stats.median, peak_rss_mb=peak / 2**20,
     )
 
 
@@ -110,8 +122,10 @@ def test_mask_pyfastseq(benchmark, mask_inputs, case):
     expected = _transformers_processor(ref, input_ids.shape[0])(input_ids, logits.clone())
     assert torch.equal(trie.mask_logits(work, nodes), expected)
     benchmark(trie.mask_logits, work, nodes)
+    _, peak = peak_rss(trie.mask_logits, work, nodes)
     benchmark.extra_info.update(impl="pyfastseq", rows=logits.shape[0], vocab=logits.shape[1],
-                                gb_per_s=logits.numel() * 4 / benchmark.stats.stats.median / 1e9)
+                                gb_per_s=logits.numel() * 4 / benchmark.stats.stats.median / 1e9,
+                                peak_rss_mb=peak / 2**20)
 
 
 @pytest.mark.parametrize("case", list(MASK_CASES))
@@ -119,8 +133,9 @@ def test_mask_transformers(benchmark, mask_inputs, case):
     _, ref, _, input_ids, logits = mask_inputs(case)
     processor = _transformers_processor(ref, input_ids.shape[0])
     benchmark(processor, input_ids, logits)
+    _, peak = peak_rss(processor, input_ids, logits)
     benchmark.extra_info.update(impl="transformers PrefixConstrainedLogitsProcessor", rows=logits.shape[0],
-                                vocab=logits.shape[1])
+                                vocab=logits.shape[1], peak_rss_mb=peak / 2**20)
 
 
 def _transformers_processor(ref, rows):

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from ._config import show_config
+from ._limits import get_memory_limit, set_memory_limit
 from .assignment import linear_sum_assignment
 from .attention import unilm_attention, unilm_mask
 from .copy_prior import CopyPrior
@@ -26,9 +27,11 @@ __all__ = [
     "TrieBeamSearch",
     "UniLM",
     "__version__",
+    "get_memory_limit",
     "lcs_length",
     "lcs_lengths",
     "linear_sum_assignment",
+    "set_memory_limit",
     "show_config",
     "unilm_attention",
     "unilm_mask",

@@ -11,11 +11,20 @@ import torch
 INT32_MAX = 2**31 - 1
 
 
+def as_array(values: Any, name: str) -> np.ndarray:
+    """``values`` as a NumPy array (a tensor's values on the CPU); a ragged or unconvertible nest is
+    reported by argument name rather than by NumPy's own message."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    try:
+        return np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise TypeError(f"{name} must be a rectangular array-like of numbers ({exc})") from None
+
+
 def as_token_array(values: Any, name: str) -> np.ndarray:
     """A 1-D int32 array of non-negative token ids."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
+    arr = as_array(values, name)
     if arr.size == 0:
         return np.zeros(0, dtype=np.int32)
     if arr.ndim != 1:
@@ -35,9 +44,7 @@ def _checked_int32(arr: np.ndarray, name: str) -> np.ndarray:
 def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> tuple[np.ndarray, np.ndarray]:
     """(int32 tokens, int64 offsets) from a list of int sequences, a 2-D array, or tokens + offsets."""
     if offsets is not None:
-        if isinstance(offsets, torch.Tensor):
-            offsets = offsets.detach().cpu().numpy()
-        offs = np.asarray(offsets)
+        offs = as_array(offsets, "offsets")
         if offs.ndim != 1 or offs.size < 1 or not np.issubdtype(offs.dtype, np.integer):
             raise ValueError("offsets must be a 1-D integer array of length num_sequences + 1")
         tokens = as_token_array(sequences, name)
@@ -61,7 +68,7 @@ def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> 
         raise TypeError(f"{name} must hold sequences of integer token ids, not strings")
     offs = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offs[1:])
-    flat = np.array(list(itertools.chain.from_iterable(seqs)))
+    flat = as_array(list(itertools.chain.from_iterable(seqs)), name)
     if flat.size == 0:
         return np.zeros(0, dtype=np.int32), offs
     if flat.ndim != 1:

@@ -16,6 +16,8 @@ import torch
 
 from . import _backend
 from ._backend import _C
+from ._limits import check_memory
+from ._validate import as_array
 
 __all__ = ["linear_sum_assignment"]
 
@@ -71,7 +73,11 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
     maximize = bool(maximize)
     if isinstance(cost, torch.Tensor) and cost.dim() == 3:
         return _solve_tensor(cost, maximize, row_lens, col_lens)
-    matrix = cost if type(cost) is np.ndarray and cost.dtype == np.float64 else _as_float64(cost)
+    if type(cost) is np.ndarray and cost.dtype == np.float64:
+        _check_size(cost.shape)
+        matrix = cost
+    else:
+        matrix = _as_float64(cost)
     if matrix.ndim == 3:
         return _solve_batch(matrix, maximize, row_lens, col_lens)
     if matrix.ndim != 2:
@@ -92,22 +98,31 @@ def _as_float64(cost: Any) -> np.ndarray:
         cost = cost.detach().cpu()
         if cost.dtype.is_complex:
             raise TypeError(f"Cannot cast cost from {cost.dtype} to float64 according to the rule 'safe'")
+        _check_size(tuple(cost.shape))
         cost = cost.to(torch.float64).numpy()
-    arr = np.asarray(cost)
+    arr = as_array(cost, "cost")
     if not np.can_cast(arr.dtype, np.float64, "safe"):
         raise TypeError(
             f"Cannot cast array data of cost from {arr.dtype!r} to dtype('float64') according to the rule 'safe'"
         )
+    _check_size(arr.shape)
     return arr.astype(np.float64, copy=False)
+
+
+def _check_size(shape: tuple) -> None:
+    """Cap check for a float64 copy of the costs (cast, or transposed for a tall matrix), the
+    solver's per-problem vectors and the output, before any of them is allocated."""
+    cells = int(np.prod(shape, dtype=np.float64))
+    rows = int(np.prod(shape[:-1], dtype=np.float64)) if shape else 0
+    nbytes = 8 * cells + 48 * rows + 48 * (shape[-1] if shape else 0)
+    check_memory(nbytes, f"linear_sum_assignment on cost of shape {shape}")
 
 
 def _lengths(lens: Any, batch: int, limit: int, name: str) -> np.ndarray | None:
     """Optional per-problem sizes as int64 ``[batch]``, each in ``[0, limit]``."""
     if lens is None:
         return None
-    if isinstance(lens, torch.Tensor):
-        lens = lens.detach().cpu().numpy()
-    arr = np.asarray(lens)
+    arr = as_array(lens, name)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.shape != (batch,):
@@ -138,6 +153,7 @@ def _solve_tensor(cost: torch.Tensor, maximize: bool, row_lens: Any, col_lens: A
     if cost.dtype.is_complex:
         raise TypeError(f"Cannot cast cost from {cost.dtype} to float64 according to the rule 'safe'")
     batch, rows, cols = cost.shape
+    _check_size((batch, rows, cols))
     lens = [
         None if arr is None else torch.from_numpy(arr).to(cost.device)
         for arr in (_lengths(row_lens, batch, rows, "row_lens"), _lengths(col_lens, batch, cols, "col_lens"))

@@ -7,6 +7,7 @@ word-op group and no string is ever enumerated.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 
 from ._backend import _C
-from ._validate import INT32_MAX, as_token_array, flatten_sequences
+from ._limits import check_memory
+from ._validate import INT32_MAX, as_array, as_token_array, flatten_sequences
 from .trie import Trie
 
 __all__ = ["LCSLookahead", "lcs_length", "lcs_lengths"]
@@ -28,9 +30,9 @@ def lcs_length(a: Any, b: Any) -> int:
         2
     """
     a_arr, b_arr = _tokens(a, "a"), _tokens(b, "b")
-    if len(a_arr) > len(b_arr):  # the bit row spans the shorter sequence
-        a_arr, b_arr = b_arr, a_arr
-    return int(_C.LcsPattern(a_arr).lengths(b_arr, np.array([0, len(b_arr)], dtype=np.int64))[0])
+    # The bit row spans the shorter sequence.
+    short, text, name = (a_arr, b_arr, "a") if len(a_arr) <= len(b_arr) else (b_arr, a_arr, "b")
+    return int(_pattern(short, name).lengths(text, np.array([0, len(text)], dtype=np.int64))[0])
 
 
 def lcs_lengths(query: Any, candidates: Any, offsets: Any = None) -> np.ndarray:
@@ -49,15 +51,16 @@ def lcs_lengths(query: Any, candidates: Any, offsets: Any = None) -> np.ndarray:
         >>> lcs_lengths([1, 2, 3], [[1, 3], [4], [3, 2, 1]]).tolist()
         [2, 0, 1]
     """
-    pattern = _C.LcsPattern(_tokens(query, "query"))
+    pattern = _pattern(_tokens(query, "query"), "query")
     if offsets is not None and _is_int32_vector(candidates):
         # Fast path: the kernel itself rejects negative ids, so a flat int32 buffer is not scanned here.
-        tokens = np.ascontiguousarray(_numpy(candidates))
+        tokens = np.ascontiguousarray(as_array(candidates, "candidates"))
         offs = _int_array(offsets, "offsets", np.int64, ndim=1)
         if offs.size < 1:
             raise ValueError("offsets must be a 1-D integer array of length num_candidates + 1")
     else:
         tokens, offs = flatten_sequences(candidates, offsets, "candidates")
+    check_memory(4 * offs.size, f"lcs_lengths over {offs.size - 1} candidates")
     return pattern.lengths(tokens, offs)
 
 
@@ -102,16 +105,26 @@ class LCSLookahead:
 
     def __init__(self, query_tokens: Any, start_after: int | None = None, max_nodes: int | None = 100_000):
         self.queries, self.per_item = _as_queries(query_tokens)
-        self._patterns = [_C.LcsPattern(q) for q in self.queries]
+        self._patterns = [_pattern(q, "query_tokens") for q in self.queries]
         self.start_after = _optional_int(start_after, "start_after", INT32_MAX)
         self.max_nodes = _optional_int(max_nodes, "max_nodes", 2**63 - 1)
         self._heights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self.last_visited = 0  # nodes visited below the children by the last deltas() call
-        self.last_truncated = 0  # children whose walk the last deltas() call cut short
+        # Per-thread, so that threads sharing one lookahead each read the counts of their own call.
+        self._last = threading.local()
 
     def __repr__(self) -> str:
         queries = f"{len(self.queries)} queries" if self.per_item else f"query of {len(self.queries[0])} tokens"
         return f"LCSLookahead({queries}, start_after={self.start_after}, max_nodes={self.max_nodes})"
+
+    @property
+    def last_visited(self) -> int:
+        """Nodes visited below the children by this thread's last :meth:`deltas` call."""
+        return getattr(self._last, "visited", 0)
+
+    @property
+    def last_truncated(self) -> int:
+        """Children whose walk this thread's last :meth:`deltas` call cut short."""
+        return getattr(self._last, "truncated", 0)
 
     def deltas(self, trie: Trie, nodes: Any, generated: Any, batch_index: Any = None) -> tuple[Any, Any]:
         """Δ for every child of every row's node.
@@ -152,7 +165,7 @@ class LCSLookahead:
             heights = self._heights[trie] = _C.subtree_heights(trie._native)
         start_after = -1 if self.start_after is None else self.start_after
         max_nodes = -1 if self.max_nodes is None else self.max_nodes
-        row_offsets, deltas, self.last_visited, self.last_truncated = _C.lcs_lookahead(
+        row_offsets, deltas, self._last.visited, self._last.truncated = _C.lcs_lookahead(
             trie._native, heights, self._patterns, node_arr, gen, pattern_of_row, start_after, max_nodes
         )
         if device is None:
@@ -160,14 +173,20 @@ class LCSLookahead:
         return torch.from_numpy(row_offsets).to(device), torch.from_numpy(deltas).to(device)
 
 
+def _pattern(query: np.ndarray, name: str) -> Any:
+    """The native match table of ``query``: one ceil(m / 64)-word mask per distinct token, so a
+    long query of distinct tokens costs m^2 / 8 bytes; checked against the memory cap first."""
+    words = -(-len(query) // 64)
+    if 8 * words * (len(query) + 1) > 1 << 20:  # small tables skip counting the distinct tokens
+        what = f"the LCS match table of {name} ({len(query)} tokens)"
+        check_memory(8 * words * (len(np.unique(query)) + 1), what)
+    return _C.LcsPattern(query)
+
+
 def _tokens(values: Any, name: str) -> np.ndarray:
     if isinstance(values, (str, bytes)):
         raise TypeError(f"{name} must hold integer token ids, not a string")
     return as_token_array(values, name)
-
-
-def _numpy(values: Any) -> np.ndarray:
-    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
 def _is_int32_vector(values: Any) -> bool:
@@ -177,7 +196,7 @@ def _is_int32_vector(values: Any) -> bool:
 
 
 def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
-    arr = _numpy(values)
+    arr = as_array(values, name)
     if arr.dtype == np.bool_ or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.ndim != ndim:
@@ -191,7 +210,7 @@ def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
 def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:
     """(queries, one per batch item?) from one int sequence or a list/2-D array of them."""
     if isinstance(query_tokens, (torch.Tensor, np.ndarray)):
-        arr = _numpy(query_tokens)
+        arr = as_array(query_tokens, "query_tokens")
         if arr.ndim == 2:
             return [_tokens(row, f"query_tokens[{i}]") for i, row in enumerate(arr)], True
         return [_tokens(arr, "query_tokens")], False

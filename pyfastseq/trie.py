@@ -11,7 +11,8 @@ import torch
 
 from . import _backend
 from ._backend import _C
-from ._validate import INT32_MAX, as_eos_id, as_token_array, flatten_sequences
+from ._limits import check_memory
+from ._validate import INT32_MAX, as_array, as_eos_id, as_token_array, flatten_sequences
 
 __all__ = ["Trie"]
 
@@ -43,7 +44,9 @@ class Trie:
 
     def __init__(self, sequences: Iterable[Any], eos_id: int | None = None, *, offsets: Any = None):
         tokens, offs = flatten_sequences(sequences, offsets)
-        self._init(_C.Trie.build(tokens, offs, as_eos_id(eos_id)))
+        eos = as_eos_id(eos_id)
+        check_memory(_build_bytes(tokens.size, offs.size - 1, eos >= 0), f"building a Trie of {tokens.size} tokens")
+        self._init(_C.Trie.build(tokens, offs, eos))
 
     def _init(self, native: Any) -> None:
         self._native = native
@@ -58,8 +61,15 @@ class Trie:
     def load(cls, path: str | os.PathLike, mmap: bool = True) -> "Trie":
         """Load a file written by :meth:`save`; with ``mmap`` the arrays are mapped read-only and
         shared by every process that maps the same file. Any defect raises ``ValueError``."""
+        path = os.fspath(path)
+        try:
+            size = os.stat(path).st_size
+        except (OSError, ValueError):
+            size = 0  # the native loader reports a missing or unreadable file by name
+        # Mapped or read, the arrays' pages are the trie's working set once it is searched.
+        check_memory(size, f"loading the trie file {path!r}")
         trie = cls.__new__(cls)
-        trie._init(_C.Trie.load(os.fspath(path), bool(mmap)))
+        trie._init(_C.Trie.load(path, bool(mmap)))
         return trie
 
     def save(self, path: str | os.PathLike) -> None:
@@ -171,6 +181,14 @@ class Trie:
             raise ValueError(
                 f"the trie holds token id {self.max_token} but logits has only {logits.shape[1]} columns (vocabulary)"
             )
+        if _overlapping(logits):
+            raise ValueError(
+                f"logits must not be an expanded or self-overlapping view (strides {logits.stride()}): masking "
+                "writes in place, and rows sharing memory would mask each other"
+            )
+        if logits.stride(1) != 1:
+            what = "mask_logits on logits with strided columns (a contiguous copy)"
+            check_memory(logits.numel() * logits.element_size(), what)
         node_tensor = _node_tensor(nodes, logits.shape[0], logits.device)
         child_begin, child_token = self._arrays_on(logits.device)
         torch.ops.pyfastseq.trie_mask_(logits, node_tensor, child_begin, child_token, float(fill))
@@ -185,17 +203,32 @@ class Trie:
         return arrays
 
 
+def _overlapping(t: torch.Tensor) -> bool:
+    """Whether two elements of the 2-D ``t`` may share memory (conservatively: any interleaving of
+    rows and columns counts)."""
+    rows, cols = t.shape
+    (row_stride, col_stride) = t.stride()
+    if rows <= 1 or cols <= 1:
+        return (rows > 1 and row_stride == 0) or (cols > 1 and col_stride == 0)
+    return not (row_stride >= cols * col_stride > 0 or col_stride >= rows * row_stride > 0)
+
+
+def _build_bytes(num_tokens: int, num_sequences: int, with_eos: bool) -> int:
+    """Peak bytes of Trie.build: at most one node per token (plus eos and root), each an offset, a
+    token and a terminal flag, and per sequence its length, order, sort key and (key, item) pair."""
+    nodes = num_tokens + (num_sequences if with_eos else 0) + 1
+    return 9 * nodes + 20 * num_sequences
+
+
 def _as_int32(values: Any, name: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
+    arr = as_array(values, name)
     if arr.size == 0:
         return np.zeros(arr.shape, dtype=np.int32)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.size and (arr.min() < -(2**31) or arr.max() > INT32_MAX):
         raise ValueError(f"{name} holds a value outside the int32 range")
-    return np.ascontiguousarray(arr, dtype=np.int32)
+    return arr.astype(np.int32, order="C", copy=False)  # keeps a 0-d shape (ascontiguousarray would not)
 
 
 def _node_tensor(nodes: Any, rows: int, device: torch.device) -> torch.Tensor:

@@ -1,9 +1,30 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh interpreter that imports the same pyfastseq as these tests: it
+    runs beside that package, so a source checkout in the working directory cannot shadow an
+    installed wheel (or the other way round)."""
+    import pyfastseq
+
+    beside = os.path.dirname(os.path.dirname(os.path.abspath(pyfastseq.__file__)))
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=beside, env={**os.environ, **env}, capture_output=True, text=True
+    )
+
+
+def pytest_report_header(config):
+    import pyfastseq
+
+    # Shows whether the run tests an installed package or a source tree (CI checks it is installed).
+    return f"pyfastseq {pyfastseq.__version__} from {os.path.dirname(pyfastseq.__file__)}"
 
 
 def pytest_collection_modifyitems(config, items):

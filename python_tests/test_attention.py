@@ -309,9 +309,8 @@ def test_benchmark_module_imports():
 
 
 def test_import_does_not_load_triton():
-    import subprocess
-    from pathlib import Path
+    from conftest import run_python
 
     code = "import sys, pyfastseq; assert 'triton' not in sys.modules and 'transformers' not in sys.modules"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr

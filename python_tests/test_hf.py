@@ -1,7 +1,5 @@
 """fs.hf.TrieLogitsProcessor against transformers' PrefixConstrainedLogitsProcessor + a dict trie."""
 
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -40,10 +38,11 @@ def reference_fn(dict_trie, start, vocab):
 
 
 def test_importing_pyfastseq_does_not_import_transformers():
-    import subprocess
+    from conftest import run_python
 
     code = "import sys, pyfastseq; assert 'transformers' not in sys.modules"  # fs.hf loads it on use
-    subprocess.run([sys.executable, "-c", code], check=True)
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
 
 
 # -- the processor alone ----------------------------------------------------------------------

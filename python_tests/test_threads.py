@@ -1,4 +1,9 @@
-"""Kernels release the GIL: 8 threads sharing the same objects must reproduce a serial run."""
+"""Kernels release the GIL: 8 threads sharing the same objects must reproduce a serial run.
+
+Each ``*_jobs`` factory builds shared objects once and returns closures that use them; JOB_FAMILIES
+lists the factories, run one family at a time and all of them interleaved. A new kernel family
+joins by adding its factory to JOB_FAMILIES.
+"""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +38,54 @@ def trie_jobs():
     return [mask, step, build]
 
 
+def assignment_jobs():
+    rng = np.random.default_rng(1)
+    matrix = rng.random((300, 400))
+    batch = rng.integers(0, 50, size=(64, 30, 25)).astype(np.float64)
+    row_lens = rng.integers(0, 31, size=64)
+    tensor = torch.from_numpy(batch)
+
+    def square():
+        return fs.linear_sum_assignment(matrix, maximize=True)
+
+    def batched():
+        return fs.linear_sum_assignment(batch, row_lens=row_lens)
+
+    def batched_tensor():
+        return fs.linear_sum_assignment(tensor)
+
+    return [square, batched, batched_tensor]
+
+
+def lcs_jobs():
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(2, 400, size=rng.integers(2, 12)).tolist() for _ in range(2000)]
+    trie = fs.Trie(seqs, eos_id=1)
+    candidates = rng.integers(0, 400, size=200_000).astype(np.int32)
+    offsets = np.arange(0, 200_001, 20)
+    query = rng.integers(0, 400, size=90)
+    # max_nodes small enough that walks are cut: the per-call counts must stay each thread's own.
+    lookahead = fs.LCSLookahead(query, max_nodes=500)
+    generated = np.array([s[:1] for s in seqs[:128]], dtype=np.int32)  # each row's path from the root
+    nodes = np.array([trie.walk(p) for p in generated], dtype=np.int32)
+
+    def lengths():
+        return fs.lcs_lengths(query, candidates, offsets)
+
+    def deltas(rows):
+        out = lookahead.deltas(trie, nodes[rows], generated[rows])
+        return out, lookahead.last_visited, lookahead.last_truncated
+
+    def deltas_uncapped():
+        return fs.LCSLookahead(query, max_nodes=None).deltas(trie, nodes, generated)
+
+    return [lengths, lambda: deltas(slice(0, 64)), lambda: deltas(slice(64, None)), deltas_uncapped]
+
+
+# Beam search adds its factory here (a shared trie and lookahead, concurrent searches).
+JOB_FAMILIES = [trie_jobs, assignment_jobs, lcs_jobs]
+
+
 def results_equal(a, b):
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
@@ -43,7 +96,11 @@ def results_equal(a, b):
     return a == b
 
 
-@pytest.mark.parametrize("jobs", [trie_jobs], ids=lambda f: f.__name__)
+def all_jobs():
+    return [job for family in JOB_FAMILIES for job in family()]
+
+
+@pytest.mark.parametrize("jobs", JOB_FAMILIES + [all_jobs], ids=lambda f: f.__name__)
 def test_concurrent_equals_serial(jobs):
     work = jobs() * 4
     serial = [job() for job in work]
