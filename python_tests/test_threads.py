@@ -82,8 +82,32 @@ def lcs_jobs():
     return [lengths, lambda: deltas(slice(0, 64)), lambda: deltas(slice(64, None)), deltas_uncapped]
 
 
-# Beam search adds its factory here (a shared trie and lookahead, concurrent searches).
-JOB_FAMILIES = [trie_jobs, assignment_jobs, lcs_jobs]
+def search_jobs():
+    rng = np.random.default_rng(3)
+    sep, vocab = 1, 600
+    seqs = [[*rng.integers(2, 300, size=2).tolist(), sep, *rng.integers(300, vocab, size=3).tolist()]
+            for _ in range(3000)]
+    trie = fs.Trie(seqs, eos_id=0)
+    table = torch.randn(vocab, vocab)  # logits are a function of the last token: the same model in every thread
+
+    def step_fn(tokens, beam_idx):
+        last = tokens[:, -1] if tokens.shape[1] else torch.zeros(len(beam_idx), dtype=torch.long)
+        return table[last]
+
+    lookahead = fs.LCSLookahead([rng.integers(2, vocab, size=12).tolist() for _ in range(6)], start_after=sep)
+    constrained = fs.TrieBeamSearch(trie, num_beams=8, max_length=trie.depth, num_return_sequences=3,
+                                    lookahead=lookahead)
+    free = fs.BeamSearch(eos_id=0, num_beams=4, max_length=6)
+    sampler = fs.Sampler(top_k=20, top_p=0.9, seed=7, trie=trie, max_length=trie.depth)
+
+    def as_tuple(out):
+        return out.sequences, out.scores, out.finished
+
+    return [lambda: as_tuple(constrained.search(step_fn, 6)), lambda: as_tuple(free.search(step_fn, 3)),
+            lambda: as_tuple(sampler.search(step_fn, 4, num_samples=3))]
+
+
+JOB_FAMILIES = [trie_jobs, assignment_jobs, lcs_jobs, search_jobs]
 
 
 def results_equal(a, b):
