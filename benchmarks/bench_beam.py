@@ -18,12 +18,12 @@ from __future__ import annotations
 import functools
 import os
 import random
-import time
 
 import pytest
 import torch
 
 import datasets
+from timing import best_time
 import pyfastseq as fs
 from pyfastseq.reference.trie import DictTrie
 from pyfastseq.search import _beam_step
@@ -47,17 +47,6 @@ def catalogue(kind: str):
         vocab, eos = datasets.TITLE_VOCAB, datasets.EOS
     entries = datasets.as_lists(tokens, offsets)
     return fs.Trie(tokens, eos_id=eos, offsets=offsets), DictTrie(entries, eos_id=eos), vocab, entries
-
-
-def best_time(fn, rounds: int) -> float:
-    """The fastest of ``rounds`` runs: on a shared machine the minimum is the stable estimate."""
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def dict_trie_fn(dict_trie: DictTrie, prompt_len: int):

@@ -13,11 +13,11 @@ Each test times the peer and ours in the same run and records ``peer_min_s`` and
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
+from timing import best_time
 
 from pyfastseq.reference.sampling import sampling_probs
 from pyfastseq.sampling import _sample_step
@@ -28,17 +28,6 @@ SETTINGS = {
     "top_p=0.9": (0, 0.9, 1.0),
     "plain": (0, 1.0, 1.0),
 }
-
-
-def best_time(fn, rounds: int) -> float:
-    """The fastest of ``rounds`` runs: on a shared machine the minimum is the stable estimate."""
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def torch_sample(logits: torch.Tensor, top_k: int, top_p: float, temperature: float, gen: torch.Generator):

@@ -4,8 +4,10 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "beam/beam.h"
 #include "beam/logits_row.h"
 #include "beam/logits_row_avx2.h"
+#include "common/errors.h"
 
 namespace pyfastseq {
 
@@ -31,6 +33,17 @@ float full_logsumexp(const typename Loader::Bits* row, int64_t n, bool* nan) {
   }
 #endif
   return row_logsumexp<Loader>(row, n, nan);
+}
+
+// Calls f(Loader{}) with the loader that reads `dtype`; InvalidArgument for an unknown code.
+template <class F>
+void with_logits_loader(LogitsDtype dtype, F&& f) {
+  switch (dtype) {
+    case LogitsDtype::kFloat32: return f(Float32Loader{});
+    case LogitsDtype::kFloat16: return f(Float16Loader{});
+    case LogitsDtype::kBFloat16: return f(BFloat16Loader{});
+  }
+  fail("logits dtype code ", static_cast<int32_t>(dtype), " is not float32, float16 or bfloat16");
 }
 
 }  // namespace pyfastseq

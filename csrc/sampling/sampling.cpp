@@ -300,12 +300,7 @@ void step(const SampleStepParams& p) {
 }  // namespace
 
 void run_sample_step_cpu(const SampleStepParams& p) {
-  switch (p.dtype) {
-    case LogitsDtype::kFloat32: return step<Float32Loader>(p);
-    case LogitsDtype::kFloat16: return step<Float16Loader>(p);
-    case LogitsDtype::kBFloat16: return step<BFloat16Loader>(p);
-  }
-  fail("logits dtype code ", static_cast<int32_t>(p.dtype), " is not float32, float16 or bfloat16");
+  with_logits_loader(p.dtype, [&](auto loader) { step<decltype(loader)>(p); });
 }
 
 }  // namespace pyfastseq
