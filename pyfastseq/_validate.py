@@ -33,11 +33,14 @@ def as_token_array(values: Any, name: str) -> np.ndarray:
 
 
 def _checked_int32(arr: np.ndarray, name: str) -> np.ndarray:
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+    is_int32 = arr.dtype == np.int32  # the common case: one reduction, no dtype queries
+    if not is_int32 and (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() > INT32_MAX):
-        bad = arr.min() if arr.min() < 0 else arr.max()
-        raise ValueError(f"{name} holds token id {int(bad)} outside [0, 2**31 - 1]")
+    if arr.size:
+        low = arr.min()
+        high = INT32_MAX if is_int32 else arr.max()
+        if low < 0 or high > INT32_MAX:
+            raise ValueError(f"{name} holds token id {int(low if low < 0 else high)} outside [0, 2**31 - 1]")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 

@@ -197,12 +197,14 @@ def _is_int32_vector(values: Any) -> bool:
 
 def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
     arr = as_array(values, name)
-    if arr.dtype == np.bool_ or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(arr.shape)}")
+    if arr.dtype == dtype:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_ or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     info = np.iinfo(dtype)
-    if arr.dtype != dtype and arr.size and (arr.min() < info.min or arr.max() > info.max):
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise ValueError(f"{name} holds a value outside the {np.dtype(dtype).name} range")
     return np.ascontiguousarray(arr, dtype=dtype)
 
