@@ -76,9 +76,9 @@ def kb():
     return build_kb()
 
 
-def batch(kb, rows, subject_len=3):
-    """`rows` rows at the first predicate token of distinct subjects (of one length, so the batch
-    has one step count), popular subjects first, each with a question about its own entry."""
+def pick(kb, rows, subject_len=3):
+    """`rows` entries of distinct subjects (of one length, so a batch has one step count), popular
+    subjects first, each with a question about itself: the subject, words of the predicate, filler."""
     rng = np.random.default_rng(rows)
     candidates = np.flatnonzero(kb["subject_len"] == subject_len)
     picked, seen = [], set()
@@ -90,15 +90,21 @@ def batch(kb, rows, subject_len=3):
             picked.append(item)
         if len(picked) == rows:
             break
-    generated, queries = [], []
+    entries, queries = [], []
     for item in picked:
         start = kb["offsets"][item]
         entry = kb["tokens"][start : kb["offsets"][item + 1]].tolist()
-        generated.append(entry[: subject_len + 1])
+        entries.append(entry)
         predicate = entry[subject_len + 1 : subject_len + 1 + int(kb["predicate_len"][item])]
         filler = rng.integers(200, VOCAB, 24 - len(predicate) - subject_len).tolist()
         queries.append(entry[:subject_len] + filler[:12] + predicate + filler[12:])
-    generated = np.array(generated, dtype=np.int32)
+    return entries, queries
+
+
+def batch(kb, rows, subject_len=3):
+    """`rows` rows at the first predicate token of `pick`'s entries, with their questions."""
+    entries, queries = pick(kb, rows, subject_len)
+    generated = np.array([entry[: subject_len + 1] for entry in entries], dtype=np.int32)
     nodes = np.array([kb["trie"].walk(g) for g in generated], dtype=np.int32)
     return nodes, generated, np.arange(rows, dtype=np.int64), queries
 
@@ -163,3 +169,53 @@ def test_deltas_from_root_capped(benchmark, kb, max_nodes):
         max_nodes=max_nodes, visited=lookahead.last_visited, truncated=lookahead.last_truncated,
         us_median=benchmark.stats.stats.median * 1e6,
     )
+
+
+def guided_step_fn(entries, num_beams, steps):
+    """A stand-in model over precomputed logits: noise plus a boost to each batch item's own entry
+    at every position, so the beams follow their subject into its predicate subtree."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(steps, len(entries) * num_beams, VOCAB, generator=generator) * 2
+    for b, entry in enumerate(entries):
+        for t, token in enumerate(entry[:steps]):
+            logits[t, b * num_beams : (b + 1) * num_beams, token] += 6
+    calls = [0]
+
+    def step_fn(tokens, beam_idx):
+        calls[0] += 1
+        return logits[min(calls[0], steps) - 1]
+
+    def restart():
+        """Start over; returns the number of steps the last search took."""
+        steps_taken, calls[0] = calls[0], 0
+        return steps_taken
+
+    return step_fn, restart
+
+
+SEARCH_BATCH, SEARCH_STEPS = 4, 16
+
+
+@pytest.mark.parametrize("with_lookahead", [False, True], ids=["without", "with"])
+@pytest.mark.parametrize("num_beams", [8, 16, 32, 64])
+@pytest.mark.benchmark(group="search-lookahead-overhead")
+def test_search_lookahead_overhead(benchmark, kb, num_beams, with_lookahead):
+    """A whole TrieBeamSearch (4 questions, up to 16 steps, precomputed logits) with and without the
+    lookahead. The lookahead changes which hypotheses survive, hence the number of steps, so its
+    share is the with/without ratio of the median time per step, minus one."""
+    entries, queries = pick(kb, SEARCH_BATCH)
+    step_fn, restart = guided_step_fn(entries, num_beams, SEARCH_STEPS)
+    lookahead = fs.LCSLookahead(queries, start_after=SEP) if with_lookahead else None
+    searcher = fs.TrieBeamSearch(kb["trie"], num_beams=num_beams, max_length=SEARCH_STEPS, lookahead=lookahead)
+
+    def search():
+        restart()
+        return searcher.search(step_fn, SEARCH_BATCH)
+
+    out = search()
+    assert all(kb["trie"].walk(seq) >= 0 for hyps in out.sequences for seq in hyps)  # max_length may cut
+    steps = restart()
+    benchmark(search)
+    benchmark.extra_info.update(num_beams=num_beams, batch=SEARCH_BATCH, rows=SEARCH_BATCH * num_beams,
+                                lookahead=with_lookahead, steps=steps, ms_median=benchmark.stats.stats.median * 1e3,
+                                us_per_step_median=benchmark.stats.stats.median / steps * 1e6)

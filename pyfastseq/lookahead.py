@@ -160,17 +160,29 @@ class LCSLookahead:
                 raise ValueError(f"batch_index must have one entry per row ({rows}), got shape {pattern_of_row.shape}")
             if not self.per_item:
                 pattern_of_row = np.zeros(rows, dtype=np.int64)
+        row_offsets, deltas = self._native_deltas(trie, node_arr, gen, pattern_of_row, applying_only=False)
+        if device is None:
+            return row_offsets, deltas
+        return torch.from_numpy(row_offsets).to(device), torch.from_numpy(deltas).to(device)
+
+    def _step_deltas(self, trie: Trie, nodes: np.ndarray, generated: np.ndarray,
+                     batch_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`deltas` for the beam step, from its own int32/int64 arrays: rows the rule leaves
+        alone get empty slices instead of zeros."""
+        pattern_of_row = batch_index if self.per_item else np.zeros(len(nodes), dtype=np.int64)
+        return self._native_deltas(trie, nodes, generated, pattern_of_row, applying_only=True)
+
+    def _native_deltas(self, trie, nodes, generated, pattern_of_row, applying_only):
         heights = self._heights.get(trie)
         if heights is None:
             heights = self._heights[trie] = _C.subtree_heights(trie._native)
         start_after = -1 if self.start_after is None else self.start_after
         max_nodes = -1 if self.max_nodes is None else self.max_nodes
         row_offsets, deltas, self._last.visited, self._last.truncated = _C.lcs_lookahead(
-            trie._native, heights, self._patterns, node_arr, gen, pattern_of_row, start_after, max_nodes
+            trie._native, heights, self._patterns, nodes, generated, pattern_of_row, start_after, max_nodes,
+            applying_only,
         )
-        if device is None:
-            return row_offsets, deltas
-        return torch.from_numpy(row_offsets).to(device), torch.from_numpy(deltas).to(device)
+        return row_offsets, deltas
 
 
 def _pattern(query: np.ndarray, name: str) -> Any:

@@ -19,6 +19,7 @@ import torch
 
 from ._backend import _C, cuda, stream_of
 from ._validate import as_eos_id, as_token_array
+from .lookahead import LCSLookahead
 from .trie import Trie
 
 __all__ = ["BeamSearch", "BeamSearchOutput", "TrieBeamSearch"]
@@ -204,8 +205,9 @@ class TrieBeamSearch(_BeamSearchBase):
             excluded) and ``batch_index`` int64 ``[N]``. Row r's children (ascending token order) get
             ``deltas[row_offsets[r]:row_offsets[r+1]]``; where some delta is positive and the row has
             more than one child, their full-vocabulary probabilities become ``p ** (1 / (delta + 1))``
-            renormalised over the children. Rows with every delta 0 keep their plain log-probs (so
-            ``normalize`` still applies there), matching "delta 0 leaves the distribution unchanged".
+            renormalised over the children. Rows with every delta 0, or an empty slice, keep their
+            plain log-probs (so ``normalize`` still applies there), matching "delta 0 leaves the
+            distribution unchanged".
         normalize: ``"full"`` (log-softmax over the vocabulary, as transformers with
             ``prefix_allowed_tokens_fn``) or ``"allowed"`` (over the node's children; skips the pass
             over the vocabulary).
@@ -265,17 +267,24 @@ class TrieBeamSearch(_BeamSearchBase):
         if self.lookahead is None:
             return None, None
         k = self.num_beams
-        nodes = torch.from_numpy(state.nodes)
-        generated = torch.from_numpy(state.generated)
-        batch_index = torch.arange(batch_size * k) // k
+        if isinstance(self.lookahead, LCSLookahead):
+            # The native lookahead takes the state's arrays as they are and leaves the rows the rule
+            # does not touch with empty slices; its output needs no checking.
+            def call(trie, nodes, generated, batch_index):
+                return self.lookahead._step_deltas(trie, nodes, generated, batch_index)
+            nodes, generated = state.nodes, state.generated
+            batch_index = np.arange(batch_size * k, dtype=np.int64) // k
+        else:
+            def call(trie, nodes, generated, batch_index):
+                return _checked_deltas(self.lookahead.deltas(trie, nodes, generated, batch_index), len(nodes))
+            nodes, generated = torch.from_numpy(state.nodes), torch.from_numpy(state.generated)
+            batch_index = torch.arange(batch_size * k) // k
         if len(tries) == 1:
-            return _checked_deltas(self.lookahead.deltas(tries[0], nodes, generated, batch_index), len(nodes))
+            return call(tries[0], nodes, generated, batch_index)
         offsets, parts, total = [np.zeros(1, dtype=np.int64)], [], 0
         for b, trie in enumerate(tries):
             rows = slice(b * k, (b + 1) * k)
-            offs, deltas = _checked_deltas(
-                self.lookahead.deltas(trie, nodes[rows], generated[rows], batch_index[rows]), k
-            )
+            offs, deltas = call(trie, nodes[rows], generated[rows], batch_index[rows])
             offsets.append(offs[1:] + total)
             parts.append(deltas)
             total += len(deltas)

@@ -132,10 +132,12 @@ def test_trie_beam__normalize_allowed__optimum_over_renormalised_probs():
 
 
 class FakeLookahead:
-    """Chosen deltas: a function of the row's prefix and the child token."""
+    """Chosen deltas: a function of the row's prefix and the child token. With empty_zero_rows, a row
+    whose deltas are all 0 gets an empty slice instead (also "unchanged")."""
 
-    def __init__(self):
+    def __init__(self, empty_zero_rows=False):
         self.calls = []
+        self.empty_zero_rows = empty_zero_rows
 
     @staticmethod
     def delta(prefix, token) -> int:
@@ -147,18 +149,20 @@ class FakeLookahead:
         offsets, values = [0], []
         for r, node in enumerate(nodes.tolist()):
             if node >= 0:
-                values += [self.delta(generated[r].tolist(), t) for t in trie.children(node)[0].tolist()]
+                row = [self.delta(generated[r].tolist(), t) for t in trie.children(node)[0].tolist()]
+                values += [] if self.empty_zero_rows and not any(row) else row
             offsets.append(len(values))
         return torch.tensor(offsets), torch.tensor(values, dtype=torch.int32)
 
 
+@pytest.mark.parametrize("empty_zero_rows", [False, True])
 @pytest.mark.parametrize("normalize", ["full", "allowed"])
-def test_trie_beam__lookahead__matches_torch_reshape(normalize):
+def test_trie_beam__lookahead__matches_torch_reshape(normalize, empty_zero_rows):
     rng = random.Random(7)
     vocab = 11
     entries = [e + [EOS] for e in random_entries(rng, vocab, 8, 1, 4)]
     trie = fs.Trie(entries, eos_id=EOS)
-    lookahead = FakeLookahead()
+    lookahead = FakeLookahead(empty_zero_rows)
     out = fs.TrieBeamSearch(trie, num_beams=8, max_length=trie.depth, length_penalty=1.0, early_stopping="never",
                             lookahead=lookahead, normalize=normalize, num_return_sequences=2,
                             output_token_scores=True).search(PrefixModel(vocab, 7), 1)

@@ -44,7 +44,7 @@ struct BeamStepParams {
   // Lookahead (constrained only, may be null): row r's children get deltas[delta_offsets[r] + i]
   // in ascending token order; where some delta > 0 and the row has more than one child, the
   // children's full-vocabulary probabilities become p^(1/(delta+1)), renormalised over the children
-  // to the mass they had (to 1 with normalize_allowed).
+  // to the mass they had (to 1 with normalize_allowed). An empty slice leaves the row unchanged.
   const int64_t* delta_offsets = nullptr;  // [rows + 1]
   const int32_t* deltas = nullptr;
 

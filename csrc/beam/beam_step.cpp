@@ -111,7 +111,7 @@ class StepKernel {
     }
 
     const int32_t* deltas = nullptr;
-    if (p_.delta_offsets) {
+    if (p_.delta_offsets && p_.delta_offsets[r + 1] != p_.delta_offsets[r]) {
       const int64_t begin = p_.delta_offsets[r], count = p_.delta_offsets[r + 1] - begin;
       if (count != n) return {RowStatus::kDeltaCount, count};
       bool any_positive = false;
@@ -237,7 +237,7 @@ void merge_item(const BeamStepParams& p, const std::vector<RowCandidate>& pool,
     case RowStatus::kTokenOutOfVocab:
       fail("the trie holds token id ", e.detail, " but logits has only ", p.vocab, " columns (vocabulary)");
     case RowStatus::kDeltaCount:
-      fail("lookahead.deltas gave ", e.detail, " deltas for row ", row, ", which must be one per child of its node");
+      fail("lookahead.deltas gave ", e.detail, " deltas for row ", row, ", which must be none (the row unchanged) or one per child of its node");
     case RowStatus::kNegativeDelta:
       fail("lookahead.deltas gave a negative delta (", e.detail, ") for row ", row);
     case RowStatus::kOk: break;

@@ -62,7 +62,7 @@ void bind_lcs(py::module_& m) {
   m.def(
       "lcs_lookahead",
       [](const Trie& trie, UInt8Array heights, const std::vector<const LcsPattern*>& patterns, Int32Array nodes,
-         Int32Array generated, Int64Array pattern_of_row, int32_t start_after, int64_t max_nodes) {
+         Int32Array generated, Int64Array pattern_of_row, int32_t start_after, int64_t max_nodes, bool applying_only) {
         const int64_t rows = nodes.size();
         if (heights.size() != trie.num_nodes()) fail("heights must hold one entry per trie node");
         if (nodes.ndim() != 1) fail("nodes must be 1-D");
@@ -86,7 +86,7 @@ void bind_lcs(py::module_& m) {
         p.row_offsets = row_offsets.data();
         {
           py::gil_scoped_release release;
-          lookahead_row_offsets(p.trie, p.nodes, rows, row_offsets.mutable_data());
+          lookahead_row_offsets(p, applying_only, row_offsets.mutable_data());
         }
         Int32Array deltas(row_offsets.data()[rows]);
         p.deltas = deltas.mutable_data();
@@ -98,8 +98,9 @@ void bind_lcs(py::module_& m) {
         return py::make_tuple(row_offsets, deltas, stats.visited, stats.truncated);
       },
       py::arg("trie"), py::arg("heights"), py::arg("patterns"), py::arg("nodes"), py::arg("generated"),
-      py::arg("pattern_of_row"), py::arg("start_after"), py::arg("max_nodes"),
-      "(row_offsets int64 [N+1], deltas int32, nodes visited, truncated child searches) of one lookahead call.");
+      py::arg("pattern_of_row"), py::arg("start_after"), py::arg("max_nodes"), py::arg("applying_only") = false,
+      "(row_offsets int64 [N+1], deltas int32, nodes visited, truncated child searches) of one lookahead call; "
+      "applying_only leaves the rows the rule does not touch with empty slices.");
 }
 
 }  // namespace pyfastseq

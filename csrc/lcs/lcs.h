@@ -130,9 +130,11 @@ struct LookaheadStats {
   int64_t truncated = 0;  // children whose search max_nodes cut short
 };
 
-// row_offsets[r + 1] - row_offsets[r] = number of children of nodes[r] (0 for -1). Throws
-// InvalidArgument for a node outside [-1, num_nodes).
-void lookahead_row_offsets(const TrieView& trie, const int32_t* nodes, int64_t rows, int64_t* row_offsets);
+// row_offsets[r + 1] - row_offsets[r] = number of children of nodes[r] (0 for -1), from p.trie,
+// p.nodes and p.rows. With applying_only, also 0 for every row the rule leaves alone (fewer than two
+// children, start_after not decoded yet): the compact layout the beam step reads, where an empty
+// slice means "unchanged". Throws InvalidArgument for a node outside [-1, num_nodes).
+void lookahead_row_offsets(const LookaheadParams& p, bool applying_only, int64_t* row_offsets);
 // Throws InvalidArgument for a pattern index outside [0, num_patterns).
 LookaheadStats run_lookahead(const LookaheadParams& p);
 

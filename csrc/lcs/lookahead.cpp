@@ -22,12 +22,27 @@ void run_subtree_heights(const TrieView& trie, uint8_t* heights) {
   }
 }
 
-void lookahead_row_offsets(const TrieView& trie, const int32_t* nodes, int64_t rows, int64_t* row_offsets) {
+namespace {
+
+// Where row r's segment starts (the index after its first start_after; 0 without one), or -1 when
+// the rule leaves the row alone: dead, fewer than two children, or start_after not decoded yet.
+int64_t segment_start(const LookaheadParams& p, int64_t r) {
+  if (p.nodes[r] < 0 || p.trie.num_children(p.nodes[r]) < 2) return -1;
+  if (p.start_after < 0) return 0;
+  const int32_t* gen = p.generated + r * p.steps;
+  const int64_t at = std::find(gen, gen + p.steps, p.start_after) - gen + 1;
+  return at > p.steps ? -1 : at;
+}
+
+}  // namespace
+
+void lookahead_row_offsets(const LookaheadParams& p, bool applying_only, int64_t* row_offsets) {
   row_offsets[0] = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t n = nodes[r];
-    if (n < -1 || n >= trie.num_nodes) fail("nodes[", r, "] must be -1 or a node id in [0, ", trie.num_nodes, "), got ", n);
-    row_offsets[r + 1] = row_offsets[r] + (n < 0 ? 0 : trie.num_children(n));
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const int32_t n = p.nodes[r];
+    if (n < -1 || n >= p.trie.num_nodes) fail("nodes[", r, "] must be -1 or a node id in [0, ", p.trie.num_nodes, "), got ", n);
+    const bool empty = n < 0 || (applying_only && segment_start(p, r) < 0);
+    row_offsets[r + 1] = row_offsets[r] + (empty ? 0 : p.trie.num_children(n));
   }
 }
 
@@ -205,7 +220,8 @@ LookaheadStats run_lookahead(const LookaheadParams& p) {
   for (int64_t r = 0; r < p.rows; ++r) {
     if (p.pattern_of_row[r] < 0 || p.pattern_of_row[r] >= p.num_patterns)
       fail("batch_index[", r, "] must be in [0, ", p.num_patterns, ") (one query per batch item), got ", p.pattern_of_row[r]);
-    if (p.nodes[r] >= 0 && p.trie.num_children(p.nodes[r]) >= 2) order.push_back(r);
+    if (p.nodes[r] >= 0 && p.trie.num_children(p.nodes[r]) >= 2 && p.row_offsets[r + 1] > p.row_offsets[r])
+      order.push_back(r);
   }
   auto key = [&](int64_t r) { return std::make_pair(p.pattern_of_row[r], p.nodes[r]); };
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key(a) < key(b); });
@@ -219,12 +235,8 @@ LookaheadStats run_lookahead(const LookaheadParams& p) {
       continue;
     }
     job_of[i] = -1;
-    const int32_t* gen = p.generated + r * p.steps;
-    int64_t at = 0;
-    if (p.start_after >= 0) {
-      at = std::find(gen, gen + p.steps, p.start_after) - gen + 1;
-      if (at > p.steps) continue;  // start_after not decoded yet: the rule does not apply
-    }
+    const int64_t at = segment_start(p, r);
+    if (at < 0) continue;
     job_of[i] = static_cast<int64_t>(jobs.size());
     jobs.push_back({r, at});
   }
@@ -239,9 +251,9 @@ LookaheadStats run_lookahead(const LookaheadParams& p) {
   const std::vector<int64_t> budget = share_budget(p.max_nodes, need);
   const int64_t work = std::min(total_need, p.max_nodes < 0 ? total_need : p.max_nodes);
   std::vector<LookaheadStats> job_stats(static_cast<size_t>(njobs));
-  // Threads only pay off for walks of ~10^5 nodes and more (about a millisecond): waking a worker
-  // costs far more than a short call when the cores are shared.
-  parallel_for(njobs, njobs == 0 ? 0 : work / njobs, [&](int64_t j) {
+  // Between beam steps the trie is out of cache and a node costs a memory access (~0.1 us): threads
+  // start at walks of ~8k nodes, where waking a worker is already the smaller cost.
+  parallel_for_dynamic(njobs, njobs == 0 ? 0 : work * 16 / njobs, 1, [&](int64_t j) {
     const LcsPattern& q = *p.patterns[p.pattern_of_row[jobs[j].row]];
     q.visit([&](const auto& rows) {
       switch (rows.words) {
