@@ -7,6 +7,7 @@ token per row against ``past_key_values`` reordered by ``beam_idx``, so a step c
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
@@ -47,7 +48,21 @@ def _reorder(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
     raise TypeError(f"cannot reorder the past_key_values of {type(model).__name__} ({type(cache).__name__})")
 
 
-class _DecoderOnlyStep:
+class _ModelStep:
+    """What both model steps share: the cache, the attention mask, and forking them."""
+
+    def fork(self, index: torch.Tensor) -> "_ModelStep":
+        """A copy whose row ``i`` continues row ``index[i]``, with its own cache; ``self`` is unchanged."""
+        if self.cache is None:
+            raise ValueError("a step function can be forked only after its first call")
+        index = index.to(self.device)
+        fork = copy.copy(self)
+        fork.cache = _reorder(self.model, copy.deepcopy(self.cache), index)
+        fork.mask = self.mask[index]
+        return fork
+
+
+class _DecoderOnlyStep(_ModelStep):
     """GPT-2 style: the prompt runs once per batch item, its cache is then expanded to every beam."""
 
     def __init__(self, model, input_ids, attention_mask, num_beams, model_kwargs, device):
@@ -78,8 +93,13 @@ class _DecoderOnlyStep:
         self.next_position = self.next_position + 1
         return out.logits[:, -1, :]
 
+    def fork(self, index: torch.Tensor) -> "_DecoderOnlyStep":
+        fork = super().fork(index)
+        fork.next_position = self.next_position[index.to(self.device)]
+        return fork
 
-class _EncoderDecoderStep:
+
+class _EncoderDecoderStep(_ModelStep):
     """BART/T5 style: the encoder runs once per batch item; the decoder starts from its start token."""
 
     def __init__(self, model, input_ids, attention_mask, num_beams, model_kwargs, device):
@@ -110,3 +130,9 @@ class _EncoderDecoderStep:
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
+
+    def fork(self, index: torch.Tensor) -> "_EncoderDecoderStep":
+        fork = super().fork(index)
+        fork.encoded = copy.copy(self.encoded)
+        fork.encoded.last_hidden_state = self.encoded.last_hidden_state[index.to(self.device)]
+        return fork

@@ -11,7 +11,6 @@ beam). So every second segment is what a separate beam search over
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,29 +127,9 @@ def fork_step(step: StepFn, index: torch.Tensor) -> StepFn:
     """A copy of a step function in progress whose row ``i`` continues row ``index[i]`` of ``step``
     (rows may repeat or be left out); ``step`` itself is unchanged.
 
-    Custom step functions take part by defining ``fork(index)``; :class:`UniLMStep` does, and the
-    model steps of ``generate()`` are forked here.
+    Step functions take part by defining ``fork(index)``, as :class:`UniLMStep` and the model steps
+    of ``generate()`` do.
     """
     if callable(getattr(step, "fork", None)):
         return step.fork(index)
-    if isinstance(step, _generate._DecoderOnlyStep):
-        fork = _forked(step, index)
-        fork.next_position = step.next_position[index.to(step.device)]
-        return fork
-    if isinstance(step, _generate._EncoderDecoderStep):
-        fork = _forked(step, index)
-        fork.encoded = copy.copy(step.encoded)
-        fork.encoded.last_hidden_state = step.encoded.last_hidden_state[index.to(step.device)]
-        return fork
     raise TypeError(f"step_fn must define fork(index) to switch strategies mid-decode, got {type(step).__name__}")
-
-
-def _forked(step: Any, index: torch.Tensor) -> Any:
-    """Shallow copy of a model step with its own cache and attention mask, selected by ``index``."""
-    if step.cache is None:
-        raise ValueError("a step function can be forked only after its first call")
-    index = index.to(step.device)
-    fork = copy.copy(step)
-    fork.cache = _generate._reorder(step.model, copy.deepcopy(step.cache), index)
-    fork.mask = step.mask[index]
-    return fork
