@@ -5,6 +5,10 @@
 #include <limits>
 #include <memory>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "assign/assign.h"
 #include "common/parallel.h"
 
@@ -15,6 +19,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Problems up to this size keep their working matrix and state on the stack: for them allocation
 // and setup would cost more than the solve.
 constexpr int kTiny = 16;
+constexpr int kLanesFrom = 6;  // see cheapest_two
 
 // Solver state for a wide problem with nr <= nc; the caller owns the memory.
 struct Work {
@@ -33,6 +38,33 @@ struct Work {
   const double* row(int i) const { return c + i * ld; }
 };
 
+// Column minima (into v, preset to +inf) and their first rows (into cols) of a tiny matrix. Which row
+// holds a minimum is unpredictable, so the updates are selects rather than branches; the rows are
+// kept as doubles in `d` (unused until the augmentation) so that one mask selects both.
+void column_minima_tiny(Work& w) {
+  const int n = w.nc;
+  double* arg = w.d;
+  std::fill(arg, arg + n, -1.0);
+  for (int i = 0; i < w.nr; ++i) {
+    const double* ci = w.row(i);
+    int j = 0;
+#if defined(__SSE2__)
+    const __m128d row = _mm_set1_pd(i);
+    for (; j + 2 <= n; j += 2) {
+      const __m128d c = _mm_loadu_pd(ci + j), v = _mm_loadu_pd(w.v + j);
+      const __m128d lower = _mm_cmplt_pd(c, v);
+      _mm_storeu_pd(arg + j, _mm_or_pd(_mm_and_pd(lower, row), _mm_andnot_pd(lower, _mm_loadu_pd(arg + j))));
+      _mm_storeu_pd(w.v + j, _mm_min_pd(c, v));
+    }
+#endif
+    for (; j < n; ++j) {
+      arg[j] = ci[j] < w.v[j] ? i : arg[j];
+      w.v[j] = std::min(ci[j], w.v[j]);
+    }
+  }
+  for (int j = 0; j < n; ++j) w.cols[j] = static_cast<int>(arg[j]);
+}
+
 // Square problems: each column's price is its minimum and the column goes to its argmin row when
 // that row is still free; a row that got exactly one column transfers its slack to that column's
 // price (reduction transfer). Returns the number of free rows, or -1 for a column of +inf only.
@@ -40,13 +72,17 @@ int column_reduction(Work& w) {
   const int n = w.nc;
   // Column minima and their first rows, scanned row by row for unit stride.
   std::fill(w.v, w.v + n, kInf);
-  std::fill(w.cols, w.cols + n, -1);
-  for (int i = 0; i < w.nr; ++i) {
-    const double* ci = w.row(i);
-    for (int j = 0; j < n; ++j) {
-      const bool lower = ci[j] < w.v[j];
-      w.v[j] = lower ? ci[j] : w.v[j];
-      w.cols[j] = lower ? i : w.cols[j];
+  if (n <= kTiny) {
+    column_minima_tiny(w);
+  } else {
+    std::fill(w.cols, w.cols + n, -1);
+    for (int i = 0; i < w.nr; ++i) {
+      const double* ci = w.row(i);
+      for (int j = 0; j < n; ++j) {
+        const bool lower = ci[j] < w.v[j];
+        w.v[j] = lower ? ci[j] : w.v[j];
+        w.cols[j] = lower ? i : w.cols[j];
+      }
     }
   }
   std::fill(w.col4row, w.col4row + w.nr, -1);
@@ -72,19 +108,86 @@ int column_reduction(Work& w) {
     if (w.mark[i] != 1) continue;
     const double* ci = w.row(i);
     double slack = kInf;
-    for (int j = 0; j < n; ++j)
-      if (j != j1) slack = std::min(slack, ci[j] - w.v[j]);
+    for (int j = 0; j < j1; ++j) slack = std::min(slack, ci[j] - w.v[j]);
+    for (int j = j1 + 1; j < n; ++j) slack = std::min(slack, ci[j] - w.v[j]);
     if (slack < kInf) w.v[j1] = ci[j1] - slack;
   }
   return num_free;
 }
 
-// The cheapest (u1 at j1) and second cheapest (u2 at j2) column of row ci under prices v. On tiny
-// rows the running minima change often and branches mispredict, so they use selects; on long rows
-// the minima settle after a few columns, and well-predicted branches beat a select chain.
-void cheapest_two(const double* ci, const double* v, int n, double& u1, int& j1, double& u2, int& j2) {
+#if defined(__SSE2__)
+// Per 64-bit lane: mask ? a : b.
+inline __m128i select(__m128i mask, __m128i a, __m128i b) {
+  return _mm_or_si128(_mm_and_si128(mask, a), _mm_andnot_si128(mask, b));
+}
+#endif
+
+// The cheapest (u1 at j1) and second cheapest (u2 at j2) column of a row, j = -1 while unset (u
+// stays +inf then); ties go to the lower column, so partial scans can be merged in any order.
+struct CheapestTwo {
+  double u1 = kInf, u2 = kInf;
+  int64_t j1 = -1, j2 = -1;
+
+  static bool before(double u, int64_t j, double w, int64_t k) { return u < w || (u == w && j < k); }
+  void add(double u, int64_t j) {
+    if (j < 0 || u == kInf) return;
+    if (before(u, j, u1, j1)) {
+      u2 = u1, j2 = j1;
+      u1 = u, j1 = j;
+    } else if (before(u, j, u2, j2)) {
+      u2 = u, j2 = j;
+    }
+  }
+};
+
+// The two cheapest columns of row ci under prices v. Tiny rows (from kLanesFrom columns) are scanned
+// two columns at a time without branches: which column is cheapest is unpredictable, and a ?: on
+// doubles compiles to a branch. On long rows the minima settle after a few columns and
+// well-predicted branches beat any select chain; below kLanesFrom merging the lanes costs more
+// than it saves.
+#if defined(__SSE2__)
+// The two cheapest of the first n & ~1 columns, scanned in two lanes (even and odd columns). Kept
+// out of line: inlined, it crowds the registers of the plain loops around it.
+__attribute__((noinline)) CheapestTwo cheapest_two_lanes(const double* ci, const double* v, int n) {
+  __m128d lane_u1 = _mm_set1_pd(kInf), lane_u2 = lane_u1;
+  __m128i lane_j1 = _mm_set1_epi64x(-1), lane_j2 = lane_j1, col = _mm_set_epi64x(1, 0);
+  for (int j = 0; j + 2 <= n; j += 2) {
+    const __m128d h = _mm_sub_pd(_mm_loadu_pd(ci + j), _mm_loadu_pd(v + j));
+    const __m128i first = _mm_castpd_si128(_mm_cmplt_pd(h, lane_u1));
+    const __m128i second = _mm_castpd_si128(_mm_cmplt_pd(h, lane_u2));
+    lane_j2 = select(first, lane_j1, select(second, col, lane_j2));
+    lane_j1 = select(first, col, lane_j1);
+    lane_u2 = _mm_min_pd(lane_u2, _mm_max_pd(lane_u1, h));  // h between u1 and u2, or u1 displaced
+    lane_u1 = _mm_min_pd(lane_u1, h);
+    col = _mm_add_epi64(col, _mm_set1_epi64x(2));
+  }
+  alignas(16) double u[4];
+  alignas(16) int64_t k[4];
+  _mm_store_pd(u, lane_u1);
+  _mm_store_pd(u + 2, lane_u2);
+  _mm_store_si128(reinterpret_cast<__m128i*>(k), lane_j1);
+  _mm_store_si128(reinterpret_cast<__m128i*>(k + 2), lane_j2);
+  CheapestTwo best;
+  for (int x = 0; x < 4; ++x) best.add(u[x], k[x]);
+  return best;
+}
+#endif
+
+void cheapest_two(const double* ci, const double* v, int n, double& u1_out, int& j1_out, double& u2_out, int& j2_out) {
+  CheapestTwo best;
+  int j = 0;
+#if defined(__SSE2__)
+  if (n >= kLanesFrom && n <= kTiny) {
+    best = cheapest_two_lanes(ci, v, n);
+    j = n & ~1;
+  }
+#endif
+  // The rest one column at a time, in locals the compiler keeps in registers. A later column never
+  // wins a tie, as the merge order requires.
+  double u1 = best.u1, u2 = best.u2;
+  int64_t j1 = best.j1, j2 = best.j2;
   if (n <= kTiny) {
-    for (int j = 0; j < n; ++j) {
+    for (; j < n; ++j) {
       const double h = ci[j] - v[j];
       const bool first = h < u1, second = h < u2;
       u2 = first ? u1 : (second ? h : u2);
@@ -92,19 +195,21 @@ void cheapest_two(const double* ci, const double* v, int n, double& u1, int& j1,
       u1 = first ? h : u1;
       j1 = first ? j : j1;
     }
-    return;
-  }
-  for (int j = 0; j < n; ++j) {
-    const double h = ci[j] - v[j];
-    if (h < u2) {
-      if (h < u1) {
-        u2 = u1, j2 = j1;
-        u1 = h, j1 = j;
-      } else {
-        u2 = h, j2 = j;
+  } else {
+    for (; j < n; ++j) {
+      const double h = ci[j] - v[j];
+      if (h < u2) {
+        if (h < u1) {
+          u2 = u1, j2 = j1;
+          u1 = h, j1 = j;
+        } else {
+          u2 = h, j2 = j;
+        }
       }
     }
   }
+  u1_out = u1, u2_out = u2;
+  j1_out = static_cast<int>(j1), j2_out = static_cast<int>(j2);
 }
 
 // Augmenting row reduction: a free row takes its cheapest column and lowers that column's price to
@@ -124,8 +229,8 @@ int augmenting_row_reduction(Work& w, int num_free) {
       continue;
     }
     const double* ci = w.row(i);
-    double u1 = kInf, u2 = kInf;
-    int j1 = -1, j2 = -1;
+    double u1, u2;
+    int j1, j2;
     cheapest_two(ci, w.v, n, u1, j1, u2, j2);
     if (u2 == kInf) {  // at most one finite cell: leave the row to the augmentation
       w.free_rows[new_free++] = i;
