@@ -2,6 +2,7 @@
 // assign.h). The solver sees a minimising, wide (rows <= cols) matrix with unit column stride: the
 // input itself when it already is one, else a copy (negated for maximize, transposed when tall).
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <memory>
 
@@ -37,6 +38,122 @@ struct Work {
 
   const double* row(int i) const { return c + i * ld; }
 };
+
+#if defined(__SSE2__)
+// Per 64-bit lane: mask ? a : b.
+inline __m128i lane_select(__m128i mask, __m128i a, __m128i b) {
+  return _mm_or_si128(_mm_and_si128(mask, a), _mm_andnot_si128(mask, b));
+}
+#endif
+
+// The cheapest (u1 at j1) and second cheapest (u2 at j2) column of a row; j = -1 (u = +inf) while
+// unset.
+struct CheapestTwo {
+  double u1 = kInf, u2 = kInf;
+  int64_t j1 = -1, j2 = -1;
+};
+
+// take_a ? a : b, by masks: a ?: on doubles compiles to a branch.
+inline int64_t pick(bool take_a, int64_t a, int64_t b) {
+  const int64_t mask = -static_cast<int64_t>(take_a);
+  return (a & mask) | (b & ~mask);
+}
+inline double pick(bool take_a, double a, double b) {
+  int64_t x, y;
+  std::memcpy(&x, &a, sizeof x);
+  std::memcpy(&y, &b, sizeof y);
+  x = pick(take_a, x, y);
+  std::memcpy(&a, &x, sizeof a);
+  return a;
+}
+
+// (u, j) goes before (w, k): cheaper, or as cheap at a lower column.
+inline bool before(double u, int64_t j, double w, int64_t k) { return (u < w) | ((u == w) & (j < k)); }
+
+// The two cheapest of two disjoint column sets' two cheapest each.
+CheapestTwo merge(const CheapestTwo& a, const CheapestTwo& b) {
+  const bool a_first = before(a.u1, a.j1, b.u1, b.j1);
+  CheapestTwo out;
+  out.u1 = pick(a_first, a.u1, b.u1);
+  out.j1 = pick(a_first, a.j1, b.j1);
+  // The second is the other set's cheapest or the first's own second.
+  const double other = pick(a_first, b.u1, a.u1), own = pick(a_first, a.u2, b.u2);
+  const int64_t j_other = pick(a_first, b.j1, a.j1), j_own = pick(a_first, a.j2, b.j2);
+  const bool other_first = before(other, j_other, own, j_own);
+  out.u2 = pick(other_first, other, own);
+  out.j2 = pick(other_first, j_other, j_own);
+  return out;
+}
+
+// The two cheapest columns of row ci under prices v. Tiny rows (from kLanesFrom columns) are scanned
+// two columns at a time without branches: which column is cheapest is unpredictable, and a ?: on
+// doubles compiles to a branch. On long rows the minima settle after a few columns and
+// well-predicted branches beat any select chain; below kLanesFrom merging the lanes costs more
+// than it saves.
+#if defined(__SSE2__)
+// The two cheapest of the first n & ~1 columns, scanned in two lanes (even and odd columns). Kept
+// out of line: inlined, it crowds the registers of the plain loops around it.
+__attribute__((noinline)) CheapestTwo cheapest_two_lanes(const double* ci, const double* v, int n) {
+  __m128d lane_u1 = _mm_set1_pd(kInf), lane_u2 = lane_u1;
+  __m128i lane_j1 = _mm_set1_epi64x(-1), lane_j2 = lane_j1, col = _mm_set_epi64x(1, 0);
+  for (int j = 0; j + 2 <= n; j += 2) {
+    const __m128d h = _mm_sub_pd(_mm_loadu_pd(ci + j), _mm_loadu_pd(v + j));
+    const __m128i first = _mm_castpd_si128(_mm_cmplt_pd(h, lane_u1));
+    const __m128i second = _mm_castpd_si128(_mm_cmplt_pd(h, lane_u2));
+    lane_j2 = lane_select(first, lane_j1, lane_select(second, col, lane_j2));
+    lane_j1 = lane_select(first, col, lane_j1);
+    lane_u2 = _mm_min_pd(lane_u2, _mm_max_pd(lane_u1, h));  // h between u1 and u2, or u1 displaced
+    lane_u1 = _mm_min_pd(lane_u1, h);
+    col = _mm_add_epi64(col, _mm_set1_epi64x(2));
+  }
+  alignas(16) double u1[2], u2[2];
+  alignas(16) int64_t j1[2], j2[2];
+  _mm_store_pd(u1, lane_u1);
+  _mm_store_pd(u2, lane_u2);
+  _mm_store_si128(reinterpret_cast<__m128i*>(j1), lane_j1);
+  _mm_store_si128(reinterpret_cast<__m128i*>(j2), lane_j2);
+  return merge({u1[0], u2[0], j1[0], j2[0]}, {u1[1], u2[1], j1[1], j2[1]});
+}
+#endif
+
+void cheapest_two(const double* ci, const double* v, int n, double& u1_out, int& j1_out, double& u2_out, int& j2_out) {
+  CheapestTwo best;
+  int j = 0;
+#if defined(__SSE2__)
+  if (n >= kLanesFrom && n <= kTiny) {
+    best = cheapest_two_lanes(ci, v, n);
+    j = n & ~1;
+  }
+#endif
+  // The rest one column at a time, in locals the compiler keeps in registers. A later column never
+  // wins a tie, as the merge order requires.
+  double u1 = best.u1, u2 = best.u2;
+  int64_t j1 = best.j1, j2 = best.j2;
+  if (n <= kTiny) {
+    for (; j < n; ++j) {
+      const double h = ci[j] - v[j];
+      const bool first = h < u1, second = h < u2;
+      u2 = first ? u1 : (second ? h : u2);
+      j2 = first ? j1 : (second ? j : j2);
+      u1 = first ? h : u1;
+      j1 = first ? j : j1;
+    }
+  } else {
+    for (; j < n; ++j) {
+      const double h = ci[j] - v[j];
+      if (h < u2) {
+        if (h < u1) {
+          u2 = u1, j2 = j1;
+          u1 = h, j1 = j;
+        } else {
+          u2 = h, j2 = j;
+        }
+      }
+    }
+  }
+  u1_out = u1, u2_out = u2;
+  j1_out = static_cast<int>(j1), j2_out = static_cast<int>(j2);
+}
 
 // Column minima (into v, preset to +inf) and their first rows (into cols) of a tiny matrix. Which row
 // holds a minimum is unpredictable, so the updates are selects rather than branches; the rows are
@@ -85,27 +202,24 @@ int column_reduction(Work& w) {
       }
     }
   }
+  // Whether a column's argmin row is still free is unpredictable: integer selects, no branches.
   std::fill(w.col4row, w.col4row + w.nr, -1);
   for (int j = n - 1; j >= 0; --j) {
     const int arg = w.cols[j];
     if (arg < 0) return -1;
-    if (w.col4row[arg] < 0) {
-      w.col4row[arg] = j;
-      w.row4col[j] = arg;
-      w.mark[arg] = 1;
-    } else {
-      w.row4col[j] = -1;
-      ++w.mark[arg];
-    }
+    const bool first = w.col4row[arg] < 0;
+    w.col4row[arg] = first ? j : w.col4row[arg];
+    w.row4col[j] = first ? arg : -1;
+    w.mark[arg] = first ? 1 : w.mark[arg] + 1;
   }
   int num_free = 0;
   for (int i = 0; i < w.nr; ++i) {
+    w.free_rows[num_free] = i;
+    num_free += w.col4row[i] < 0;
+  }
+  for (int i = 0; i < w.nr; ++i) {
     const int j1 = w.col4row[i];
-    if (j1 < 0) {
-      w.free_rows[num_free++] = i;
-      continue;
-    }
-    if (w.mark[i] != 1) continue;
+    if (j1 < 0 || w.mark[i] != 1) continue;
     const double* ci = w.row(i);
     double slack = kInf;
     for (int j = 0; j < j1; ++j) slack = std::min(slack, ci[j] - w.v[j]);
@@ -115,102 +229,6 @@ int column_reduction(Work& w) {
   return num_free;
 }
 
-#if defined(__SSE2__)
-// Per 64-bit lane: mask ? a : b.
-inline __m128i select(__m128i mask, __m128i a, __m128i b) {
-  return _mm_or_si128(_mm_and_si128(mask, a), _mm_andnot_si128(mask, b));
-}
-#endif
-
-// The cheapest (u1 at j1) and second cheapest (u2 at j2) column of a row, j = -1 while unset (u
-// stays +inf then); ties go to the lower column, so partial scans can be merged in any order.
-struct CheapestTwo {
-  double u1 = kInf, u2 = kInf;
-  int64_t j1 = -1, j2 = -1;
-
-  static bool before(double u, int64_t j, double w, int64_t k) { return u < w || (u == w && j < k); }
-  void add(double u, int64_t j) {
-    if (j < 0 || u == kInf) return;
-    if (before(u, j, u1, j1)) {
-      u2 = u1, j2 = j1;
-      u1 = u, j1 = j;
-    } else if (before(u, j, u2, j2)) {
-      u2 = u, j2 = j;
-    }
-  }
-};
-
-// The two cheapest columns of row ci under prices v. Tiny rows (from kLanesFrom columns) are scanned
-// two columns at a time without branches: which column is cheapest is unpredictable, and a ?: on
-// doubles compiles to a branch. On long rows the minima settle after a few columns and
-// well-predicted branches beat any select chain; below kLanesFrom merging the lanes costs more
-// than it saves.
-#if defined(__SSE2__)
-// The two cheapest of the first n & ~1 columns, scanned in two lanes (even and odd columns). Kept
-// out of line: inlined, it crowds the registers of the plain loops around it.
-__attribute__((noinline)) CheapestTwo cheapest_two_lanes(const double* ci, const double* v, int n) {
-  __m128d lane_u1 = _mm_set1_pd(kInf), lane_u2 = lane_u1;
-  __m128i lane_j1 = _mm_set1_epi64x(-1), lane_j2 = lane_j1, col = _mm_set_epi64x(1, 0);
-  for (int j = 0; j + 2 <= n; j += 2) {
-    const __m128d h = _mm_sub_pd(_mm_loadu_pd(ci + j), _mm_loadu_pd(v + j));
-    const __m128i first = _mm_castpd_si128(_mm_cmplt_pd(h, lane_u1));
-    const __m128i second = _mm_castpd_si128(_mm_cmplt_pd(h, lane_u2));
-    lane_j2 = select(first, lane_j1, select(second, col, lane_j2));
-    lane_j1 = select(first, col, lane_j1);
-    lane_u2 = _mm_min_pd(lane_u2, _mm_max_pd(lane_u1, h));  // h between u1 and u2, or u1 displaced
-    lane_u1 = _mm_min_pd(lane_u1, h);
-    col = _mm_add_epi64(col, _mm_set1_epi64x(2));
-  }
-  alignas(16) double u[4];
-  alignas(16) int64_t k[4];
-  _mm_store_pd(u, lane_u1);
-  _mm_store_pd(u + 2, lane_u2);
-  _mm_store_si128(reinterpret_cast<__m128i*>(k), lane_j1);
-  _mm_store_si128(reinterpret_cast<__m128i*>(k + 2), lane_j2);
-  CheapestTwo best;
-  for (int x = 0; x < 4; ++x) best.add(u[x], k[x]);
-  return best;
-}
-#endif
-
-void cheapest_two(const double* ci, const double* v, int n, double& u1_out, int& j1_out, double& u2_out, int& j2_out) {
-  CheapestTwo best;
-  int j = 0;
-#if defined(__SSE2__)
-  if (n >= kLanesFrom && n <= kTiny) {
-    best = cheapest_two_lanes(ci, v, n);
-    j = n & ~1;
-  }
-#endif
-  // The rest one column at a time, in locals the compiler keeps in registers. A later column never
-  // wins a tie, as the merge order requires.
-  double u1 = best.u1, u2 = best.u2;
-  int64_t j1 = best.j1, j2 = best.j2;
-  if (n <= kTiny) {
-    for (; j < n; ++j) {
-      const double h = ci[j] - v[j];
-      const bool first = h < u1, second = h < u2;
-      u2 = first ? u1 : (second ? h : u2);
-      j2 = first ? j1 : (second ? j : j2);
-      u1 = first ? h : u1;
-      j1 = first ? j : j1;
-    }
-  } else {
-    for (; j < n; ++j) {
-      const double h = ci[j] - v[j];
-      if (h < u2) {
-        if (h < u1) {
-          u2 = u1, j2 = j1;
-          u1 = h, j1 = j;
-        } else {
-          u2 = h, j2 = j;
-        }
-      }
-    }
-  }
-  u1_out = u1, u2_out = u2;
-  j1_out = static_cast<int>(j1), j2_out = static_cast<int>(j2);
-}
 
 // Augmenting row reduction: a free row takes its cheapest column and lowers that column's price to
 // its second-cheapest, evicting the previous owner, which is then retried. Prices only fall and no
