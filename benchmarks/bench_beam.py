@@ -5,8 +5,9 @@
   transformers' ``log_softmax`` -> ``PrefixConstrainedLogitsProcessor`` (a dict trie) -> add beam
   scores -> ``topk``. Catalogue: 1M semantic IDs (vocab 32k) and ~1M titles (vocab 50k);
   ``PYFASTSEQ_BENCH_ITEMS`` sets the number of items (building the dict tries takes a while).
-- Generate: a small random GPT-2 (vocab 32k) constrained to the semantic-ID trie, 16 and 64 beams,
-  ``TrieBeamSearch.generate`` vs. ``model.generate(prefix_allowed_tokens_fn=...)``.
+- Generate: a small random GPT-2 (vocabulary of the catalogue) constrained to the semantic-ID or the
+  title trie, 16 and 64 beams, ``TrieBeamSearch.generate`` vs.
+  ``model.generate(prefix_allowed_tokens_fn=...)``.
 
 Each test asserts equal results first, times pyfastseq with pytest-benchmark and the peer in the same
 test, and records ``peer_min_s`` and ``speedup`` (fastest run vs. fastest run, the stable figure on a
@@ -99,34 +100,43 @@ def test_step(benchmark, kind, rows, normalize):
 
 
 @functools.cache
-def small_gpt2():
+def small_gpt2(vocab: int):
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=datasets.SEMANTIC_VOCAB, n_positions=64, n_embd=64, n_layer=2,
+    config = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=64, n_layer=2,
                                      n_head=2, bos_token_id=datasets.EOS, eos_token_id=datasets.EOS, pad_token_id=0)
     return transformers.GPT2LMHeadModel(config).eval()
 
 
+# (catalogue, new tokens): a semantic ID is 4 codes; a title is up to 15 tokens and its eos.
+GENERATE_CASES = {"semantic": 4, "titles": 16}
+
+
 @pytest.mark.parametrize("num_beams", [16, 64])
-def test_generate(benchmark, num_beams):
-    trie, dict_trie, _, _ = catalogue("semantic")
-    model = small_gpt2()
-    prompt = torch.randint(2, datasets.SEMANTIC_VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
-    searcher = fs.TrieBeamSearch(trie, num_beams=num_beams, max_length=4, early_stopping=True)
+@pytest.mark.parametrize("kind", list(GENERATE_CASES))
+def test_generate(benchmark, kind, num_beams):
+    trie, dict_trie, vocab, _ = catalogue(kind)
+    new_tokens = GENERATE_CASES[kind]
+    model = small_gpt2(vocab)
+    prompt = torch.randint(2, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+    searcher = fs.TrieBeamSearch(trie, num_beams=num_beams, max_length=new_tokens, early_stopping=True)
 
     def peer():
         with torch.no_grad():
             return model.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=num_beams,
-                                  max_new_tokens=4, early_stopping=True, do_sample=False, pad_token_id=0,
+                                  max_new_tokens=new_tokens, early_stopping=True, do_sample=False, pad_token_id=0,
                                   prefix_allowed_tokens_fn=dict_trie_fn(dict_trie, prompt.shape[1]))
 
     def ours():
         return searcher.generate(model, prompt)
 
-    assert ours().sequences == [[row] for row in peer()[:, prompt.shape[1]:].tolist()]
+    expected = [[row[: row.index(datasets.EOS) + 1] if datasets.EOS in row else row]
+                for row in peer()[:, prompt.shape[1]:].tolist()]
+    assert ours().sequences == expected
     peer_s = best_time(peer, rounds=5)
     benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(
-        num_beams=num_beams, batch=2, items=len(trie), model="GPT-2 2x64, vocab 32k",
+        kind=kind, num_beams=num_beams, batch=2, items=len(trie), new_tokens=new_tokens,
+        model=f"GPT-2 2x64, vocab {vocab}",
         peer="transformers generate + prefix_allowed_tokens_fn (dict trie)",
         peer_min_s=peer_s, speedup=peer_s / benchmark.stats.stats.min,
     )
