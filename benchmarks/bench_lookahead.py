@@ -3,10 +3,10 @@
 Entries are ``subject [SEP] predicate [SEP] object [EOS]`` over a 21,128-token vocabulary; popular
 subjects carry many triples, so the subtree below ``subject [SEP]`` (the predicate choice, where the
 rule starts to apply) ranges from one entry to thousands. Each row is one batch item with its own
-question: the subject, words of the predicate, filler. Timed at the predicate's first token (the
-largest subtrees) for 8-64 rows, next to the beam step the lookahead rides on (log_softmax, trie
-mask and top-k over the full vocabulary, model excluded), and, as a worst case, with no
-``start_after`` from the root, where ``max_nodes`` bounds the walk.
+question: the subject, words of the predicate, filler. Timed inside a whole TrieBeamSearch with and
+without the lookahead (beams 8-64, precomputed logits), alone at the predicate's first token (the
+largest subtrees) for 8-64 rows, and, as a worst case, with no ``start_after`` from the root, where
+``max_nodes`` bounds the walk.
 
     PYTHONPATH=$PWD pytest benchmarks/bench_lookahead.py --benchmark-json=lookahead.json
 """
@@ -136,23 +136,6 @@ def test_deltas_at_predicate_start(benchmark, kb, rows):
         subtree_nodes=int(sum(sizes)), largest_subtree=int(max(sizes)),
         us_median=benchmark.stats.stats.median * 1e6,
     )
-
-
-@pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.benchmark(group="beam-step-without-lookahead")
-def test_beam_step_without_lookahead(benchmark, kb, rows):
-    """The per-step work the lookahead is added to: full-vocabulary log_softmax, trie mask, top-k."""
-    nodes, _, _, _ = batch(kb, rows)
-    logits = torch.randn(rows, VOCAB)
-    node_tensor = torch.from_numpy(nodes)
-
-    def step():
-        logprobs = torch.log_softmax(logits, dim=-1)
-        kb["trie"].mask_logits(logprobs, node_tensor)
-        return torch.topk(logprobs.view(-1), 2 * rows)
-
-    benchmark(step)
-    benchmark.extra_info.update(rows=rows, us_median=benchmark.stats.stats.median * 1e6)
 
 
 @pytest.mark.parametrize("max_nodes", [10_000, 100_000, 1_000_000])
