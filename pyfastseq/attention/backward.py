@@ -10,7 +10,7 @@ zero dQ and add nothing to dK/dV.
 import triton
 import triton.language as tl
 
-from .tiles import dot as _dot, visible as _visible
+from .tiles import dot as _dot, head_lengths as _head_lengths, load_rows as _load_rows, visible as _visible
 
 
 @triton.jit
@@ -22,10 +22,9 @@ def _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh
     row_valid = rows < n
     qt = tl.load(q_base + rows[None, :] * stride_qm + offs_d[:, None] * stride_qd,
                  mask=row_valid[None, :], other=0.0)  # [D, BLOCK_M]
-    do = tl.load(do_base + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=row_valid[:, None], other=0.0)  # [BLOCK_M, D]
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
+    do = _load_rows(do_base, rows, stride_dom, stride_dod, row_valid, HEAD_DIM)  # [BLOCK_M, D]
+    lse = tl.load(LSE + pid_bh * L + rows, mask=row_valid, other=0.0)
+    delta = tl.load(DELTA + pid_bh * L + rows, mask=row_valid, other=0.0)
     qkt = _dot(k, qt, IEEE) * qk_scale  # [BLOCK_N, BLOCK_M], log2 domain
     pt = tl.exp2(qkt - lse[None, :])
     if MASKED:
@@ -42,8 +41,7 @@ def _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride
               qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=cols[:, None] < n, other=0.0)  # [BLOCK_N, D]
+    k = _load_rows(k_base, cols, stride_kn, stride_kd, cols < n, HEAD_DIM)  # [BLOCK_N, D]
     vt = tl.load(v_base + cols[None, :] * stride_vn + offs_d[:, None] * stride_vd,
                  mask=cols[None, :] < n, other=0.0)  # [D, BLOCK_N]
     qk = _dot(q, tl.trans(k), IEEE) * qk_scale
@@ -69,23 +67,12 @@ def unilm_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one (batch, head); loops over the query blocks that see them."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    s = tl.minimum(tl.maximum(tl.load(PREFIX + b), 0), L)
-    n = tl.minimum(tl.maximum(tl.load(SEQ + b), 0), L)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-
-    start_n = pid_n * BLOCK_N
+    pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
+    start_n = tl.program_id(0) * BLOCK_N
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    col_valid = cols < n
-    k = tl.load(K + b64 * stride_kb + h64 * stride_kh + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=col_valid[:, None], other=0.0)  # [BLOCK_N, D]
-    v = tl.load(V + b64 * stride_vb + h64 * stride_vh + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                mask=col_valid[:, None], other=0.0)
+    k = _load_rows(K + b64 * stride_kb + h64 * stride_kh, cols, stride_kn, stride_kd, cols < n, HEAD_DIM)
+    v = _load_rows(V + b64 * stride_vb + h64 * stride_vh, cols, stride_vn, stride_vd, cols < n, HEAD_DIM)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
@@ -127,25 +114,15 @@ def unilm_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one (batch, head); loops over the key blocks they see."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    s = tl.minimum(tl.maximum(tl.load(PREFIX + b), 0), L)
-    n = tl.minimum(tl.maximum(tl.load(SEQ + b), 0), L)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-
-    start_m = pid_m * BLOCK_M
+    pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
+    start_m = tl.program_id(0) * BLOCK_M
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = rows < n
-    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_valid[:, None], other=0.0)
-    do = tl.load(DO + b64 * stride_dob + h64 * stride_doh + rows[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=row_valid[:, None], other=0.0)
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + rows, mask=row_valid, other=0.0)
+    q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh, rows, stride_qm, stride_qd, row_valid, HEAD_DIM)
+    do = _load_rows(DO + b64 * stride_dob + h64 * stride_doh, rows, stride_dom, stride_dod, row_valid, HEAD_DIM)
+    lse = tl.load(LSE + pid_bh * L + rows, mask=row_valid, other=0.0)
+    delta = tl.load(DELTA + pid_bh * L + rows, mask=row_valid, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     k_base = K + b64 * stride_kb + h64 * stride_kh

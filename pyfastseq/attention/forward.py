@@ -11,7 +11,7 @@ interpreter.
 import triton
 import triton.language as tl
 
-from .tiles import dot, visible
+from .tiles import dot, head_lengths as _head_lengths, load_rows as _load_rows, visible
 
 # Finite "minus infinity" for the running max: a row that sees nothing keeps exp2(m_i - m_new) = 1
 # instead of exp2(-inf + inf) = NaN.
@@ -52,23 +52,15 @@ def unilm_fwd_kernel(
 
     ``qk_scale`` is ``scale * log2(e)``; ``L_BUCKET`` only keys the autotuner. LSE is [B, H, L] fp32.
     """
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    s = tl.minimum(tl.maximum(tl.load(PREFIX + b), 0), L)
-    n = tl.minimum(tl.maximum(tl.load(SEQ + b), 0), L)
-
-    start_m = pid_m * BLOCK_M
+    pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
+    start_m = tl.program_id(0) * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    k_base = K + b64 * stride_kb + h64 * stride_kh
+    v_base = V + b64 * stride_vb + h64 * stride_vh
     row_valid = offs_m < n
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_valid[:, None], other=0.0)
+    q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh, offs_m, stride_qm, stride_qd, row_valid, HEAD_DIM)
 
     m_i = tl.full([BLOCK_M], _NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -94,8 +86,8 @@ def unilm_fwd_kernel(
     l_safe = tl.where(has_key, l_i, 1.0)
     out = tl.where(row_valid[:, None] & has_key[:, None], acc / l_safe[:, None], 0.0)
     in_range = offs_m < L
-    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    o_base = O + b64 * stride_ob + h64 * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
              out.to(O.dtype.element_ty), mask=in_range[:, None])
     lse = tl.where(row_valid & has_key, m_i + tl.log2(l_safe), 0.0)
-    tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=in_range)
+    tl.store(LSE + pid_bh * L + offs_m, lse, mask=in_range)

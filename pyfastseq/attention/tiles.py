@@ -17,3 +17,22 @@ def dot(a, b, IEEE: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@triton.jit
+def head_lengths(PREFIX, SEQ, H, L):
+    """This program's (batch, head) (grid axis 1 is batch * H + head): the flat index, batch and
+    head as int64 for addressing, and the row's prefix length s and length n, clamped to [0, L]."""
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    s = tl.minimum(tl.maximum(tl.load(PREFIX + b), 0), L)
+    n = tl.minimum(tl.maximum(tl.load(SEQ + b), 0), L)
+    return pid_bh.to(tl.int64), b.to(tl.int64), (pid_bh % H).to(tl.int64), s, n
+
+
+@triton.jit
+def load_rows(base, idx, stride_i, stride_d, valid, HEAD_DIM: tl.constexpr):
+    """Rows ``idx`` of a [L, HEAD_DIM] slice at ``base`` as a [len(idx), HEAD_DIM] tile; zeros where
+    not ``valid``."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    return tl.load(base + idx[:, None] * stride_i + offs_d[None, :] * stride_d, mask=valid[:, None], other=0.0)
