@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/errors.h"
 #include "trie/trie_view.h"
 
 namespace pyfastseq {
@@ -56,6 +57,25 @@ struct BeamStepParams {
   int32_t* cand_node = nullptr;    // its trie node (-1 when unconstrained)
   int32_t* cand_count = nullptr;   // [batch_size] candidates found (< num_candidates near the trie's ends)
 };
+
+// The fields every step takes from its logits: [batch_size * num_beams, vocab] rows of `dtype_code`
+// (a LogitsDtype) at row_stride, 2 * num_beams candidates kept. Throws InvalidArgument for an unknown
+// dtype code or a non-positive batch_size / num_beams.
+// Inline: the CUDA module's bindings use it without linking the CPU core.
+inline BeamStepParams beam_step_params(const void* logits, int64_t vocab, int64_t row_stride, int32_t dtype_code,
+                                       int32_t batch_size, int32_t num_beams) {
+  if (dtype_code < 0 || dtype_code > 2) fail("logits dtype code must be 0, 1 or 2");
+  if (batch_size < 1 || num_beams < 1) fail("batch_size and num_beams must be positive");
+  BeamStepParams p;
+  p.logits = logits;
+  p.vocab = vocab;
+  p.row_stride = row_stride;
+  p.dtype = static_cast<LogitsDtype>(dtype_code);
+  p.batch_size = batch_size;
+  p.num_beams = num_beams;
+  p.num_candidates = 2 * num_beams;
+  return p;
+}
 
 // Throws InvalidArgument naming the row for NaN logits, a live row whose node is out of range or
 // has no children, a child token >= vocab, or lookahead deltas that do not match the children.

@@ -61,14 +61,8 @@ bool BeamSearchState::step(const void* logits, int64_t vocab, int64_t row_stride
   check_open();
   const bool blocked = length_ + 1 < config_.min_length;
 
-  BeamStepParams p;
-  p.logits = logits;
-  p.vocab = vocab;
-  p.row_stride = row_stride;
-  p.dtype = dtype;
-  p.batch_size = config_.batch_size;
-  p.num_beams = config_.num_beams;
-  p.num_candidates = 2 * config_.num_beams;
+  BeamStepParams p = beam_step_params(logits, vocab, row_stride, static_cast<int32_t>(dtype), config_.batch_size,
+                                      config_.num_beams);
   p.beam_scores = scores_.data();
   if (!tries_.empty()) {
     p.nodes = nodes_.data();

@@ -39,8 +39,8 @@ void bind_beam(py::module_& m) {
          std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> nodes,
          const std::vector<const Trie*>& tries, bool normalize_allowed, int32_t eos_id) {
         const int64_t rows = int64_t{batch_size} * num_beams;
-        if (dtype < 0 || dtype > 2) fail("logits dtype code must be 0, 1 or 2");
-        if (batch_size < 1 || num_beams < 1) fail("batch_size and num_beams must be positive");
+        BeamStepParams p = beam_step_params(reinterpret_cast<const void*>(logits), vocab, row_stride, dtype, batch_size,
+                                            num_beams);
         if (beam_scores.size() != rows) fail("beam_scores must hold batch_size * num_beams scores");
         if (nodes && (nodes->size() != rows || tries.empty())) fail("nodes must hold one node per row, with a trie");
         std::vector<TrieView> views;
@@ -48,14 +48,6 @@ void bind_beam(py::module_& m) {
         const int32_t C = 2 * num_beams;
         py::array_t<float> score({batch_size, C}), logprob({batch_size, C});
         py::array_t<int32_t> token({batch_size, C}), parent({batch_size, C}), node({batch_size, C}), count(batch_size);
-        BeamStepParams p;
-        p.logits = reinterpret_cast<const void*>(logits);
-        p.vocab = vocab;
-        p.row_stride = row_stride;
-        p.dtype = static_cast<LogitsDtype>(dtype);
-        p.batch_size = batch_size;
-        p.num_beams = num_beams;
-        p.num_candidates = C;
         p.beam_scores = beam_scores.data();
         if (nodes) {
           p.nodes = nodes->data();

@@ -32,17 +32,10 @@ void bind_beam_cuda(py::module_& m) {
          int32_t eos_id, int32_t blocked_token, bool block_leaves, uintptr_t cand_score, uintptr_t cand_logprob,
          uintptr_t cand_token, uintptr_t cand_parent, uintptr_t cand_node, uintptr_t cand_count, uintptr_t error,
          uintptr_t workspace, uintptr_t stream) {
-        if (dtype < 0 || dtype > 2) fail("logits dtype code must be 0, 1 or 2");
-        if (batch_size < 1 || num_beams < 1 || num_beams > 1024) fail("batch_size must be positive and num_beams in 1..1024");
+        BeamStepParams p = beam_step_params(reinterpret_cast<const void*>(logits), vocab, row_stride, dtype, batch_size,
+                                            num_beams);
+        if (num_beams > 1024) fail("num_beams must be in 1..1024 on the GPU");
         if (nodes && num_tries != 1 && num_tries != batch_size) fail("tries must hold one trie or one per batch item");
-        BeamStepParams p;
-        p.logits = reinterpret_cast<const void*>(logits);
-        p.vocab = vocab;
-        p.row_stride = row_stride;
-        p.dtype = static_cast<LogitsDtype>(dtype);
-        p.batch_size = batch_size;
-        p.num_beams = num_beams;
-        p.num_candidates = 2 * num_beams;
         p.beam_scores = reinterpret_cast<const float*>(beam_scores);
         p.nodes = reinterpret_cast<const int32_t*>(nodes);
         p.tries = reinterpret_cast<const TrieView*>(tries);
