@@ -48,7 +48,6 @@ def decode_with_transformers(unilm: UniLM, codec: Codec, trie: Trie, questions: 
     from .hf_peer import UniLMForGeneration
 
     generator = UniLMForGeneration(unilm).eval()
-    everything = list(range(unilm.vocab_size))
     best = []
     for start in range(0, len(questions), batch_size):
         sources = [codec.source(q.text) for q in questions[start : start + batch_size]]
@@ -56,11 +55,13 @@ def decode_with_transformers(unilm: UniLM, codec: Codec, trie: Trie, questions: 
         input_ids = torch.tensor([[codec.tokenizer.pad_token_id] * (width - len(s)) + s for s in sources])
 
         def allowed(batch_id, sent, width=width):
-            # What users write: the trie's children, and every token for rows off the trie (finished
-            # beams padded by transformers), where an empty list would raise.
+            # The trie's children; past the end of a key (beams that already finished, which
+            # transformers keeps running at -1e9) only [END], the trie semantics of TrieBeamSearch.
+            # Allowing every token there instead changes the search: such a beam then rarely picks
+            # [END] again, so it never takes a hypothesis slot, and early stopping comes later.
             node = trie.walk(sent[width:].tolist())
             tokens = trie.children(node)[0].tolist() if node >= 0 else []
-            return tokens or everything
+            return tokens or [codec.end]
 
         out = generator.generate(
             input_ids, attention_mask=(input_ids != codec.tokenizer.pad_token_id).long(), num_beams=num_beams,
