@@ -104,33 +104,52 @@ PYFASTSEQ_INLINE float exp_nonpositive(float x) {
   return exp_nonpositive(v)[0];
 }
 
-// log(sum(exp(row))) over the whole row; sets *has_nan when any entry is NaN.
+PYFASTSEQ_INLINE float max_of(Floats8 m8) {
+  float m = -INFINITY;
+  for (int j = 0; j < 8; ++j) m = m8[j] > m ? m8[j] : m;
+  return m;
+}
+
+// log(sum(exp(row))) over the whole row; sets *has_nan when any entry is NaN. The row is read from
+// memory once: each block of kBlock logits gets its max, then, while it is still in L1, its exp-sum
+// against the running max (the partial sums are rescaled when the max rises).
 template <class Loader>
 PYFASTSEQ_INLINE float row_logsumexp(const typename Loader::Bits* row, int64_t vocab, bool* has_nan) {
+  constexpr int64_t kBlock = 2048;
   const int64_t body = vocab & ~int64_t{7};
-  Floats8 m8 = Floats8{} - INFINITY;
-  Ints8 nan8 = {};
-  for (int64_t i = 0; i < body; i += 8) {
-    const Floats8 x = Loader::load8(row + i);
-    nan8 |= x != x;
-    m8 = x > m8 ? x : m8;
-  }
   float m = -INFINITY;
-  bool nan = false;
-  for (int j = 0; j < 8; ++j) {
-    m = m8[j] > m ? m8[j] : m;
-    nan |= nan8[j] != 0;
+  Floats8 sum8 = {};
+  Ints8 nan8 = {};
+  // Raises the running max to `top`, rescaling what was summed against the old one.
+  auto raise_max = [&](float top) {
+    if (!(top > m)) return;
+    if (m != -INFINITY && top != INFINITY) sum8 *= exp_nonpositive(m - top);
+    m = top;
+  };
+  for (int64_t start = 0; start < body; start += kBlock) {
+    const int64_t end = start + kBlock < body ? start + kBlock : body;
+    Floats8 m8 = Floats8{} - INFINITY;
+    for (int64_t i = start; i < end; i += 8) {
+      const Floats8 x = Loader::load8(row + i);
+      nan8 |= x != x;
+      m8 = x > m8 ? x : m8;
+    }
+    raise_max(max_of(m8));
+    if (m == -INFINITY || m == INFINITY) continue;  // nothing to add yet, or the result is +inf
+    for (int64_t i = start; i < end; i += 8) sum8 += exp_nonpositive(Loader::load8(row + i) - m);
   }
+  bool nan = false;
+  for (int j = 0; j < 8; ++j) nan |= nan8[j] != 0;
+  float top = -INFINITY;
   for (int64_t i = body; i < vocab; ++i) {
     const float x = Loader::load(row[i]);
     nan |= x != x;
-    m = x > m ? x : m;
+    top = x > top ? x : top;
   }
+  raise_max(top);
   *has_nan = nan;
   if (nan || m == -INFINITY) return m;
   if (m == INFINITY) return INFINITY;
-  Floats8 sum8 = {};
-  for (int64_t i = 0; i < body; i += 8) sum8 += exp_nonpositive(Loader::load8(row + i) - m);
   float sum = 0.0f;
   for (int j = 0; j < 8; ++j) sum += sum8[j];
   for (int64_t i = body; i < vocab; ++i) sum += exp_nonpositive(Loader::load(row[i]) - m);
