@@ -4,11 +4,13 @@
 1M-title catalogue (3-15 Zipf tokens + eos, vocabulary 50,000), CPU. Two figures per row count: the
 processor alone on one decoding step, and whole ``model.generate()`` calls with a small random GPT-2
 (the rest of each step, transformers' beam step included, is the same for both).
-PYFASTSEQ_BENCH_HF_ITEMS overrides the catalogue size (building the dict trie takes ~7 s per 1M).
+PYFASTSEQ_BENCH_HF_ITEMS overrides the catalogue size (building the dict tries takes about a minute
+per 1M items).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD pytest benchmarks/bench_hf.py --benchmark-json=bench_hf.json
+    PYTHONPATH=$PWD pytest benchmarks/bench_hf.py --benchmark-json=bench_hf.json
 
-(one thread: on a shared 2-core machine thread wake-ups otherwise dominate both sides' timings).
+On a machine shared with other jobs, OMP_NUM_THREADS=1 keeps thread wake-ups out of both sides'
+timings.
 """
 
 from __future__ import annotations
