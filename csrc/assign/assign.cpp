@@ -11,6 +11,9 @@
 #endif
 
 #include "assign/assign.h"
+#include "assign/row_scans.h"
+#include "assign/row_scans_avx2.h"
+#include "common/cpu.h"
 #include "common/parallel.h"
 
 namespace pyfastseq {
@@ -30,9 +33,12 @@ struct Work {
   int* col4row;       // [nr]
   int* row4col;       // [nc]
   double* v;          // [nc] column prices
-  double* d;          // [nc] path lengths
+  double* d;          // [nc] path lengths (+inf once scanned); argmin rows (tiny column reduction)
+  double* vm;         // [nc] prices, -inf once scanned (augment)
+  double* key;        // [nc] j for a free column, j + nc for an assigned one (augment)
+  double* dist;       // [nc] path lengths in scan order (augment)
   int* path;          // [nc] predecessor row on the shortest path
-  int* mark;          // [nc] per-row match counts (column reduction), scanned flags (augment)
+  int* mark;          // [nc] per-row match counts (column reduction)
   int* cols;          // [nc] argmin rows (column reduction), columns in scan order (augment)
   int* free_rows;     // [nr]
 
@@ -46,50 +52,11 @@ inline __m128i lane_select(__m128i mask, __m128i a, __m128i b) {
 }
 #endif
 
-// The cheapest (u1 at j1) and second cheapest (u2 at j2) column of a row; j = -1 (u = +inf) while
-// unset.
-struct CheapestTwo {
-  double u1 = kInf, u2 = kInf;
-  int64_t j1 = -1, j2 = -1;
-};
-
-// take_a ? a : b, by masks: a ?: on doubles compiles to a branch.
-inline int64_t pick(bool take_a, int64_t a, int64_t b) {
-  const int64_t mask = -static_cast<int64_t>(take_a);
-  return (a & mask) | (b & ~mask);
-}
-inline double pick(bool take_a, double a, double b) {
-  int64_t x, y;
-  std::memcpy(&x, &a, sizeof x);
-  std::memcpy(&y, &b, sizeof y);
-  x = pick(take_a, x, y);
-  std::memcpy(&a, &x, sizeof a);
-  return a;
-}
-
-// (u, j) goes before (w, k): cheaper, or as cheap at a lower column.
-inline bool before(double u, int64_t j, double w, int64_t k) { return (u < w) | ((u == w) & (j < k)); }
-
-// The two cheapest of two disjoint column sets' two cheapest each.
-CheapestTwo merge(const CheapestTwo& a, const CheapestTwo& b) {
-  const bool a_first = before(a.u1, a.j1, b.u1, b.j1);
-  CheapestTwo out;
-  out.u1 = pick(a_first, a.u1, b.u1);
-  out.j1 = pick(a_first, a.j1, b.j1);
-  // The second is the other set's cheapest or the first's own second.
-  const double other = pick(a_first, b.u1, a.u1), own = pick(a_first, a.u2, b.u2);
-  const int64_t j_other = pick(a_first, b.j1, a.j1), j_own = pick(a_first, a.j2, b.j2);
-  const bool other_first = before(other, j_other, own, j_own);
-  out.u2 = pick(other_first, other, own);
-  out.j2 = pick(other_first, j_other, j_own);
-  return out;
-}
-
 // The two cheapest columns of row ci under prices v. Tiny rows (from kLanesFrom columns) are scanned
 // two columns at a time without branches: which column is cheapest is unpredictable, and a ?: on
-// doubles compiles to a branch. On long rows the minima settle after a few columns and
-// well-predicted branches beat any select chain; below kLanesFrom merging the lanes costs more
-// than it saves.
+// doubles compiles to a branch; below kLanesFrom merging the lanes costs more than it saves. Long
+// rows take four lanes where the CPU has AVX2; on the baseline build their minima settle after a
+// few columns and well-predicted branches beat a two-lane select chain.
 #if defined(__SSE2__)
 // The two cheapest of the first n & ~1 columns, scanned in two lanes (even and odd columns). Kept
 // out of line: inlined, it crowds the registers of the plain loops around it.
@@ -119,6 +86,12 @@ __attribute__((noinline)) CheapestTwo cheapest_two_lanes(const double* ci, const
 void cheapest_two(const double* ci, const double* v, int n, double& u1_out, int& j1_out, double& u2_out, int& j2_out) {
   CheapestTwo best;
   int j = 0;
+#if PYFASTSEQ_AVX2
+  if (n > kTiny && cpu_has_avx2_fma()) {
+    best = pyfastseq_cheapest_two_avx2(ci, v, n);
+    j = n & ~3;
+  }
+#endif
 #if defined(__SSE2__)
   if (n >= kLanesFrom && n <= kTiny) {
     best = cheapest_two_lanes(ci, v, n);
@@ -273,56 +246,39 @@ int augmenting_row_reduction(Work& w, int num_free) {
   return new_free;
 }
 
-// Dijkstra from free row f over reduced costs c[i][j] - v[j] until the nearest free column; then
-// reprices the scanned columns and flips the path. Each step relaxes through the newly reached
-// row in column order, so the row streams from memory, and finds the next column in the same pass.
+// One Dijkstra step: relaxes the columns through row i entered at distance h (see relax.h).
+Nearest relax(const Work& w, int i, double h) {
+#if PYFASTSEQ_AVX2
+  if (cpu_has_avx2_fma()) return pyfastseq_relax_avx2(w.row(i), w.vm, w.key, h, w.d, w.path, i, w.nc);
+#endif
+  return relax_columns(w.row(i), w.vm, w.key, h, w.d, w.path, i, 0, w.nc, {kInf, kInf});
+}
+
+// Dijkstra from free row f over reduced costs c[i][j] - v[j] until the nearest column is free; then
+// reprices the scanned columns and flips the path. Each step relaxes through the newly reached row
+// in column order, so the row streams from memory, and finds the next column in the same pass.
 // Returns false when no free column is reachable through finite cells (the problem is infeasible).
 bool augment(Work& w, int f) {
   const int n = w.nc;
-  const double* cf = w.row(f);
-  int* scanned_flag = w.mark;
-  double best = kInf;
-  int next = -1;
-  for (int j = 0; j < n; ++j) {
-    scanned_flag[j] = 0;
-    w.path[j] = f;
-    w.d[j] = cf[j] - w.v[j];
-    if (w.d[j] < best) best = w.d[j], next = j;
-  }
-  int scanned = 0;
-  double mind = 0;
+  std::copy(w.v, w.v + n, w.vm);
+  std::fill(w.d, w.d + n, kInf);
+  Nearest near = relax(w, f, 0.0);
+  int scanned = 0, sink;
   for (;;) {
-    if (next < 0) return false;
-    mind = best;
-    const int j1 = next;
-    scanned_flag[j1] = 1;
-    w.cols[scanned++] = j1;
-    const int i = w.row4col[j1];
-    if (i < 0) break;  // j1 is free: the path ends there
-    const double* ci = w.row(i);
-    const double h = ci[j1] - w.v[j1] - mind;
-    best = kInf;
-    next = -1;
-    for (int j = 0; j < n; ++j) {
-      if (scanned_flag[j]) continue;
-      const double dj = ci[j] - w.v[j] - h;
-      if (dj < w.d[j]) {
-        w.d[j] = dj;
-        w.path[j] = i;
-        if (dj == mind && w.row4col[j] < 0) {  // a free column at the current distance
-          best = dj, next = j;
-          break;
-        }
-      }
-      if (w.d[j] < best) best = w.d[j], next = j;
-    }
+    if (near.d == kInf) return false;
+    sink = static_cast<int>(near.key < n ? near.key : near.key - n);
+    w.dist[scanned] = near.d;
+    w.cols[scanned++] = sink;
+    w.d[sink] = kInf;
+    w.vm[sink] = -kInf;
+    const int i = w.row4col[sink];
+    if (i < 0) break;  // the nearest column is free: the path ends there
+    near = relax(w, i, w.row(i)[sink] - w.v[sink] - near.d);
   }
   // Scanned columns before the sink get cheaper by how much closer than the sink they were.
-  const int sink = w.cols[scanned - 1];
-  for (int k = 0; k < scanned - 1; ++k) {
-    const int j = w.cols[k];
-    w.v[j] += w.d[j] - mind;
-  }
+  const double mind = w.dist[scanned - 1];
+  for (int k = 0; k < scanned - 1; ++k) w.v[w.cols[k]] += w.dist[k] - mind;
+  w.key[sink] = sink + n;
   for (int j = sink;;) {
     const int i = w.path[j];
     w.row4col[j] = i;
@@ -345,6 +301,8 @@ AssignStatus solve(Work& w) {
     num_free = w.nr;
   }
   for (int pass = 0; pass < 2 && num_free > 0; ++pass) num_free = augmenting_row_reduction(w, num_free);
+  if (num_free == 0) return kAssignOk;
+  for (int j = 0; j < w.nc; ++j) w.key[j] = w.row4col[j] < 0 ? j : j + w.nc;
   for (int k = 0; k < num_free; ++k)
     if (!augment(w, w.free_rows[k])) return kAssignInfeasible;
   return kAssignOk;
@@ -381,14 +339,14 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   const bool in_place = nc > kTiny && !p.maximize && cs == 1;
   const int64_t copy_size = in_place ? 0 : static_cast<int64_t>(nr) * nc;
 
-  double stack_doubles[kTiny * kTiny + 2 * kTiny];
+  double stack_doubles[kTiny * kTiny + 5 * kTiny];
   int stack_ints[4 * kTiny + 2 * kTiny];
   double* doubles = stack_doubles;
   int* ints = stack_ints;
   std::unique_ptr<double[]> heap_doubles;  // left uninitialised: every entry is written before use
   std::unique_ptr<int[]> heap_ints;
   if (nc > kTiny) {
-    heap_doubles.reset(new double[copy_size + 2 * static_cast<int64_t>(nc)]);
+    heap_doubles.reset(new double[copy_size + 5 * static_cast<int64_t>(nc)]);
     heap_ints.reset(new int[4 * static_cast<size_t>(nc) + 2 * static_cast<size_t>(nr)]);
     doubles = heap_doubles.get();
     ints = heap_ints.get();
@@ -404,6 +362,9 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   w.nc = nc;
   w.v = doubles + copy_size;
   w.d = w.v + nc;
+  w.vm = w.d + nc;
+  w.key = w.vm + nc;
+  w.dist = w.key + nc;
   w.row4col = ints;
   w.path = ints + nc;
   w.mark = ints + 2 * nc;

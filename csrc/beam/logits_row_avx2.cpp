@@ -1,25 +1,28 @@
 // The row pass of the beam step compiled for AVX2 + FMA (8 floats per instruction); beam_step.cpp
 // calls these only when the CPU has both, so one wheel runs everywhere. The header is included in
-// an anonymous namespace so that none of its AVX2 code can be merged with the baseline copies.
+// an anonymous namespace, inside `avx2` to tell it from the baseline `pyfastseq`, so that none of
+// its AVX2 code can be merged with the baseline copies.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "beam/logits_row_avx2.h"
 
-#if PYFASTSEQ_AVX2_ROWS
+#if PYFASTSEQ_AVX2
 #pragma GCC target("avx2,fma")
+namespace avx2 {
 namespace {
 #include "beam/logits_row.h"
 }  // namespace
+}  // namespace avx2
 
 float pyfastseq_logsumexp_f32_avx2(const float* row, int64_t n, bool* nan) {
-  return pyfastseq::row_logsumexp<pyfastseq::Float32Loader>(row, n, nan);
+  return avx2::pyfastseq::row_logsumexp<avx2::pyfastseq::Float32Loader>(row, n, nan);
 }
 float pyfastseq_logsumexp_f16_avx2(const uint16_t* row, int64_t n, bool* nan) {
-  return pyfastseq::row_logsumexp<pyfastseq::Float16Loader>(row, n, nan);
+  return avx2::pyfastseq::row_logsumexp<avx2::pyfastseq::Float16Loader>(row, n, nan);
 }
 float pyfastseq_logsumexp_bf16_avx2(const uint16_t* row, int64_t n, bool* nan) {
-  return pyfastseq::row_logsumexp<pyfastseq::BFloat16Loader>(row, n, nan);
+  return avx2::pyfastseq::row_logsumexp<avx2::pyfastseq::BFloat16Loader>(row, n, nan);
 }
 #endif

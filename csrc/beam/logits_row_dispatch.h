@@ -7,25 +7,16 @@
 #include "beam/beam.h"
 #include "beam/logits_row.h"
 #include "beam/logits_row_avx2.h"
+#include "common/cpu.h"
 #include "common/errors.h"
 
 namespace pyfastseq {
-
-// True when this CPU runs the AVX2 + FMA builds (decided once per process).
-inline bool cpu_has_avx2_fma() {
-#if PYFASTSEQ_AVX2_ROWS
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
 
 // The log-sum-exp of a whole logits row (NaN reported through *nan): the one pass over every logit
 // that a full-vocabulary normaliser costs.
 template <class Loader>
 float full_logsumexp(const typename Loader::Bits* row, int64_t n, bool* nan) {
-#if PYFASTSEQ_AVX2_ROWS
+#if PYFASTSEQ_AVX2
   if (cpu_has_avx2_fma()) {
     if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
     if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_logsumexp_f16_avx2(row, n, nan);

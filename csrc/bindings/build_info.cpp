@@ -1,5 +1,7 @@
 #include <pybind11/pybind11.h>
 
+#include "common/cpu.h"
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -28,8 +30,9 @@ void bind_build_info(py::module_& m) {
 #else
     info["sanitizers"] = "";
 #endif
+    info["avx2"] = cpu_has_avx2_fma();
     return info;
-  }, "Compiler, OpenMP and sanitizer settings this module was built with.");
+  }, "Compiler, OpenMP and sanitizer settings this module was built with, and whether its AVX2 builds run.");
 }
 
 }  // namespace pyfastseq

@@ -3,9 +3,9 @@
 #pragma once
 #include <cstdint>
 
-#include "beam/logits_row_avx2.h"  // PYFASTSEQ_AVX2_ROWS
+#include "common/cpu.h"
 
-#if PYFASTSEQ_AVX2_ROWS
+#if PYFASTSEQ_AVX2
 double pyfastseq_row_weights_f32_avx2(const float* row, int64_t n, float inv_t, float* w);
 double pyfastseq_row_weights_f16_avx2(const uint16_t* row, int64_t n, float inv_t, float* w);
 double pyfastseq_row_weights_bf16_avx2(const uint16_t* row, int64_t n, float inv_t, float* w);

@@ -5,6 +5,7 @@
 
 #include "beam/logits_row.h"
 #include "beam/logits_row_dispatch.h"
+#include "common/cpu.h"
 #include "common/errors.h"
 #include "common/parallel.h"
 #include "sampling/row_weights.h"
@@ -16,7 +17,7 @@ namespace {
 
 template <class Loader>
 double weights_of(const typename Loader::Bits* row, int64_t n, float inv_t, float* w) {
-#if PYFASTSEQ_AVX2_ROWS
+#if PYFASTSEQ_AVX2
   if (cpu_has_avx2_fma()) {
     if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_row_weights_f32_avx2(row, n, inv_t, w);
     if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_row_weights_f16_avx2(row, n, inv_t, w);
