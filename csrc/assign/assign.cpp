@@ -308,9 +308,8 @@ AssignStatus solve(Work& w) {
   return kAssignOk;
 }
 
-// Checks that no entry is NaN or -inf once multiplied by sign and, with kCopy, copies the products
-// into dst [nr, nc], row-major.
-template <bool kCopy>
+// Copies sign * src [nr, nc] (strides rs, cs) into dst, row-major; false when a product is NaN or
+// -inf.
 bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, double sign, double* dst) {
   bool valid = true;
   for (int64_t i = 0; i < nr; ++i) {
@@ -318,8 +317,26 @@ bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, dou
     for (int64_t j = 0; j < nc; ++j) {
       const double x = sign * row[j * cs];
       valid &= x > -kInf;  // false for NaN and -inf alone
-      if (kCopy) dst[i * nc + j] = x;
+      dst[i * nc + j] = x;
     }
+  }
+  return valid;
+}
+
+// Whether no entry of src [nr, nc] (row stride rs, unit column stride) is NaN or -inf. A pass over
+// the whole matrix, so it runs at memory speed: two columns per compare, no branch per entry.
+bool all_valid(const double* src, int64_t nr, int64_t nc, int64_t rs) {
+  bool valid = true;
+  for (int64_t i = 0; i < nr; ++i) {
+    const double* row = src + i * rs;
+    int64_t j = 0;
+#if defined(__SSE2__)
+    __m128d above = _mm_castsi128_pd(_mm_set1_epi64x(-1));
+    const __m128d neg_inf = _mm_set1_pd(-kInf);
+    for (; j + 2 <= nc; j += 2) above = _mm_and_pd(above, _mm_cmpgt_pd(_mm_loadu_pd(row + j), neg_inf));
+    valid &= _mm_movemask_pd(above) == 3;
+#endif
+    for (; j < nc; ++j) valid &= row[j] > -kInf;  // false for NaN and -inf alone
   }
   return valid;
 }
@@ -352,8 +369,7 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
     ints = heap_ints.get();
   }
   const double sign = p.maximize ? -1.0 : 1.0;
-  const bool valid = in_place ? load<false>(src, nr, nc, rs, cs, sign, nullptr)
-                               : load<true>(src, nr, nc, rs, cs, sign, doubles);
+  const bool valid = in_place ? all_valid(src, nr, nc, rs) : load(src, nr, nc, rs, cs, sign, doubles);
   if (!valid) return kAssignInvalid;
   Work w;
   w.c = in_place ? src : doubles;
