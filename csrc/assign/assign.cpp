@@ -314,7 +314,20 @@ bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, dou
   bool valid = true;
   for (int64_t i = 0; i < nr; ++i) {
     const double* row = src + i * rs;
-    for (int64_t j = 0; j < nc; ++j) {
+    int64_t j = 0;
+#if defined(__SSE2__)
+    if (cs == 1) {  // the common layout: two columns per instruction
+      __m128d above = _mm_castsi128_pd(_mm_set1_epi64x(-1));
+      const __m128d neg_inf = _mm_set1_pd(-kInf), by = _mm_set1_pd(sign);
+      for (; j + 2 <= nc; j += 2) {
+        const __m128d x = _mm_mul_pd(by, _mm_loadu_pd(row + j));
+        above = _mm_and_pd(above, _mm_cmpgt_pd(x, neg_inf));
+        _mm_storeu_pd(dst + i * nc + j, x);
+      }
+      valid &= _mm_movemask_pd(above) == 3;
+    }
+#endif
+    for (; j < nc; ++j) {
       const double x = sign * row[j * cs];
       valid &= x > -kInf;  // false for NaN and -inf alone
       dst[i * nc + j] = x;
