@@ -12,7 +12,7 @@ import torch
 
 from . import _C
 
-__all__ = ["_C", "cuda", "stream_of", "fill_bits", "ELEM_BYTES"]
+__all__ = ["_C", "cuda", "on_gpu", "stream_of", "fill_bits", "ELEM_BYTES"]
 
 # Floating dtypes the masking kernels take, and their element sizes.
 ELEM_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
@@ -29,6 +29,12 @@ def cuda():
             "PYFASTSEQ_CUDA=OFF); reinstall on a machine with the CUDA toolkit to use CUDA tensors"
         ) from exc
     return _cuda
+
+
+def on_gpu(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s kernels run on the GPU (the ``_cuda`` route). The tests' CUDA emulator
+    replaces this, with :func:`cuda` and :func:`stream_of`, to send CPU tensors down that route."""
+    return tensor.device.type == "cuda"
 
 
 def stream_of(tensor: torch.Tensor) -> int:

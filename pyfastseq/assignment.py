@@ -170,7 +170,7 @@ def _assign_batch_op(
     if cost.dtype != torch.float64 or cost.dim() != 3:
         raise TypeError(f"cost must be a 3-D float64 tensor, got {cost.dim()}-D {cost.dtype}")
     batch, rows, cols = cost.shape
-    if not cost.is_cuda:
+    if not _backend.on_gpu(cost):
         as_numpy = [None if t is None else t.numpy() for t in (row_lens, col_lens)]
         col_of_row, status = _C.assign(cost.numpy(), maximize, *as_numpy)
         return torch.from_numpy(col_of_row), torch.from_numpy(status)

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ._backend import _C, cuda, stream_of
+from . import _backend
+from ._backend import _C
 from ._validate import as_eos_id, as_token_array
 from .lookahead import LCSLookahead
 from .trie import Trie
@@ -145,7 +146,7 @@ class _BeamSearchBase:
     def _on_device(self, logits: torch.Tensor) -> bool:
         """Whether this step runs on the logits' GPU (else they are copied to the CPU, as a build
         without the CUDA module has to)."""
-        return (_is_cuda(logits) and self.num_beams <= _CUDA_MAX_BEAMS and not self._uses_lookahead()
+        return (_backend.on_gpu(logits) and self.num_beams <= _CUDA_MAX_BEAMS and not self._uses_lookahead()
                 and _has_cuda_module())
 
     def _new_state(self, batch_size, eos_id, tries, start_nodes, normalize_allowed):
@@ -367,13 +368,9 @@ def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: 
     return {name: torch.from_numpy(np.array(a)) for name, a in zip(_CANDIDATE_NAMES, step.read(logits.shape[1]))}
 
 
-def _is_cuda(logits: torch.Tensor) -> bool:
-    return logits.device.type == "cuda"
-
-
 def _has_cuda_module() -> bool:
     try:
-        cuda()
+        _backend.cuda()
     except RuntimeError:
         return False
     return True
@@ -403,7 +400,7 @@ class _CudaStep:
     """
 
     def __init__(self, device, batch_size, num_beams, tries, normalize_allowed, eos_id, min_length):
-        self.ext = cuda()
+        self.ext = _backend.cuda()
         self.device, self.batch, self.k = device, batch_size, num_beams
         self.rows, self.width = batch_size * num_beams, 2 * num_beams
         self.normalize_allowed, self.eos_id, self.min_length = normalize_allowed, eos_id, min_length
@@ -440,7 +437,7 @@ class _CudaStep:
             self.beams.data_ptr(), self.beams.data_ptr() + word * self.rows if constrained else 0,
             self.views.data_ptr() if constrained else 0, len(self.views) if constrained else 0,
             self.normalize_allowed, self.eos_id, self.eos_id if blocked else -1, blocked and constrained,
-            *(base + word * (2 + i * cands) for i in range(6)), base, self.workspace.data_ptr(), stream_of(logits),
+            *(base + word * (2 + i * cands) for i in range(6)), base, self.workspace.data_ptr(), _backend.stream_of(logits),
         )
         with torch.cuda.device(logits.device):  # launch on the logits' GPU whatever the current device
             code = self.ext.beam_step(*args)

@@ -256,7 +256,7 @@ def _trie_mask_op(
             _backend.fill_bits(fill, target.dtype), nodes.data_ptr(), child_begin.data_ptr(), child_token.data_ptr(),
             num_nodes,
         )
-        if target.is_cuda:
+        if _backend.on_gpu(target):
             bad = (nodes < -1) | (nodes >= num_nodes)
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])

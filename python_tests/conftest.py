@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -9,14 +10,20 @@ HAS_CUDA = torch.cuda.is_available()
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    """``python -c code`` in a fresh interpreter that imports the same pyfastseq as these tests: it
+    """``python -c code`` in a fresh interpreter that imports the same pyfastseq as these tests (see
+    run_python_args)."""
+    return run_python_args(["-c", code], **env)
+
+
+def run_python_args(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """``python *args`` in a fresh interpreter that imports the same pyfastseq as these tests: it
     runs beside that package, so a source checkout in the working directory cannot shadow an
     installed wheel (or the other way round)."""
     import pyfastseq
 
     beside = os.path.dirname(os.path.dirname(os.path.abspath(pyfastseq.__file__)))
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=beside, env={**os.environ, **env}, capture_output=True, text=True
+        [sys.executable, *args], cwd=beside, env={**os.environ, **env}, capture_output=True, text=True
     )
 
 
@@ -35,9 +42,46 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
-def devices():
-    """CPU always; CUDA as a marked parameter that skips without a GPU."""
-    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+def devices(emulated: bool = False):
+    """CPU always; CUDA as a marked parameter that skips without a GPU; with `emulated`, also the
+    CUDA kernels on the CPU under the emulator (a test turns the name into a device with
+    torch_device)."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)] + (["emulated"] if emulated else [])
+
+
+def torch_device(name: str, request) -> str:
+    """The torch device for a devices() name: "emulated" routes pyfastseq's CUDA calls to the
+    emulator for the rest of the test and keeps the tensors on the CPU."""
+    if name == "emulated":
+        request.getfixturevalue("on_cuda_emulator")
+        return "cpu"
+    return name
+
+
+@pytest.fixture(scope="session")
+def cuda_emulator(tmp_path_factory):
+    """pyfastseq's CUDA sources built for the CPU emulator (cuda_emulator/): the ``_cuda`` functions
+    on host pointers. Skips where it cannot be built (no compiler, no pybind11, no C++ sources)."""
+    from cuda_emulator import build
+    from pyfastseq._config import config
+
+    why = build.missing() or (config()["sanitizers"] and "a sanitizer build (the fibers' stack switches confuse it)")
+    if why:
+        pytest.skip(f"no CUDA emulator: {why}")
+    return build.build(tmp_path_factory.mktemp("cuda_emulator"))
+
+
+@pytest.fixture
+def on_cuda_emulator(cuda_emulator, monkeypatch):
+    """Sends pyfastseq's CUDA route to the emulator: every tensor counts as a GPU one, and the
+    kernels read and write the CPU tensors' memory."""
+    from pyfastseq import _backend
+
+    monkeypatch.setattr(_backend, "on_gpu", lambda tensor: True)
+    monkeypatch.setattr(_backend, "cuda", lambda: cuda_emulator)
+    monkeypatch.setattr(_backend, "stream_of", lambda tensor: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    return cuda_emulator
 
 
 @pytest.fixture(autouse=True)

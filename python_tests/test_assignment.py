@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 import pyfastseq as fs
+from conftest import torch_device
 from pyfastseq.reference.assignment import linear_sum_assignment as brute_force_lsa
 
 pytestmark = pytest.mark.native
@@ -296,23 +297,28 @@ def test_compiles_with_torch_compile():
     torch.testing.assert_close(compiled(cost), fs.linear_sum_assignment(cost))
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.cuda), "emulated"])
 @pytest.mark.parametrize("batch__rows__cols", [(1000, 10, 10), (300, 4, 10), (100, 40, 33), (3, 70, 100)])
 @pytest.mark.parametrize("maximize", [False, True])
-def test_cuda_matches_scipy(batch__rows__cols, maximize):
+def test_cuda_matches_scipy(batch__rows__cols, maximize, device, request):
     batch, rows, cols = batch__rows__cols
+    if device == "emulated":  # the same shapes, fewer problems: the emulator runs a warp at a time
+        batch = max(3, batch // 20)
+    device = torch_device(device, request)
     cost = torch.rand(batch, rows, cols, dtype=torch.float64)
     cost[0, 0, 1:] = -np.inf if maximize else np.inf  # forbidden cells
+    cost[2] = torch.randint(0, 3, (rows, cols))  # ties
     row_lens = torch.randint(0, rows + 1, (batch,))
-    for lens in (None, row_lens):
-        got = fs.linear_sum_assignment(cost.cuda(), maximize, row_lens=lens)
-        assert got.is_cuda and got.dtype == torch.int64 and got.shape == (batch, rows)
-        expected = scipy_totals(cost.numpy(), maximize, None if lens is None else lens.numpy())
+    col_lens = torch.randint(0, cols + 1, (batch,))
+    for row_l, col_l in ((None, None), (row_lens, None), (row_lens, col_lens)):
+        got = fs.linear_sum_assignment(cost.to(device), maximize, row_lens=row_l, col_lens=col_l)
+        assert got.device.type == torch.device(device).type and got.dtype == torch.int64 and got.shape == (batch, rows)
+        expected = scipy_totals(cost.numpy(), maximize, *(None if lens is None else lens.numpy() for lens in (row_l, col_l)))
         np.testing.assert_allclose(batch_totals(cost.numpy(), got.cpu().numpy()), expected, rtol=1e-12)
-    bad = cost.cuda().float()
+    bad = cost.to(device).float()
     bad[1, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"invalid numeric entries \(problem 1"):
-        fs.linear_sum_assignment(bad)
+        fs.linear_sum_assignment(bad, maximize)
 
 
 def test_docstring_example():

@@ -18,6 +18,7 @@ import torch
 
 import pyfastseq as fs
 import pyfastseq.search as search
+from pyfastseq import _backend
 from beam_models import PrefixModel
 from test_beam_cuda import EOS, random_trie
 
@@ -74,9 +75,9 @@ def _view(ptr, dtype, count):
 def host_kernel(monkeypatch):
     """Routes search() through _CudaStep with CPU tensors and _HostKernel for the kernel."""
     kernel = _HostKernel()
-    monkeypatch.setattr(search, "_is_cuda", lambda logits: kernel.enabled)
-    monkeypatch.setattr(search, "cuda", lambda: kernel)
-    monkeypatch.setattr(search, "stream_of", lambda tensor: 0)
+    monkeypatch.setattr(_backend, "on_gpu", lambda logits: kernel.enabled)
+    monkeypatch.setattr(_backend, "cuda", lambda: kernel)
+    monkeypatch.setattr(_backend, "stream_of", lambda tensor: 0)
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     return kernel
 
@@ -129,23 +130,23 @@ def test_dispatch__device_errors_raise_like_the_cpu_step(host_kernel, code, deta
 
 
 def test_dispatch__only_cuda_tensors_are_cuda():
-    assert not search._is_cuda(torch.zeros(2, 3))
-    assert not search._is_cuda(torch.zeros(2, 3, device="meta"))
+    assert not _backend.on_gpu(torch.zeros(2, 3))
+    assert not _backend.on_gpu(torch.zeros(2, 3, device="meta"))
 
 
 def test_dispatch__build_without_cuda_module_keeps_the_cpu_step(monkeypatch):
     def missing():
         raise RuntimeError("pyfastseq was built without its CUDA module")
 
-    monkeypatch.setattr(search, "_is_cuda", lambda logits: True)
-    monkeypatch.setattr(search, "cuda", missing)
+    monkeypatch.setattr(_backend, "on_gpu", lambda logits: True)
+    monkeypatch.setattr(_backend, "cuda", missing)
     monkeypatch.setattr(search, "_CudaStep", _Forbidden)
     out = _searches()[2]().search(PrefixModel(40, 4), batch_size=2)
     assert out.sequences[0]
 
 
 def test_dispatch__over_1024_beams_keeps_the_cpu_step(monkeypatch):
-    monkeypatch.setattr(search, "_is_cuda", lambda logits: True)
+    monkeypatch.setattr(_backend, "on_gpu", lambda logits: True)
     monkeypatch.setattr(search, "_CudaStep", _Forbidden)
     out = fs.BeamSearch(EOS, num_beams=1025, max_length=2).search(PrefixModel(40, 1), batch_size=1)
     assert len(out.sequences[0]) == 1
@@ -160,7 +161,7 @@ def test_dispatch__lookahead_keeps_the_cpu_step(monkeypatch):
             return offsets, np.zeros(offsets[-1], dtype=np.int32)
 
     trie = random_trie(random.Random(2), 30, 100, 4)
-    monkeypatch.setattr(search, "_is_cuda", lambda logits: True)
+    monkeypatch.setattr(_backend, "on_gpu", lambda logits: True)
     monkeypatch.setattr(search, "_CudaStep", _Forbidden)
     out = fs.TrieBeamSearch(trie, num_beams=3, max_length=trie.depth, lookahead=NoDeltas()).search(
         PrefixModel(30, 1), batch_size=1)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import devices
+from conftest import devices, torch_device
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,10 +36,11 @@ def rows_for(trie, ref, rng, num_rows):
     return nodes, allowed
 
 
-@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("device", devices(emulated=True))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows__vocab", [(1, 1), (7, 37), (64, 1000), (33, 4099), (0, 50), (5, 0)])
-def test_matches_masked_fill(device, dtype, rows__vocab):
+def test_matches_masked_fill(device, dtype, rows__vocab, request):
+    device = torch_device(device, request)
     rows, vocab = rows__vocab
     rng = np.random.default_rng(rows * 7 + vocab)
     vocab_for_trie = max(vocab, 1)
@@ -56,9 +57,10 @@ def test_matches_masked_fill(device, dtype, rows__vocab):
     torch.testing.assert_close(logits.cpu(), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("device", devices(emulated=True))
 @pytest.mark.parametrize("layout", ["row_slice", "transposed", "column_slice"])
-def test_non_contiguous_logits(device, layout):
+def test_non_contiguous_logits(device, layout, request):
+    device = torch_device(device, request)
     rng = np.random.default_rng(1)
     _, trie, ref = random_trie(rng, 40, 30, 4)
     nodes, allowed = rows_for(trie, ref, rng, 12)
