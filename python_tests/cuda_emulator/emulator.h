@@ -3,7 +3,9 @@
 // blocks one after another, and a block's threads as fibers (ucontext) on the calling thread:
 // __syncthreads, the warp shuffles and votes are real rendezvous, shared memory is one copy per
 // kernel (`static`), atomics need no lock. One launch at a time per process. It checks what the
-// kernels compute, not how fast, nor anything of the device's memory model beyond barriers.
+// kernels compute, not how fast, nor anything of the device's memory model beyond barriers. Built
+// with AddressSanitizer, it also checks every global and shared memory access, as compute-sanitizer
+// would.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -15,6 +17,13 @@
 #include <ucontext.h>
 #include <type_traits>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define CUDA_EMULATOR_ASAN 1
+#else
+#define CUDA_EMULATOR_ASAN 0
+#endif
 
 #define __global__
 #define __device__
@@ -52,11 +61,49 @@ struct Scheduler {
   ucontext_t context;
   Fiber* running = nullptr;
   uint64_t progress = 0;  // barrier releases and finished fibers: a round without any is a deadlock
+  const void* stack_bottom = nullptr;  // the launching thread's stack, for AddressSanitizer
+  size_t stack_size = 0;
 };
 
 inline Scheduler scheduler;
 
-inline void yield() { swapcontext(&scheduler.running->context, &scheduler.context); }
+// Stack switches are announced to AddressSanitizer (when the kernels are built with it), so that
+// it checks each fiber's frames against that fiber's stack.
+inline void entered_fiber() {
+#if CUDA_EMULATOR_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &scheduler.stack_bottom, &scheduler.stack_size);
+#endif
+}
+
+inline void leaving_fiber_for_good() {
+#if CUDA_EMULATOR_ASAN
+  __sanitizer_start_switch_fiber(nullptr, scheduler.stack_bottom, scheduler.stack_size);
+#endif
+}
+
+// From the scheduler into fiber f, until it yields or finishes.
+inline void resume(Fiber& f) {
+#if CUDA_EMULATOR_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, f.stack.get(), kStackBytes);
+#endif
+  swapcontext(&scheduler.context, &f.context);
+#if CUDA_EMULATOR_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+}
+
+// From the running fiber back to the scheduler, until it is resumed.
+inline void yield() {
+#if CUDA_EMULATOR_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, scheduler.stack_bottom, scheduler.stack_size);
+#endif
+  swapcontext(&scheduler.running->context, &scheduler.context);
+#if CUDA_EMULATOR_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, &scheduler.stack_bottom, &scheduler.stack_size);
+#endif
+}
 
 // A reusable barrier for a group whose members may leave (exit the kernel) early, as exited GPU
 // threads stop counting towards __syncthreads.
@@ -131,11 +178,13 @@ struct Launch {
   static void run(int lo, int hi) {  // makecontext passes int arguments: the Launch* in two halves
     const auto* self = reinterpret_cast<Launch*>((static_cast<uintptr_t>(static_cast<unsigned>(hi)) << 32) |
                                                  static_cast<unsigned>(lo));
+    entered_fiber();
     (*self->body)();
     self->block->all.leave();
     my_warp().leave();
     self->fiber->done = true;
     ++scheduler.progress;
+    leaving_fiber_for_good();
   }  // returns to uc_link, the scheduler
 };
 
@@ -178,7 +227,7 @@ void launch(dim3 grid, dim3 block, Body body) {
             if (f.done) continue;
             threadIdx = dim3(f.index);
             scheduler.running = &f;
-            swapcontext(&scheduler.context, &f.context);
+            resume(f);
             left += !f.done;
           }
           if (left > 0 && scheduler.progress == before) {
