@@ -271,25 +271,27 @@ inline int __any_sync(unsigned, int predicate) {
   }));
 }
 
+// Fibers switch only at barriers, so a read-modify-write is atomic as it stands.
+template <class T, class Update>
+T atomic_update(T* address, Update update) {
+  const T old = *address;
+  *address = update(old);
+  return old;
+}
+
 template <class T, class U>
 T atomicAdd(T* address, U value) {
-  const T old = *address;
-  *address = static_cast<T>(old + static_cast<T>(value));
-  return old;
+  return atomic_update(address, [&](T old) { return static_cast<T>(old + static_cast<T>(value)); });
 }
 
 template <class T, class U>
 T atomicMin(T* address, U value) {
-  const T old = *address;
-  *address = std::min(old, static_cast<T>(value));
-  return old;
+  return atomic_update(address, [&](T old) { return std::min(old, static_cast<T>(value)); });
 }
 
 template <class T, class U>
 T atomicMax(T* address, U value) {
-  const T old = *address;
-  *address = std::max(old, static_cast<T>(value));
-  return old;
+  return atomic_update(address, [&](T old) { return std::max(old, static_cast<T>(value)); });
 }
 
 template <class A, class B>
