@@ -1,7 +1,7 @@
 """The step function that drives a transformers-style model for ``search(step_fn, batch_size)``.
 
 The prompt (decoder-only) or source (encoder-decoder) runs once; afterwards each call feeds one
-token per row against ``past_key_values`` reordered by ``beam_idx``, so a step costs O(1) tokens
+token per row against the KV cache reordered by ``beam_idx``, so a step costs O(1) tokens
 (never the seed-003 trap of re-running the whole sequence).
 """
 
@@ -12,6 +12,8 @@ import inspect
 from typing import Any
 
 import torch
+
+from ._hf_cache import cache_kwarg, cache_of
 
 
 def model_step_fn(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_beams: int,
@@ -45,7 +47,7 @@ def _reorder(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
         return cache
     if hasattr(model, "_reorder_cache"):
         return model._reorder_cache(cache, beam_idx)
-    raise TypeError(f"cannot reorder the past_key_values of {type(model).__name__} ({type(cache).__name__})")
+    raise TypeError(f"cannot reorder the KV cache of {type(model).__name__} ({type(cache).__name__})")
 
 
 class _ModelStep:
@@ -81,15 +83,15 @@ class _DecoderOnlyStep(_ModelStep):
             out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
                              use_cache=True, **self.kwargs)
             expand = torch.arange(self.input_ids.shape[0], device=self.device).repeat_interleave(self.k)
-            self.cache = _reorder(self.model, out.past_key_values, expand)
+            self.cache = _reorder(self.model, cache_of(out), expand)
             self.mask = self.mask[expand]
             self.next_position = self.positions[expand, -1:] + 1
             return out.logits[:, -1, :][expand]
         self.cache = _reorder(self.model, self.cache, beam_idx.to(self.device))
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         out = self.model(input_ids=tokens.to(self.device), attention_mask=self.mask, position_ids=self.next_position,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                         use_cache=True, **{cache_kwarg(self.model): self.cache})
+        self.cache = cache_of(out)
         self.next_position = self.next_position + 1
         return out.logits[:, -1, :]
 
@@ -127,8 +129,8 @@ class _EncoderDecoderStep(_ModelStep):
             self.cache = _reorder(self.model, self.cache, beam_idx.to(self.device))
             decoder_input_ids = tokens.to(self.device)
         out = self.model(encoder_outputs=self.encoded, attention_mask=self.mask, decoder_input_ids=decoder_input_ids,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                         use_cache=True, **{cache_kwarg(self.model): self.cache})
+        self.cache = cache_of(out)
         return out.logits[:, -1, :]
 
     def fork(self, index: torch.Tensor) -> "_EncoderDecoderStep":

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ._hf_cache import cache_kwarg
 from .attention import hf
 
 __all__ = ["UniLM", "UniLMStep"]
@@ -156,7 +157,7 @@ class UniLMStep:
 
         self.cache = DynamicCache(config=self.unilm.model.config)
         self.steps = 0
-        logits = self.unilm(**self.encoded, past_key_values=self.cache)  # [B, S, V]
+        logits = self.unilm(**self.encoded, **{cache_kwarg(self.unilm.model): self.cache})  # [B, S, V]
         last = self.encoded["prefix_lens"] - 1
         logits = logits[torch.arange(logits.shape[0], device=self.device), last]  # [B, V]
         self.cache.batch_repeat_interleave(self.num_beams)
@@ -173,7 +174,7 @@ class UniLMStep:
             token_type_ids=torch.ones_like(tokens, dtype=torch.long, device=self.device),
             position_ids=(self.source_lens + self.steps)[:, None],
             attention_mask=visible[:, None, None, :],
-            past_key_values=self.cache,
+            **{cache_kwarg(self.unilm.model): self.cache},
         )
         self.steps += 1
         return self.unilm.logits(outputs)[:, -1]

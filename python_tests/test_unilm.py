@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import BertConfig, BertForMaskedLM, BertModel  # noqa: E402
 
 import pyfastseq as fs  # noqa: E402
+from pyfastseq._hf_cache import cache_kwarg  # noqa: E402
 from pyfastseq.attention import hf  # noqa: E402
 
 VOCAB = 40
@@ -170,10 +171,10 @@ def test_cached_chunk_of_target_tokens_is_causal():
     full = unilm(**unilm.batch([(source, target)]))[0, len(source) - 1:-1]
     cache = DynamicCache(config=unilm.model.config)
     with torch.no_grad():
-        unilm(**unilm.batch([(source, [])]), past_key_values=cache)
+        unilm(**unilm.batch([(source, [])]), **{cache_kwarg(unilm.model): cache})
         chunk = unilm.logits(unilm.model(
             input_ids=torch.tensor([target]), token_type_ids=torch.ones(1, 3, dtype=torch.long),
             position_ids=torch.arange(len(source), len(source) + 3)[None],
-            attention_mask=torch.ones(1, 1, 3, len(source) + 3, dtype=torch.bool), past_key_values=cache))
+            attention_mask=torch.ones(1, 1, 3, len(source) + 3, dtype=torch.bool), **{cache_kwarg(unilm.model): cache}))
     torch.testing.assert_close(chunk[0, :-1], full[1:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(unilm(**unilm.batch([(source, [])]))[0, -1], full[0], atol=1e-5, rtol=1e-5)

@@ -13,6 +13,7 @@ import torch
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .._hf_cache import library_cache_name
 from ..unilm import UniLM, UniLMStep
 
 
@@ -25,12 +26,13 @@ class UniLMForGeneration(PreTrainedModel, GenerationMixin):
         self.generation_config = GenerationConfig(pad_token_id=unilm.pad_id)
         self._step: UniLMStep | None = None
 
-    def forward(self, input_ids, attention_mask=None, past_key_values=None, **kwargs):
-        if self._step is None or past_key_values is not self._step.cache:
+    def forward(self, input_ids, attention_mask=None, cache=None, past_key_values=None, **kwargs):
+        cache = past_key_values if cache is None else cache  # the name changed in transformers 5.24
+        if self._step is None or cache is not self._step.cache:
             mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
             sources = [row[keep].tolist() for row, keep in zip(input_ids, mask)]
             self._step = UniLMStep(self.unilm, sources, num_beams=1)
             logits = self._step.prefill()
         else:
             logits = self._step.extend(input_ids[:, -1:])
-        return CausalLMOutputWithPast(logits=logits[:, None, :], past_key_values=self._step.cache)
+        return CausalLMOutputWithPast(logits=logits[:, None, :], **{library_cache_name(): self._step.cache})
