@@ -16,6 +16,7 @@ shared machine) in ``extra_info``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import random
@@ -114,17 +115,23 @@ GENERATE_CASES = {"semantic": 4, "titles": 16}
 @pytest.mark.parametrize("num_beams", [16, 64])
 @pytest.mark.parametrize("kind", list(GENERATE_CASES))
 def test_generate(benchmark, kind, num_beams):
+    check_and_time_generate(benchmark, kind, num_beams, torch.device("cpu"))
+
+
+def check_and_time_generate(benchmark, kind, num_beams, device):
+    """``TrieBeamSearch.generate`` vs. transformers' ``generate`` with ``prefix_allowed_tokens_fn``,
+    the model and prompt on ``device`` (bench_cuda.py runs this on the GPU)."""
     trie, dict_trie, vocab, _ = catalogue(kind)
     new_tokens = GENERATE_CASES[kind]
-    model = small_gpt2(vocab)
-    prompt = torch.randint(2, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+    model = copy.deepcopy(small_gpt2(vocab)).to(device)
+    prompt = torch.randint(2, vocab, (2, 8), generator=torch.Generator().manual_seed(0)).to(device)
     searcher = fs.TrieBeamSearch(trie, num_beams=num_beams, max_length=new_tokens, early_stopping=True)
 
     def peer():
         with torch.no_grad():
             return model.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=num_beams,
                                   max_new_tokens=new_tokens, early_stopping=True, do_sample=False, pad_token_id=0,
-                                  prefix_allowed_tokens_fn=dict_trie_fn(dict_trie, prompt.shape[1]))
+                                  prefix_allowed_tokens_fn=dict_trie_fn(dict_trie, prompt.shape[1])).cpu()
 
     def ours():
         return searcher.generate(model, prompt)
@@ -136,7 +143,7 @@ def test_generate(benchmark, kind, num_beams):
     benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(
         kind=kind, num_beams=num_beams, batch=2, items=len(trie), new_tokens=new_tokens,
-        model=f"GPT-2 2x64, vocab {vocab}",
+        model=f"GPT-2 2x64, vocab {vocab}", device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         peer="transformers generate + prefix_allowed_tokens_fn (dict trie)",
         peer_min_s=peer_s, speedup=peer_s / benchmark.stats.stats.min,
     )

@@ -4,10 +4,12 @@
   ``apply_token_bitmask_inplace`` (when importable) with the equivalent int32 bitmask, and torch
   ``masked_fill_`` with a precomputed bool mask. 4,096 rows x 128k vocab; rows sit at semantic-ID
   trie nodes (256 children each).
-- Sparse constrained step: the CUDA beam step (``pyfastseq.search._CudaStep``) at 2 x 70 rows (batch 2,
+- Sparse constrained step: the CUDA beam step (``pyfastseq._cuda_search.CudaStep``) at 2 x 70 rows (batch 2,
   70 beams) and 2,048 rows (batch 32, 64 beams) on 1M / 10M-item semantic-ID tries, rows at depth 2;
   vs. torch ``log_softmax`` + ``masked_fill`` (precomputed mask) + add + ``topk``.
 - Dense step: V = 152,064 bf16, B*K in {256, 1024}; vs. torch ``log_softmax`` + add + ``topk``.
+- Whole ``TrieBeamSearch.generate()`` on the GPU (the device search) vs. transformers' ``generate`` with
+  ``prefix_allowed_tokens_fn``: bench_beam.py's GPT-2 and 1M-item catalogues, beams 16 and 64.
 
 Times are CUDA-event medians of the kernels alone ("kernel"), plus the whole search-loop step with
 the candidates' copy to the host ("step"). GB/s counts the logits' bytes once (rows x V x element
@@ -27,7 +29,8 @@ import torch
 
 import datasets
 import pyfastseq as fs
-from pyfastseq import search
+from bench_beam import check_and_time_generate
+from pyfastseq import _cuda_search
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -158,7 +161,7 @@ def test_sparse_step(benchmark, items, batch, beams, normalize):
     logits = torch.randn(rows, vocab, device="cuda")
     scores = -torch.rand(rows) * 10
     keep = allowed_mask(trie, nodes, vocab).cuda()  # the peer's mask, built outside the timing
-    step = search._CudaStep(logits.device, batch, beams, [trie], normalize == "allowed", -1, 0)
+    step = _cuda_search.CudaStep(logits.device, batch, beams, [trie], normalize == "allowed", -1)
     check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, allowed=normalize == "allowed",
                    kernel=f"sparse step ({normalize})", shape=f"{rows} rows, {items:,} items, V={vocab}")
 
@@ -168,6 +171,14 @@ def test_dense_step(benchmark, batch, beams):
     rows, vocab = batch * beams, 152_064
     logits = (torch.randn(rows, vocab, device="cuda") * 3).to(torch.bfloat16)
     scores = -torch.rand(rows) * 10
-    step = search._CudaStep(logits.device, batch, beams, [], False, -1, 0)
+    step = _cuda_search.CudaStep(logits.device, batch, beams, [], False, -1)
     check_and_time(benchmark, step, logits, scores, None, None, batch, beams,
                    kernel="dense step", shape=f"{rows} rows x {vocab} bf16, K={beams}")
+
+
+@pytest.mark.parametrize("num_beams", [16, 64])
+@pytest.mark.parametrize("kind", ["semantic", "titles"])
+def test_generate(benchmark, kind, num_beams):
+    """Whole constrained generate() on the GPU (the device search) vs. transformers' generate with
+    prefix_allowed_tokens_fn, same model and catalogue as bench_beam.py's CPU case."""
+    check_and_time_generate(benchmark, kind, num_beams, torch.device("cuda"))

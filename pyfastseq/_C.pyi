@@ -21,15 +21,8 @@ class BeamSearchState:
         """
         One step from logits [rows, vocab] (dtype 0/1/2 = float32/float16/bfloat16); lookahead pointers or 0. Returns False once every batch item is done.
         """
-    def step_candidates(self, score: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], logprob: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], token: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], parent: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], node: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], count: typing.Annotated[numpy.typing.ArrayLike, numpy.int32]) -> bool:
-        """
-        One step from precomputed candidates (the CUDA step's output for the current beams), as step().
-        """
     @property
     def beam_idx(self) -> numpy.typing.NDArray[numpy.int32]:
-        ...
-    @property
-    def beams(self) -> tuple[numpy.typing.NDArray[numpy.float32], numpy.typing.NDArray[numpy.int32]]:
         ...
     @property
     def eos_id(self) -> int:

@@ -3,9 +3,8 @@
 
 Each step runs one fused native kernel (log-softmax normaliser, allowed children, top ``2 * num_beams``
 per batch item, finished-hypothesis bookkeeping) with the GIL released; Python only calls the model
-once per step. CUDA logits stay on the device: the CUDA step computes the candidates there and only
-those (``[batch, 2 * num_beams]``) come back for the bookkeeping. See ``DESIGN.md`` ("Step protocol",
-"Semantics").
+once per step. With CUDA logits the search runs on the GPU, state included (``_cuda_search``). See
+``DESIGN.md`` ("Step protocol", "Semantics").
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ import torch
 
 from . import _backend
 from ._backend import _C
+from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
+from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
 from ._validate import as_eos_id, as_token_array
 from .lookahead import LCSLookahead
 from .trie import Trie
@@ -28,7 +29,6 @@ __all__ = ["BeamSearch", "BeamSearchOutput", "TrieBeamSearch"]
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _CANDIDATE_NAMES = ("score", "logprob", "token", "parent", "node", "count")
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _EARLY_STOPPING_CODES = {False: 0, True: 1, "never": 2}
 
 
@@ -72,6 +72,10 @@ class _BeamSearchBase:
             )
         self.output_token_scores = bool(output_token_scores)
 
+    @property
+    def early_stopping_code(self) -> int:
+        return _EARLY_STOPPING_CODES[self.early_stopping]
+
     # -- the model-agnostic loop -------------------------------------------------------------
 
     def search(self, step_fn: StepFn, batch_size: int) -> BeamSearchOutput:
@@ -79,46 +83,52 @@ class _BeamSearchBase:
 
         ``step_fn`` gets ``N = batch_size * num_beams`` rows at every call: ``tokens`` int64
         ``[N, 1]`` (``[N, 0]`` at the first call) and ``beam_idx`` int64 ``[N]``, the previous row each
-        row continues (reorder any cache with it; ``arange(N)`` at the first call), both on the CPU.
-        It returns ``[N, V]`` float32/float16/bfloat16 logits (CPU or CUDA). Rows of finished batch
-        items and dead beams are fed the pad token (eos, else 0); their logits are ignored. CUDA
-        logits stay on the GPU (except with a lookahead, whose deltas are computed on the CPU, more
-        than 1,024 beams, or a build without the CUDA module): the CUDA step picks the candidates
-        there and copies back only those.
+        row continues (reorder any cache with it; ``arange(N)`` at the first call). It returns
+        ``[N, V]`` float32/float16/bfloat16 logits (CPU or CUDA). Rows of finished batch items and
+        dead beams are fed the pad token (eos, else 0); their logits are ignored.
+
+        When the first call returns CUDA logits, the whole search runs on that GPU: ``tokens`` and
+        ``beam_idx`` of later calls are on it too, and no step waits for the host (the search may
+        call ``step_fn`` once more after the last step that matters; that call's logits are
+        ignored). Otherwise, and with a lookahead (its deltas are computed on the CPU), more than
+        1,024 beams or a build without the CUDA module, every step runs on the CPU with CPU
+        ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
         """
         batch_size = _positive_int(batch_size, "batch_size")
-        state, tries = self._start(batch_size)
+        tries, start_nodes, eos_id, normalize_allowed = self._start(batch_size)
         rows = batch_size * self.num_beams
-        tokens = torch.zeros(rows, 0, dtype=torch.long)
-        beam_idx = torch.arange(rows)
-        device_step = None
+
+        def checked(logits):
+            return self._checked_logits(logits, rows, tries)
+
+        logits = checked(step_fn(torch.zeros(rows, 0, dtype=torch.long), torch.arange(rows)))
+        if self._on_device(logits):
+            search = DeviceSearch(self, logits.device, batch_size, tries, start_nodes, normalize_allowed, eos_id)
+            return self._output(search.run(step_fn, logits, checked))
+        state = _C.BeamSearchState(
+            batch_size, self.num_beams, self.max_length, self.min_length, self.num_return_sequences,
+            self.length_penalty, self.early_stopping_code, eos_id, 0 if eos_id < 0 else eos_id,
+            normalize_allowed, self.output_token_scores, [t._native for t in tries], start_nodes,
+        )
         while True:
-            logits = self._checked_logits(step_fn(tokens, beam_idx), rows, tries)
-            if self._on_device(logits):
-                if device_step is None:
-                    device_step = _CudaStep(logits.device, batch_size, self.num_beams, tries, state.normalize_allowed,
-                                            state.eos_id, self.min_length)
-                more = state.step_candidates(*device_step.candidates(state, logits))
-            else:
-                logits = _host(logits)
-                delta_offsets, deltas = self._lookahead_deltas(state, tries, batch_size)
-                more = state.step(
-                    logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype],
-                    0 if delta_offsets is None else delta_offsets.ctypes.data,
-                    0 if deltas is None else deltas.ctypes.data,
-                )
+            logits = _host(logits)
+            delta_offsets, deltas = self._lookahead_deltas(state, tries, batch_size)
+            more = state.step(
+                logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype],
+                0 if delta_offsets is None else delta_offsets.ctypes.data,
+                0 if deltas is None else deltas.ctypes.data,
+            )
             if not more:
-                break
-            tokens = torch.from_numpy(state.next_tokens).long().unsqueeze(1)
-            beam_idx = torch.from_numpy(state.beam_idx).long()
-        return self._output(state)
+                return self._output(state.results(self.num_return_sequences))
+            logits = checked(step_fn(torch.from_numpy(state.next_tokens).long().unsqueeze(1),
+                                     torch.from_numpy(state.beam_idx).long()))
 
     def generate(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **model_kwargs: Any) -> BeamSearchOutput:
         """Beam search with a transformers-style model (decoder-only or encoder-decoder).
 
         The prompt (decoder-only) or source (encoder-decoder) runs once; every later step feeds one
-        token per row and reorders ``past_key_values`` by ``beam_idx``. Constraints and lengths
+        token per row and reorders the model's KV cache by ``beam_idx``. Constraints and lengths
         apply to the generated tokens only. Encoder-decoder models start the decoder from
         ``decoder_start_token_id`` (pass ``decoder_start_token_id=`` to override). ``model_kwargs``
         go to the first forward call (the encoder for encoder-decoder models).
@@ -134,6 +144,7 @@ class _BeamSearchBase:
     # -- hooks and helpers -------------------------------------------------------------------
 
     def _start(self, batch_size: int):
+        """(tries, start node per batch item, eos id, normalize_allowed) of a search."""
         raise NotImplementedError
 
     def _lookahead_deltas(self, state, tries, batch_size):
@@ -146,15 +157,8 @@ class _BeamSearchBase:
     def _on_device(self, logits: torch.Tensor) -> bool:
         """Whether this step runs on the logits' GPU (else they are copied to the CPU, as a build
         without the CUDA module has to)."""
-        return (_backend.on_gpu(logits) and self.num_beams <= _CUDA_MAX_BEAMS and not self._uses_lookahead()
-                and _has_cuda_module())
-
-    def _new_state(self, batch_size, eos_id, tries, start_nodes, normalize_allowed):
-        return _C.BeamSearchState(
-            batch_size, self.num_beams, self.max_length, self.min_length, self.num_return_sequences,
-            self.length_penalty, _EARLY_STOPPING_CODES[self.early_stopping], eos_id,
-            0 if eos_id < 0 else eos_id, normalize_allowed, self.output_token_scores, tries, start_nodes,
-        )
+        return (_backend.on_gpu(logits) and self.num_beams <= MAX_BEAMS and not self._uses_lookahead()
+                and has_cuda_module())
 
     @staticmethod
     def _checked_logits(logits: Any, rows: int, tries: Sequence[Trie]) -> torch.Tensor:
@@ -179,8 +183,8 @@ class _BeamSearchBase:
             logits = logits.contiguous()
         return logits
 
-    def _output(self, state) -> BeamSearchOutput:
-        results = state.results(self.num_return_sequences)
+    def _output(self, results) -> BeamSearchOutput:
+        """From per batch item (tokens, score, finished, token_scores) tuples, best first."""
         return BeamSearchOutput(
             sequences=[[list(h[0]) for h in item] for item in results],
             scores=[[float(h[1]) for h in item] for item in results],
@@ -257,9 +261,7 @@ class TrieBeamSearch(_BeamSearchBase):
         if len(self.tries) not in (1, batch_size):
             raise ValueError(f"trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or one per item")
         starts = self._start_nodes * batch_size if len(self.tries) == 1 else self._start_nodes
-        state = self._new_state(batch_size, as_eos_id(self.eos_id), [t._native for t in self.tries], starts,
-                                self.normalize == "allowed")
-        return state, self.tries
+        return self.tries, starts, as_eos_id(self.eos_id), self.normalize == "allowed"
 
     def _uses_lookahead(self) -> bool:
         return self.lookahead is not None
@@ -308,7 +310,7 @@ class BeamSearch(_BeamSearchBase):
         self.eos_id = as_eos_id(eos_id)
 
     def _start(self, batch_size: int):
-        return self._new_state(batch_size, self.eos_id, [], [], False), []
+        return [], [], self.eos_id, False
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -361,99 +363,12 @@ def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: 
     rows = beam_scores.shape[0]
     logits = _BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie])
     tries = [] if trie is None or nodes is None else [trie]
-    step = _CudaStep(logits.device, rows // num_beams, num_beams, tries, normalize == "allowed",
-                     as_eos_id(None if trie is None else trie.eos_id), 0)
+    step = CudaStep(logits.device, rows // num_beams, num_beams, tries, normalize == "allowed",
+                    as_eos_id(None if trie is None else trie.eos_id))
     step.launch(logits, beam_scores.detach().float().cpu().numpy(),
                 None if nodes is None else nodes.detach().int().cpu().numpy(), blocked=False)
     return {name: torch.from_numpy(np.array(a)) for name, a in zip(_CANDIDATE_NAMES, step.read(logits.shape[1]))}
 
 
-def _has_cuda_module() -> bool:
-    try:
-        _backend.cuda()
-    except RuntimeError:
-        return False
-    return True
-
-
 def _host(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.device.type == "cpu" else logits.cpu()
-
-
-_CUDA_MAX_BEAMS = 1024  # the CUDA step sorts a row's 2 * num_beams candidates in shared memory
-_NO_ERROR = np.uint64(2**64 - 1)
-_STEP_ERRORS = {
-    1: "logits row {row} contains NaN",
-    2: "row {row} is a live beam but its trie node {detail} is out of range",
-    3: "row {row} is a live beam at trie node {detail}, which has no children: the trie does not cover this decoding "
-       "state (check the prefix / decoder start, and that the trie was built for this search)",
-    4: "the trie holds token id {detail} but logits has only {vocab} columns (vocabulary)",
-}
-
-
-class _CudaStep:
-    """The CUDA candidate step of one search: device trie views, workspace and buffers made once.
-
-    A step uploads the beams' scores and nodes (``[N]`` each), launches the kernels on the current
-    stream and copies back one int32 buffer: an error word, the ``[batch, 2 * num_beams]`` candidate
-    arrays and the counts. That copy is the step's only synchronisation.
-    """
-
-    def __init__(self, device, batch_size, num_beams, tries, normalize_allowed, eos_id, min_length):
-        self.ext = _backend.cuda()
-        self.device, self.batch, self.k = device, batch_size, num_beams
-        self.rows, self.width = batch_size * num_beams, 2 * num_beams
-        self.normalize_allowed, self.eos_id, self.min_length = normalize_allowed, eos_id, min_length
-        self.views = None
-        if tries:
-            # TrieView rows (child_begin, child_token, terminal, num_nodes); the arrays stay cached on the trie.
-            packed = []
-            for trie in tries:
-                child_begin, child_token = trie._arrays_on(device)
-                packed.append([child_begin.data_ptr(), child_token.data_ptr(), 0, trie.num_nodes])
-            self.views = torch.tensor(packed, dtype=torch.int64).to(device)
-        self.workspace = torch.empty(self.ext.beam_step_workspace_bytes(self.rows, self.width), dtype=torch.uint8,
-                                     device=device)
-        cands = self.batch * self.width
-        # error word (2 int32), score, logprob, token, parent, node ([batch * width] each), count [batch]
-        self.out = torch.empty(2 + 5 * cands + self.batch, dtype=torch.int32, device=device)
-        self.beams = torch.empty(2 * self.rows, dtype=torch.int32, device=device)  # score bits, then nodes
-
-    def candidates(self, state, logits: torch.Tensor):
-        scores, nodes = state.beams
-        self.launch(logits, scores, nodes if self.views is not None else None,
-                    blocked=state.length + 1 < self.min_length)
-        return self.read(logits.shape[1])
-
-    def launch(self, logits: torch.Tensor, scores: np.ndarray, nodes: np.ndarray | None, blocked: bool) -> None:
-        host = np.concatenate([np.ascontiguousarray(scores, dtype=np.float32).view(np.int32),
-                               np.zeros(self.rows, np.int32) if nodes is None else np.asarray(nodes, np.int32)])
-        self.beams.copy_(torch.from_numpy(host))
-        self.out[:2].fill_(-1)
-        cands, base, word = self.batch * self.width, self.out.data_ptr(), 4
-        constrained = nodes is not None
-        args = (
-            logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], self.batch, self.k,
-            self.beams.data_ptr(), self.beams.data_ptr() + word * self.rows if constrained else 0,
-            self.views.data_ptr() if constrained else 0, len(self.views) if constrained else 0,
-            self.normalize_allowed, self.eos_id, self.eos_id if blocked else -1, blocked and constrained,
-            *(base + word * (2 + i * cands) for i in range(6)), base, self.workspace.data_ptr(), _backend.stream_of(logits),
-        )
-        with torch.cuda.device(logits.device):  # launch on the logits' GPU whatever the current device
-            code = self.ext.beam_step(*args)
-        if code:
-            raise RuntimeError(f"the CUDA beam step failed to launch (cudaError_t {code})")
-
-    def read(self, vocab: int):
-        """The candidates of the last launch as host arrays (score, logprob, token, parent, node, count)."""
-        host = self.out.cpu().numpy()
-        error = host[:2].view(np.uint64)[0]
-        if error != _NO_ERROR:
-            row, code = int(error) // 256, int(error) % 256
-            offset = self.ext.beam_step_error_detail_offset(self.rows, self.width) // 4 + row
-            detail = int(self.workspace.view(torch.int32)[offset])
-            raise ValueError(_STEP_ERRORS[code].format(row=row, detail=detail, vocab=vocab))
-        cands = self.batch * self.width
-        part = [host[2 + i * cands: 2 + (i + 1) * cands].reshape(self.batch, self.width) for i in range(5)]
-        return (part[0].view(np.float32), part[1].view(np.float32), part[2], part[3], part[4],
-                host[2 + 5 * cands:])

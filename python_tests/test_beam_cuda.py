@@ -129,10 +129,94 @@ def test_cuda_search__same_as_cpu_logits(constrained, dtype, device):
     with cpu_route():
         want = make().search(PrefixModel(vocab, 2, dtype), batch_size=3)
     cpu_model = PrefixModel(vocab, 2, dtype)
-    got = make().search(lambda t, b: cpu_model(t, b).to(device), batch_size=3)
+    got = make().search(lambda t, b: cpu_model(t.cpu(), b.cpu()).to(device), batch_size=3)
     assert got.sequences == want.sequences
     assert got.finished == want.finished
     np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
+
+
+def random_search(seed: int):
+    """A searcher and vocabulary drawn from every setting the bookkeeping depends on: unconstrained
+    (with and without eos), tries ending in eos or at leaves, cut at max_length or not; and how much
+    to favour eos, so that hypotheses finish early and often."""
+    rng = random.Random(seed)
+    vocab, beams = rng.choice([4, 6, 12, 40]), rng.choice([1, 2, 3, 5, 8, 16])
+    # Every hypothesis kept is compared, most of the time: early stopping decides which ones those are.
+    settings = dict(num_beams=beams, length_penalty=rng.choice([0.0, 1.0, 2.0, -0.5]),
+                    early_stopping=rng.choice([True, False, "never"]),
+                    num_return_sequences=beams if rng.random() < 0.7 else rng.randint(1, beams),
+                    output_token_scores=rng.random() < 0.5)
+    kind = seed % 3
+    if kind == 0:
+        max_length = rng.randint(1, 10)
+        searcher = fs.BeamSearch(rng.choice([EOS, None]), max_length=max_length,
+                                 min_length=rng.randint(0, max_length), **settings)
+    else:
+        entries = sorted({tuple(rng.randrange(2, vocab) for _ in range(rng.randint(1, 8)))
+                          for _ in range(rng.choice([5, 60, 400]))})
+        # kind 2 has no eos: hypotheses end at leaves
+        trie = fs.Trie([e + (EOS,) for e in entries], eos_id=EOS) if kind == 1 else fs.Trie(entries)
+        max_length = rng.choice([trie.depth, max(1, trie.depth - 2)])
+        searcher = fs.TrieBeamSearch(trie, max_length=max_length, min_length=rng.randint(0, min(2, max_length)),
+                                     normalize=rng.choice(["full", "allowed"]), **settings)
+    return searcher, vocab, rng.choice([0.0, 2.0, 4.0])
+
+
+def eos_favoured(model, bias, device):
+    def step_fn(tokens, beam_idx):
+        logits = model(tokens.cpu(), beam_idx.cpu())
+        logits[:, EOS] += bias
+        return logits.to(device)
+    return step_fn
+
+
+# Beyond the first twelve, seeds whose searches reach the rarer paths of the bookkeeping: a hypothesis
+# that enters only by beating a free slot's -1e9 (40), early_stopping="never" with a positive length
+# penalty (79), an item stopped early once full (58, 82, 97), continuations of ended beams (82, 97).
+@pytest.mark.parametrize("seed", [*range(12), 40, 58, 79, 82, 97])
+def test_device_search__same_as_cpu_search(seed, device):
+    searcher, vocab, bias = random_search(seed)
+    batch = 1 + seed % 3
+    with cpu_route():
+        want = searcher.search(eos_favoured(PrefixModel(vocab, seed), bias, "cpu"), batch_size=batch)
+    got = searcher.search(eos_favoured(PrefixModel(vocab, seed), bias, device), batch_size=batch)
+    assert got.sequences == want.sequences
+    assert got.finished == want.finished
+    np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
+    if searcher.output_token_scores:
+        for g, w in zip(sum(got.token_scores, []), sum(want.token_scores, [])):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_device_search__feeds_the_model_on_the_device(device):
+    seen = []
+    model = PrefixModel(12, 1)
+
+    def step_fn(tokens, beam_idx):
+        seen.append((tokens.device, beam_idx.device, tokens.dtype, beam_idx.dtype, tokens.shape, beam_idx.shape))
+        return model(tokens.cpu(), beam_idx.cpu()).to(device)
+
+    fs.BeamSearch(EOS, num_beams=3, max_length=4, early_stopping="never").search(step_fn, batch_size=2)
+    assert seen[0][:2] == (torch.device("cpu"), torch.device("cpu"))
+    assert len(seen) == 4 and all(s[:2] == (torch.device(device.type, s[0].index), s[1]) for s in seen[1:])
+    assert all(s[2:] == (torch.int64, torch.int64, (6, 1), (6,)) for s in seen[1:])
+
+
+@pytest.mark.cuda
+def test_device_search__never_waits_for_a_step():
+    # Each step's "model" keeps the GPU busy for ~1 ms. A loop that waited for every step would find
+    # the stream idle at each call; the device search finds earlier steps' work still queued.
+    logits = torch.randn(8, 300, device="cuda")
+    queued = []
+
+    def step_fn(tokens, beam_idx):
+        queued.append(not torch.cuda.current_stream().query())
+        torch.cuda._sleep(2_000_000)
+        return logits + tokens.float().mean()  # after the sleep, and reads the fed tokens
+
+    out = fs.BeamSearch(None, num_beams=4, max_length=12).search(step_fn, batch_size=2)
+    assert len(queued) == 12 and all(len(s) == 12 for s in sum(out.sequences, []))
+    assert sum(queued[1:]) >= 9, queued
 
 
 @pytest.mark.parametrize("normalize", ["full", "allowed"])
@@ -144,7 +228,7 @@ def test_cuda_search__per_item_tries_and_prefix(normalize, device):
     with cpu_route():
         want = make().search(PrefixModel(vocab, 9), batch_size=2)
     cpu_model = PrefixModel(vocab, 9)
-    got = make().search(lambda t, b: cpu_model(t, b).to(device), batch_size=2)
+    got = make().search(lambda t, b: cpu_model(t.cpu(), b.cpu()).to(device), batch_size=2)
     assert got.sequences == want.sequences
     np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
 

@@ -85,33 +85,6 @@ bool BeamSearchState::step(const void* logits, int64_t vocab, int64_t row_stride
   return advance();
 }
 
-bool BeamSearchState::step_candidates(const float* score, const float* logprob, const int32_t* token,
-                                      const int32_t* parent, const int32_t* node, const int32_t* count) {
-  check_open();
-  const size_t n = cand_score_.size();
-  std::copy_n(score, n, cand_score_.begin());
-  std::copy_n(logprob, n, cand_logprob_.begin());
-  std::copy_n(token, n, cand_token_.begin());
-  std::copy_n(parent, n, cand_parent_.begin());
-  std::copy_n(node, n, cand_node_.begin());
-  std::copy_n(count, cand_count_.size(), cand_count_.begin());
-  const int32_t C = 2 * config_.num_beams;
-  for (int32_t b = 0; b < config_.batch_size; ++b) {
-    if (cand_count_[b] < 0 || cand_count_[b] > C) fail("candidate count ", cand_count_[b], " out of range");
-    for (int32_t i = 0; i < cand_count_[b]; ++i) {
-      const int64_t c = int64_t{b} * C + i;
-      const int32_t r = cand_parent_[c];
-      if (r < b * config_.num_beams || r >= (b + 1) * config_.num_beams)
-        fail("candidate parent row ", r, " is not a beam of batch item ", b);
-      if (tries_.empty()) continue;
-      const int32_t v = cand_node_[c], nodes = tries_[tries_.size() == 1 ? 0 : b].num_nodes;
-      if (!(v > 0 && v < nodes) && !(v == kSpentNode && cand_token_[c] == config_.eos_id))
-        fail("candidate trie node ", v, " is out of range");
-    }
-  }
-  return advance();
-}
-
 void BeamSearchState::check_open() const {
   if (length_ >= config_.max_length) fail("the search is already complete");
 }

@@ -49,25 +49,18 @@ class BeamSearchState {
   bool step(const void* logits, int64_t vocab, int64_t row_stride, LogitsDtype dtype,
             const int64_t* delta_offsets, const int32_t* deltas);
 
-  // The same step from candidates computed elsewhere (the CUDA step), [batch_size, 2 * num_beams]
-  // each as BeamStepParams' outputs, for the state's current beams (scores(), nodes(), and
-  // finishing blocked while length() + 1 < min_length).
-  bool step_candidates(const float* score, const float* logprob, const int32_t* token, const int32_t* parent,
-                       const int32_t* node, const int32_t* count);
-
   const BeamConfig& config() const { return config_; }
   int32_t num_rows() const { return config_.batch_size * config_.num_beams; }
   int32_t length() const { return length_; }                    // tokens generated so far
   const std::vector<int32_t>& next_tokens() const { return next_tokens_; }
   const std::vector<int32_t>& beam_idx() const { return beam_idx_; }
   const std::vector<int32_t>& nodes() const { return nodes_; }  // -1 dead / done, kSpentNode ended
-  const std::vector<float>& scores() const { return scores_; }  // running scores, -inf dead
   const std::vector<int32_t>& sequences() const { return seq_; }  // [rows, max_length], first length() valid
   const std::vector<std::vector<Hypothesis>>& results() const { return hypotheses_; }
 
  private:
   void check_open() const;
-  bool advance();  // the bookkeeping on the candidate buffers, shared by both steps
+  bool advance();  // the bookkeeping on the candidate buffers
   bool finishes(int64_t c) const;
   void advance_item(int32_t b);
   void add_hypothesis(int32_t b, int64_t c, bool finished);

@@ -21,9 +21,6 @@ py::array_t<T> copy_of(const T* data, std::vector<py::ssize_t> shape) {
   return out;
 }
 
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-
 EarlyStopping early_stopping_of(int32_t code) {
   if (code < 0 || code > 2) fail("early_stopping code must be 0 (False), 1 (True) or 2 (\"never\")");
   return static_cast<EarlyStopping>(code);
@@ -115,28 +112,6 @@ void bind_beam(py::module_& m) {
           py::arg("delta_offsets_ptr"), py::arg("deltas_ptr"),
           "One step from logits [rows, vocab] (dtype 0/1/2 = float32/float16/bfloat16); lookahead pointers or 0. "
           "Returns False once every batch item is done.")
-      .def(
-          "step_candidates",
-          [](BeamSearchState& s, const FloatArray& score, const FloatArray& logprob, const IntArray& token,
-             const IntArray& parent, const IntArray& node, const IntArray& count) {
-            // batch_size * 2 * num_beams = 2 * rows candidates, one count per batch item
-            const py::ssize_t n = 2 * py::ssize_t{s.num_rows()}, items = static_cast<py::ssize_t>(s.results().size());
-            for (const py::ssize_t size : {score.size(), logprob.size(), token.size(), parent.size(), node.size()})
-              if (size != n) fail("candidate arrays must hold batch_size * 2 * num_beams entries");
-            if (count.size() != items) fail("count must hold one entry per batch item");
-            py::gil_scoped_release release;
-            return s.step_candidates(score.data(), logprob.data(), token.data(), parent.data(), node.data(),
-                                     count.data());
-          },
-          py::arg("score"), py::arg("logprob"), py::arg("token"), py::arg("parent"), py::arg("node"), py::arg("count"),
-          "One step from precomputed candidates (the CUDA step's output for the current beams), as step().")
-      .def_property_readonly("beams",
-                             [](const BeamSearchState& s) {
-                               // (scores, nodes) of the running rows as a step reads them: -inf dead;
-                               // node -2 for an ended hypothesis, -1 dead.
-                               return py::make_tuple(copy_of(s.scores().data(), {s.num_rows()}),
-                                                     copy_of(s.nodes().data(), {s.num_rows()}));
-                             })
       .def_property_readonly("eos_id", [](const BeamSearchState& s) { return s.config().eos_id; })
       .def_property_readonly("normalize_allowed", [](const BeamSearchState& s) { return s.config().normalize_allowed; })
       .def_property_readonly("length", &BeamSearchState::length)
