@@ -36,6 +36,15 @@ def bart():
     return transformers.BartForConditionalGeneration(config).eval()
 
 
+@pytest.fixture(params=["cpu", "device"])
+def search_route(request):
+    """Where pyfastseq's search runs: the CPU step, or the device search (on the CUDA emulator, which
+    takes the model's CPU logits for GPU ones)."""
+    if request.param == "device":
+        request.getfixturevalue("on_cuda_emulator")
+    return request.param
+
+
 def make_trie(kind: str, seed: int) -> fs.Trie:
     rng = random.Random(seed)
     if kind == "unequal":  # 3-8 tokens + eos, entries may be prefixes of others
@@ -94,7 +103,7 @@ CASES = [(k, lp, kind, 1 if k == 1 else 1 + 2 * ((int(lp) + (kind == "equal")) %
 
 
 @pytest.mark.parametrize("k,lp,kind,nrs,early_stopping", CASES)
-def test_generate__gpt2_trie__matches_transformers(gpt2, k, lp, kind, nrs, early_stopping):
+def test_generate__gpt2_trie__matches_transformers(gpt2, k, lp, kind, nrs, early_stopping, search_route):
     trie = make_trie(kind, seed=k + int(lp))
     prompt = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(k))
     max_new = 4 if kind == "equal" else 7
@@ -113,7 +122,7 @@ def test_generate__gpt2_trie__matches_transformers(gpt2, k, lp, kind, nrs, early
 
 @pytest.mark.parametrize("k,lp,early_stopping", [(1, 1.0, True), (4, 0.0, True), (4, 1.0, False), (4, 2.0, "never"),
                                                   (8, 2.0, True), (8, 1.0, "never")])
-def test_generate__gpt2_unconstrained__matches_transformers(gpt2, k, lp, early_stopping):
+def test_generate__gpt2_unconstrained__matches_transformers(gpt2, k, lp, early_stopping, search_route):
     prompt = torch.randint(3, VOCAB, (3, 4), generator=torch.Generator().manual_seed(3))
     nrs = min(k, 2)
     ours = fs.BeamSearch(EOS, num_beams=k, max_length=10, length_penalty=lp, early_stopping=early_stopping,
@@ -144,7 +153,7 @@ def test_generate__gpt2_left_padded_prompts_and_per_item_tries(gpt2):
 @pytest.mark.parametrize("k,lp,kind,nrs,early_stopping", [
     (1, 1.0, "unequal", 1, True), (4, 0.0, "unequal", 2, True), (4, 2.0, "equal", 1, False),
     (8, 1.0, "unequal", 3, "never"), (8, 1.0, "equal", 2, True), (8, 2.0, "unequal", 1, False)])
-def test_generate__bart_trie__matches_transformers(bart, k, lp, kind, nrs, early_stopping):
+def test_generate__bart_trie__matches_transformers(bart, k, lp, kind, nrs, early_stopping, search_route):
     trie = make_trie(kind, seed=30 + k)
     source = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(k))
     max_new = 4 if kind == "equal" else 7
