@@ -5,7 +5,8 @@ candidates; ``beam_select``: transformers' bookkeeping) on the current stream, a
 ``next_tokens`` / ``beam_idx`` where the second kernel wrote them. The host never waits for a step:
 it reads each step's error word and done flags asynchronously into pinned memory and looks at them
 one step later, so the loop runs at most one model call past the end of the search. The only
-synchronisation is the final copy of the hypotheses.
+synchronisation is the final copy of the hypotheses, except with a lookahead: its deltas are
+computed on the host from each step's trie nodes and tokens, copied there first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from . import _backend
+from ._validate import pad_id_of
 
 MAX_BEAMS = 1024  # the CUDA step sorts a row's 2 * num_beams candidates in shared memory
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -26,6 +28,9 @@ _STEP_ERRORS = {
     3: "row {row} is a live beam at trie node {detail}, which has no children: the trie does not cover this decoding "
        "state (check the prefix / decoder start, and that the trie was built for this search)",
     4: "the trie holds token id {detail} but logits has only {vocab} columns (vocabulary)",
+    5: "lookahead.deltas gave {detail} deltas for row {row}, which must be none (the row unchanged) or one per child "
+       "of its node",
+    6: "lookahead.deltas gave a negative delta ({detail}) for row {row}",
 }
 
 
@@ -64,7 +69,6 @@ class CudaStep:
         cands = self.batch * self.width
         # error word (2 int32), score, logprob, token, parent, node ([batch * width] each), count [batch]
         self.out = torch.empty(2 + 5 * cands + self.batch, dtype=torch.int32, device=device)
-        self.beams = torch.empty(2 * self.rows, dtype=torch.int32, device=device)  # score bits, then nodes
         self.clear_error()
 
     def clear_error(self) -> None:
@@ -78,17 +82,30 @@ class CudaStep:
     def error_ptr(self) -> int:
         return self.out.data_ptr()
 
-    def launch(self, logits: torch.Tensor, scores: np.ndarray, nodes: np.ndarray | None, blocked: bool) -> None:
+    def upload_deltas(self, row_offsets, deltas) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lookahead ``(row_offsets, deltas)`` host arrays as device tensors for :meth:`launch_at`
+        (checked as the CPU step checks them: the kernel trusts the offsets)."""
+        offsets = np.ascontiguousarray(row_offsets, dtype=np.int64)
+        values = np.ascontiguousarray(deltas, dtype=np.int32)
+        if (offsets.shape != (self.rows + 1,) or offsets[0] != 0 or offsets[-1] != len(values)
+                or (np.diff(offsets) < 0).any()):
+            raise ValueError("delta_offsets must hold rows + 1 offsets from 0 to len(deltas)")
+        return torch.from_numpy(offsets).to(self.device), torch.from_numpy(values).to(self.device)
+
+    def launch(self, logits: torch.Tensor, scores: np.ndarray, nodes: np.ndarray | None, blocked: bool,
+               deltas: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """One step for host scores and nodes (uploaded first); the error word is cleared."""
         host = np.concatenate([np.ascontiguousarray(scores, dtype=np.float32).view(np.int32),
                                np.zeros(self.rows, np.int32) if nodes is None else np.asarray(nodes, np.int32)])
-        self.beams.copy_(torch.from_numpy(host))
+        self.beams = torch.from_numpy(host).to(self.device)  # score bits, then nodes; alive until read()
         self.clear_error()
         self.launch_at(logits, self.beams.data_ptr(), None if nodes is None else self.beams.data_ptr() + 4 * self.rows,
-                       blocked)
+                       blocked, deltas)
 
-    def launch_at(self, logits: torch.Tensor, scores_ptr: int, nodes_ptr: int | None, blocked: bool) -> None:
-        """One step for device scores and nodes; errors accumulate in the error word."""
+    def launch_at(self, logits: torch.Tensor, scores_ptr: int, nodes_ptr: int | None, blocked: bool,
+                  deltas: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """One step for device scores and nodes, reshaped by device lookahead ``deltas`` (from
+        :meth:`upload_deltas`) if given; errors accumulate in the error word."""
         constrained = nodes_ptr is not None
         args = (
             logits.data_ptr(), logits.shape[1], logits.stride(0), DTYPE_CODES[logits.dtype], self.batch, self.k,
@@ -96,7 +113,7 @@ class CudaStep:
             self.views.data_ptr() if constrained else 0, len(self.views) if constrained else 0,
             self.normalize_allowed, self.eos_id, self.eos_id if blocked else -1, blocked and constrained,
             *(self.output_ptr(i) for i in range(6)), self.error_ptr, self.workspace.data_ptr(),
-            _backend.stream_of(logits),
+            _backend.stream_of(logits), *((0, 0) if deltas is None else (deltas[0].data_ptr(), deltas[1].data_ptr())),
         )
         with torch.cuda.device(logits.device):  # launch on the logits' GPU whatever the current device
             code = self.ext.beam_step(*args)
@@ -135,7 +152,7 @@ class DeviceSearch:
     def __init__(self, searcher, device, batch_size, tries, start_nodes, normalize_allowed, eos_id):
         self.searcher, self.batch, self.k = searcher, batch_size, searcher.num_beams
         self.width, self.eos_id = searcher.max_length, eos_id
-        self.pad_id = 0 if eos_id < 0 else eos_id
+        self.pad_id = pad_id_of(eos_id)
         self.tries = tries
         self.step = CudaStep(device, batch_size, self.k, tries, normalize_allowed, eos_id)
         self.ext = self.step.ext
@@ -178,10 +195,12 @@ class DeviceSearch:
         tokens, beam_idx = self.view("next_tokens", rows, 1), self.view("beam_idx", rows)
         views, cands = self.step.views, [self.step.output_ptr(i) for i in range(6)]
         length, parity = 0, 0
+        deltas = self._lookahead_deltas(parity, length) if s._uses_lookahead() else None
         while True:
             blocked = length + 1 < s.min_length
             self.step.launch_at(logits, self.state.data_ptr() + self.layout[f"scores{parity}"],
-                                None if views is None else self.state.data_ptr() + self.layout[f"nodes{parity}"], blocked)
+                                None if views is None else self.state.data_ptr() + self.layout[f"nodes{parity}"], blocked,
+                                deltas)
             with torch.cuda.device(logits.device):
                 code = self.ext.beam_select(
                     self.batch, self.k, self.width, length, s.early_stopping_code, s.length_penalty, self.eos_id, self.pad_id,
@@ -191,7 +210,14 @@ class DeviceSearch:
                 raise RuntimeError(f"the CUDA beam bookkeeping failed to launch (cudaError_t {code})")
             length, parity = length + 1, 1 - parity
             self.status.record(logits)
-            if length == self.width or self.status.finished(self.step, logits.shape[1]):
+            if length == self.width:
+                break
+            if s._uses_lookahead():
+                # The next deltas need this step's nodes on the host: wait for it, and stop if it ended the search.
+                if self.status.wait(self.step, logits.shape[1]):
+                    break
+                deltas = self._lookahead_deltas(parity, length)
+            elif self.status.finished(self.step, logits.shape[1]):
                 break
             # Copies: the next step overwrites these buffers while step_fn may still hold its inputs.
             logits = checked(step_fn(tokens.clone(), beam_idx.clone()))
@@ -200,6 +226,16 @@ class DeviceSearch:
                                  "first step: a search runs on one device")
         self.status.wait(self.step, logits.shape[1])
         return self._results()
+
+    def _lookahead_deltas(self, parity: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The searcher's lookahead deltas for the beams of half ``parity``, computed on the host
+        from their trie nodes and ``length`` tokens, on the device."""
+        rows = self.batch * self.k
+        nodes = self.view(f"nodes{parity}", rows).cpu().numpy()
+        generated = self.view(f"seq{parity}", rows, self.width)[:, :length].cpu().numpy()
+        row_offsets, deltas = self.searcher._lookahead_deltas(np.maximum(nodes, -1), np.ascontiguousarray(generated),
+                                                               self.tries, self.batch)
+        return self.step.upload_deltas(row_offsets, deltas)
 
     def _results(self):
         n, k, w = self.searcher.num_return_sequences, self.k, self.width
@@ -252,12 +288,12 @@ class _Status:
             return False
         return self._read(self.slots[previous], step, vocab)
 
-    def wait(self, step: CudaStep, vocab: int) -> None:
-        """Synchronise with the last step and raise its error, if any."""
+    def wait(self, step: CudaStep, vocab: int) -> bool:
+        """Synchronise with the last step and raise its error, if any; whether the search is over."""
         slot = self.slots[(self.step - 1) % 2]
         if self.events[(self.step - 1) % 2] is not None:
             self.events[(self.step - 1) % 2].synchronize()
-        self._read(slot, step, vocab)
+        return self._read(slot, step, vocab)
 
     @staticmethod
     def _read(slot: torch.Tensor, step: CudaStep, vocab: int) -> bool:

@@ -88,3 +88,9 @@ def as_eos_id(eos_id: Any) -> int:
     if not 0 <= eos_id <= INT32_MAX:
         raise ValueError(f"eos_id must be in [0, 2**31 - 1], got {eos_id}")
     return int(eos_id)
+
+
+def pad_id_of(eos_id: int) -> int:
+    """The token fed to rows with nothing left to decode (dead beams, ended rows, finished items):
+    eos, else 0, for an eos id from :func:`as_eos_id`."""
+    return max(eos_id, 0)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._backend import _C
-from ._validate import as_eos_id
+from ._validate import as_eos_id, pad_id_of
 from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _positive_int
 from .trie import Trie
 
@@ -133,7 +133,7 @@ class Sampler:
             )
         rows = batch_size * num_samples
         seed = int(torch.randint(0, 2**63 - 1, ())) if self.seed is None else self.seed
-        pad = max(self.eos_id, 0)
+        pad = pad_id_of(self.eos_id)
         temperature = np.full(rows, self.temperature, dtype=np.float32)
         natives = [t._native for t in self.tries]
         child_begin = [t._native.arrays()[0].astype(np.int64) for t in self.tries]

@@ -20,7 +20,7 @@ from . import _backend
 from ._backend import _C
 from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
 from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
-from ._validate import as_eos_id, as_token_array
+from ._validate import as_eos_id, as_token_array, pad_id_of
 from .lookahead import LCSLookahead
 from .trie import Trie
 
@@ -90,9 +90,10 @@ class _BeamSearchBase:
         When the first call returns CUDA logits, the whole search runs on that GPU: ``tokens`` and
         ``beam_idx`` of later calls are on it too, and no step waits for the host (the search may
         call ``step_fn`` once more after the last step that matters; that call's logits are
-        ignored). Otherwise, and with a lookahead (its deltas are computed on the CPU), more than
-        1,024 beams or a build without the CUDA module, every step runs on the CPU with CPU
-        ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
+        ignored). A lookahead's deltas are computed on the CPU from each step's trie nodes and
+        tokens, so with one every step waits for the GPU to copy those (not the logits) to the
+        host. With more than 1,024 beams or a build without the CUDA module, every step runs on the
+        CPU with CPU ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
         """
         batch_size = _positive_int(batch_size, "batch_size")
         tries, start_nodes, eos_id, normalize_allowed = self._start(batch_size)
@@ -107,12 +108,12 @@ class _BeamSearchBase:
             return self._output(search.run(step_fn, logits, checked))
         state = _C.BeamSearchState(
             batch_size, self.num_beams, self.max_length, self.min_length, self.num_return_sequences,
-            self.length_penalty, self.early_stopping_code, eos_id, 0 if eos_id < 0 else eos_id,
+            self.length_penalty, self.early_stopping_code, eos_id, pad_id_of(eos_id),
             normalize_allowed, self.output_token_scores, [t._native for t in tries], start_nodes,
         )
         while True:
             logits = _host(logits)
-            delta_offsets, deltas = self._lookahead_deltas(state, tries, batch_size)
+            delta_offsets, deltas = self._lookahead_deltas(state.nodes, state.generated, tries, batch_size)
             more = state.step(
                 logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype],
                 0 if delta_offsets is None else delta_offsets.ctypes.data,
@@ -147,18 +148,18 @@ class _BeamSearchBase:
         """(tries, start node per batch item, eos id, normalize_allowed) of a search."""
         raise NotImplementedError
 
-    def _lookahead_deltas(self, state, tries, batch_size):
+    def _lookahead_deltas(self, nodes, generated, tries, batch_size):
+        """(row_offsets, deltas) of a step from the rows' int32 nodes (-1: nothing to continue) and
+        generated tokens, host arrays; (None, None) without a lookahead."""
         return None, None
 
     def _uses_lookahead(self) -> bool:
-        # Lookahead deltas are computed on the CPU per step: such searches copy the logits there.
         return False
 
     def _on_device(self, logits: torch.Tensor) -> bool:
         """Whether this step runs on the logits' GPU (else they are copied to the CPU, as a build
         without the CUDA module has to)."""
-        return (_backend.on_gpu(logits) and self.num_beams <= MAX_BEAMS and not self._uses_lookahead()
-                and has_cuda_module())
+        return _backend.on_gpu(logits) and self.num_beams <= MAX_BEAMS and has_cuda_module()
 
     @staticmethod
     def _checked_logits(logits: Any, rows: int, tries: Sequence[Trie]) -> torch.Tensor:
@@ -266,7 +267,7 @@ class TrieBeamSearch(_BeamSearchBase):
     def _uses_lookahead(self) -> bool:
         return self.lookahead is not None
 
-    def _lookahead_deltas(self, state, tries, batch_size):
+    def _lookahead_deltas(self, nodes, generated, tries, batch_size):
         if self.lookahead is None:
             return None, None
         k = self.num_beams
@@ -275,12 +276,11 @@ class TrieBeamSearch(_BeamSearchBase):
             # does not touch with empty slices; its output needs no checking.
             def call(trie, nodes, generated, batch_index):
                 return self.lookahead._step_deltas(trie, nodes, generated, batch_index)
-            nodes, generated = state.nodes, state.generated
             batch_index = np.arange(batch_size * k, dtype=np.int64) // k
         else:
             def call(trie, nodes, generated, batch_index):
                 return _checked_deltas(self.lookahead.deltas(trie, nodes, generated, batch_index), len(nodes))
-            nodes, generated = torch.from_numpy(state.nodes), torch.from_numpy(state.generated)
+            nodes, generated = torch.from_numpy(nodes), torch.from_numpy(generated)
             batch_index = torch.arange(batch_size * k) // k
         if len(tries) == 1:
             return call(tries[0], nodes, generated, batch_index)
@@ -344,21 +344,26 @@ def _as_numpy(values: Any) -> np.ndarray:
 
 
 def _beam_step(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: int, trie: Trie | None = None,
-               nodes: torch.Tensor | None = None, normalize: str = "full") -> dict[str, torch.Tensor]:
+               nodes: torch.Tensor | None = None, normalize: str = "full",
+               deltas: tuple[Any, Any] | None = None) -> dict[str, torch.Tensor]:
     """The fused step alone (no hypothesis bookkeeping): per batch item the best ``2 * num_beams``
-    continuations of ``[batch * num_beams, V]`` logits, best first. Used by benchmarks and tests."""
+    continuations of ``[batch * num_beams, V]`` logits, best first, with lookahead ``deltas``
+    (``(row_offsets, deltas)``) if given. Used by benchmarks and tests."""
     rows = beam_scores.shape[0]
     logits = _host(_BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie]))
+    offsets, values = (None, None) if deltas is None else (np.asarray(d) for d in deltas)
     arrays = _C.beam_step(
         logits.data_ptr(), logits.shape[1], logits.stride(0), _DTYPE_CODES[logits.dtype], rows // num_beams, num_beams,
         beam_scores.float().numpy(), None if nodes is None else nodes.int().numpy(),
         [] if trie is None else [trie._native], normalize == "allowed", as_eos_id(None if trie is None else trie.eos_id),
+        offsets, values,
     )
     return {name: torch.from_numpy(a) for name, a in zip(_CANDIDATE_NAMES, arrays)}
 
 
 def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: int, trie: Trie | None = None,
-                    nodes: torch.Tensor | None = None, normalize: str = "full") -> dict[str, torch.Tensor]:
+                    nodes: torch.Tensor | None = None, normalize: str = "full",
+                    deltas: tuple[Any, Any] | None = None) -> dict[str, torch.Tensor]:
     """:func:`_beam_step` on CUDA logits with the CUDA kernel; the candidates come back as CPU tensors."""
     rows = beam_scores.shape[0]
     logits = _BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie])
@@ -366,7 +371,8 @@ def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: 
     step = CudaStep(logits.device, rows // num_beams, num_beams, tries, normalize == "allowed",
                     as_eos_id(None if trie is None else trie.eos_id))
     step.launch(logits, beam_scores.detach().float().cpu().numpy(),
-                None if nodes is None else nodes.detach().int().cpu().numpy(), blocked=False)
+                None if nodes is None else nodes.detach().int().cpu().numpy(), blocked=False,
+                deltas=None if deltas is None else step.upload_deltas(*deltas))
     return {name: torch.from_numpy(np.array(a)) for name, a in zip(_CANDIDATE_NAMES, step.read(logits.shape[1]))}
 
 

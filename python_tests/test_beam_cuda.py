@@ -8,6 +8,7 @@ ones. test_beam_dispatch.py checks the search loop's CUDA route itself.
 from __future__ import annotations
 
 import random
+import re
 from unittest import mock
 
 import numpy as np
@@ -231,6 +232,120 @@ def test_cuda_search__per_item_tries_and_prefix(normalize, device):
     got = make().search(lambda t, b: cpu_model(t.cpu(), b.cpu()).to(device), batch_size=2)
     assert got.sequences == want.sequences
     np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
+
+
+# -- lookahead deltas ---------------------------------------------------------------------------
+
+
+def random_deltas(rng: random.Random, trie: fs.Trie, nodes: torch.Tensor, scores: torch.Tensor):
+    """A step's lookahead (row_offsets, deltas): each row at a node gets no slice, all zeros, or
+    deltas in 0..3 (row 0 always the last); ended rows none. Dead rows get slices too (both steps
+    skip them)."""
+    offsets, values = [0], []
+    for r, node in enumerate(nodes.tolist()):
+        kind = (2 if r == 0 else rng.randrange(3)) if node >= 0 else 0
+        n = len(trie.children(node)[0]) if node >= 0 else 0
+        values += [0] * n if kind == 1 else [rng.randrange(4) for _ in range(n)] if kind == 2 else []
+        offsets.append(len(values))
+    return np.array(offsets, dtype=np.int64), np.array(values, dtype=np.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+@pytest.mark.parametrize("beams", [1, 4, 16])
+def test_cuda_step__lookahead_deltas__matches_cpu_step(beams, normalize, dtype, device):
+    batch, vocab = 3, 3001
+    trie = random_trie(random.Random(beams), 14, 60 * beams, 4)  # up to 13 children per node
+    logits, scores, nodes = step_inputs(batch, beams, vocab, dtype, trie, seed=beams)
+    nodes[0] = 0  # the root: a row with many children, reshaped
+    deltas = random_deltas(random.Random(beams), trie, nodes, scores)
+    want = search._beam_step(logits, scores, beams, trie, nodes, normalize, deltas)
+    plain = search._beam_step(logits, scores, beams, trie, nodes, normalize)
+    assert not torch.equal(want["score"][0, :want["count"][0]], plain["score"][0, :plain["count"][0]])
+    got = search._beam_step_cuda(logits.to(device), scores, beams, trie, nodes, normalize, deltas)
+    assert_same_candidates(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("row1_node,offsets,deltas", [
+    ("[2]", [0, 2, 3], [0, 1, 0]),         # one delta for two children
+    ("ended", [0, 2, 3], [0, 1, 0]),       # a delta for an ended row
+    ("[2]", [0, 2, 4], [0, 1, -1, -3]),    # negative deltas: the first one is named
+])
+def test_cuda_step__bad_lookahead_deltas__same_error_as_cpu(row1_node, offsets, deltas, device):
+    trie = fs.Trie([[2, 3], [2, 4], [5, 6]])
+    nodes = torch.tensor([0, -2 if row1_node == "ended" else trie.walk([2])], dtype=torch.int32)
+    args = (torch.zeros(2), 2, trie, nodes, "full", (np.array(offsets), np.array(deltas)))
+    with pytest.raises(ValueError, match="lookahead.deltas gave") as on_cpu:
+        search._beam_step(torch.zeros(2, 8), *args)
+    with pytest.raises(ValueError, match=re.escape(str(on_cpu.value))):
+        search._beam_step_cuda(torch.zeros(2, 8, device=device), *args)
+
+
+def kb_trie(rng: random.Random, vocab: int, sep: int) -> fs.Trie:
+    """(subject [SEP] predicate eos) entries: the shape LCSLookahead's seed decodes."""
+    entries = {tuple(rng.randrange(3, 9) for _ in range(rng.randint(1, 2))) + (sep,)
+               + tuple(rng.randrange(9, vocab) for _ in range(rng.randint(1, 4))) + (EOS,) for _ in range(150)}
+    return fs.Trie([list(e) for e in sorted(entries)], eos_id=EOS)
+
+
+def assert_same_search(got, want):
+    assert got.sequences == want.sequences
+    assert got.finished == want.finished
+    np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+@pytest.mark.parametrize("seed", range(4))
+def test_device_search__lcs_lookahead__same_as_cpu_search(seed, normalize, device):
+    rng = random.Random(seed)
+    vocab, sep = 24, 2
+    trie = kb_trie(rng, vocab, sep)
+    queries = [[rng.randrange(3, vocab) for _ in range(6)] for _ in range(3)]
+    searcher = fs.TrieBeamSearch(trie, num_beams=6, max_length=trie.depth, num_return_sequences=3, normalize=normalize,
+                                 lookahead=fs.LCSLookahead(queries, start_after=sep, max_nodes=40 * seed or None))
+    with cpu_route():
+        want = searcher.search(PrefixModel(vocab, seed), batch_size=3)
+    model = PrefixModel(vocab, seed)
+    got = searcher.search(lambda t, b: model(t.cpu(), b.cpu()).to(device), batch_size=3)
+    assert_same_search(got, want)
+
+
+class TokenHistoryLookahead:
+    """A lookahead of a user's own that reads everything it is given: child c of a row that has
+    generated g gets (c + len(g) + sum(g)) % 3, on even batch items only."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def deltas(self, trie, nodes, generated, batch_index):
+        self.calls += 1
+        offsets, values = [0], []
+        for node, tokens, item in zip(nodes.tolist(), generated.tolist(), batch_index.tolist()):
+            if node >= 0 and item % 2 == 0:
+                values += [(c + len(tokens) + sum(tokens)) % 3 for c in trie.children(node)[0].tolist()]
+            offsets.append(len(values))
+        return torch.tensor(offsets), torch.tensor(values, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("per_item_tries", [False, True])
+def test_device_search__python_lookahead__same_as_cpu_search(per_item_tries, device):
+    vocab = 16
+    tries = [random_trie(random.Random(seed), vocab, 120, 5) for seed in (3, 4)]
+
+    def run(lookahead, on_device):
+        searcher = fs.TrieBeamSearch(tries if per_item_tries else tries[0], num_beams=4, max_length=6,
+                                     num_return_sequences=2, early_stopping=False, lookahead=lookahead)
+        model = PrefixModel(vocab, 5)
+        if not on_device:
+            with cpu_route():
+                return searcher.search(model, batch_size=2)
+        return searcher.search(lambda t, b: model(t.cpu(), b.cpu()).to(device), batch_size=2)
+
+    on_cpu, on_device = TokenHistoryLookahead(), TokenHistoryLookahead()
+    want, got = run(on_cpu, False), run(on_device, True)
+    assert_same_search(got, want)
+    assert on_device.calls == on_cpu.calls  # once per step (per item with per-item tries), none past the end
+    assert got.sequences != run(None, True).sequences  # the deltas changed the outcome
 
 
 def test_cuda_step__nan_and_leaf_rows_raise(device):

@@ -82,13 +82,20 @@ inline BeamStepParams beam_step_params(const void* logits, int64_t vocab, int64_
 void run_beam_step_cpu(const BeamStepParams& params);
 
 // The CUDA step (beam_step.cu). Every pointer in params is device memory, p.tries included (an array
-// of num_tries views); lookahead deltas are not taken (delta_offsets must be null). Row errors are
-// not thrown but recorded on the device, so the launch needs no synchronisation: *error (set to
-// kNoBeamStepError before the launch, e.g. by memset 0xff) ends as the smallest row * 256 + code
-// of a failing row, with the code's detail (node or token) in the workspace's int32 [rows] array at
-// byte offset beam_step_error_detail_offset.
+// of num_tries views), lookahead deltas included. Row errors are not thrown but recorded on the
+// device, so the launch needs no synchronisation: *error (set to kNoBeamStepError before the
+// launch, e.g. by memset 0xff) ends as the smallest row * 256 + code of a failing row, with the
+// code's detail (node, token or delta) in the workspace's int32 [rows] array at byte offset
+// beam_step_error_detail_offset.
 constexpr unsigned long long kNoBeamStepError = ~0ull;
-enum class BeamStepError : int32_t { kNaN = 1, kBadNode = 2, kNoChildren = 3, kTokenOutOfVocab = 4 };
+enum class BeamStepError : int32_t {
+  kNaN = 1,
+  kBadNode = 2,
+  kNoChildren = 3,
+  kTokenOutOfVocab = 4,
+  kDeltaCount = 5,     // detail: the slice's length
+  kNegativeDelta = 6,  // detail: the first negative delta
+};
 
 size_t beam_step_cuda_workspace_bytes(int64_t rows, int32_t num_candidates);
 size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates);

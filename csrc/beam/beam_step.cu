@@ -3,7 +3,7 @@
 // 1. One block per row: the log-softmax normaliser in one online (max, sum-exp) pass over the row
 //    (skipped under normalize_allowed, which reads only the children), then the row's best
 //    num_candidates tokens: the whole vocabulary (unconstrained) or the trie node's children,
-//    gathered through the CSR arrays. Selection is a radix select on order-preserving float keys
+//    gathered through the CSR arrays, reshaped by the row's lookahead deltas if it has any. Selection is a radix select on order-preserving float keys
 //    (four 8-bit digit histograms) followed by a bitonic sort of the at most 2048 winners, so any
 //    beam width up to 1024 takes the same path. Dense rows (beam widths up to 128) first narrow the
 //    vocabulary with a bound from the normaliser pass, so they read the row twice, not six times.
@@ -409,8 +409,14 @@ struct ChildRow {
   float lse;
   int32_t blocked;
   bool block_leaves;
+  // Lookahead (null: none): p^(1/(delta+1)) renormalised, as (logprob / (delta + 1)) + shift.
+  const int32_t* deltas;
+  float shift;
   __device__ int32_t token(int32_t i) const { return trie.child_token[lo + i]; }
-  __device__ float value(int32_t i) const { return to_float(logits[token(i)]) - lse; }
+  __device__ float value(int32_t i) const {
+    const float logprob = to_float(logits[token(i)]) - lse;
+    return deltas ? logprob / static_cast<float>(deltas[i] + 1) + shift : logprob;
+  }
   __device__ uint32_t key(int32_t i) const {
     if (token(i) == blocked) return 0u;
     if (block_leaves && trie.num_children(static_cast<int32_t>(lo + i) + 1) == 0) return 0u;
@@ -419,17 +425,54 @@ struct ChildRow {
   __device__ int64_t secondary(int32_t i) const { return i; }
 };
 
-// The children's own log-sum-exp (normalize_allowed), summed in double as on the CPU.
-template <class Bits>
-__device__ float children_logsumexp(const Bits* logits, const TrieView& trie, uint32_t lo, int32_t n, TopShared& sh) {
+// log(sum(exp(value(i)))) over a node's n children, summed in double as on the CPU.
+template <class Children>
+__device__ float children_logsumexp(const Children& children, int32_t n, TopShared& sh) {
   float m = -INFINITY;
-  for (int32_t i = threadIdx.x; i < n; i += kThreads) m = fmaxf(m, to_float(logits[trie.child_token[lo + i]]));
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) m = fmaxf(m, children.value(i));
   const float M = block_max(m, sh);
   if (!isfinite(M)) return M;
   double sum = 0.0;
-  for (int32_t i = threadIdx.x; i < n; i += kThreads)
-    sum += exp(static_cast<double>(to_float(logits[trie.child_token[lo + i]]) - M));
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) sum += exp(static_cast<double>(children.value(i) - M));
   return M + static_cast<float>(log(block_sum(sum, &sh.ds)));
+}
+
+// Row r's lookahead deltas when they reshape it (a slice of one delta per child with some delta > 0
+// and more than one child), else null. A slice of another length, or a negative delta, records the
+// error and sets *failed. Every thread of the block must call it.
+__device__ const int32_t* row_deltas(const BeamStepParams& p, int64_t r, int32_t n, Pool pool,
+                                     unsigned long long* error, TopShared& sh, bool* failed) {
+  *failed = false;
+  if (!p.delta_offsets) return nullptr;
+  const int64_t begin = p.delta_offsets[r], count = p.delta_offsets[r + 1] - begin;
+  if (count == 0) return nullptr;
+  if (count != n) {
+    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kDeltaCount, static_cast<int32_t>(count));
+    *failed = true;
+    return nullptr;
+  }
+  if (threadIdx.x == 0) {
+    sh.flag = 0;
+    sh.bad_token = INT32_MAX;  // here: the first child with a negative delta
+  }
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) {
+    const int32_t d = p.deltas[begin + i];
+    if (d < 0) atomicMin(&sh.bad_token, i);
+    if (d > 0) sh.flag = 1;
+  }
+  __syncthreads();
+  const bool any_positive = sh.flag != 0;
+  const int32_t first_negative = sh.bad_token;
+  __syncthreads();
+  if (first_negative != INT32_MAX) {
+    if (threadIdx.x == 0)
+      record_error(error, pool, r, BeamStepError::kNegativeDelta, p.deltas[begin + first_negative]);
+    *failed = true;
+    return nullptr;
+  }
+  // The seed's rule acts only where there is a choice to reshape.
+  return any_positive && n > 1 ? p.deltas + begin : nullptr;
 }
 
 template <class Bits>
@@ -468,7 +511,13 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   const TrieView trie = p.tries[p.num_tries == 1 ? 0 : r / p.num_beams];
   const int32_t node = p.nodes[r];
   if (node == kSpentNode) {
-    // An ended hypothesis continues with eos alone.
+    // An ended hypothesis continues with eos alone (and has no children for lookahead deltas).
+    if (p.delta_offsets && p.delta_offsets[r + 1] != p.delta_offsets[r]) {
+      if (threadIdx.x == 0)
+        record_error(error, pool, r, BeamStepError::kDeltaCount,
+                     static_cast<int32_t>(p.delta_offsets[r + 1] - p.delta_offsets[r]));
+      return;
+    }
     if (p.eos_id < 0 || p.eos_id >= p.vocab || p.eos_id == p.blocked_token) return;
     float logprob = 0.0f;
     if (!p.normalize_allowed) {
@@ -525,12 +574,23 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     return;
   }
 
-  const float lse = p.normalize_allowed ? children_logsumexp(logits, trie, lo, n, sh) : row_logsumexp(logits, p.vocab, sh);
+  bool failed;
+  const int32_t* deltas = row_deltas(p, r, n, pool, error, sh, &failed);
+  if (failed) return;
+  ChildRow<Bits> items{logits, trie, lo, 0.0f, p.blocked_token, p.block_leaves, nullptr, 0.0f};
+  const float lse = p.normalize_allowed && !deltas ? children_logsumexp(items, n, sh) : row_logsumexp(logits, p.vocab, sh);
   if (lse != lse) {
     if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
     return;
   }
-  const ChildRow<Bits> items{logits, trie, lo, lse, p.blocked_token, p.block_leaves};
+  items.lse = lse;
+  if (deltas) {
+    // The children keep the mass they had: 1 under normalize_allowed, their share of the row under
+    // "full" (so all-zero deltas would be the identity), as on the CPU.
+    const float mass = p.normalize_allowed ? 0.0f : children_logsumexp(items, n, sh);
+    items.deltas = deltas;
+    items.shift = mass - children_logsumexp(items, n, sh);
+  }
   const int32_t k = block_top(items, n, C, bits_below(n), sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t i = sh.item[t];
@@ -591,7 +651,7 @@ size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates) {
 
 int run_beam_step_cuda(const BeamStepParams& p, void* workspace, unsigned long long* error, void* stream) {
   if (p.num_candidates < 1 || p.num_candidates > kMaxSlots) return static_cast<int>(cudaErrorInvalidValue);
-  if (p.delta_offsets || p.vocab >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  if (p.vocab >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
   if (int64_t{p.num_beams} * p.num_candidates >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
   const int64_t rows = int64_t{p.batch_size} * p.num_beams;
   if (rows == 0) return 0;

@@ -34,7 +34,9 @@ void bind_beam(py::module_& m) {
       [](uintptr_t logits, int64_t vocab, int64_t row_stride, int32_t dtype, int32_t batch_size, int32_t num_beams,
          py::array_t<float, py::array::c_style | py::array::forcecast> beam_scores,
          std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> nodes,
-         const std::vector<const Trie*>& tries, bool normalize_allowed, int32_t eos_id) {
+         const std::vector<const Trie*>& tries, bool normalize_allowed, int32_t eos_id,
+         std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> delta_offsets,
+         std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> deltas) {
         const int64_t rows = int64_t{batch_size} * num_beams;
         BeamStepParams p = beam_step_params(reinterpret_cast<const void*>(logits), vocab, row_stride, dtype, batch_size,
                                             num_beams);
@@ -54,6 +56,17 @@ void bind_beam(py::module_& m) {
         }
         p.normalize_allowed = normalize_allowed;
         p.eos_id = eos_id;
+        if (delta_offsets.has_value() != deltas.has_value()) fail("give both delta_offsets and deltas, or neither");
+        if (delta_offsets) {
+          if (!nodes) fail("lookahead deltas need a constrained step (nodes)");
+          const int64_t* offs = delta_offsets->data();
+          if (delta_offsets->size() != rows + 1 || offs[0] != 0 || offs[rows] != deltas->size())
+            fail("delta_offsets must hold rows + 1 offsets from 0 to len(deltas)");
+          for (int64_t r = 0; r < rows; ++r)
+            if (offs[r + 1] < offs[r]) fail("delta_offsets must never decrease");
+          p.delta_offsets = offs;
+          p.deltas = deltas->data();
+        }
         p.cand_score = score.mutable_data();
         p.cand_logprob = logprob.mutable_data();
         p.cand_token = token.mutable_data();
@@ -68,9 +81,10 @@ void bind_beam(py::module_& m) {
       },
       py::arg("logits_ptr"), py::arg("vocab"), py::arg("row_stride"), py::arg("dtype"), py::arg("batch_size"),
       py::arg("num_beams"), py::arg("beam_scores"), py::arg("nodes"), py::arg("tries"), py::arg("normalize_allowed"),
-      py::arg("eos_id"),
+      py::arg("eos_id"), py::arg("delta_offsets") = py::none(), py::arg("deltas") = py::none(),
       "The fused step alone: the best 2 * num_beams continuations per batch item, as (score, logprob, token, "
-      "parent, node, count) arrays [batch, 2 * num_beams] (count: [batch]). nodes None: unconstrained.");
+      "parent, node, count) arrays [batch, 2 * num_beams] (count: [batch]). nodes None: unconstrained; "
+      "delta_offsets [rows + 1] and deltas: lookahead deltas per row.");
 
   py::class_<BeamSearchState>(m, "BeamSearchState",
                               "A beam search in progress: feed it each step's logits, read back the tokens.")
