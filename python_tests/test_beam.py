@@ -375,6 +375,27 @@ def test_beam_step__matches_torch_topk(batch, beams, vocab, constrained, dtype):
             assert got["node"][b, :n].tolist() == trie.step(nodes[parent], token).tolist()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [2047, 3 * 2048 + 5, 50257])
+def test_beam_step__normaliser_of_long_rows__matches_log_softmax(vocab, dtype):
+    # Rows whose maximum rises from block to block (the running sum is rescaled each time), sits in
+    # the tail past the last whole vector, or stands alone among -inf; spread wide and narrow.
+    from pyfastseq.search import _beam_step
+
+    gen = torch.Generator().manual_seed(vocab)
+    ramp = torch.linspace(-30, 12, vocab)
+    tail_max = torch.randn(vocab, generator=gen)
+    tail_max[-1] = 9.0
+    lonely = torch.full((vocab,), -float("inf"))
+    lonely[vocab // 2] = 1.0
+    rows = [ramp, tail_max, lonely, torch.randn(vocab, generator=gen) * 8, torch.randn(vocab, generator=gen) * 0.1]
+    logits = torch.stack(rows).to(dtype)
+    got = _beam_step(logits, torch.zeros(len(rows)), 1)
+    want = torch.log_softmax(logits.float(), -1).max(-1)
+    torch.testing.assert_close(got["score"][:, 0], want.values, rtol=0, atol=2e-5)
+    assert got["token"][:, 0].tolist() == want.indices.tolist()
+
+
 def test_beam_step__live_row_at_leaf_or_bad_node__raises():
     from pyfastseq.search import _beam_step
 

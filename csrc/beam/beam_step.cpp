@@ -52,7 +52,7 @@ class StepKernel {
     const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
     // A min-heap of the best num_candidates logits. Tokens arrive in ascending order, so one that
-    // only ties the heap's worst never displaces it: eight logits at a time are tested against
+    // only ties the heap's worst never displaces it: kLanes logits at a time are tested against
     // that threshold, and most blocks fail it at once.
     const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
     std::vector<RowCandidate>& heap = scratch();
@@ -71,14 +71,14 @@ class StepKernel {
       }
       if (static_cast<int32_t>(heap.size()) == keep) threshold = heap.front().logprob;
     };
-    const int64_t body = p_.vocab & ~int64_t{7};
-    for (int64_t i = 0; i < body; i += 8) {
-      const Floats8 x = Loader::load8(logits + i);
-      const Ints8 above = x > threshold;
+    const int64_t body = p_.vocab & ~int64_t{kLanes - 1};
+    for (int64_t i = 0; i < body; i += kLanes) {
+      const Floats x = Loader::load_lanes(logits + i);
+      const Ints above = x > threshold;
       int any = 0;
-      for (int j = 0; j < 8; ++j) any |= above[j];
+      for (int j = 0; j < kLanes; ++j) any |= above[j];
       if (!any) continue;
-      for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < kLanes; ++j)
         if (x[j] > threshold) consider(i + j, x[j]);
     }
     for (int64_t t = body; t < p_.vocab; ++t) {

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "beam/logits_row_avx2.h"
+#include "beam/logits_row_simd.h"
 
 #if PYFASTSEQ_AVX2
 #pragma GCC target("avx2,fma")

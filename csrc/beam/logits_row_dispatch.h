@@ -1,12 +1,12 @@
-// Run-time choice between the baseline and the AVX2 + FMA builds of the row passes. Never include
-// this from a file compiled for AVX2: its inline functions must stay baseline code.
+// Run-time choice between the baseline, AVX2 + FMA and AVX-512 builds of the row passes. Never
+// include this from a file compiled for AVX2 or AVX-512: its inline functions must stay baseline code.
 #pragma once
 #include <cstdint>
 #include <type_traits>
 
 #include "beam/beam.h"
 #include "beam/logits_row.h"
-#include "beam/logits_row_avx2.h"
+#include "beam/logits_row_simd.h"
 #include "common/cpu.h"
 #include "common/errors.h"
 
@@ -17,6 +17,11 @@ namespace pyfastseq {
 template <class Loader>
 float full_logsumexp(const typename Loader::Bits* row, int64_t n, bool* nan) {
 #if PYFASTSEQ_AVX2
+  if (cpu_has_avx512()) {
+    if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_logsumexp_f32_avx512(row, n, nan);
+    if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_logsumexp_f16_avx512(row, n, nan);
+    if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_logsumexp_bf16_avx512(row, n, nan);
+  }
   if (cpu_has_avx2_fma()) {
     if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
     if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_logsumexp_f16_avx2(row, n, nan);

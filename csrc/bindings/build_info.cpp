@@ -31,8 +31,10 @@ void bind_build_info(py::module_& m) {
     info["sanitizers"] = "";
 #endif
     info["avx2"] = cpu_has_avx2_fma();
+    info["avx512"] = cpu_has_avx512();
     return info;
-  }, "Compiler, OpenMP and sanitizer settings this module was built with, and whether its AVX2 builds run.");
+  }, "Compiler, OpenMP and sanitizer settings this module was built with, and whether its AVX2 and AVX-512\n"
+     "builds run.");
 }
 
 }  // namespace pyfastseq

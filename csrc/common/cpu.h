@@ -1,7 +1,7 @@
-// Run-time choice of instruction set. Kernels that ship an AVX2 + FMA build beside the baseline one
-// compile it in a file of its own under `#pragma GCC target`, and callers take it only when the CPU
-// has both, so one wheel runs everywhere. Include this before any such pragma: its inline function
-// must stay baseline code.
+// Run-time choice of instruction set. Kernels that ship an AVX2 + FMA (or AVX-512) build beside the
+// baseline one compile it in a file of its own under `#pragma GCC target`, and callers take it only
+// when the CPU has those instructions, so one wheel runs everywhere. Include this before any such
+// pragma: its inline functions must stay baseline code.
 #pragma once
 #include <cstdlib>
 
@@ -21,6 +21,22 @@ inline bool cpu_has_avx2_fma() {
     const char* disable = std::getenv("PYFASTSEQ_DISABLE_AVX2");
     const bool disabled = disable != nullptr && disable[0] != '\0';
     return !disabled && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+// True when this CPU runs the AVX-512 (F + FMA) builds, which some row passes ship beside the AVX2
+// ones. PYFASTSEQ_DISABLE_AVX2 turns them off too; a non-empty PYFASTSEQ_DISABLE_AVX512 alone keeps
+// those kernels on their AVX2 builds.
+inline bool cpu_has_avx512() {
+#if PYFASTSEQ_AVX2
+  static const bool has = [] {
+    const char* disable = std::getenv("PYFASTSEQ_DISABLE_AVX512");
+    const bool disabled = disable != nullptr && disable[0] != '\0';
+    return !disabled && cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
   }();
   return has;
 #else

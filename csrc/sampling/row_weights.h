@@ -1,6 +1,7 @@
-// The sampling weights of a whole row, exp((x - max) / temperature), in eight-float lanes: the
-// pass that dominates sampling without a top-k cut. Compiled twice, like beam/logits_row.h: in
-// baseline code (sampling.cpp) and for AVX2 + FMA (row_weights_avx2.cpp).
+// The sampling weights of a whole row, exp((x - max) / temperature), kLanes floats at a time: the
+// pass that dominates sampling without a top-k cut. Compiled three times, like beam/logits_row.h: in
+// baseline code (sampling.cpp), for AVX2 + FMA (row_weights_avx2.cpp) and for AVX-512
+// (row_weights_avx512.cpp).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -14,23 +15,23 @@ namespace pyfastseq {
 // a finite maximum (the caller checked its log-sum-exp).
 template <class Loader>
 PYFASTSEQ_INLINE double row_weights(const typename Loader::Bits* row, int64_t n, float inv_t, float* w) {
-  const int64_t body = n & ~int64_t{7};
-  Floats8 m8 = Floats8{} - INFINITY;
-  for (int64_t i = 0; i < body; i += 8) {
-    const Floats8 x = Loader::load8(row + i);
-    m8 = x > m8 ? x : m8;
+  const int64_t body = n & ~int64_t{kLanes - 1};
+  Floats lane_max = Floats{} - INFINITY;
+  for (int64_t i = 0; i < body; i += kLanes) {
+    const Floats x = Loader::load_lanes(row + i);
+    lane_max = x > lane_max ? x : lane_max;
   }
   float m = -INFINITY;
-  for (int j = 0; j < 8; ++j) m = m8[j] > m ? m8[j] : m;
+  for (int j = 0; j < kLanes; ++j) m = lane_max[j] > m ? lane_max[j] : m;
   for (int64_t i = body; i < n; ++i) m = std::max(m, Loader::load(row[i]));
-  Floats8 sum8 = {};
-  for (int64_t i = 0; i < body; i += 8) {
-    const Floats8 e = exp_nonpositive((Loader::load8(row + i) - m) * inv_t);
+  Floats lane_sum = {};
+  for (int64_t i = 0; i < body; i += kLanes) {
+    const Floats e = exp_nonpositive((Loader::load_lanes(row + i) - m) * inv_t);
     std::memcpy(w + i, &e, sizeof e);
-    sum8 += e;
+    lane_sum += e;
   }
   double sum = 0.0;
-  for (int j = 0; j < 8; ++j) sum += sum8[j];
+  for (int j = 0; j < kLanes; ++j) sum += lane_sum[j];
   for (int64_t i = body; i < n; ++i) {
     w[i] = exp_nonpositive((Loader::load(row[i]) - m) * inv_t);
     sum += w[i];

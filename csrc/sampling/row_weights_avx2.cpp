@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "sampling/row_weights_avx2.h"
+#include "sampling/row_weights_simd.h"
 
 #if PYFASTSEQ_AVX2
 #pragma GCC target("avx2,fma")

@@ -9,7 +9,7 @@
 #include "common/errors.h"
 #include "common/parallel.h"
 #include "sampling/row_weights.h"
-#include "sampling/row_weights_avx2.h"
+#include "sampling/row_weights_simd.h"
 #include "sampling/sampling.h"
 
 namespace pyfastseq {
@@ -18,6 +18,11 @@ namespace {
 template <class Loader>
 double weights_of(const typename Loader::Bits* row, int64_t n, float inv_t, float* w) {
 #if PYFASTSEQ_AVX2
+  if (cpu_has_avx512()) {
+    if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_row_weights_f32_avx512(row, n, inv_t, w);
+    if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_row_weights_f16_avx512(row, n, inv_t, w);
+    if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_row_weights_bf16_avx512(row, n, inv_t, w);
+  }
   if (cpu_has_avx2_fma()) {
     if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_row_weights_f32_avx2(row, n, inv_t, w);
     if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_row_weights_f16_avx2(row, n, inv_t, w);
@@ -151,14 +156,14 @@ class SampleKernel {
       buf.push_back({x, static_cast<int32_t>(t), -1});
       if (buf.size() == 2 * keep) compact();
     };
-    const int64_t body = p_.vocab & ~int64_t{7};
-    for (int64_t i = 0; i < body; i += 8) {
-      const Floats8 x = Loader::load8(logits + i);
-      const Ints8 above = x >= threshold;
+    const int64_t body = p_.vocab & ~int64_t{kLanes - 1};
+    for (int64_t i = 0; i < body; i += kLanes) {
+      const Floats x = Loader::load_lanes(logits + i);
+      const Ints above = x >= threshold;
       int any = 0;
-      for (int j = 0; j < 8; ++j) any |= above[j];
+      for (int j = 0; j < kLanes; ++j) any |= above[j];
       if (!any) continue;
-      for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < kLanes; ++j)
         if (x[j] > threshold || (x[j] == threshold && threshold == -INFINITY)) consider(i + j, x[j]);
     }
     for (int64_t t = body; t < p_.vocab; ++t) {

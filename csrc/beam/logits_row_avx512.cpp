@@ -1,0 +1,28 @@
+// The row pass of the beam step compiled for AVX-512 (16 floats per instruction), taken where the
+// CPU has it; otherwise as logits_row_avx2.cpp, whose comments say why the header sits in its own
+// namespace here.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "beam/logits_row_simd.h"
+
+#if PYFASTSEQ_AVX2
+#pragma GCC target("avx512f,fma")
+#define PYFASTSEQ_LANES 16
+namespace avx512 {
+namespace {
+#include "beam/logits_row.h"
+}  // namespace
+}  // namespace avx512
+
+float pyfastseq_logsumexp_f32_avx512(const float* row, int64_t n, bool* nan) {
+  return avx512::pyfastseq::row_logsumexp<avx512::pyfastseq::Float32Loader>(row, n, nan);
+}
+float pyfastseq_logsumexp_f16_avx512(const uint16_t* row, int64_t n, bool* nan) {
+  return avx512::pyfastseq::row_logsumexp<avx512::pyfastseq::Float16Loader>(row, n, nan);
+}
+float pyfastseq_logsumexp_bf16_avx512(const uint16_t* row, int64_t n, bool* nan) {
+  return avx512::pyfastseq::row_logsumexp<avx512::pyfastseq::BFloat16Loader>(row, n, nan);
+}
+#endif
