@@ -5,8 +5,9 @@ candidates; ``beam_select``: transformers' bookkeeping) on the current stream, a
 ``next_tokens`` / ``beam_idx`` where the second kernel wrote them. The host never waits for a step:
 it reads each step's error word and done flags asynchronously into pinned memory and looks at them
 one step later, so the loop runs at most one model call past the end of the search. The only
-synchronisation is the final copy of the hypotheses, except with a lookahead: its deltas are
-computed on the host from each step's trie nodes and tokens, copied there first.
+synchronisation is the final copy of the hypotheses. With a lookahead, each step's trie nodes and
+tokens are copied to the host as soon as the bookkeeping has written them, and the host computes
+the next step's deltas from them while the GPU runs the model's step.
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ class CudaStep:
         if (offsets.shape != (self.rows + 1,) or offsets[0] != 0 or offsets[-1] != len(values)
                 or (np.diff(offsets) < 0).any()):
             raise ValueError("delta_offsets must hold rows + 1 offsets from 0 to len(deltas)")
-        return torch.from_numpy(offsets).to(self.device), torch.from_numpy(values).to(self.device)
+        if self.device.type != "cuda":
+            return torch.from_numpy(offsets), torch.from_numpy(values)
+        # Pinned, so that the copies queue behind the model's work instead of waiting for it.
+        return (torch.from_numpy(offsets).pin_memory().to(self.device, non_blocking=True),
+                torch.from_numpy(values).pin_memory().to(self.device, non_blocking=True))
 
     def launch(self, logits: torch.Tensor, scores: np.ndarray, nodes: np.ndarray | None, blocked: bool,
                deltas: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
@@ -194,8 +199,8 @@ class DeviceSearch:
         s, rows = self.searcher, self.batch * self.k
         tokens, beam_idx = self.view("next_tokens", rows, 1), self.view("beam_idx", rows)
         views, cands = self.step.views, [self.step.output_ptr(i) for i in range(6)]
-        length, parity = 0, 0
-        deltas = self._lookahead_deltas(parity, length) if s._uses_lookahead() else None
+        lookahead, length, parity = s._uses_lookahead(), 0, 0
+        deltas = self._lookahead_deltas(self._beams_to_host(parity, length)) if lookahead else None
         while True:
             blocked = length + 1 < s.min_length
             self.step.launch_at(logits, self.state.data_ptr() + self.layout[f"scores{parity}"],
@@ -212,11 +217,8 @@ class DeviceSearch:
             self.status.record(logits)
             if length == self.width:
                 break
-            if s._uses_lookahead():
-                # The next deltas need this step's nodes on the host: wait for it, and stop if it ended the search.
-                if self.status.wait(self.step, logits.shape[1]):
-                    break
-                deltas = self._lookahead_deltas(parity, length)
+            if lookahead:
+                beams = self._beams_to_host(parity, length)
             elif self.status.finished(self.step, logits.shape[1]):
                 break
             # Copies: the next step overwrites these buffers while step_fn may still hold its inputs.
@@ -224,17 +226,40 @@ class DeviceSearch:
             if logits.device != self.state.device:
                 raise ValueError(f"step_fn returned logits on {logits.device}, but on {self.state.device} at the "
                                  "first step: a search runs on one device")
+            if lookahead:
+                # The model's step is queued: the host walks the trie while the GPU runs it. Waiting
+                # for this step's status waits for the bookkeeping, not for the model.
+                if self.status.wait(self.step, logits.shape[1]):
+                    break
+                deltas = self._lookahead_deltas(beams)
         self.status.wait(self.step, logits.shape[1])
         return self._results()
 
-    def _lookahead_deltas(self, parity: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The searcher's lookahead deltas for the beams of half ``parity``, computed on the host
-        from their trie nodes and ``length`` tokens, on the device."""
+    def _beams_to_host(self, parity: int, length: int):
+        """Starts copying the trie nodes and ``length`` tokens of the beams in half ``parity`` to the
+        host; returns a function that gives them, as int32 arrays, once they are there."""
         rows = self.batch * self.k
-        nodes = self.view(f"nodes{parity}", rows).cpu().numpy()
-        generated = self.view(f"seq{parity}", rows, self.width)[:, :length].cpu().numpy()
-        row_offsets, deltas = self.searcher._lookahead_deltas(np.maximum(nodes, -1), np.ascontiguousarray(generated),
-                                                               self.tries, self.batch)
+        pinned = self.state.device.type == "cuda"
+        nodes = torch.empty(rows, dtype=torch.int32, pin_memory=pinned)
+        seq = torch.empty(rows, self.width, dtype=torch.int32, pin_memory=pinned)
+        nodes.copy_(self.view(f"nodes{parity}", rows), non_blocking=True)
+        seq.copy_(self.view(f"seq{parity}", rows, self.width), non_blocking=True)
+        event = None
+        if pinned:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.state.device))
+
+        def arrived():
+            if event is not None:
+                event.synchronize()
+            return np.maximum(nodes.numpy(), -1), np.ascontiguousarray(seq.numpy()[:, :length])
+        return arrived
+
+    def _lookahead_deltas(self, beams) -> tuple[torch.Tensor, torch.Tensor]:
+        """The searcher's lookahead deltas for the beams ``beams()`` gives (:meth:`_beams_to_host`),
+        computed on the host and copied to the device."""
+        nodes, generated = beams()
+        row_offsets, deltas = self.searcher._lookahead_deltas(nodes, generated, self.tries, self.batch)
         return self.step.upload_deltas(row_offsets, deltas)
 
     def _results(self):

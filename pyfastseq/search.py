@@ -91,8 +91,8 @@ class _BeamSearchBase:
         ``beam_idx`` of later calls are on it too, and no step waits for the host (the search may
         call ``step_fn`` once more after the last step that matters; that call's logits are
         ignored). A lookahead's deltas are computed on the CPU from each step's trie nodes and
-        tokens, so with one every step waits for the GPU to copy those (not the logits) to the
-        host. With more than 1,024 beams or a build without the CUDA module, every step runs on the
+        tokens (copied there, not the logits) while the GPU runs the model's step. With more than
+        1,024 beams or a build without the CUDA module, every step runs on the
         CPU with CPU ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
         """
         batch_size = _positive_int(batch_size, "batch_size")

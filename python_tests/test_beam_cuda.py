@@ -327,6 +327,27 @@ class TokenHistoryLookahead:
         return torch.tensor(offsets), torch.tensor(values, dtype=torch.int32)
 
 
+@pytest.mark.cuda
+def test_device_search__lookahead_runs_while_the_model_does():
+    # Each step's "model" keeps the GPU busy for ~1 ms; the lookahead finds that work still queued
+    # when it is asked for the next step's deltas.
+    trie = random_trie(random.Random(0), 300, 400, 8)
+    logits = torch.randn(8, 300, device="cuda")
+    queued = []
+
+    class Probe(TokenHistoryLookahead):
+        def deltas(self, trie, nodes, generated, batch_index):
+            queued.append(not torch.cuda.current_stream().query())
+            return super().deltas(trie, nodes, generated, batch_index)
+
+    def step_fn(tokens, beam_idx):
+        torch.cuda._sleep(2_000_000)
+        return logits + tokens.float().mean()
+
+    fs.TrieBeamSearch(trie, num_beams=4, max_length=8, early_stopping="never", lookahead=Probe()).search(step_fn, 2)
+    assert len(queued) >= 4 and sum(queued[1:]) >= len(queued) - 2, queued
+
+
 @pytest.mark.parametrize("per_item_tries", [False, True])
 def test_device_search__python_lookahead__same_as_cpu_search(per_item_tries, device):
     vocab = 16
