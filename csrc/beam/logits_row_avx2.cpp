@@ -16,13 +16,5 @@ namespace {
 }  // namespace
 }  // namespace avx2
 
-float pyfastseq_logsumexp_f32_avx2(const float* row, int64_t n, bool* nan) {
-  return avx2::pyfastseq::row_logsumexp<avx2::pyfastseq::Float32Loader>(row, n, nan);
-}
-float pyfastseq_logsumexp_f16_avx2(const uint16_t* row, int64_t n, bool* nan) {
-  return avx2::pyfastseq::row_logsumexp<avx2::pyfastseq::Float16Loader>(row, n, nan);
-}
-float pyfastseq_logsumexp_bf16_avx2(const uint16_t* row, int64_t n, bool* nan) {
-  return avx2::pyfastseq::row_logsumexp<avx2::pyfastseq::BFloat16Loader>(row, n, nan);
-}
+PYFASTSEQ_DEFINE_LOGSUMEXP(avx2)
 #endif

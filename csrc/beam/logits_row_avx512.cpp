@@ -16,13 +16,5 @@ namespace {
 }  // namespace
 }  // namespace avx512
 
-float pyfastseq_logsumexp_f32_avx512(const float* row, int64_t n, bool* nan) {
-  return avx512::pyfastseq::row_logsumexp<avx512::pyfastseq::Float32Loader>(row, n, nan);
-}
-float pyfastseq_logsumexp_f16_avx512(const uint16_t* row, int64_t n, bool* nan) {
-  return avx512::pyfastseq::row_logsumexp<avx512::pyfastseq::Float16Loader>(row, n, nan);
-}
-float pyfastseq_logsumexp_bf16_avx512(const uint16_t* row, int64_t n, bool* nan) {
-  return avx512::pyfastseq::row_logsumexp<avx512::pyfastseq::BFloat16Loader>(row, n, nan);
-}
+PYFASTSEQ_DEFINE_LOGSUMEXP(avx512)
 #endif

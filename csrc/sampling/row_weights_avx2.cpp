@@ -15,13 +15,5 @@ namespace {
 }  // namespace
 }  // namespace avx2
 
-double pyfastseq_row_weights_f32_avx2(const float* row, int64_t n, float inv_t, float* w) {
-  return avx2::pyfastseq::row_weights<avx2::pyfastseq::Float32Loader>(row, n, inv_t, w);
-}
-double pyfastseq_row_weights_f16_avx2(const uint16_t* row, int64_t n, float inv_t, float* w) {
-  return avx2::pyfastseq::row_weights<avx2::pyfastseq::Float16Loader>(row, n, inv_t, w);
-}
-double pyfastseq_row_weights_bf16_avx2(const uint16_t* row, int64_t n, float inv_t, float* w) {
-  return avx2::pyfastseq::row_weights<avx2::pyfastseq::BFloat16Loader>(row, n, inv_t, w);
-}
+PYFASTSEQ_DEFINE_ROW_WEIGHTS(avx2)
 #endif

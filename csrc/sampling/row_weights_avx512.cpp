@@ -14,13 +14,5 @@ namespace {
 }  // namespace
 }  // namespace avx512
 
-double pyfastseq_row_weights_f32_avx512(const float* row, int64_t n, float inv_t, float* w) {
-  return avx512::pyfastseq::row_weights<avx512::pyfastseq::Float32Loader>(row, n, inv_t, w);
-}
-double pyfastseq_row_weights_f16_avx512(const uint16_t* row, int64_t n, float inv_t, float* w) {
-  return avx512::pyfastseq::row_weights<avx512::pyfastseq::Float16Loader>(row, n, inv_t, w);
-}
-double pyfastseq_row_weights_bf16_avx512(const uint16_t* row, int64_t n, float inv_t, float* w) {
-  return avx512::pyfastseq::row_weights<avx512::pyfastseq::BFloat16Loader>(row, n, inv_t, w);
-}
+PYFASTSEQ_DEFINE_ROW_WEIGHTS(avx512)
 #endif
