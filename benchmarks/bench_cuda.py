@@ -10,6 +10,8 @@
 - Dense step: V = 152,064 bf16, B*K in {256, 1024}; vs. torch ``log_softmax`` + add + ``topk``.
 - Whole ``TrieBeamSearch.generate()`` on the GPU (the device search) vs. transformers' ``generate`` with
   ``prefix_allowed_tokens_fn``: bench_beam.py's GPT-2 and 1M-item catalogues, beams 16 and 64.
+- The same search with an ``LCSLookahead`` on the GPU (the host computes each step's deltas while
+  the model runs) vs. the same search with the logits copied to the host at every step.
 
 Times are CUDA-event medians of the kernels alone ("kernel"), plus the whole search-loop step with
 the candidates' copy to the host ("step"). GB/s counts the logits' bytes once (rows x V x element
@@ -19,6 +21,7 @@ against the HBM bandwidth of the device (H100 SXM 3.35 TB/s, H200 4.8 TB/s).
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import random
@@ -29,8 +32,10 @@ import torch
 
 import datasets
 import pyfastseq as fs
-from bench_beam import check_and_time_generate
+from bench_beam import GENERATE_CASES, catalogue, check_and_time_generate, small_gpt2
 from pyfastseq import _cuda_search
+from pyfastseq._generate import model_step_fn
+from timing import best_time
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -182,3 +187,33 @@ def test_generate(benchmark, kind, num_beams):
     """Whole constrained generate() on the GPU (the device search) vs. transformers' generate with
     prefix_allowed_tokens_fn, same model and catalogue as bench_beam.py's CPU case."""
     check_and_time_generate(benchmark, kind, num_beams, torch.device("cuda"))
+
+
+@pytest.mark.parametrize("num_beams", [16, 64])
+def test_generate_lookahead(benchmark, num_beams):
+    """A title-catalogue search with an LCSLookahead, the model on the GPU: the device search vs. the
+    CPU search fed the logits copied to the host at every step. Same outputs asserted."""
+    trie, _, vocab, _ = catalogue("titles")
+    model = copy.deepcopy(small_gpt2(vocab)).cuda()
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(2, vocab, (2, 8), generator=gen).cuda()
+    query = torch.randint(2, 200, (24,), generator=gen)  # frequent (low Zipf rank) title tokens
+    searcher = fs.TrieBeamSearch(trie, num_beams=num_beams, max_length=GENERATE_CASES["titles"],
+                                 lookahead=fs.LCSLookahead(query))
+
+    def run(logits_to_host):
+        step = model_step_fn(model, prompt, None, num_beams, {})
+        step_fn = (lambda t, b: step(t.cuda(), b.cuda()).cpu()) if logits_to_host else step
+        with torch.no_grad():
+            return searcher.search(step_fn, prompt.shape[0])
+
+    ours, peer = run(False), run(True)
+    assert ours.sequences == peer.sequences
+    np.testing.assert_allclose(sum(ours.scores, []), sum(peer.scores, []), rtol=1e-5, atol=1e-5)
+    peer_s = best_time(lambda: run(True), rounds=5)
+    benchmark.pedantic(lambda: run(False), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(
+        kind="titles", num_beams=num_beams, batch=2, items=len(trie), device=torch.cuda.get_device_name(),
+        peer="the same search, logits copied to the host every step", peer_min_s=peer_s,
+        speedup=peer_s / benchmark.stats.stats.min,
+    )
