@@ -70,6 +70,7 @@ class CudaStep:
         cands = self.batch * self.width
         # error word (2 int32), score, logprob, token, parent, node ([batch * width] each), count [batch]
         self.out = torch.empty(2 + 5 * cands + self.batch, dtype=torch.int32, device=device)
+        self.beams = None  # launch()'s uploaded scores and nodes
         self.clear_error()
 
     def clear_error(self) -> None:
