@@ -2,10 +2,11 @@
 
 Once ``step_fn`` returns CUDA logits, every step is two kernel launches (``beam_step``: the
 candidates; ``beam_select``: transformers' bookkeeping) on the current stream, and the model is fed
-``next_tokens`` / ``beam_idx`` where the second kernel wrote them. The host never waits for a step:
-it reads each step's error word and done flags asynchronously into pinned memory and looks at them
-one step later, so the loop runs at most one model call past the end of the search. The only
-synchronisation is the final copy of the hypotheses. With a lookahead, each step's trie nodes and
+``next_tokens`` / ``beam_idx`` where the second kernel wrote them. The GPU never waits for the host:
+each step's error word and done flags are copied to pinned memory, and the host looks at them one
+step later, waiting if need be only for that step's bookkeeping while the GPU runs the model's next
+step; so the loop runs at most one model call past the end of the search, and the host at most one
+step ahead of the GPU. With a lookahead, each step's trie nodes and
 tokens are copied to the host as soon as the bookkeeping has written them, and the host computes
 the next step's deltas from them while the GPU runs the model's step.
 """
@@ -286,7 +287,7 @@ class DeviceSearch:
 
 
 class _Status:
-    """A step's error word and done flags, read without waiting: each step's copy goes to pinned
+    """A step's error word and done flags, read one step late: each step's copy goes to pinned
     memory behind an event, and a step looks at the previous one's (two slots alternate)."""
 
     def __init__(self, error: torch.Tensor, done: torch.Tensor):
@@ -306,12 +307,14 @@ class _Status:
         self.step += 1
 
     def finished(self, step: CudaStep, vocab: int) -> bool:
-        """Whether the search is over as far as the host can tell now (the previous step's
-        status, if it has arrived); raises a step's error."""
+        """Whether the previous step ended the search (on the CPU emulator: this step); raises a
+        step's error. Its event was recorded before the model's current step was queued, so
+        waiting for it leaves the GPU that step to run."""
         previous = (self.step - 2) % 2 if self.on_device else (self.step - 1) % 2
-        event = self.events[previous]
-        if self.step < (2 if self.on_device else 1) or (event is not None and not event.query()):
+        if self.step < (2 if self.on_device else 1):
             return False
+        if self.events[previous] is not None:
+            self.events[previous].synchronize()
         return self._read(self.slots[previous], step, vocab)
 
     def wait(self, step: CudaStep, vocab: int) -> bool:

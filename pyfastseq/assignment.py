@@ -185,11 +185,12 @@ def _assign_batch_op(
     status = torch.empty(batch, dtype=torch.int32, device=cost.device)
     cuda = _backend.cuda()
     workspace = torch.empty(cuda.assign_workspace_bytes(batch, rows, cols), dtype=torch.uint8, device=cost.device)
-    err = cuda.assign(
-        cost.data_ptr(), batch, rows, cols, *cost.stride(),
-        0 if row_lens is None else row_lens.data_ptr(), 0 if col_lens is None else col_lens.data_ptr(),
-        maximize, col_of_row.data_ptr(), status.data_ptr(), workspace.data_ptr(), _backend.stream_of(cost),
-    )
+    with torch.cuda.device(cost.device):  # the launch goes to the current GPU
+        err = cuda.assign(
+            cost.data_ptr(), batch, rows, cols, *cost.stride(),
+            0 if row_lens is None else row_lens.data_ptr(), 0 if col_lens is None else col_lens.data_ptr(),
+            maximize, col_of_row.data_ptr(), status.data_ptr(), workspace.data_ptr(), _backend.stream_of(cost),
+        )
     if err != 0:
         raise RuntimeError(f"assignment kernel launch failed (cudaError {err})")
     return col_of_row, status

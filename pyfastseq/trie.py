@@ -261,7 +261,8 @@ def _trie_mask_op(
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])
                 raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {int(nodes[row])}")
-            status = _backend.cuda().trie_mask(*args, _backend.stream_of(target))
+            with torch.cuda.device(target.device):  # the launch goes to the current GPU
+                status = _backend.cuda().trie_mask(*args, _backend.stream_of(target))
             if status != 0:
                 raise RuntimeError(f"trie mask kernel launch failed (cudaError {status})")
         else:

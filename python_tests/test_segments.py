@@ -5,7 +5,8 @@ the reference starts a fresh step function on the prompt alone, feeds it the ans
 call (the decode's own arithmetic), then runs the searcher. Exactness also needs every matrix
 product to give a row the same bits whatever the batch around it: the CPU GEMM does so
 single-threaded from 4 rows up (fewer rows take another kernel), so these tests pin torch to one
-thread and keep every forward at 4 rows or more (4 beams, 4 samples).
+thread and keep every forward at 4 rows or more (4 beams, 4 samples). The UniLM step's source
+encoding is the exception (see its test).
 """
 
 import os
@@ -61,14 +62,15 @@ def decoder(searcher):
     return fs.SegmentDecoder(fs.Sampler(top_k=12, top_p=0.95, seed=5, eos_id=SEP, max_length=7), searcher)
 
 
-def assert_second_segments(out, searcher, fresh_step):
-    """Every sample's second segment against a separate search after its answer."""
+def assert_second_segments(out, searcher, fresh_step, score_rel=0.0):
+    """Every sample's second segment against a separate search after its answer (scores to within
+    ``score_rel`` where the model itself does not give a row the same bits in another batch)."""
     for b, answers in enumerate(out.first.sequences):
         assert len(answers) == SAMPLES
         for i, answer in enumerate(answers):
             ref = searcher.search(Forced(fresh_step(b), answer), 1)
             assert out.second[b][i] == ref.sequences[0]
-            assert out.second_scores[b][i] == ref.scores[0]
+            assert out.second_scores[b][i] == pytest.approx(ref.scores[0], rel=score_rel, abs=0)
             assert out.second_finished[b][i] == ref.finished[0]
             assert out.sequences[b][i] == answer + ref.sequences[0][0]
 
@@ -112,7 +114,10 @@ def test_unilm_second_segment_equals_separate_search():
     sources = [[2, 5, 6, 7, SEP], [2, 9, 10, 11, SEP]]
     for searcher in searchers():
         out = decoder(searcher).search(unilm.step_fn(sources, num_beams=SAMPLES), len(sources), SAMPLES)
-        assert_second_segments(out, searcher, lambda b: unilm.step_fn(sources[b:b + 1], num_beams=K))
+        # The UniLM step encodes all sources in one forward (B rows of the source length), the
+        # reference one source: torch's CPU GEMM then differs in the last bit of some logits (3e-8
+        # here), so the scores are compared to float rounding; the tokens must still be the same.
+        assert_second_segments(out, searcher, lambda b: unilm.step_fn(sources[b:b + 1], num_beams=K), score_rel=1e-6)
 
 
 def test_encoder_decoder_second_segment_equals_separate_search():

@@ -25,6 +25,7 @@ namespace pyfastseq {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSlots = 2048;  // num_candidates <= 2 * 1024 beams
 
 struct Pool {
@@ -83,22 +84,24 @@ struct TopShared {
   uint32_t thread_max[kThreads];
   uint32_t bound;
   int32_t staged;
-  int32_t included, digit, remaining, equal, greater;
+  int32_t included[kWarps];
+  int32_t digit, remaining, equal, greater;
   uint32_t max_key;
-  float s;
-  double ds;
+  float s[kWarps];
+  double ds[kWarps];
   int32_t flag, bad_token;
 };
 
-// A block-wide sum through shared memory (all threads get the result).
+// A block-wide sum (all threads get the result). The warps' sums are added in warp order, never
+// in the order the warps happen to finish, so that equal rows get bit-equal normalisers and ties
+// between them stay ties on every run.
 template <class T>
-__device__ T block_sum(T v, T* slot) {
+__device__ T block_sum(T v, T* warp_sums) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  if (threadIdx.x == 0) *slot = T{};
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x / 32] = v;
   __syncthreads();
-  if ((threadIdx.x & 31) == 0) atomicAdd(slot, v);
-  __syncthreads();
-  const T total = *slot;
+  T total = warp_sums[0];
+  for (int w = 1; w < kWarps; ++w) total += warp_sums[w];
   __syncthreads();
   return total;
 }
@@ -149,7 +152,7 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
     if (shift == 24) {
       int32_t local = 0;
       for (int j = tid; j < 256; j += kThreads) local += sh.hist[j];
-      k = remaining = min(want, block_sum(local, &sh.included));
+      k = remaining = min(want, block_sum(local, sh.included));
       if (k == 0) return 0;
     }
     if (tid == 0) {
@@ -324,7 +327,7 @@ __device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, fl
   if (any_nan) return NAN;
   if (M == -INFINITY || M == INFINITY) return M;
   const float part = acc.m == -INFINITY ? 0.0f : acc.s * expf(acc.m - M);
-  return M + logf(block_sum(part, &sh.s));
+  return M + logf(block_sum(part, sh.s));
 }
 
 // A row's items: the vocabulary (unconstrained) or a node's children, ranked by value(i).
@@ -434,7 +437,7 @@ __device__ float children_logsumexp(const Children& children, int32_t n, TopShar
   if (!isfinite(M)) return M;
   double sum = 0.0;
   for (int32_t i = threadIdx.x; i < n; i += kThreads) sum += exp(static_cast<double>(children.value(i) - M));
-  return M + static_cast<float>(log(block_sum(sum, &sh.ds)));
+  return M + static_cast<float>(log(block_sum(sum, sh.ds)));
 }
 
 // Row r's lookahead deltas when they reshape it (a slice of one delta per child with some delta > 0
