@@ -90,10 +90,12 @@ class _BeamSearchBase:
         When the first call returns CUDA logits, the whole search runs on that GPU: ``tokens`` and
         ``beam_idx`` of later calls are on it too, and no step waits for the host (the search may
         call ``step_fn`` once more after the last step that matters; that call's logits are
-        ignored). A lookahead's deltas are computed on the CPU from each step's trie nodes and
-        tokens (copied there, not the logits) while the GPU runs the model's step. With more than
-        1,024 beams or a build without the CUDA module, every step runs on the
-        CPU with CPU ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
+        ignored). The search's kernels run on the GPU's current stream: logits made on another
+        stream must be ready on it (``torch.cuda.current_stream().wait_stream(s)``) when
+        ``step_fn`` returns. A lookahead's deltas are computed on the CPU from each step's trie
+        nodes and tokens (copied there, not the logits) while the GPU runs the model's step. With
+        more than 1,024 beams or a build without the CUDA module, every step runs on the CPU with
+        CPU ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
         """
         batch_size = _positive_int(batch_size, "batch_size")
         tries, start_nodes, eos_id, normalize_allowed = self._start(batch_size)
