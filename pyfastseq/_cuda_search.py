@@ -110,9 +110,10 @@ class CudaStep:
                        blocked, deltas)
 
     def launch_at(self, logits: torch.Tensor, scores_ptr: int, nodes_ptr: int | None, blocked: bool,
-                  deltas: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                  deltas: tuple[torch.Tensor, torch.Tensor] | None = None, halted_ptr: int = 0) -> None:
         """One step for device scores and nodes, reshaped by device lookahead ``deltas`` (from
-        :meth:`upload_deltas`) if given; errors accumulate in the error word."""
+        :meth:`upload_deltas`) if given; errors accumulate in the error word. A uint64 at
+        ``halted_ptr`` other than all ones (an earlier step's error) makes the step do nothing."""
         constrained = nodes_ptr is not None
         args = (
             logits.data_ptr(), logits.shape[1], logits.stride(0), DTYPE_CODES[logits.dtype], self.batch, self.k,
@@ -121,6 +122,7 @@ class CudaStep:
             self.normalize_allowed, self.eos_id, self.eos_id if blocked else -1, blocked and constrained,
             *(self.output_ptr(i) for i in range(6)), self.error_ptr, self.workspace.data_ptr(),
             _backend.stream_of(logits), *((0, 0) if deltas is None else (deltas[0].data_ptr(), deltas[1].data_ptr())),
+            halted_ptr,
         )
         with torch.cuda.device(logits.device):  # launch on the logits' GPU whatever the current device
             code = self.ext.beam_step(*args)
@@ -154,7 +156,7 @@ class DeviceSearch:
                "penalty": torch.float32, "done": torch.uint8, "improvable": torch.uint8, "hyp_count": torch.int32,
                "hyp_order": torch.int32, "hyp_score": torch.float32, "hyp_length": torch.int32,
                "hyp_finished": torch.uint8, "hyp_filler": torch.uint8, "hyp_tokens": torch.int32,
-               "hyp_token_scores": torch.float32}
+               "hyp_token_scores": torch.float32, "halted": torch.int64}
 
     def __init__(self, searcher, device, batch_size, tries, start_nodes, normalize_allowed, eos_id):
         self.searcher, self.batch, self.k = searcher, batch_size, searcher.num_beams
@@ -191,6 +193,7 @@ class DeviceSearch:
             nodes.fill_(-1)
         self.view("seq0", rows, width).fill_(self.pad_id)
         self.view("improvable").fill_(1)
+        self.view("halted", 1).fill_(-1)  # all ones: no step has failed
         # float(L ** length_penalty) as the CPU search computes it (double pow, the penalty in float32).
         lp = float(np.float32(self.searcher.length_penalty))
         self.view("penalty", width + 1).copy_(torch.tensor([math.pow(n, lp) if n else 0.0 for n in range(width + 1)],
@@ -207,7 +210,7 @@ class DeviceSearch:
             blocked = length + 1 < s.min_length
             self.step.launch_at(logits, self.state.data_ptr() + self.layout[f"scores{parity}"],
                                 None if views is None else self.state.data_ptr() + self.layout[f"nodes{parity}"], blocked,
-                                deltas)
+                                deltas, self.state.data_ptr() + self.layout["halted"])
             with torch.cuda.device(logits.device):
                 code = self.ext.beam_select(
                     self.batch, self.k, self.width, length, s.early_stopping_code, s.length_penalty, self.eos_id, self.pad_id,

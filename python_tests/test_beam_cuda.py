@@ -369,6 +369,24 @@ def test_device_search__python_lookahead__same_as_cpu_search(per_item_tries, dev
     assert got.sequences != run(None, True).sequences  # the deltas changed the outcome
 
 
+@pytest.mark.parametrize("halted", [True, False])
+def test_cuda_step__after_a_failed_step__leaves_its_error(halted, device):
+    # The device search reads a step's error word one step late, and never clears it: the step
+    # launched meanwhile gets the failed step's word as `halted` (beam_select stores it) and must
+    # leave the word, and the detail behind it, as that step recorded them.
+    logits = torch.zeros(2, 5, device=device)
+    logits[1, 4] = float("nan")
+    step = search.CudaStep(logits.device, 1, 2, [], False, -1)
+    scores = torch.zeros(2, device=device)
+    word = torch.full((1,), -1, dtype=torch.int64, device=device)
+    step.launch_at(logits, scores.data_ptr(), None, False, halted_ptr=word.data_ptr())
+    word.copy_(step.out[:2].view(torch.int64))
+    logits[0, 2] = float("nan")  # the next step would fail at row 0
+    step.launch_at(logits, scores.data_ptr(), None, False, halted_ptr=word.data_ptr() if halted else 0)
+    with pytest.raises(ValueError, match=f"row {1 if halted else 0} contains NaN"):
+        step.read(5)
+
+
 def test_cuda_step__nan_and_leaf_rows_raise(device):
     trie = fs.Trie([[2, 3]])
     leaf = trie.walk([2, 3])

@@ -49,6 +49,10 @@ struct BeamStepParams {
   const int64_t* delta_offsets = nullptr;  // [rows + 1]
   const int32_t* deltas = nullptr;
 
+  // CUDA only (may be null): a step that finds *halted != kNoBeamStepError (an earlier step failed)
+  // does nothing.
+  const unsigned long long* halted = nullptr;
+
   // Outputs, [batch_size * num_candidates] each, every item's list sorted best first.
   float* cand_score = nullptr;     // beam score + token log-prob
   float* cand_logprob = nullptr;   // the token log-prob the beam added

@@ -130,7 +130,13 @@ __device__ void decide(const BeamSelectParams& p, const Half& cur, Shared& sh, i
 
 __global__ void __launch_bounds__(kThreads) beam_select_kernel(BeamSelectParams p) {
   __shared__ Shared sh;
-  if (*p.error != kNoBeamStepError) return;
+  if (*p.error != kNoBeamStepError) {
+    // The step failed: the state stays as it was, and later steps skip their work, so that the
+    // error word and its detail keep what this step recorded until the host reads them.
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+      *reinterpret_cast<unsigned long long*>(p.state + p.layout.halted) = *p.error;
+    return;
+  }
   const int32_t b = blockIdx.x, K = p.num_beams, L = p.length + 1, W = p.max_length;
   const int64_t base = int64_t{b} * 2 * K;
   const Half cur = half_of(p, p.parity), next = half_of(p, 1 - p.parity);
@@ -213,6 +219,7 @@ DeviceBeamLayout device_beam_layout(int32_t batch_size, int32_t num_beams, int32
   l.hyp_filler = take(slots);
   l.hyp_tokens = take(slots * width * sizeof(int32_t));
   l.hyp_token_scores = take(record_token_scores ? slots * width * sizeof(float) : 0);
+  l.halted = take(sizeof(unsigned long long));
   l.bytes = end;
   return l;
 }

@@ -34,6 +34,8 @@ struct DeviceBeamLayout {
   size_t hyp_filler;       // uint8 [batch, num_beams]
   size_t hyp_tokens;       // int32 [batch, num_beams, max_length]
   size_t hyp_token_scores; // float [batch, num_beams, max_length] (record_token_scores only)
+  size_t halted;           // uint64: the error word of a failed step (kNoBeamStepError until one
+                           // fails), which every later step's kernels then skip on
   size_t bytes;
 };
 

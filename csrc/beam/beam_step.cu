@@ -481,6 +481,7 @@ __device__ const int32_t* row_deltas(const BeamStepParams& p, int64_t r, int32_t
 template <class Bits>
 __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
   __shared__ TopShared sh;
+  if (p.halted && *p.halted != kNoBeamStepError) return;  // written by an earlier launch: no block races it
   const int64_t r = blockIdx.x;
   const int32_t C = p.num_candidates;
   float* out_logprob = pool.logprob + r * C;

@@ -35,7 +35,7 @@ void bind_beam_cuda(py::module_& m) {
          uintptr_t beam_scores, uintptr_t nodes, uintptr_t tries, int32_t num_tries, bool normalize_allowed,
          int32_t eos_id, int32_t blocked_token, bool block_leaves, uintptr_t cand_score, uintptr_t cand_logprob,
          uintptr_t cand_token, uintptr_t cand_parent, uintptr_t cand_node, uintptr_t cand_count, uintptr_t error,
-         uintptr_t workspace, uintptr_t stream, uintptr_t delta_offsets, uintptr_t deltas) {
+         uintptr_t workspace, uintptr_t stream, uintptr_t delta_offsets, uintptr_t deltas, uintptr_t halted) {
         BeamStepParams p = beam_step_params(reinterpret_cast<const void*>(logits), vocab, row_stride, dtype, batch_size,
                                             num_beams);
         if (num_beams > 1024) fail("num_beams must be in 1..1024 on the GPU");
@@ -51,6 +51,7 @@ void bind_beam_cuda(py::module_& m) {
         if (delta_offsets && !nodes) fail("lookahead deltas need a constrained step (nodes_ptr)");
         p.delta_offsets = reinterpret_cast<const int64_t*>(delta_offsets);
         p.deltas = reinterpret_cast<const int32_t*>(deltas);
+        p.halted = reinterpret_cast<const unsigned long long*>(halted);
         p.cand_score = reinterpret_cast<float*>(cand_score);
         p.cand_logprob = reinterpret_cast<float*>(cand_logprob);
         p.cand_token = reinterpret_cast<int32_t*>(cand_token);
@@ -66,9 +67,10 @@ void bind_beam_cuda(py::module_& m) {
       py::arg("normalize_allowed"), py::arg("eos_id"), py::arg("blocked_token"), py::arg("block_leaves"),
       py::arg("cand_score_ptr"), py::arg("cand_logprob_ptr"), py::arg("cand_token_ptr"), py::arg("cand_parent_ptr"),
       py::arg("cand_node_ptr"), py::arg("cand_count_ptr"), py::arg("error_ptr"), py::arg("workspace_ptr"),
-      py::arg("stream"), py::arg("delta_offsets_ptr") = 0, py::arg("deltas_ptr") = 0,
+      py::arg("stream"), py::arg("delta_offsets_ptr") = 0, py::arg("deltas_ptr") = 0, py::arg("halted_ptr") = 0,
       "Launch the fused beam step on device pointers (nodes_ptr 0: unconstrained; tries_ptr: int64 [num_tries, 4]\n"
-      "device views; delta_offsets_ptr: 0, or int64 [rows + 1] offsets into int32 lookahead deltas).\n"
+      "device views; delta_offsets_ptr: 0, or int64 [rows + 1] offsets into int32 lookahead deltas;\n"
+      "halted_ptr: 0, or a uint64 that skips the step unless all ones).\n"
       "*error_ptr (uint64, preset to all ones) ends as row * 256 + code of the first failing row.\n"
       "Returns the cudaError_t code of the launches.");
   m.def(
@@ -89,7 +91,7 @@ void bind_beam_cuda(py::module_& m) {
             {"done", l.done},               {"improvable", l.improvable}, {"hyp_count", l.hyp_count},
             {"hyp_order", l.hyp_order},     {"hyp_score", l.hyp_score},   {"hyp_length", l.hyp_length},
             {"hyp_finished", l.hyp_finished}, {"hyp_filler", l.hyp_filler}, {"hyp_tokens", l.hyp_tokens},
-            {"hyp_token_scores", l.hyp_token_scores}, {"bytes", l.bytes}};
+            {"hyp_token_scores", l.hyp_token_scores}, {"halted", l.halted}, {"bytes", l.bytes}};
         for (const auto& [name, offset] : fields) out[name] = offset;
         return out;
       },
