@@ -6,9 +6,9 @@ candidates; ``beam_select``: transformers' bookkeeping) on the current stream, a
 each step's error word and done flags are copied to pinned memory, and the host looks at them one
 step later, waiting if need be only for that step's bookkeeping while the GPU runs the model's next
 step; so the loop runs at most one model call past the end of the search, and the host at most one
-step ahead of the GPU. With a lookahead, each step's trie nodes and
-tokens are copied to the host as soon as the bookkeeping has written them, and the host computes
-the next step's deltas from them while the GPU runs the model's step.
+step ahead of the GPU. With a lookahead, each step's trie nodes and tokens are copied to the host as
+soon as the bookkeeping has written them, and the host computes the next step's deltas from them
+while the GPU runs the model's step.
 """
 
 from __future__ import annotations
