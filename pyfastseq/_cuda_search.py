@@ -85,14 +85,11 @@ class CudaStep:
     def error_ptr(self) -> int:
         return self.out.data_ptr()
 
-    def upload_deltas(self, row_offsets, deltas) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lookahead ``(row_offsets, deltas)`` host arrays as device tensors for :meth:`launch_at`
-        (checked as the CPU step checks them: the kernel trusts the offsets)."""
-        offsets = np.ascontiguousarray(row_offsets, dtype=np.int64)
-        values = np.ascontiguousarray(deltas, dtype=np.int32)
-        if (offsets.shape != (self.rows + 1,) or offsets[0] != 0 or offsets[-1] != len(values)
-                or (np.diff(offsets) < 0).any()):
-            raise ValueError("delta_offsets must hold rows + 1 offsets from 0 to len(deltas)")
+    def upload_deltas(self, row_offsets: np.ndarray, deltas: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lookahead deltas as device tensors for :meth:`launch_at`: int64 ``row_offsets`` and int32
+        ``deltas`` host arrays already checked (``search._checked_deltas``, or the native
+        lookahead's own output): the kernel trusts the offsets."""
+        offsets, values = np.ascontiguousarray(row_offsets), np.ascontiguousarray(deltas)
         if self.device.type != "cuda":
             return torch.from_numpy(offsets), torch.from_numpy(values)
         # Pinned, so that the copies queue behind the model's work instead of waiting for it.
@@ -313,22 +310,17 @@ class _Status:
         """Whether the previous step ended the search (on the CPU emulator: this step); raises a
         step's error. Its event was recorded before the model's current step was queued, so
         waiting for it leaves the GPU that step to run."""
-        previous = (self.step - 2) % 2 if self.on_device else (self.step - 1) % 2
-        if self.step < (2 if self.on_device else 1):
-            return False
-        if self.events[previous] is not None:
-            self.events[previous].synchronize()
-        return self._read(self.slots[previous], step, vocab)
+        lag = 2 if self.on_device else 1
+        return self.step >= lag and self._read(self.step - lag, step, vocab)
 
     def wait(self, step: CudaStep, vocab: int) -> bool:
         """Synchronise with the last step and raise its error, if any; whether the search is over."""
-        slot = self.slots[(self.step - 1) % 2]
-        if self.events[(self.step - 1) % 2] is not None:
-            self.events[(self.step - 1) % 2].synchronize()
-        return self._read(slot, step, vocab)
+        return self._read(self.step - 1, step, vocab)
 
-    @staticmethod
-    def _read(slot: torch.Tensor, step: CudaStep, vocab: int) -> bool:
-        host = slot.numpy()
+    def _read(self, index: int, step: CudaStep, vocab: int) -> bool:
+        """Step ``index``'s status once its copy has arrived; raises its error."""
+        if self.events[index % 2] is not None:
+            self.events[index % 2].synchronize()
+        host = self.slots[index % 2].numpy()
         step.raise_error(host[:8].view(np.uint64)[0], vocab)
         return bool(host[8:].all())

@@ -374,7 +374,7 @@ def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: 
                     as_eos_id(None if trie is None else trie.eos_id))
     step.launch(logits, beam_scores.detach().float().cpu().numpy(),
                 None if nodes is None else nodes.detach().int().cpu().numpy(), blocked=False,
-                deltas=None if deltas is None else step.upload_deltas(*deltas))
+                deltas=None if deltas is None else step.upload_deltas(*_checked_deltas(deltas, rows)))
     return {name: torch.from_numpy(np.array(a)) for name, a in zip(_CANDIDATE_NAMES, step.read(logits.shape[1]))}
 
 
