@@ -266,11 +266,58 @@ CUDA_GRID = [
 ]
 
 
+@pytest.fixture
+def one_config(monkeypatch):
+    """``use(D, dtype, index=None)``: launch every kernel with one configuration of its autotune list
+    (``index``, or the first that fits shared memory at ``D`` and ``dtype``) instead of autotuning,
+    which compiles and times every configuration for every new key. Returns False where ``index``
+    does not fit."""
+    from pyfastseq.attention import launch
+
+    def use(D, dtype, index=None):
+        elem = torch.empty(0, dtype=dtype).element_size()
+        chosen = {}
+        for which, (kernel, configs) in launch._KERNELS.items():
+            fitting = [c for c in configs if launch._fits(c, D, elem)]
+            config = fitting[0] if index is None else configs[index]
+            if config not in fitting:
+                return False
+            chosen[which] = (kernel, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})
+        monkeypatch.setattr(launch, "_kernel", chosen.__getitem__)
+        return True
+
+    return use
+
+
 @needs_cuda_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("B,H,L,D,kind,padded", CUDA_GRID, ids=_ids(CUDA_GRID))
-def test_cuda(B, H, L, D, kind, padded, dtype):
+def test_cuda(B, H, L, D, kind, padded, dtype, one_config):
+    one_config(D, dtype)
     check_against_reference(B, H, L, D, kind, padded, dtype, "cuda")
+
+
+@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("device,dtype", [
+    pytest.param("cpu", torch.float32, marks=needs_cpu_kernel, id="cpu-float32"),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.cuda, id="cuda-float16"),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda, id="cuda-bfloat16"),
+])
+def test_every_config(device, dtype, D, index, one_config):
+    # The autotuner may pick any configuration on some GPU: each must be right, at a length that
+    # ends mid-block for every block size.
+    if device == "cuda" and not HAS_TRITON:
+        pytest.skip("needs triton")
+    if not one_config(D, dtype, index):
+        pytest.skip("configuration does not fit shared memory at this head dim")
+    check_against_reference(2, 2, 203, D, "random", True, dtype, device)
+
+
+@needs_cuda_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_cuda_autotuned(dtype):
+    check_against_reference(2, 3, 333, 64, "random", True, dtype, "cuda")
 
 
 @needs_cuda_triton

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one bounded run: build, the CUDA and Triton tests, the memory and
+# race checkers, and the GPU benchmarks, in priority order.
+#
+#     OUT=gpu-results bash benchmarks/gpu_check.sh                 # every stage
+#     OUT=gpu-results bash benchmarks/gpu_check.sh build tests     # some, in the order given
+#
+# Stages: build, tests, attention-tests, memcheck, bench-kernels, bench-attention, bench-generate,
+# racecheck. Each stage runs under its own time limit and under what is left of GPU_CHECK_SECONDS
+# (default 540) for the whole run; a stage that fails does not stop the later ones, and one with
+# under 30 s left is skipped. Results go to $OUT: log.txt (every stage's output), summary.md (each
+# stage's outcome and time, then the benchmark ratio table), and one pytest-benchmark JSON per
+# benchmark stage. Wheels under .whl (xgrammar for the mask benchmark, say) are installed first.
+#
+# The build targets the GPU at hand only (CMAKE_CUDA_ARCHITECTURES=native) and installs without
+# build isolation or dependencies: the machine's own torch, triton and build tools are used.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit
+root=$PWD
+out=${OUT:-$root/gpu-results}
+mkdir -p "$out"
+log=$out/log.txt summary=$out/summary.md
+: > "$log"
+printf '# GPU check\n\n| stage | result | seconds |\n|---|---|---|\n' > "$summary"
+# PYTHONSAFEPATH: "python3 -m pytest" must not put the source tree (no compiled modules) on the path.
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONSAFEPATH=1
+deadline=$((SECONDS + ${GPU_CHECK_SECONDS:-540}))
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu-check-site .whl/*.whl >> "$log" 2>&1 \
+    && export PYTHONPATH=/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+# Tests and benchmarks import the installed package (pytest puts python_tests/ and benchmarks/ on
+# the path, not the root).
+pytest_gpu() { python3 -m pytest -p no:cacheprovider -q "$@"; }
+sanitizer() {
+  local tool=$1; shift
+  compute-sanitizer --tool "$tool" --error-exitcode 1 python3 -m pytest -p no:cacheprovider -q -m cuda "$@"
+}
+
+stage_command() {
+  case $1 in
+    build)
+      nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+      CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=native" python3 -m pip install --no-build-isolation --no-deps . &&
+      (cd / && python3 -c "import pyfastseq; pyfastseq.show_config()") ;;
+    tests)
+      pytest_gpu -m cuda python_tests --ignore=python_tests/test_attention.py ;;
+    attention-tests)
+      pytest_gpu -m cuda python_tests/test_attention.py ;;
+    memcheck)
+      sanitizer memcheck python_tests/test_beam_cuda.py python_tests/test_trie_mask.py python_tests/test_assignment.py ;;
+    racecheck)
+      sanitizer racecheck python_tests/test_beam_cuda.py -k "device_search or cuda_search" ;;
+    bench-kernels)
+      pytest_gpu benchmarks/bench_cuda.py -k "not generate" --benchmark-json="$out/cuda.json" ;;
+    bench-attention)
+      pytest_gpu benchmarks/bench_attention.py --benchmark-json="$out/attention.json" ;;
+    bench-generate)
+      pytest_gpu benchmarks/bench_cuda.py -k generate --benchmark-json="$out/generate.json" ;;
+    *)
+      echo "unknown stage $1"; return 2 ;;
+  esac
+}
+
+declare -A limit=([build]=240 [tests]=240 [attention-tests]=240 [memcheck]=300 [racecheck]=240
+                  [bench-kernels]=240 [bench-attention]=420 [bench-generate]=300)
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build tests attention-tests memcheck bench-kernels bench-attention bench-generate racecheck)
+
+for stage in "${stages[@]}"; do
+  left=$((deadline - SECONDS))
+  if [ "$left" -lt 30 ]; then
+    printf '| %s | skipped: out of time | 0 |\n' "$stage" >> "$summary"
+    continue
+  fi
+  budget=${limit[$stage]:-240}
+  [ "$budget" -gt "$left" ] && budget=$left
+  printf '\n==== %s (limit %ds)\n' "$stage" "$budget" | tee -a "$log"
+  start=$SECONDS
+  # A function cannot run under timeout(1) itself: run this script's stage in a child bash.
+  timeout --kill-after=10 "$budget" bash -c "$(declare -f pytest_gpu sanitizer stage_command); out='$out'; stage_command $stage" \
+    >> "$log" 2>&1
+  rc=$?
+  case $rc in
+    0) result=passed ;;
+    124 | 137) result="timed out after ${budget}s" ;;
+    *) result="failed (exit $rc)" ;;
+  esac
+  # The pytest summary line, if the stage ran pytest.
+  last=$(awk '/^==== /{line=""} / (passed|failed|error|skipped)/{line=$0} END{print line}' "$log" | tr -d '=' | xargs)
+  printf '| %s | %s%s | %d |\n' "$stage" "$result" "${last:+: $last}" $((SECONDS - start)) >> "$summary"
+  echo "$stage: $result" | tee -a "$log"
+  [ "$stage" = build ] && [ $rc -ne 0 ] && break  # nothing else can run without the build
+done
+
+jsons=$(ls "$out"/*.json 2>/dev/null)
+if [ -n "$jsons" ]; then
+  printf '\n' >> "$summary"
+  # shellcheck disable=SC2086
+  python3 benchmarks/report.py $jsons >> "$summary" 2>> "$log"
+fi
+cat "$summary"
