@@ -58,7 +58,7 @@ def test_matches_masked_fill(device, dtype, rows__vocab, request):
 
 
 @pytest.mark.parametrize("device", devices(emulated=True))
-@pytest.mark.parametrize("layout", ["row_slice", "transposed", "column_slice"])
+@pytest.mark.parametrize("layout", ["row_slice", "transposed", "column_slice", "shifted"])
 def test_non_contiguous_logits(device, layout, request):
     device = torch_device(device, request)
     rng = np.random.default_rng(1)
@@ -70,9 +70,12 @@ def test_non_contiguous_logits(device, layout, request):
     elif layout == "transposed":
         base = torch.randn(48, 12, device=device)
         logits = base.t()
-    else:
+    elif layout == "column_slice":
         base = torch.randn(24, 48, device=device)
         logits = base[::2]
+    else:  # rows that start off a 16-byte boundary
+        base = torch.randn(12, 64, device=device)
+        logits = base[:, 1:49]
     expected = reference_mask(logits.cpu(), allowed)
     before = base.clone()
     trie.mask_logits(logits, nodes)
@@ -82,9 +85,30 @@ def test_non_contiguous_logits(device, layout, request):
         untouched[:, :48] = False
     elif layout == "transposed":
         untouched[:] = False
-    else:
+    elif layout == "column_slice":
         untouched[::2] = False
+    else:
+        untouched[:, 1:49] = False
     assert torch.equal(base[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("device", devices(emulated=True))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_high_fan_out_nodes(device, dtype, request):
+    # Nodes whose children fill much of the vocabulary (a title trie's root), runs of adjacent
+    # children, and children at both ends of the vocabulary.
+    device = torch_device(device, request)
+    rng = np.random.default_rng(5)
+    vocab = 6151
+    seqs = [[t] for t in rng.choice(vocab, 2500, replace=False).tolist()] + [[0], [vocab - 1]]
+    seqs += [[7, t] for t in range(1000, 1700)] + [[vocab - 1, t] for t in range(vocab - 300, vocab)]
+    trie, ref = fs.Trie(seqs, eos_id=None), DictTrie(seqs, eos_id=None)
+    prefixes = [[], [7], [vocab - 1], [], [7]]
+    nodes = [trie.walk(prefix) for prefix in prefixes]
+    logits = torch.randn(len(nodes), vocab, dtype=dtype, device=device)
+    expected = reference_mask(logits.cpu(), [ref.children(prefix) for prefix in prefixes])
+    trie.mask_logits(logits, nodes)
+    torch.testing.assert_close(logits.cpu(), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("fill", [-1e4, 0.0, float("inf")])

@@ -271,6 +271,19 @@ inline int __any_sync(unsigned, int predicate) {
   }));
 }
 
+inline unsigned __ballot_sync(unsigned, int predicate) {
+  using namespace cuda_emulator;
+  const int first = static_cast<int>(threadIdx.x) / kWarp * kWarp;
+  return static_cast<unsigned>(exchange(my_warp(), predicate != 0, [&](const std::vector<uint64_t>& slot) {
+    uint64_t ballot = 0;
+    for (int lane = first; lane < first + kWarp && lane < static_cast<int>(slot.size()); ++lane)
+      ballot |= (slot[lane] != 0 ? uint64_t{1} : 0) << (lane - first);
+    return ballot;
+  }));
+}
+
+inline int __popc(unsigned bits) { return __builtin_popcount(bits); }
+
 // Fibers switch only at barriers, so a read-modify-write is atomic as it stands.
 template <class T, class Update>
 T atomic_update(T* address, Update update) {
