@@ -311,7 +311,12 @@ def test_every_config(device, dtype, D, index, one_config):
         pytest.skip("needs triton")
     if not one_config(D, dtype, index):
         pytest.skip("configuration does not fit shared memory at this head dim")
-    check_against_reference(2, 2, 203, D, "random", True, dtype, device)
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        check_against_reference(2, 2, 203, D, "random", True, dtype, device)
+    except OutOfResources:  # the autotuner drops such a configuration too
+        pytest.skip("configuration needs more shared memory or registers than this GPU has")
 
 
 @needs_cuda_triton
