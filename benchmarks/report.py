@@ -5,7 +5,10 @@
 A benchmark names its implementation by ``extra_info["impl"]``, an ``impl`` parameter, or the last
 word of its test name (``test_mask_pyfastseq`` / ``test_mask_transformers``); pyfastseq rows are
 paired with every peer row of the same test and parameters. A benchmark that timed its peer itself
-records ``extra_info["peer"]`` and ``extra_info["peer_median_s"]`` instead.
+records ``extra_info["peer"]`` and ``extra_info["peer_median_s"]`` (or ``peer_min_s``, against its own
+fastest round) instead. A GPU kernel benchmark (bench_cuda.py) records its CUDA-event time as
+``kernel_s`` and each peer's as ``<peer>_s`` beside ``ratio_vs_<peer>``; with ``gbps`` and
+``pct_of_peak`` it also gets a row in the bandwidth table.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Row:
     peer: str
     ours_s: float
     peer_s: float
+    gbps: float | None = None
+    pct_of_peak: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -60,9 +65,18 @@ def rows_from(files: list[Path]) -> tuple[list[Row], str]:
         for bench in data["benchmarks"]:
             median = bench["stats"]["median"]
             extra = bench.get("extra_info", {})
-            if "peer_median_s" in extra:
-                what = re.sub(r"^test_", "", bench["name"].split("[")[0])
-                rows.append(Row(f"{module}: {what}", _case(bench), extra.get("peer", "peer"), median, extra["peer_median_s"]))
+            what = f"{module}: {re.sub(r'^test_', '', bench['name'].split('[')[0])}"
+            if "peer_median_s" in extra or "peer_min_s" in extra:
+                ours, peer_s = ((median, extra["peer_median_s"]) if "peer_median_s" in extra
+                                else (bench["stats"]["min"], extra["peer_min_s"]))
+                rows.append(Row(what, _case(bench), extra.get("peer", "peer"), ours, peer_s))
+                continue
+            peers = [key.removeprefix("ratio_vs_") for key in extra if key.startswith("ratio_vs_")]
+            if "kernel_s" in extra:
+                what = f"{module}: {extra.get('kernel', what)}"
+                for peer in peers or [""]:
+                    rows.append(Row(what, extra.get("shape", _case(bench)), peer, extra["kernel_s"],
+                                    extra.get(f"{peer}_s", float("nan")), extra.get("gbps"), extra.get("pct_of_peak")))
                 continue
             base, impl = _split_impl(bench)
             groups[(module, base, _case(bench))][impl] = median
@@ -79,7 +93,14 @@ def markdown(rows: list[Row], machine: str) -> str:
     lines = [f"Machine: {machine or 'unknown'}", "", "| what | case | peer | pyfastseq | peer time | ratio |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.what} | {r.case} | {r.peer} | {_fmt(r.ours_s)} | {_fmt(r.peer_s)} | {r.ratio:.1f}x |")
+        if r.peer:
+            lines.append(f"| {r.what} | {r.case} | {r.peer} | {_fmt(r.ours_s)} | {_fmt(r.peer_s)} | {r.ratio:.1f}x |")
+    kernels = {(r.what, r.case): r for r in rows if r.gbps is not None}
+    if kernels:
+        lines += ["", "| kernel | shape | time | GB/s | % of peak |", "|---|---|---|---|---|"]
+        for r in kernels.values():
+            pct = "" if r.pct_of_peak is None else f"{r.pct_of_peak:.0f}%"
+            lines.append(f"| {r.what} | {r.case} | {_fmt(r.ours_s)} | {r.gbps:.0f} | {pct} |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         args.markdown.write_text(table)
     else:
         print(table)
-    if args.png and rows:
-        chart(rows, args.png)
+    compared = [r for r in rows if r.peer]
+    if args.png and compared:
+        chart(compared, args.png)
 
 
 if __name__ == "__main__":
