@@ -116,7 +116,8 @@ def beam_step(logits_ptr: typing.SupportsInt | typing.SupportsIndex, vocab: typi
     """
 def build_info() -> dict:
     """
-    Compiler, OpenMP and sanitizer settings this module was built with, and whether its AVX2 builds run.
+    Compiler, OpenMP and sanitizer settings this module was built with, and whether its AVX2 and AVX-512
+    builds run.
     """
 def lcs_lookahead(trie: ..., heights: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8], patterns: collections.abc.Sequence[LcsPattern], nodes: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], generated: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], pattern_of_row: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], start_after: typing.SupportsInt | typing.SupportsIndex, max_nodes: typing.SupportsInt | typing.SupportsIndex, applying_only: bool = False) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int32], int, int]:
     """
