@@ -114,11 +114,11 @@ def test_high_fan_out_nodes(device, dtype, request):
 @pytest.mark.parametrize("fill", [-1e4, 0.0, float("inf")])
 def test_custom_fill(fill):
     trie = fs.Trie([[2, 3], [4]])
-    logits = torch.zeros(2, 6)
-    trie.mask_logits(logits, torch.tensor([0, trie.walk([2])]), fill=fill)
+    logits = torch.arange(1.0, 13.0).view(2, 6)  # no entry equals any fill
     expected = torch.full((2, 6), fill)
-    expected[0, [2, 4]] = 0
-    expected[1, 3] = 0
+    expected[0, [2, 4]] = logits[0, [2, 4]]
+    expected[1, 3] = logits[1, 3]
+    trie.mask_logits(logits, torch.tensor([0, trie.walk([2])]), fill=fill)
     assert torch.equal(logits, expected)
 
 
