@@ -5,15 +5,16 @@
 #     OUT=gpu-results bash benchmarks/gpu_check.sh                 # every stage
 #     OUT=gpu-results bash benchmarks/gpu_check.sh build tests     # some, in the order given
 #
-# Stages: build, tests, attention-tests, memcheck, bench-kernels, bench-attention, bench-generate,
-# racecheck. Each stage runs under its own time limit and under what is left of GPU_CHECK_SECONDS
-# (default 540) for the whole run; a stage that fails does not stop the later ones, and one with
-# under 30 s left is skipped. Results go to $OUT: log.txt (every stage's output), summary.md (each
-# stage's outcome and time, then the benchmark ratio table), and one pytest-benchmark JSON per
-# benchmark stage. Wheels under .whl (xgrammar for the mask benchmark, say) are installed first.
+# Stages: build, tests, attention-tests, memcheck, bench-kernels, bench-attention (the d = 128 goal
+# shapes), bench-generate, racecheck, bench-attention-all (the whole grid). Each stage runs under
+# its own time limit and under what is left of GPU_CHECK_SECONDS (default 540) for the whole run; a
+# stage that fails does not stop the later ones, and one with under 30 s left is skipped. Results
+# go to $OUT: log.txt (every stage's output), summary.md (each stage's outcome and time, then the
+# benchmark ratio table), and one pytest-benchmark JSON per benchmark stage. Wheels under .whl
+# (xgrammar for the mask benchmark, say) are installed first.
 #
-# The build targets Hopper only (sm_90: the H100 and H200; other GPUs run its PTX) and installs without
-# build isolation or dependencies: the machine's own torch, triton and build tools are used.
+# The build targets Hopper only (sm_90: the H100 and H200; other GPUs run its PTX) and installs
+# without build isolation or dependencies: the machine's own torch, triton and build tools are used.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit
 root=$PWD
@@ -55,8 +56,11 @@ stage_command() {
       sanitizer racecheck python_tests/test_beam_cuda.py -k "device_search or cuda_search" ;;
     bench-kernels)
       pytest_gpu benchmarks/bench_cuda.py -k "not generate" --benchmark-json="$out/cuda.json" ;;
-    bench-attention)
-      pytest_gpu benchmarks/bench_attention.py --benchmark-json="$out/attention.json" ;;
+    bench-attention)  # the d = 128 goal shapes and the training step; the whole grid comes last
+      pytest_gpu benchmarks/bench_attention.py -k "1024-128 or 2048-128 or training_step" \
+        --benchmark-json="$out/attention.json" ;;
+    bench-attention-all)
+      pytest_gpu benchmarks/bench_attention.py --benchmark-json="$out/attention_all.json" ;;
     bench-generate)
       pytest_gpu benchmarks/bench_cuda.py -k generate --benchmark-json="$out/generate.json" ;;
     *)
@@ -65,9 +69,10 @@ stage_command() {
 }
 
 declare -A limit=([build]=240 [tests]=240 [attention-tests]=240 [memcheck]=300 [racecheck]=240
-                  [bench-kernels]=240 [bench-attention]=420 [bench-generate]=300)
+                  [bench-kernels]=240 [bench-attention]=300 [bench-generate]=300 [bench-attention-all]=540)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build tests attention-tests memcheck bench-kernels bench-attention bench-generate racecheck)
+[ ${#stages[@]} -eq 0 ] && stages=(build tests attention-tests memcheck bench-kernels bench-attention bench-generate
+                                   racecheck bench-attention-all)
 
 for stage in "${stages[@]}"; do
   left=$((deadline - SECONDS))
