@@ -71,9 +71,9 @@ def rows_from(files: list[Path]) -> tuple[list[Row], str]:
                                 else (bench["stats"]["min"], extra["peer_min_s"]))
                 rows.append(Row(what, _case(bench), extra.get("peer", "peer"), ours, peer_s))
                 continue
-            peers = [key.removeprefix("ratio_vs_") for key in extra if key.startswith("ratio_vs_")]
             if "kernel_s" in extra:
                 what = f"{module}: {extra.get('kernel', what)}"
+                peers = [key.removeprefix("ratio_vs_") for key in extra if key.startswith("ratio_vs_")]
                 for peer in peers or [""]:
                     rows.append(Row(what, extra.get("shape", _case(bench)), peer, extra["kernel_s"],
                                     extra.get(f"{peer}_s", float("nan")), extra.get("gbps"), extra.get("pct_of_peak")))
