@@ -35,15 +35,6 @@ __device__ uint32_t warp_lower_bound(const int32_t* tokens, uint32_t lo, uint32_
   return lo;
 }
 
-// The first index in [lo, hi) whose token is >= key, by one thread.
-__device__ uint32_t lower_bound(const int32_t* tokens, uint32_t lo, uint32_t hi, int64_t key) {
-  while (lo < hi) {
-    const uint32_t mid = lo + (hi - lo) / 2;
-    if (tokens[mid] < key) lo = mid + 1; else hi = mid;
-  }
-  return lo;
-}
-
 template <class Bits>
 __global__ void trie_mask_kernel(TrieMaskParams p) {
   constexpr int kPerThread = kBytesPerThread / sizeof(Bits);
@@ -64,7 +55,7 @@ __global__ void trie_mask_kernel(TrieMaskParams p) {
       const uint32_t first = p.trie.child_begin[node], last = p.trie.child_begin[node + 1];
       e = warp_lower_bound(p.trie.child_token, first, last, warp_start, lane);
       end = warp_lower_bound(p.trie.child_token, e, last, warp_start + int64_t{kWarp} * kPerThread, lane);
-      if (e < end) e = lower_bound(p.trie.child_token, e, end, start);
+      if (e < end) e = p.trie.lower_bound(e, end, start);
     }
     if (start >= p.vocab) continue;
     Bits* out = logits + start;

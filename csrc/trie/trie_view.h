@@ -26,15 +26,19 @@ struct TrieView {
   PYFASTSEQ_HD bool is_terminal(int32_t node) const {
     return (terminal[node >> 6] >> (node & 63)) & 1u;
   }
+  // The first edge in [lo, hi) (edges of one node) whose token is >= key, or hi.
+  PYFASTSEQ_HD uint32_t lower_bound(uint32_t lo, uint32_t hi, int64_t key) const {
+    while (lo < hi) {
+      const uint32_t mid = lo + (hi - lo) / 2;
+      if (child_token[mid] < key) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+  }
   // The child of `node` reached by `token`, or -1. Binary search: nodes with tens of thousands of
   // children (title tries) take ~15 probes, 256-way semantic-ID nodes take 8.
   PYFASTSEQ_HD int32_t child(int32_t node, int32_t token) const {
-    uint32_t lo = child_begin[node], hi = child_begin[node + 1];
-    while (lo < hi) {
-      const uint32_t mid = lo + (hi - lo) / 2;
-      if (child_token[mid] < token) lo = mid + 1; else hi = mid;
-    }
-    return (lo < child_begin[node + 1] && child_token[lo] == token) ? static_cast<int32_t>(lo) + 1 : -1;
+    const uint32_t e = lower_bound(child_begin[node], child_begin[node + 1], token);
+    return (e < child_begin[node + 1] && child_token[e] == token) ? static_cast<int32_t>(e) + 1 : -1;
   }
 };
 
