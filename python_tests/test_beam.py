@@ -397,6 +397,38 @@ def test_beam_step__normaliser_of_long_rows__matches_log_softmax(vocab, dtype):
     assert got["token"][:, 0].tolist() == want.indices.tolist()
 
 
+_NAN_BITS = {torch.float32: (torch.int32, [0x7FC00000, 0x7F800001, -0x00400000, 0x7FFFFFFF]),
+             torch.float16: (torch.int16, [0x7E00, 0x7C01, -0x0200, 0x7FFF]),
+             torch.bfloat16: (torch.int16, [0x7FC0, 0x7F81, -0x0040, 0x7FFF])}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", ["first", "middle", "tail", "among_minus_inf", "before_plus_inf", "after_plus_inf"])
+@pytest.mark.parametrize("payload", range(4))
+def test_beam_step__nan_anywhere_in_a_row__raises(dtype, case, payload):
+    # Quiet and signalling NaNs, either sign, in a block that is summed, one that is not (every other
+    # logit -inf, or the row already +inf) and the tail past the last whole vector.
+    from pyfastseq.search import _beam_step
+
+    vocab = 3 * 2048 + 5
+    row = torch.randn(vocab, generator=torch.Generator().manual_seed(payload))
+    at = {"first": 0, "middle": 3000, "tail": vocab - 2, "among_minus_inf": 100,
+          "before_plus_inf": 10, "after_plus_inf": 5000}[case]
+    if case == "among_minus_inf":
+        row[:2048] = -float("inf")
+    if case in ("before_plus_inf", "after_plus_inf"):
+        row[2100] = float("inf")
+    logits = torch.stack([torch.zeros(vocab), row]).to(dtype)
+    int_dtype, patterns = _NAN_BITS[dtype]
+    logits[1, at] = torch.tensor([patterns[payload]], dtype=int_dtype).view(dtype)[0]
+    assert logits[1, at].isnan()
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        _beam_step(logits, torch.zeros(2), 1)
+    trie = fs.Trie([[1], [7]])
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        _beam_step(logits, torch.zeros(2), 1, trie, torch.zeros(2, dtype=torch.int32))
+
+
 def test_beam_step__live_row_at_leaf_or_bad_node__raises():
     from pyfastseq.search import _beam_step
 

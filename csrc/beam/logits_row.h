@@ -30,6 +30,9 @@ PYFASTSEQ_INLINE uint32_t float_to_bits(float f) {
   return bits;
 }
 
+#ifndef PYFASTSEQ_SCALEF
+#define PYFASTSEQ_SCALEF 0
+#endif
 #ifndef PYFASTSEQ_LANES
 #define PYFASTSEQ_LANES 8
 #endif
@@ -40,9 +43,11 @@ constexpr int kLanes = PYFASTSEQ_LANES;
 // sixteen to zmm instructions. No -ffast-math is needed for the reductions.
 typedef float Floats __attribute__((vector_size(4 * PYFASTSEQ_LANES)));
 typedef int32_t Ints __attribute__((vector_size(4 * PYFASTSEQ_LANES)));
+typedef uint32_t Uints __attribute__((vector_size(4 * PYFASTSEQ_LANES)));
 typedef uint16_t Halves __attribute__((vector_size(2 * PYFASTSEQ_LANES)));
 
-PYFASTSEQ_INLINE Floats as_floats(Ints bits) {
+template <class Bits>
+PYFASTSEQ_INLINE Floats as_floats(Bits bits) {
   Floats f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
@@ -88,23 +93,40 @@ struct Float16Loader {
   }
 };
 
-// exp(x) for x <= 0 (Cephes expf polynomial, ~1 ulp): Cody-Waite reduction to 2^k * e^r. Inputs
-// below -87 flush to ~1e-38, harmless inside a sum.
-PYFASTSEQ_INLINE Floats exp_nonpositive(Floats x) {
-  const Floats lo = Floats{} - 87.0f;
-  x = x < lo ? lo : x;
-  const Floats k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const Floats r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  Floats p = Floats{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const Ints bits = (__builtin_convertvector(k, Ints) + 127) << 23;
-  return p * as_floats(bits);
+// 2^t for t <= 0: t = k + f with k an integer and |f| <= 1/2, 2^f by a degree-5 minimax polynomial
+// (relative error 2.3e-7 in float), times 2^k. Inputs below -125 give ~2^-125, harmless inside a
+// sum; NaN stays NaN, which is how row_logsumexp finds NaN logits. The AVX-512 builds
+// (PYFASTSEQ_SCALEF) round and scale with one instruction each, the others use the 1.5 * 2^23
+// rounding trick and build 2^k's bits.
+PYFASTSEQ_INLINE Floats exp2_nonpositive(Floats t) {
+  const Floats lo = Floats{} - 125.0f;
+  t = t < lo ? lo : t;  // also keeps -inf from turning into NaN below
+#if PYFASTSEQ_SCALEF
+  const Floats k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  const Floats shifted = t + 12582912.0f;  // k = round(t) sits in the low mantissa bits
+  const Floats k = shifted - 12582912.0f;
+#endif
+  const Floats f = t - k;
+  Floats p = Floats{} + 1.3276471291e-3f;
+  p = p * f + 9.6755418926e-3f;
+  p = p * f + 5.5507130921e-2f;
+  p = p * f + 2.4022120237e-1f;
+  p = p * f + 6.9314694405e-1f;
+  p = p * f + 1.0000001192f;
+#if PYFASTSEQ_SCALEF
+  return _mm512_scalef_ps(p, k);
+#else
+  Uints bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  return p * as_floats((bits << 23) + (127u << 23));
+#endif
 }
+
+constexpr float kLog2e = 1.44269504088896341f;
+
+// exp(x) for x <= 0.
+PYFASTSEQ_INLINE Floats exp_nonpositive(Floats x) { return exp2_nonpositive(x * kLog2e); }
 
 PYFASTSEQ_INLINE float exp_nonpositive(float x) {
   Floats v = {};
@@ -118,16 +140,37 @@ PYFASTSEQ_INLINE float max_of(Floats lane_max) {
   return m;
 }
 
+// Asks for the cache lines of row[0, n) ahead of their use. The exp pass below computes from L1,
+// so without this the memory would idle during it and the next block's max pass would wait for it.
+// (A prefetch past the row's end is harmless: prefetches never fault.)
+template <class Loader, int64_t n>
+PYFASTSEQ_INLINE void prefetch_lines(const typename Loader::Bits* row) {
+  for (int64_t byte = 0; byte < n * int64_t{sizeof(*row)}; byte += 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(row) + byte);
+}
+
+// Whether any of row[begin, end) is NaN, for the blocks row_logsumexp does not sum.
+template <class Loader>
+PYFASTSEQ_INLINE bool any_nan(const typename Loader::Bits* row, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float x = Loader::load(row[i]);
+    if (x != x) return true;
+  }
+  return false;
+}
+
 // log(sum(exp(row))) over the whole row; sets *has_nan when any entry is NaN. The row is read from
 // memory once: each block of kBlock logits gets its max, then, while it is still in L1, its exp-sum
-// against the running max (the partial sums are rescaled when the max rises).
+// against the running max (the partial sums are rescaled when the max rises). A NaN never wins a
+// max comparison; it reaches the sum, and the sum tells. Each pass keeps two accumulators, so
+// neither waits on a single chain of dependent max or add instructions.
 template <class Loader>
 PYFASTSEQ_INLINE float row_logsumexp(const typename Loader::Bits* row, int64_t vocab, bool* has_nan) {
   constexpr int64_t kBlock = 2048;
   const int64_t body = vocab & ~int64_t{kLanes - 1};
   float m = -INFINITY;
   Floats lane_sum = {};
-  Ints lane_nan = {};
+  bool nan = false;
   // Raises the running max to `top`, rescaling what was summed against the old one.
   auto raise_max = [&](float top) {
     if (!(top > m)) return;
@@ -136,18 +179,32 @@ PYFASTSEQ_INLINE float row_logsumexp(const typename Loader::Bits* row, int64_t v
   };
   for (int64_t start = 0; start < body; start += kBlock) {
     const int64_t end = start + kBlock < body ? start + kBlock : body;
-    Floats lane_max = Floats{} - INFINITY;
-    for (int64_t i = start; i < end; i += kLanes) {
-      const Floats x = Loader::load_lanes(row + i);
-      lane_nan |= x != x;
-      lane_max = x > lane_max ? x : lane_max;
+    const int64_t pairs_end = start + ((end - start) & ~int64_t{2 * kLanes - 1});
+    Floats max0 = Floats{} - INFINITY, max1 = max0;
+    for (int64_t i = start; i < pairs_end; i += 2 * kLanes) {
+      const Floats x0 = Loader::load_lanes(row + i), x1 = Loader::load_lanes(row + i + kLanes);
+      max0 = x0 > max0 ? x0 : max0;
+      max1 = x1 > max1 ? x1 : max1;
     }
-    raise_max(max_of(lane_max));
-    if (m == -INFINITY || m == INFINITY) continue;  // nothing to add yet, or the result is +inf
-    for (int64_t i = start; i < end; i += kLanes) lane_sum += exp_nonpositive(Loader::load_lanes(row + i) - m);
+    if (pairs_end < end) {
+      const Floats x = Loader::load_lanes(row + pairs_end);
+      max0 = x > max0 ? x : max0;
+    }
+    raise_max(max_of(max1 > max0 ? max1 : max0));
+    if (m == -INFINITY || m == INFINITY) {  // nothing to add yet, or the result is +inf
+      nan = nan || any_nan<Loader>(row, start, end);
+      continue;
+    }
+    const Floats shift = Floats{} - m * kLog2e;  // exp(x - m) = 2^(x log2(e) - m log2(e)): one FMA
+    Floats sum0 = {}, sum1 = {};
+    for (int64_t i = start; i < pairs_end; i += 2 * kLanes) {
+      prefetch_lines<Loader, 2 * kLanes>(row + i + kBlock);
+      sum0 += exp2_nonpositive(Loader::load_lanes(row + i) * kLog2e + shift);
+      sum1 += exp2_nonpositive(Loader::load_lanes(row + i + kLanes) * kLog2e + shift);
+    }
+    if (pairs_end < end) sum0 += exp2_nonpositive(Loader::load_lanes(row + pairs_end) * kLog2e + shift);
+    lane_sum += sum0 + sum1;
   }
-  bool nan = false;
-  for (int j = 0; j < kLanes; ++j) nan |= lane_nan[j] != 0;
   float top = -INFINITY;
   for (int64_t i = body; i < vocab; ++i) {
     const float x = Loader::load(row[i]);
@@ -155,11 +212,11 @@ PYFASTSEQ_INLINE float row_logsumexp(const typename Loader::Bits* row, int64_t v
     top = x > top ? x : top;
   }
   raise_max(top);
-  *has_nan = nan;
-  if (nan || m == -INFINITY) return m;
-  if (m == INFINITY) return INFINITY;
   float sum = 0.0f;
   for (int j = 0; j < kLanes; ++j) sum += lane_sum[j];
+  *has_nan = nan || sum != sum;
+  if (*has_nan || m == -INFINITY) return m;
+  if (m == INFINITY) return INFINITY;
   for (int64_t i = body; i < vocab; ++i) sum += exp_nonpositive(Loader::load(row[i]) - m);
   return m + std::log(sum);
 }

@@ -8,8 +8,10 @@
 #include "beam/logits_row_simd.h"
 
 #if PYFASTSEQ_AVX2
+#include <immintrin.h>
 #pragma GCC target("avx512f,fma")
 #define PYFASTSEQ_LANES 16
+#define PYFASTSEQ_SCALEF 1  // exp2_nonpositive rounds and scales with AVX-512 instructions
 namespace avx512 {
 namespace {
 #include "beam/logits_row.h"
