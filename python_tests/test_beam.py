@@ -397,6 +397,27 @@ def test_beam_step__normaliser_of_long_rows__matches_log_softmax(vocab, dtype):
     assert got["token"][:, 0].tolist() == want.indices.tolist()
 
 
+@pytest.mark.parametrize("vocab", [300, 5000])
+def test_beam_step__ties_in_wide_rows__lowest_token_first(vocab):
+    # Logits drawn from 40 values, a fifth of them -inf: the candidates are decided by ties, and
+    # rows wider than the step's candidate buffer are compacted several times on the way. Beam
+    # scores far apart keep ties within a row.
+    from pyfastseq.search import _beam_step
+
+    gen = torch.Generator().manual_seed(vocab)
+    batch, beams = 3, 4
+    logits = torch.randint(0, 40, (batch * beams, vocab), generator=gen).float()
+    logits[torch.rand(logits.shape, generator=gen) < 0.2] = -float("inf")
+    scores = -100.0 * (torch.arange(batch * beams) % beams).float()
+    got = _beam_step(logits, scores, beams)
+    for b in range(batch):
+        rows = slice(b * beams, (b + 1) * beams)
+        acc = (logits[rows] + scores[rows, None]).flatten().tolist()
+        order = sorted(range(len(acc)), key=lambda i: (-acc[i], i))[: 2 * beams]
+        assert got["token"][b].tolist() == [i % vocab for i in order]
+        assert got["parent"][b].tolist() == [b * beams + i // vocab for i in order]
+
+
 _NAN_BITS = {torch.float32: (torch.int32, [0x7FC00000, 0x7F800001, -0x00400000, 0x7FFFFFFF]),
              torch.float16: (torch.int16, [0x7E00, 0x7C01, -0x0200, 0x7FFF]),
              torch.bfloat16: (torch.int16, [0x7FC0, 0x7F81, -0x0040, 0x7FFF])}

@@ -189,6 +189,23 @@ def test_device_search__same_as_cpu_search(seed, device):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_device_search__wide_vocabulary__same_as_cpu_search(seed, device):
+    # Wider than the CPU step's candidate buffer (the best 2K and 128 more), so each row's scan
+    # compacts it several times; eos favoured but held back by min_length; bf16 logits for ties.
+    rng = random.Random(seed)
+    vocab, dtype = rng.choice([700, 3001]), (torch.bfloat16 if seed % 2 else torch.float32)
+    searcher = fs.BeamSearch(EOS, num_beams=rng.choice([2, 8, 16]), max_length=6, min_length=3,
+                             early_stopping=rng.choice([True, "never"]), num_return_sequences=2,
+                             output_token_scores=True)
+    with cpu_route():
+        want = searcher.search(eos_favoured(PrefixModel(vocab, seed, dtype), 4.0, "cpu"), batch_size=2)
+    got = searcher.search(eos_favoured(PrefixModel(vocab, seed, dtype), 4.0, device), batch_size=2)
+    assert got.sequences == want.sequences
+    assert all(len(s) >= 3 for s in sum(want.sequences, []))
+    np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
+
+
 def test_device_search__feeds_the_model_on_the_device(device):
     seen = []
     model = PrefixModel(12, 1)

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "beam/beam.h"
@@ -51,44 +52,64 @@ class StepKernel {
     bool nan = false;
     const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
-    // A min-heap of the best num_candidates logits. Tokens arrive in ascending order, so one that
-    // only ties the heap's worst never displaces it: kLanes logits at a time are tested against
-    // that threshold, and most blocks fail it at once.
+    // The best num_candidates logits: the scan collects those above a threshold; whenever its
+    // buffer fills, and at the end, the best `keep` stay and the threshold rises to the worst of
+    // them. Columns arrive in ascending order, so one that only ties the threshold ranks below it.
     const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
-    std::vector<RowCandidate>& heap = scratch();
-    heap.clear();
-    auto worse_on_top = [](const RowCandidate& a, const RowCandidate& b) { return better(a, b); };
+    const int32_t room = keep + 128;  // small enough that the threshold rises early in the row
+    thread_local std::vector<float> values, scratch;
+    thread_local std::vector<int32_t> tokens;
+    values.resize(room);
+    tokens.resize(room);
+    int32_t count = 0;
     float threshold = -INFINITY;
-    auto consider = [&](int64_t t, float x) {
-      if (t == p_.blocked_token) return;
-      if (static_cast<int32_t>(heap.size()) < keep) {
-        heap.push_back({x, static_cast<int32_t>(t), -1});
-        std::push_heap(heap.begin(), heap.end(), worse_on_top);
-      } else {
-        std::pop_heap(heap.begin(), heap.end(), worse_on_top);
-        heap.back() = {x, static_cast<int32_t>(t), -1};
-        std::push_heap(heap.begin(), heap.end(), worse_on_top);
-      }
-      if (static_cast<int32_t>(heap.size()) == keep) threshold = heap.front().logprob;
-    };
-    const int64_t body = p_.vocab & ~int64_t{kLanes - 1};
-    for (int64_t i = 0; i < body; i += kLanes) {
-      const Floats x = Loader::load_lanes(logits + i);
-      const Ints above = x > threshold;
-      int any = 0;
-      for (int j = 0; j < kLanes; ++j) any |= above[j];
-      if (!any) continue;
-      for (int j = 0; j < kLanes; ++j)
-        if (x[j] > threshold) consider(i + j, x[j]);
+    for (int64_t at = 0; at < p_.vocab;) {
+      at = collect_logits_above<Loader>(logits, at, p_.vocab, threshold, values.data(), tokens.data(), room, &count);
+      threshold = keep_best(values.data(), tokens.data(), &count, keep, scratch, threshold);
     }
-    for (int64_t t = body; t < p_.vocab; ++t) {
-      const float x = Loader::load(logits[t]);
-      if (x > threshold) consider(t, x);
+    std::vector<RowCandidate>& best = scratch_candidates();
+    best.resize(count);
+    for (int32_t i = 0; i < count; ++i) {
+      best[i].logprob = values[i] - lse;
+      best[i].token = tokens[i];
+      best[i].node = -1;
     }
-    std::sort_heap(heap.begin(), heap.end(), worse_on_top);
-    for (size_t i = 0; i < heap.size(); ++i) out[i] = {heap[i].logprob - lse, heap[i].token, -1};
-    pool_count_[r] = static_cast<int32_t>(heap.size());
+    std::sort(best.begin(), best.end(), better);
+    std::copy(best.begin(), best.end(), out);
+    pool_count_[r] = count;
     return {};
+  }
+
+  // Drops the blocked token from the first `count` (logit, token) pairs; returns how many remain.
+  int32_t drop_blocked(float* values, int32_t* tokens, int32_t count) const {
+    int32_t n = 0;
+    for (int32_t i = 0; i < count; ++i)
+      if (tokens[i] != p_.blocked_token) {
+        values[n] = values[i];
+        tokens[n++] = tokens[i];
+      }
+    return n;
+  }
+  // Of the (logit, token) pairs in column order, drops the blocked token and all but the best
+  // `keep`, keeping the order; returns the new threshold: the worst kept logit once `keep` remain.
+  float keep_best(float* values, int32_t* tokens, int32_t* count, int32_t keep, std::vector<float>& scratch,
+                  float threshold) const {
+    const int32_t n = drop_blocked(values, tokens, *count);
+    *count = n;
+    if (n <= keep) return threshold;
+    scratch.assign(values, values + n);
+    std::nth_element(scratch.begin(), scratch.begin() + (keep - 1), scratch.end(), std::greater<float>());
+    const float kth = scratch[keep - 1];
+    int32_t ties = keep;  // how many logits equal to kth stay: the first ones, lowest tokens
+    for (int32_t i = 0; i < n; ++i) ties -= values[i] > kth;
+    int32_t kept = 0;
+    for (int32_t i = 0; i < n; ++i)
+      if (values[i] > kth || (values[i] == kth && ties-- > 0)) {
+        values[kept] = values[i];
+        tokens[kept++] = tokens[i];
+      }
+    *count = kept;
+    return kth;
   }
 
   RowResult constrained_row(int64_t r, const Bits* logits, RowCandidate* out) const {
@@ -100,7 +121,7 @@ class StepKernel {
     if (lo == hi) return {RowStatus::kNoChildren, node};
     const int64_t n = hi - lo;
 
-    std::vector<RowCandidate>& kids = scratch();
+    std::vector<RowCandidate>& kids = scratch_candidates();
     kids.resize(n);
     for (int64_t i = 0; i < n; ++i) {
       const int32_t token = trie.child_token[lo + i];
@@ -179,7 +200,7 @@ class StepKernel {
     return m + static_cast<float>(std::log(sum));
   }
 
-  static std::vector<RowCandidate>& scratch() {
+  static std::vector<RowCandidate>& scratch_candidates() {
     thread_local std::vector<RowCandidate> buffer;
     return buffer;
   }

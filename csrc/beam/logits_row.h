@@ -149,6 +149,73 @@ PYFASTSEQ_INLINE void prefetch_lines(const typename Loader::Bits* row) {
     __builtin_prefetch(reinterpret_cast<const char*>(row) + byte);
 }
 
+// Whether any lane of x is above t.
+PYFASTSEQ_INLINE bool any_above(Floats x, float t) {
+#if PYFASTSEQ_SCALEF
+  return _mm512_cmp_ps_mask(x, _mm512_set1_ps(t), _CMP_GT_OQ) != 0;
+#else
+  const Ints above = x > t;
+  int any = 0;
+  for (int j = 0; j < kLanes; ++j) any |= above[j];
+  return any != 0;
+#endif
+}
+
+// Writes the lanes of x above t, and their columns (first + lane), to logits[0, kLanes) and
+// tokens[0, kLanes), in lane order; returns how many.
+PYFASTSEQ_INLINE int append_above(Floats x, int64_t first, float t, float* logits, int32_t* tokens) {
+#if PYFASTSEQ_SCALEF
+  const __mmask16 above = _mm512_cmp_ps_mask(x, _mm512_set1_ps(t), _CMP_GT_OQ);
+  if (above == 0) return 0;
+  // Compressing into a register and storing all lanes is fast everywhere; compress-to-memory is not.
+  const __m512i columns = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(first)),
+                                           _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
+  _mm512_storeu_ps(logits, _mm512_maskz_compress_ps(above, x));
+  _mm512_storeu_si512(tokens, _mm512_maskz_compress_epi32(above, columns));
+  return __builtin_popcount(above);
+#else
+  if (!any_above(x, t)) return 0;
+  int n = 0;
+  for (int j = 0; j < kLanes; ++j)
+    if (x[j] > t) {
+      logits[n] = x[j];
+      tokens[n++] = static_cast<int32_t>(first + j);
+    }
+  return n;
+#endif
+}
+
+// Appends each row[i] > threshold, i from begin on, and its column to logits[*count, room) and
+// tokens[*count, room), in column order, and
+// returns where it stopped: end, or earlier once fewer than 4 * kLanes slots are left (the caller
+// makes room and calls again). The scan behind the unconstrained step's top-k: once its threshold is
+// high, few logits pass, so four vectors are tested at once by their lane-wise max. The row must be
+// NaN-free.
+template <class Loader>
+PYFASTSEQ_INLINE int64_t collect_above(const typename Loader::Bits* row, int64_t begin, int64_t end, float threshold,
+                                       float* logits, int32_t* tokens, int32_t room, int32_t* count) {
+  int32_t n = *count;
+  int64_t i = begin;
+  for (; i + 4 * kLanes <= end && n + 4 * kLanes <= room; i += 4 * kLanes) {
+    const Floats x0 = Loader::load_lanes(row + i), x1 = Loader::load_lanes(row + i + kLanes);
+    const Floats x2 = Loader::load_lanes(row + i + 2 * kLanes), x3 = Loader::load_lanes(row + i + 3 * kLanes);
+    const Floats top01 = x0 > x1 ? x0 : x1, top23 = x2 > x3 ? x2 : x3;
+    if (!any_above(top01 > top23 ? top01 : top23, threshold)) continue;
+    for (int64_t v = i; v < i + 4 * kLanes; v += kLanes) n += append_above(Loader::load_lanes(row + v), v, threshold, logits + n, tokens + n);
+  }
+  if (i + 4 * kLanes > end && n + 4 * kLanes <= room) {  // the last partial group
+    for (; i < end; ++i) {
+      const float x = Loader::load(row[i]);
+      if (x > threshold) {
+        logits[n] = x;
+        tokens[n++] = static_cast<int32_t>(i);
+      }
+    }
+  }
+  *count = n;
+  return i;
+}
+
 // Whether any of row[begin, end) is NaN, for the blocks row_logsumexp does not sum.
 template <class Loader>
 PYFASTSEQ_INLINE bool any_nan(const typename Loader::Bits* row, int64_t begin, int64_t end) {

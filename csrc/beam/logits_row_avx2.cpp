@@ -16,5 +16,5 @@ namespace {
 }  // namespace
 }  // namespace avx2
 
-PYFASTSEQ_DEFINE_LOGSUMEXP(avx2)
+PYFASTSEQ_DEFINE_ROW_PASSES(avx2)
 #endif

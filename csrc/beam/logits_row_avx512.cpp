@@ -18,5 +18,5 @@ namespace {
 }  // namespace
 }  // namespace avx512
 
-PYFASTSEQ_DEFINE_LOGSUMEXP(avx512)
+PYFASTSEQ_DEFINE_ROW_PASSES(avx512)
 #endif

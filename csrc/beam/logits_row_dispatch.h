@@ -12,23 +12,56 @@
 
 namespace pyfastseq {
 
+// The row passes of one faster build for one logits dtype.
+template <class Bits>
+struct SimdRowPasses {
+  float (*logsumexp)(const Bits* row, int64_t n, bool* nan);
+  int64_t (*collect_above)(const Bits* row, int64_t begin, int64_t end, float threshold, float* logits,
+                           int32_t* tokens, int32_t room, int32_t* count);
+};
+
+// The fastest build this CPU runs for Loader's dtype; null for the baseline one.
+template <class Loader>
+const SimdRowPasses<typename Loader::Bits>* simd_row_passes() {
+#if PYFASTSEQ_AVX2
+  using Passes = SimdRowPasses<typename Loader::Bits>;
+  auto pick = [](const Passes& avx512, const Passes& avx2) {
+    return cpu_has_avx512() ? &avx512 : cpu_has_avx2_fma() ? &avx2 : nullptr;
+  };
+  if constexpr (std::is_same_v<Loader, Float32Loader>) {
+    static constexpr Passes avx512{pyfastseq_logsumexp_f32_avx512, pyfastseq_collect_above_f32_avx512};
+    static constexpr Passes avx2{pyfastseq_logsumexp_f32_avx2, pyfastseq_collect_above_f32_avx2};
+    return pick(avx512, avx2);
+  } else if constexpr (std::is_same_v<Loader, Float16Loader>) {
+    static constexpr Passes avx512{pyfastseq_logsumexp_f16_avx512, pyfastseq_collect_above_f16_avx512};
+    static constexpr Passes avx2{pyfastseq_logsumexp_f16_avx2, pyfastseq_collect_above_f16_avx2};
+    return pick(avx512, avx2);
+  } else {
+    static_assert(std::is_same_v<Loader, BFloat16Loader>);
+    static constexpr Passes avx512{pyfastseq_logsumexp_bf16_avx512, pyfastseq_collect_above_bf16_avx512};
+    static constexpr Passes avx2{pyfastseq_logsumexp_bf16_avx2, pyfastseq_collect_above_bf16_avx2};
+    return pick(avx512, avx2);
+  }
+#else
+  return nullptr;
+#endif
+}
+
 // The log-sum-exp of a whole logits row (NaN reported through *nan): the one pass over every logit
 // that a full-vocabulary normaliser costs.
 template <class Loader>
 float full_logsumexp(const typename Loader::Bits* row, int64_t n, bool* nan) {
-#if PYFASTSEQ_AVX2
-  if (cpu_has_avx512()) {
-    if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_logsumexp_f32_avx512(row, n, nan);
-    if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_logsumexp_f16_avx512(row, n, nan);
-    if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_logsumexp_bf16_avx512(row, n, nan);
-  }
-  if (cpu_has_avx2_fma()) {
-    if constexpr (std::is_same_v<Loader, Float32Loader>) return pyfastseq_logsumexp_f32_avx2(row, n, nan);
-    if constexpr (std::is_same_v<Loader, Float16Loader>) return pyfastseq_logsumexp_f16_avx2(row, n, nan);
-    if constexpr (std::is_same_v<Loader, BFloat16Loader>) return pyfastseq_logsumexp_bf16_avx2(row, n, nan);
-  }
-#endif
+  if (const auto* simd = simd_row_passes<Loader>()) return simd->logsumexp(row, n, nan);
   return row_logsumexp<Loader>(row, n, nan);
+}
+
+// collect_above (logits_row.h) in the fastest build.
+template <class Loader>
+int64_t collect_logits_above(const typename Loader::Bits* row, int64_t begin, int64_t end, float threshold,
+                             float* logits, int32_t* tokens, int32_t room, int32_t* count) {
+  if (const auto* simd = simd_row_passes<Loader>())
+    return simd->collect_above(row, begin, end, threshold, logits, tokens, room, count);
+  return collect_above<Loader>(row, begin, end, threshold, logits, tokens, room, count);
 }
 
 // Calls f(Loader{}) with the loader that reads `dtype`; InvalidArgument for an unknown code.
