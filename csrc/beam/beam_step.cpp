@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <vector>
 
 #include "beam/beam.h"
@@ -52,21 +51,10 @@ class StepKernel {
     bool nan = false;
     const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
-    // The best num_candidates logits: the scan collects those above a threshold; whenever its
-    // buffer fills, and at the end, the best `keep` stay and the threshold rises to the worst of
-    // them. Columns arrive in ascending order, so one that only ties the threshold ranks below it.
-    const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
-    const int32_t room = keep + 128;  // small enough that the threshold rises early in the row
-    thread_local std::vector<float> values, scratch;
+    thread_local std::vector<float> values;
     thread_local std::vector<int32_t> tokens;
-    values.resize(room);
-    tokens.resize(room);
-    int32_t count = 0;
-    float threshold = -INFINITY;
-    for (int64_t at = 0; at < p_.vocab;) {
-      at = collect_logits_above<Loader>(logits, at, p_.vocab, threshold, values.data(), tokens.data(), room, &count);
-      threshold = keep_best(values.data(), tokens.data(), &count, keep, scratch, threshold);
-    }
+    const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
+    const int32_t count = top_logits<Loader>(logits, p_.vocab, keep, p_.blocked_token, values, tokens);
     std::vector<RowCandidate>& best = scratch_candidates();
     best.resize(count);
     for (int32_t i = 0; i < count; ++i) {
@@ -78,38 +66,6 @@ class StepKernel {
     std::copy(best.begin(), best.end(), out);
     pool_count_[r] = count;
     return {};
-  }
-
-  // Drops the blocked token from the first `count` (logit, token) pairs; returns how many remain.
-  int32_t drop_blocked(float* values, int32_t* tokens, int32_t count) const {
-    int32_t n = 0;
-    for (int32_t i = 0; i < count; ++i)
-      if (tokens[i] != p_.blocked_token) {
-        values[n] = values[i];
-        tokens[n++] = tokens[i];
-      }
-    return n;
-  }
-  // Of the (logit, token) pairs in column order, drops the blocked token and all but the best
-  // `keep`, keeping the order; returns the new threshold: the worst kept logit once `keep` remain.
-  float keep_best(float* values, int32_t* tokens, int32_t* count, int32_t keep, std::vector<float>& scratch,
-                  float threshold) const {
-    const int32_t n = drop_blocked(values, tokens, *count);
-    *count = n;
-    if (n <= keep) return threshold;
-    scratch.assign(values, values + n);
-    std::nth_element(scratch.begin(), scratch.begin() + (keep - 1), scratch.end(), std::greater<float>());
-    const float kth = scratch[keep - 1];
-    int32_t ties = keep;  // how many logits equal to kth stay: the first ones, lowest tokens
-    for (int32_t i = 0; i < n; ++i) ties -= values[i] > kth;
-    int32_t kept = 0;
-    for (int32_t i = 0; i < n; ++i)
-      if (values[i] > kth || (values[i] == kth && ties-- > 0)) {
-        values[kept] = values[i];
-        tokens[kept++] = tokens[i];
-      }
-    *count = kept;
-    return kth;
   }
 
   RowResult constrained_row(int64_t r, const Bits* logits, RowCandidate* out) const {

@@ -1,8 +1,12 @@
 // Run-time choice between the baseline, AVX2 + FMA and AVX-512 builds of the row passes. Never
 // include this from a file compiled for AVX2 or AVX-512: its inline functions must stay baseline code.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <functional>
 #include <type_traits>
+#include <vector>
 
 #include "beam/beam.h"
 #include "beam/logits_row.h"
@@ -62,6 +66,45 @@ int64_t collect_logits_above(const typename Loader::Bits* row, int64_t begin, in
   if (const auto* simd = simd_row_passes<Loader>())
     return simd->collect_above(row, begin, end, threshold, logits, tokens, room, count);
   return collect_above<Loader>(row, begin, end, threshold, logits, tokens, room, count);
+}
+
+// The best `keep` logits of a NaN-free row and their columns, column `blocked` excluded (-1: none),
+// in column order in logits[0, n) and tokens[0, n); returns n, below `keep` only when fewer logits
+// are finite. Ties go to the lower column. The scan collects logits above a threshold; whenever its
+// buffer fills, and at the end, the best `keep` stay and the threshold rises to the worst of them.
+// Columns arrive in ascending order, so one that only ties the threshold ranks below it.
+template <class Loader>
+int32_t top_logits(const typename Loader::Bits* row, int64_t vocab, int32_t keep, int64_t blocked,
+                   std::vector<float>& logits, std::vector<int32_t>& tokens) {
+  const int32_t room = keep + 128;  // small enough that the threshold rises early in the row
+  logits.resize(room);
+  tokens.resize(room);
+  thread_local std::vector<float> selection;
+  int32_t count = 0;
+  float threshold = -INFINITY;
+  for (int64_t at = 0; at < vocab;) {
+    at = collect_logits_above<Loader>(row, at, vocab, threshold, logits.data(), tokens.data(), room, &count);
+    int32_t n = 0;
+    for (int32_t i = 0; i < count; ++i)
+      if (tokens[i] != blocked) {
+        logits[n] = logits[i];
+        tokens[n++] = tokens[i];
+      }
+    count = n;
+    if (n <= keep) continue;
+    selection.assign(logits.begin(), logits.begin() + n);
+    std::nth_element(selection.begin(), selection.begin() + (keep - 1), selection.end(), std::greater<float>());
+    threshold = selection[keep - 1];
+    int32_t ties = keep;  // how many logits equal to the threshold stay: the first ones
+    for (int32_t i = 0; i < n; ++i) ties -= logits[i] > threshold;
+    count = 0;
+    for (int32_t i = 0; i < n; ++i)
+      if (logits[i] > threshold || (logits[i] == threshold && ties-- > 0)) {
+        logits[count] = logits[i];
+        tokens[count++] = tokens[i];
+      }
+  }
+  return count;
 }
 
 // Calls f(Loader{}) with the loader that reads `dtype`; InvalidArgument for an unknown code.

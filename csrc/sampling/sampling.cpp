@@ -137,40 +137,17 @@ class SampleKernel {
     return {};
   }
 
-  // The top_k logits of the row (in no particular order). Logits above a threshold are appended
-  // to a buffer of 2 * top_k; when it fills, nth_element keeps the best top_k and their worst
-  // becomes the threshold. Eight logits at a time are tested against it (most blocks fail at
-  // once), and each kept logit costs O(1) amortised instead of a heap's O(log k).
-  void top_k_of_row(const Bits* logits, std::vector<Cand>& buf) const {
-    const size_t keep = static_cast<size_t>(p_.top_k);
-    buf.clear();
-    buf.reserve(2 * keep);
-    float threshold = -INFINITY;
-    auto compact = [&] {
-      std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
-      buf.resize(keep);
-      threshold = buf[keep - 1].x;
-    };
-    // Before the first compaction -inf logits must count too, so the test is >= until then.
-    auto consider = [&](int64_t t, float x) {
-      buf.push_back({x, static_cast<int32_t>(t), -1});
-      if (buf.size() == 2 * keep) compact();
-    };
-    const int64_t body = p_.vocab & ~int64_t{kLanes - 1};
-    for (int64_t i = 0; i < body; i += kLanes) {
-      const Floats x = Loader::load_lanes(logits + i);
-      const Ints above = x >= threshold;
-      int any = 0;
-      for (int j = 0; j < kLanes; ++j) any |= above[j];
-      if (!any) continue;
-      for (int j = 0; j < kLanes; ++j)
-        if (x[j] > threshold || (x[j] == threshold && threshold == -INFINITY)) consider(i + j, x[j]);
+  // The top_k logits of the row, ties to the lower token (-inf ones never: they weigh nothing).
+  void top_k_of_row(const Bits* logits, std::vector<Cand>& cands) const {
+    thread_local std::vector<float> values;
+    thread_local std::vector<int32_t> tokens;
+    const int32_t n = top_logits<Loader>(logits, p_.vocab, static_cast<int32_t>(p_.top_k), -1, values, tokens);
+    cands.resize(n);
+    for (int32_t i = 0; i < n; ++i) {
+      cands[i].x = values[i];
+      cands[i].token = tokens[i];
+      cands[i].node = -1;
     }
-    for (int64_t t = body; t < p_.vocab; ++t) {
-      const float x = Loader::load(logits[t]);
-      if (x > threshold || (x == threshold && threshold == -INFINITY)) consider(t, x);
-    }
-    if (buf.size() > keep) compact();
   }
 
   // Inverse-CDF draw over the whole row's weights.
