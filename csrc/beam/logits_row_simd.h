@@ -1,30 +1,24 @@
 // AVX2 + FMA and AVX-512 builds of row_logsumexp and collect_above (logits_row_avx2.cpp,
-// logits_row_avx512.cpp), on
-// x86-64 with GCC or Clang; logits_row_dispatch.h picks one by what the CPU has.
+// logits_row_avx512.cpp), on x86-64 with GCC or Clang; logits_row_dispatch.h picks one by what the
+// CPU has.
 #pragma once
 #include <cstdint>
 
 #include "common/cpu.h"
 
+// Declares one build's entry point of both passes for one logits dtype.
+#define PYFASTSEQ_DECLARE_ROW_PASSES_FOR(isa, dtype, Bits)                                                \
+  float pyfastseq_logsumexp_##dtype##_##isa(const Bits* row, int64_t n, bool* nan);                      \
+  int64_t pyfastseq_collect_above_##dtype##_##isa(const Bits* row, int64_t begin, int64_t end, float t,   \
+                                                  float* logits, int32_t* tokens, int32_t room, int32_t* count);
+#define PYFASTSEQ_DECLARE_ROW_PASSES(isa)               \
+  PYFASTSEQ_DECLARE_ROW_PASSES_FOR(isa, f32, float)     \
+  PYFASTSEQ_DECLARE_ROW_PASSES_FOR(isa, f16, uint16_t)  \
+  PYFASTSEQ_DECLARE_ROW_PASSES_FOR(isa, bf16, uint16_t)
+
 #if PYFASTSEQ_AVX2
-float pyfastseq_logsumexp_f32_avx2(const float* row, int64_t n, bool* nan);
-float pyfastseq_logsumexp_f16_avx2(const uint16_t* row, int64_t n, bool* nan);
-float pyfastseq_logsumexp_bf16_avx2(const uint16_t* row, int64_t n, bool* nan);
-float pyfastseq_logsumexp_f32_avx512(const float* row, int64_t n, bool* nan);
-float pyfastseq_logsumexp_f16_avx512(const uint16_t* row, int64_t n, bool* nan);
-float pyfastseq_logsumexp_bf16_avx512(const uint16_t* row, int64_t n, bool* nan);
-int64_t pyfastseq_collect_above_f32_avx2(const float* row, int64_t begin, int64_t end, float threshold,
-                                     float* logits, int32_t* tokens, int32_t room, int32_t* count);
-int64_t pyfastseq_collect_above_f16_avx2(const uint16_t* row, int64_t begin, int64_t end, float threshold,
-                                     float* logits, int32_t* tokens, int32_t room, int32_t* count);
-int64_t pyfastseq_collect_above_bf16_avx2(const uint16_t* row, int64_t begin, int64_t end, float threshold,
-                                     float* logits, int32_t* tokens, int32_t room, int32_t* count);
-int64_t pyfastseq_collect_above_f32_avx512(const float* row, int64_t begin, int64_t end, float threshold,
-                                     float* logits, int32_t* tokens, int32_t room, int32_t* count);
-int64_t pyfastseq_collect_above_f16_avx512(const uint16_t* row, int64_t begin, int64_t end, float threshold,
-                                     float* logits, int32_t* tokens, int32_t room, int32_t* count);
-int64_t pyfastseq_collect_above_bf16_avx512(const uint16_t* row, int64_t begin, int64_t end, float threshold,
-                                     float* logits, int32_t* tokens, int32_t room, int32_t* count);
+PYFASTSEQ_DECLARE_ROW_PASSES(avx2)
+PYFASTSEQ_DECLARE_ROW_PASSES(avx512)
 #endif
 
 // Defines the entry points above for one build, in a file that has included logits_row.h inside a
