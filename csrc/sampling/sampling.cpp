@@ -172,16 +172,27 @@ class SampleKernel {
                             std::vector<Cand>& boundary) const {
     constexpr int kBins = 1024;
     auto bin = [](float v) { return std::min(static_cast<int>(float_to_bits(v) >> 20), kBins - 1); };
+    // Four histograms filled in turn, so that a run of weights in one bin is not one chain of
+    // dependent read-modify-writes; summed into the first.
+    constexpr int kWays = 4;
     std::vector<double>& mass = bins();
-    mass.assign(kBins, 0.0);
-    for (int64_t t = 0; t < p_.vocab; ++t) mass[bin(w[t])] += w[t];
+    mass.assign(kWays * kBins, 0.0);
+    int64_t i = 0;
+    for (; i + kWays <= p_.vocab; i += kWays)
+      for (int j = 0; j < kWays; ++j) mass[j * kBins + bin(w[i + j])] += w[i + j];
+    for (; i < p_.vocab; ++i) mass[bin(w[i])] += w[i];
+    for (int b = 0; b < kBins; ++b)
+      for (int j = 1; j < kWays; ++j) mass[b] += mass[j * kBins + b];
     const double goal = (static_cast<double>(p_.top_p) - kTopPSlack) * total;
     double kept_mass = 0.0;
     int cut = kBins - 1;
     for (; cut > 0 && kept_mass + mass[cut] < goal; --cut) kept_mass += mass[cut];
+    // Bins follow the weights' bits, so a bin is a range of weights: the cut's is [at_cut, above_cut).
+    const float at_cut = bits_to_float(static_cast<uint32_t>(cut) << 20);
+    const float above_cut = bits_to_float(static_cast<uint32_t>(cut + 1) << 20);
     boundary.clear();
     for (int64_t t = 0; t < p_.vocab; ++t)
-      if (bin(w[t]) == cut) boundary.push_back({Loader::load(logits[t]), static_cast<int32_t>(t), -1});
+      if (w[t] >= at_cut && w[t] < above_cut) boundary.push_back({Loader::load(logits[t]), static_cast<int32_t>(t), -1});
     std::sort(boundary.begin(), boundary.end(), better);
     size_t kept = 0;
     while (kept < boundary.size() && (kept == 0 || kept_mass < goal)) kept_mass += w[boundary[kept++].token];
@@ -189,7 +200,7 @@ class SampleKernel {
     const double target = sample_uniform(p_.seed, r, p_.step) * kept_mass;
     double acc = 0.0;
     for (int64_t t = 0; t < p_.vocab; ++t) {
-      if (bin(w[t]) <= cut) continue;
+      if (w[t] < above_cut) continue;
       acc += w[t];
       if (target < acc) return static_cast<int32_t>(t);
     }
