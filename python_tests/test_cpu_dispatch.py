@@ -1,6 +1,6 @@
 """The baseline and AVX2 builds of the kernels that also ship faster ones (the beam step's row
-pass, the sampler's weights and the assignment solver's row scans have AVX2 + FMA builds; the first
-two also AVX-512 ones). A non-empty PYFASTSEQ_DISABLE_AVX2 keeps a process on the baseline builds,
+passes, its normaliser and top-k scan, the sampler's weights and the assignment solver's row scans
+have AVX2 + FMA builds; all but the last also AVX-512 ones). A non-empty PYFASTSEQ_DISABLE_AVX2 keeps a process on the baseline builds,
 PYFASTSEQ_DISABLE_AVX512 on the AVX2 ones; there, the kernels' own tests (against SciPy,
 transformers and plain PyTorch) must pass as they do on the fastest builds."""
 
