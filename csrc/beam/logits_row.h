@@ -186,11 +186,10 @@ PYFASTSEQ_INLINE int append_above(Floats x, int64_t first, float t, float* logit
 }
 
 // Appends each row[i] > threshold, i from begin on, and its column to logits[*count, room) and
-// tokens[*count, room), in column order, and
-// returns where it stopped: end, or earlier once fewer than 4 * kLanes slots are left (the caller
-// makes room and calls again). The scan behind the unconstrained step's top-k: once its threshold is
-// high, few logits pass, so four vectors are tested at once by their lane-wise max. The row must be
-// NaN-free.
+// tokens[*count, room), in column order, and returns where it stopped: end, or earlier once fewer
+// than 4 * kLanes slots are left (the caller makes room and calls again). The scan behind the
+// unconstrained step's top-k: once its threshold is high, few logits pass, so four vectors are
+// tested at once by their lane-wise max. The row must be NaN-free.
 template <class Loader>
 PYFASTSEQ_INLINE int64_t collect_above(const typename Loader::Bits* row, int64_t begin, int64_t end, float threshold,
                                        float* logits, int32_t* tokens, int32_t room, int32_t* count) {
@@ -201,7 +200,8 @@ PYFASTSEQ_INLINE int64_t collect_above(const typename Loader::Bits* row, int64_t
     const Floats x2 = Loader::load_lanes(row + i + 2 * kLanes), x3 = Loader::load_lanes(row + i + 3 * kLanes);
     const Floats top01 = x0 > x1 ? x0 : x1, top23 = x2 > x3 ? x2 : x3;
     if (!any_above(top01 > top23 ? top01 : top23, threshold)) continue;
-    for (int64_t v = i; v < i + 4 * kLanes; v += kLanes) n += append_above(Loader::load_lanes(row + v), v, threshold, logits + n, tokens + n);
+    for (int64_t v = i; v < i + 4 * kLanes; v += kLanes)
+      n += append_above(Loader::load_lanes(row + v), v, threshold, logits + n, tokens + n);
   }
   if (i + 4 * kLanes > end && n + 4 * kLanes <= room) {  // the last partial group
     for (; i < end; ++i) {

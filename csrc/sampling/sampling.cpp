@@ -192,7 +192,8 @@ class SampleKernel {
     const float above_cut = bits_to_float(static_cast<uint32_t>(cut + 1) << 20);
     boundary.clear();
     for (int64_t t = 0; t < p_.vocab; ++t)
-      if (w[t] >= at_cut && w[t] < above_cut) boundary.push_back({Loader::load(logits[t]), static_cast<int32_t>(t), -1});
+      if (w[t] >= at_cut && w[t] < above_cut)
+        boundary.push_back({Loader::load(logits[t]), static_cast<int32_t>(t), -1});
     std::sort(boundary.begin(), boundary.end(), better);
     size_t kept = 0;
     while (kept < boundary.size() && (kept == 0 || kept_mass < goal)) kept_mass += w[boundary[kept++].token];
