@@ -55,15 +55,8 @@ class StepKernel {
     thread_local std::vector<int32_t> tokens;
     const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
     const int32_t count = top_logits<Loader>(logits, p_.vocab, keep, p_.blocked_token, values, tokens);
-    std::vector<RowCandidate>& best = scratch_candidates();
-    best.resize(count);
-    for (int32_t i = 0; i < count; ++i) {
-      best[i].logprob = values[i] - lse;
-      best[i].token = tokens[i];
-      best[i].node = -1;
-    }
-    std::sort(best.begin(), best.end(), better);
-    std::copy(best.begin(), best.end(), out);
+    for (int32_t i = 0; i < count; ++i) out[i] = {values[i] - lse, tokens[i], -1};
+    std::sort(out, out + count, better);
     pool_count_[r] = count;
     return {};
   }
