@@ -284,6 +284,32 @@ def test_cuda_step__lookahead_deltas__matches_cpu_step(beams, normalize, dtype, 
     assert_same_candidates(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_cuda_step__high_fan_out_nodes__matches_cpu_step(lookahead, normalize, dtype, device):
+    # Nodes with thousands of children, as a title trie's first tokens have, where the kernel bounds
+    # the selection from one pass over the children. Logits of seven values: children tie by the
+    # hundred at the cut, and the lower token must win every tie, as on the CPU.
+    rng = random.Random(3)
+    vocab, beams = 6007, 16
+    hub = 2  # a second-level node with 3,000 children
+    entries = {(rng.randrange(3, vocab), rng.randrange(2, vocab), EOS) for _ in range(8000)}
+    entries |= {(hub, t, EOS) for t in rng.sample(range(2, vocab), 3000)}
+    trie = fs.Trie([list(e) for e in sorted(entries)], eos_id=EOS)
+    assert len(trie.children(0)[0]) > 4000
+    logits, scores, _ = step_inputs(2, beams, vocab, dtype, None, seed=5)
+    logits = torch.randint(-3, 4, logits.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    nodes = torch.tensor([trie.walk([hub]) if r % 2 else 0 for r in range(2 * beams)], dtype=torch.int32)
+    nodes[2::7] = -2
+    deltas = random_deltas(rng, trie, nodes, scores) if lookahead else None
+    want = search._beam_step(logits, scores, beams, trie, nodes, normalize, deltas)
+    got = search._beam_step_cuda(logits.to(device), scores, beams, trie, nodes, normalize, deltas)
+    for name in ("token", "parent", "node", "count"):
+        np.testing.assert_array_equal(got[name].numpy(), want[name].numpy(), err_msg=name)
+    torch.testing.assert_close(got["score"], want["score"], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("row1_node,offsets,deltas", [
     ("[2]", [0, 2, 3], [0, 1, 0]),         # one delta for two children
     ("ended", [0, 2, 3], [0, 1, 0]),       # a delta for an ended row

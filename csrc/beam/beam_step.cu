@@ -3,10 +3,12 @@
 // 1. One block per row: the log-softmax normaliser in one online (max, sum-exp) pass over the row
 //    (skipped under normalize_allowed, which reads only the children), then the row's best
 //    num_candidates tokens: the whole vocabulary (unconstrained) or the trie node's children,
-//    gathered through the CSR arrays, reshaped by the row's lookahead deltas if it has any. Selection is a radix select on order-preserving float keys
-//    (four 8-bit digit histograms) followed by a bitonic sort of the at most 2048 winners, so any
-//    beam width up to 1024 takes the same path. Dense rows (beam widths up to 128) first narrow the
-//    vocabulary with a bound from the normaliser pass, so they read the row twice, not six times.
+//    gathered through the CSR arrays, reshaped by the row's lookahead deltas if it has any.
+//    Selection is a radix select on order-preserving float keys (four 8-bit digit histograms)
+//    followed by a bitonic sort of the at most 2048 winners, so any beam width up to 1024 takes the
+//    same path. Dense rows (beam widths up to 128) first narrow the vocabulary with a bound from the
+//    normaliser pass, so they read the row twice, not six times; nodes with over 1024 children get
+//    the same bound from one pass over their children.
 // 2. One block per batch item: the same selection over its beams' lists by accumulated score
 //    (narrowed the same way, from one pass over the lists).
 //
@@ -72,7 +74,7 @@ __device__ __forceinline__ void record_error(unsigned long long* error, Pool poo
   atomicMin(error, static_cast<unsigned long long>(row) * 256u + static_cast<unsigned>(code));
 }
 
-constexpr int kStaged = 1024;  // dense rows: items that pass the bound, kept for the selection
+constexpr int kStaged = 1024;  // bounded selections: items that pass the bound, kept for the selection
 
 struct TopShared {
   uint32_t key[kMaxSlots];
@@ -595,7 +597,16 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     items.deltas = deltas;
     items.shift = mass - children_logsumexp(items, n, sh);
   }
-  const int32_t k = block_top(items, n, C, bits_below(n), sh);
+  int32_t k;
+  if (n > kStaged) {
+    // High fan-out (the first tokens of a title trie: tens of thousands of children): one pass over
+    // the keys bounds the selection, as for dense rows, instead of each radix digit gathering them.
+    uint32_t mine = 0;
+    for (int32_t i = threadIdx.x; i < n; i += kThreads) mine = max(mine, items.key(i));
+    k = bounded_top(items, n, C, bits_below(n), mine, 0, sh);
+  } else {
+    k = block_top(items, n, C, bits_below(n), sh);
+  }
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t i = sh.item[t];
     out_logprob[t] = items.value(i);
