@@ -7,6 +7,8 @@
 - Sparse constrained step: the CUDA beam step (``pyfastseq._cuda_search.CudaStep``) at 2 x 70 rows (batch 2,
   70 beams) and 2,048 rows (batch 32, 64 beams) on 1M / 10M-item semantic-ID tries, rows at depth 2;
   vs. torch ``log_softmax`` + ``masked_fill`` (precomputed mask) + add + ``topk``.
+- Wide nodes: the same step at 2,048 rows on a title trie's widest nodes (the root, first tokens
+  with thousands of children), read as bitmaps; vs. torch and vs. the same step gathering them.
 - Dense step: V = 152,064 bf16, B*K in {256, 1024}; vs. torch ``log_softmax`` + add + ``topk``.
 - Whole ``TrieBeamSearch.generate()`` on the GPU (the device search) vs. transformers' ``generate`` with
   ``prefix_allowed_tokens_fn``: bench_beam.py's GPT-2 and 1M-item catalogues, beams 16 and 64.
@@ -138,19 +140,25 @@ def torch_step(logits, scores, keep, batch, beams, allowed=False):
     return torch.topk(acc, 2 * beams)
 
 
-def check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, allowed=False, **info):
+def check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, allowed=False, other_steps=None,
+                   **info):
+    """Times ``step`` against the torch sequence, and against each of ``other_steps`` (name: another
+    CudaStep for the same rows), after checking that all of them find the same candidates."""
     scores_dev = scores.cuda()
     host_scores, host_nodes = scores.numpy(), None if nodes is None else nodes.numpy()
     peer = lambda: torch_step(logits, scores_dev, keep, batch, beams, allowed)  # noqa: E731
     want = peer()
-    step.launch(logits, host_scores, host_nodes, blocked=False)
-    got = step.read(logits.shape[1])
-    for b in range(batch):
-        n = int(got[5][b])
-        finite = int(torch.isfinite(want.values[b]).sum())
-        assert n == finite
-        np.testing.assert_allclose(got[0][b, :n], want.values[b, :n].cpu().numpy(), rtol=0, atol=1e-4)
+    for candidate in [step, *(other_steps or {}).values()]:
+        candidate.launch(logits, host_scores, host_nodes, blocked=False)
+        got = candidate.read(logits.shape[1])
+        for b in range(batch):
+            n = int(got[5][b])
+            finite = int(torch.isfinite(want.values[b]).sum())
+            assert n == finite
+            np.testing.assert_allclose(got[0][b, :n], want.values[b, :n].cpu().numpy(), rtol=0, atol=1e-4)
     peers = {"torch": gpu_time(peer)}
+    for name, other in (other_steps or {}).items():
+        peers[name] = gpu_time(lambda other=other: other.launch(logits, host_scores, host_nodes, blocked=False))
     step_s = gpu_time(lambda: (step.launch(logits, host_scores, host_nodes, blocked=False), step.read(logits.shape[1])))
     record(benchmark, lambda: step.launch(logits, host_scores, host_nodes, blocked=False),
            logits.shape[0] * logits.shape[1] * logits.element_size(), peers, step_with_copy_s=step_s, **info)
@@ -169,6 +177,31 @@ def test_sparse_step(benchmark, items, batch, beams, normalize):
     step = _cuda_search.CudaStep(logits.device, batch, beams, [trie], normalize == "allowed", -1)
     check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, allowed=normalize == "allowed",
                    kernel=f"sparse step ({normalize})", shape=f"{rows} rows, {items:,} items, V={vocab}")
+
+
+@functools.cache
+def title_trie() -> fs.Trie:
+    tokens, offsets = datasets.titles(min(ITEMS))
+    return fs.Trie(tokens, eos_id=datasets.EOS, offsets=offsets)
+
+
+@pytest.mark.parametrize("where", ["root", "first tokens"])
+def test_wide_node_step(benchmark, where):
+    # Rows at a title trie's widest nodes: the root (every token a child) and the first tokens with
+    # 3k-29k children, which the step reads as bitmaps over the row. "gather" is the same step
+    # with the bitmaps withheld: every child gathered through child_token.
+    trie, vocab, batch, beams = title_trie(), datasets.TITLE_VOCAB, 32, 64
+    rows = batch * beams
+    wide = trie._wide_nodes_on(torch.device("cpu"))[0]
+    picks = torch.zeros(rows, dtype=torch.int32) if where == "root" else wide[1:][torch.arange(rows) % (len(wide) - 1)]
+    logits = (torch.randn(rows, vocab, device="cuda") * 3).to(torch.bfloat16)
+    scores = -torch.rand(rows) * 10
+    keep = allowed_mask(trie, picks, vocab).cuda()
+    step = _cuda_search.CudaStep(logits.device, batch, beams, [trie], False, -1)
+    gather = _cuda_search.CudaStep(logits.device, batch, beams, [trie], False, -1)
+    gather.wide.zero_()  # no wide nodes: count 0
+    check_and_time(benchmark, step, logits, scores, picks, keep, batch, beams, other_steps={"gather": gather},
+                   kernel=f"sparse step (full), wide nodes at the {where}", shape=f"{rows} rows, V={vocab} bf16")
 
 
 @pytest.mark.parametrize("batch,beams", [(4, 64), (16, 16), (4, 256)])

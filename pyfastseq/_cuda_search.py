@@ -58,14 +58,18 @@ class CudaStep:
         self.device, self.batch, self.k = device, batch_size, num_beams
         self.rows, self.width = batch_size * num_beams, 2 * num_beams
         self.normalize_allowed, self.eos_id = normalize_allowed, eos_id
-        self.views = None
+        self.views = self.wide = None
         if tries:
-            # TrieView rows (child_begin, child_token, terminal, num_nodes); the arrays stay cached on the trie.
-            packed = []
+            # TrieView rows (child_begin, child_token, terminal, num_nodes) and WideNodes rows (node,
+            # bits, count, words); the arrays stay cached on the trie.
+            packed, wide = [], []
             for trie in tries:
                 child_begin, child_token = trie._arrays_on(device)
                 packed.append([child_begin.data_ptr(), child_token.data_ptr(), 0, trie.num_nodes])
+                nodes, bits, words = trie._wide_nodes_on(device)
+                wide.append([nodes.data_ptr(), bits.data_ptr(), len(nodes), words])
             self.views = torch.tensor(packed, dtype=torch.int64).to(device)
+            self.wide = torch.tensor(wide, dtype=torch.int64).to(device)
         self.workspace = torch.empty(self.ext.beam_step_workspace_bytes(self.rows, self.width), dtype=torch.uint8,
                                      device=device)
         cands = self.batch * self.width
@@ -119,7 +123,7 @@ class CudaStep:
             self.normalize_allowed, self.eos_id, self.eos_id if blocked else -1, blocked and constrained,
             *(self.output_ptr(i) for i in range(6)), self.error_ptr, self.workspace.data_ptr(),
             _backend.stream_of(logits), *((0, 0) if deltas is None else (deltas[0].data_ptr(), deltas[1].data_ptr())),
-            halted_ptr,
+            halted_ptr, self.wide.data_ptr() if constrained else 0,
         )
         with torch.cuda.device(logits.device):  # launch on the logits' GPU whatever the current device
             code = self.ext.beam_step(*args)

@@ -289,8 +289,9 @@ def test_cuda_step__lookahead_deltas__matches_cpu_step(beams, normalize, dtype, 
 @pytest.mark.parametrize("lookahead", [False, True])
 def test_cuda_step__high_fan_out_nodes__matches_cpu_step(lookahead, normalize, dtype, device):
     # Nodes with thousands of children, as a title trie's first tokens have, where the kernel bounds
-    # the selection from one pass over the children. Logits of seven values: children tie by the
-    # hundred at the cut, and the lower token must win every tie, as on the CPU.
+    # the selection from one pass (over the children, or over the row with the node as a bitmap).
+    # Logits of seven values: children tie by the hundred at the cut, and the lower token must win
+    # every tie, as on the CPU. The hub's rows favour tokens outside it, which must not raise the bound.
     rng = random.Random(3)
     vocab, beams = 6007, 16
     hub = 2  # a second-level node with 3,000 children
@@ -300,7 +301,10 @@ def test_cuda_step__high_fan_out_nodes__matches_cpu_step(lookahead, normalize, d
     assert len(trie.children(0)[0]) > 4000
     logits, scores, _ = step_inputs(2, beams, vocab, dtype, None, seed=5)
     logits = torch.randint(-3, 4, logits.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
-    nodes = torch.tensor([trie.walk([hub]) if r % 2 else 0 for r in range(2 * beams)], dtype=torch.int32)
+    nodes = torch.tensor([0] * beams + [trie.walk([hub])] * beams, dtype=torch.int32)  # item 0: the root; 1: the hub
+    outside = torch.ones(vocab, dtype=torch.bool)
+    outside[torch.from_numpy(trie.children(trie.walk([hub]))[0]).long()] = False
+    logits[beams:, outside] += 4
     nodes[2::7] = -2
     deltas = random_deltas(rng, trie, nodes, scores) if lookahead else None
     want = search._beam_step(logits, scores, beams, trie, nodes, normalize, deltas)
@@ -308,6 +312,19 @@ def test_cuda_step__high_fan_out_nodes__matches_cpu_step(lookahead, normalize, d
     for name in ("token", "parent", "node", "count"):
         np.testing.assert_array_equal(got[name].numpy(), want[name].numpy(), err_msg=name)
     torch.testing.assert_close(got["score"], want["score"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab,count", [(40, 300), (3001, 2000), (70, 0)])
+def test_wide_nodes__bitmaps_hold_exactly_the_children(vocab, count):
+    trie = random_trie(random.Random(vocab), vocab, count, 4) if count else fs.Trie([[5]])
+    nodes, bits, words = trie._wide_nodes_on(torch.device("cpu"))
+    width = trie.max_token + 1
+    fan = [len(trie.children(n)[0]) for n in range(trie.num_nodes)]
+    assert nodes.tolist() == [n for n, f in enumerate(fan) if f and 16 * f >= width]
+    assert words == (width + 31) // 32 and bits.shape == (len(nodes), words)
+    for node, row in zip(nodes.tolist(), bits.numpy()):
+        set_bits = np.flatnonzero(np.unpackbits(row.view(np.uint8), bitorder="little"))
+        np.testing.assert_array_equal(set_bits, trie.children(node)[0])
 
 
 @pytest.mark.parametrize("row1_node,offsets,deltas", [

@@ -49,6 +49,11 @@ struct BeamStepParams {
   const int64_t* delta_offsets = nullptr;  // [rows + 1]
   const int32_t* deltas = nullptr;
 
+  // CUDA only (may be null): one per trie, the bitmaps of its widest nodes' children. Rows at
+  // those nodes take them when nothing needs each child's edge (normalize "full", no lookahead
+  // deltas, no block_leaves).
+  const WideNodes* wide = nullptr;
+
   // CUDA only (may be null): a step that finds *halted != kNoBeamStepError (an earlier step failed)
   // does nothing.
   const unsigned long long* halted = nullptr;

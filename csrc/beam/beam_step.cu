@@ -8,7 +8,9 @@
 //    followed by a bitonic sort of the at most 2048 winners, so any beam width up to 1024 takes the
 //    same path. Dense rows (beam widths up to 128) first narrow the vocabulary with a bound from the
 //    normaliser pass, so they read the row twice, not six times; nodes with over 1024 children get
-//    the same bound from one pass over their children.
+//    the same bound from one pass over their children. Nodes whose children are a sixteenth of the
+//    vocabulary or more are read as a bitmap over the row (Trie._wide_nodes_on): the normaliser
+//    pass bounds them too, and nothing is gathered.
 // 2. One block per batch item: the same selection over its beams' lists by accumulated score
 //    (narrowed the same way, from one pass over the lists).
 //
@@ -119,6 +121,10 @@ __device__ __forceinline__ void count_bin(int32_t* hist, uint32_t bin) {
 // Bits that hold every value below n.
 __device__ __forceinline__ int bits_below(int64_t n) { return 64 - __clzll(static_cast<unsigned long long>(n)); }
 
+__device__ __forceinline__ float from_order_key(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
 // The block-wide max of finite-or-infinite floats (all threads get it), through order-preserving keys.
 __device__ float block_max(float v, TopShared& sh) {
   uint32_t key = order_key(v);
@@ -129,7 +135,7 @@ __device__ float block_max(float v, TopShared& sh) {
   __syncthreads();
   const uint32_t top = sh.max_key;
   __syncthreads();
-  return __uint_as_float((top & 0x80000000u) ? (top & 0x7fffffffu) : ~top);
+  return from_order_key(top);
 }
 
 // The best min(want, included) items of `items` (key 0: excluded) into sh.item[0..k), best first:
@@ -298,10 +304,28 @@ __device__ __forceinline__ void unpack(uint4 w, float (&x)[8], const BHalf*) {
   for (int j = 0; j < 4; ++j) x[2 * j] = __uint_as_float(words[j] << 16), x[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
 }
 
+// The order key of the largest logit a thread read among the tokens a bitmap allows (0: none).
+struct AllowedMax {
+  const uint32_t* bits;
+  int64_t limit;  // tokens from here on are not in the bitmap
+  uint32_t best = 0;
+
+  template <int N>
+  __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const int64_t t = first + j;
+      if (t < limit && ((bits[t >> 5] >> (t & 31)) & 1u)) best = max(best, order_key(x[j]));
+    }
+  }
+};
+
 // log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one.
-// *thread_max (if given) gets the largest value this thread read.
+// *thread_max (if given) gets the largest value this thread read; *allowed (if given) watches the
+// values of the tokens its bitmap allows.
 template <class Bits>
-__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, float* thread_max = nullptr) {
+__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, float* thread_max = nullptr,
+                               AllowedMax* allowed = nullptr) {
   constexpr int kPer = 16 / sizeof(Bits);
   OnlineLse acc;
   // Scalar head up to 16-byte alignment, whole words, scalar tail.
@@ -311,16 +335,19 @@ __device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, fl
   for (int64_t i = threadIdx.x; i < head; i += kThreads) {
     const float x[1] = {to_float(row[i])};
     acc.add(x);
+    if (allowed) allowed->add(x, i);
   }
   const uint4* body = reinterpret_cast<const uint4*>(row + head);
   for (int64_t j = threadIdx.x; j < words; j += kThreads) {
     float x[kPer];
     unpack(body[j], x, static_cast<const Bits*>(nullptr));
     acc.add(x);
+    if (allowed) allowed->add(x, head + j * kPer);
   }
   for (int64_t i = tail + threadIdx.x; i < vocab; i += kThreads) {
     const float x[1] = {to_float(row[i])};
     acc.add(x);
+    if (allowed) allowed->add(x, i);
   }
   if (thread_max) *thread_max = acc.m;
   // Combine (m, s) across the block: the block max, then the rescaled sums.
@@ -430,6 +457,52 @@ struct ChildRow {
   __device__ int64_t secondary(int32_t i) const { return i; }
 };
 
+// A wide node's children as items over the vocabulary: token t is one when its bit is set.
+// Values, keys and order are ChildRow's (children ascend by token, so token order is child order).
+template <class Bits>
+struct BitmapRow {
+  const Bits* logits;
+  const uint32_t* bits;
+  int64_t limit;
+  float lse;
+  int32_t blocked;
+  __device__ float value(int32_t t) const { return to_float(logits[t]) - lse; }
+  __device__ uint32_t key(int32_t t) const {
+    if (t >= limit || !((bits[t >> 5] >> (t & 31)) & 1u) || t == blocked) return 0u;
+    return order_key(value(t));
+  }
+  __device__ int64_t secondary(int32_t t) const { return t; }
+};
+
+// A constrained "full" row at a wide node: the normaliser pass also bounds the selection (each
+// thread's best allowed logit), and one more pass over the row stages the children above the
+// bound, so the children are never gathered. Returns the candidates found, written to out_*.
+template <class Bits>
+__device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits* logits, const TrieView& trie,
+                                 uint32_t lo, uint32_t hi, const uint32_t* bits, int64_t words, Pool pool,
+                                 unsigned long long* error, TopShared& sh, float* out_logprob, int32_t* out_token,
+                                 int32_t* out_node) {
+  AllowedMax seen{bits, words * 32};
+  const float lse = row_logsumexp(logits, p.vocab, sh, nullptr, &seen);
+  if (lse != lse) {
+    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
+    return 0;
+  }
+  const BitmapRow<Bits> items{logits, bits, words * 32, lse, p.blocked_token};
+  // x - lse rounds monotonically in x, so the best allowed logit gives the thread's best key; an
+  // infinite lse (a +inf logit) makes values NaN, and the selection then reads every key.
+  const uint32_t mine = seen.best && isfinite(lse) ? order_key(from_order_key(seen.best) - lse) : 0u;
+  const int32_t k = bounded_top(items, static_cast<int32_t>(p.vocab), p.num_candidates, bits_below(p.vocab), mine,
+                                p.blocked_token >= 0 ? 1 : 0, sh);
+  for (int32_t t = threadIdx.x; t < k; t += kThreads) {
+    const int32_t token = sh.item[t];
+    out_logprob[t] = items.value(token);
+    out_token[t] = token;
+    out_node[t] = static_cast<int32_t>(trie.lower_bound(lo, hi, token)) + 1;
+  }
+  return k;
+}
+
 // log(sum(exp(value(i)))) over a node's n children, summed in double as on the CPU.
 template <class Children>
 __device__ float children_logsumexp(const Children& children, int32_t n, TopShared& sh) {
@@ -514,7 +587,8 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     return;
   }
 
-  const TrieView trie = p.tries[p.num_tries == 1 ? 0 : r / p.num_beams];
+  const int64_t trie_index = p.num_tries == 1 ? 0 : r / p.num_beams;
+  const TrieView trie = p.tries[trie_index];
   const int32_t node = p.nodes[r];
   if (node == kSpentNode) {
     // An ended hypothesis continues with eos alone (and has no children for lookahead deltas).
@@ -552,6 +626,20 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     return;
   }
   const int32_t n = static_cast<int32_t>(hi - lo);
+
+  // A node with a sixteenth of the vocabulary as children has them in most 32-byte sectors of the
+  // row (at 2-byte logits): two passes over the row then beat gathering them.
+  const bool no_deltas = !p.delta_offsets || p.delta_offsets[r + 1] == p.delta_offsets[r];
+  if (p.wide && int64_t{n} * 16 >= p.vocab && !p.normalize_allowed && !p.block_leaves && no_deltas &&
+      trie.child_token[hi - 1] < p.vocab) {
+    const WideNodes wide = p.wide[trie_index];
+    if (const uint32_t* bits = wide.children_of(node)) {
+      const int32_t k = wide_node_top(p, r, logits, trie, lo, hi, bits, wide.words, pool, error, sh, out_logprob,
+                                      out_token, out_node);
+      if (threadIdx.x == 0) pool.count[r] = k;
+      return;
+    }
+  }
 
   // Children in token order: a NaN among the in-vocabulary ones comes before any token >= vocab.
   if (threadIdx.x == 0) {

@@ -17,7 +17,11 @@ namespace pyfastseq {
 // terminal, num_nodes): that is TrieView's layout on every 64-bit little-endian target we build for.
 static_assert(sizeof(TrieView) == 32 && offsetof(TrieView, child_begin) == 0 && offsetof(TrieView, child_token) == 8 &&
                   offsetof(TrieView, terminal) == 16 && offsetof(TrieView, num_nodes) == 24,
-              "TrieView layout changed: update the packing in pyfastseq/search.py");
+              "TrieView layout changed: update the packing in pyfastseq/_cuda_search.py");
+// And their wide nodes as int64 [num_tries, 4] rows (node, bits, count, words).
+static_assert(sizeof(WideNodes) == 32 && offsetof(WideNodes, node) == 0 && offsetof(WideNodes, bits) == 8 &&
+                  offsetof(WideNodes, count) == 16 && offsetof(WideNodes, words) == 24,
+              "WideNodes layout changed: update the packing in pyfastseq/_cuda_search.py");
 
 void bind_beam_cuda(py::module_& m) {
   m.def(
@@ -35,7 +39,8 @@ void bind_beam_cuda(py::module_& m) {
          uintptr_t beam_scores, uintptr_t nodes, uintptr_t tries, int32_t num_tries, bool normalize_allowed,
          int32_t eos_id, int32_t blocked_token, bool block_leaves, uintptr_t cand_score, uintptr_t cand_logprob,
          uintptr_t cand_token, uintptr_t cand_parent, uintptr_t cand_node, uintptr_t cand_count, uintptr_t error,
-         uintptr_t workspace, uintptr_t stream, uintptr_t delta_offsets, uintptr_t deltas, uintptr_t halted) {
+         uintptr_t workspace, uintptr_t stream, uintptr_t delta_offsets, uintptr_t deltas, uintptr_t halted,
+         uintptr_t wide) {
         BeamStepParams p = beam_step_params(reinterpret_cast<const void*>(logits), vocab, row_stride, dtype, batch_size,
                                             num_beams);
         if (num_beams > 1024) fail("num_beams must be in 1..1024 on the GPU");
@@ -44,6 +49,7 @@ void bind_beam_cuda(py::module_& m) {
         p.nodes = reinterpret_cast<const int32_t*>(nodes);
         p.tries = reinterpret_cast<const TrieView*>(tries);
         p.num_tries = num_tries;
+        p.wide = reinterpret_cast<const WideNodes*>(wide);
         p.normalize_allowed = normalize_allowed;
         p.eos_id = eos_id;
         p.blocked_token = blocked_token;
@@ -68,9 +74,11 @@ void bind_beam_cuda(py::module_& m) {
       py::arg("cand_score_ptr"), py::arg("cand_logprob_ptr"), py::arg("cand_token_ptr"), py::arg("cand_parent_ptr"),
       py::arg("cand_node_ptr"), py::arg("cand_count_ptr"), py::arg("error_ptr"), py::arg("workspace_ptr"),
       py::arg("stream"), py::arg("delta_offsets_ptr") = 0, py::arg("deltas_ptr") = 0, py::arg("halted_ptr") = 0,
+      py::arg("wide_ptr") = 0,
       "Launch the fused beam step on device pointers (nodes_ptr 0: unconstrained; tries_ptr: int64 [num_tries, 4]\n"
       "device views; delta_offsets_ptr: 0, or int64 [rows + 1] offsets into int32 lookahead deltas;\n"
-      "halted_ptr: 0, or a uint64 that skips the step unless all ones).\n"
+      "halted_ptr: 0, or a uint64 that skips the step unless all ones; wide_ptr: 0, or int64 [num_tries, 4]\n"
+      "wide-node bitmaps per trie).\n"
       "*error_ptr (uint64, preset to all ones) ends as row * 256 + code of the first failing row.\n"
       "Returns the cudaError_t code of the launches.");
   m.def(

@@ -42,4 +42,24 @@ struct TrieView {
   }
 };
 
+// The children of a device trie's widest nodes as bitmaps over the tokens, beside its TrieView.
+// A node with thousands of children (a title trie's first tokens) is then tested token by token
+// while its row's logits stream past, instead of being gathered through child_token.
+struct WideNodes {
+  const int32_t* node = nullptr;   // [count] ascending
+  const uint32_t* bits = nullptr;  // [count, words] bit t of row j: token t is a child of node[j]
+  int64_t count = 0;
+  int64_t words = 0;
+
+  // The bitmap of `n`'s children, or null when n is not one of the wide nodes.
+  PYFASTSEQ_HD const uint32_t* children_of(int32_t n) const {
+    int64_t lo = 0, hi = count;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (node[mid] < n) lo = mid + 1; else hi = mid;
+    }
+    return lo < count && node[lo] == n ? bits + lo * words : nullptr;
+  }
+};
+
 }  // namespace pyfastseq
