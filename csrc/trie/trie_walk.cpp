@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/huge_pages.h"
 #include "common/parallel.h"
 #include "trie/row_fill.h"
 
@@ -51,6 +52,9 @@ void run_trie_walk_cpu(const TrieWalkParams& p) {
 }
 
 void run_trie_constrain_cpu(const TrieConstrainParams& p) {
+  // A separate dst is the fresh tensor the processor returns, written here in full.
+  if (p.dst != p.src && p.rows > 0)
+    advise_huge_pages(p.dst, static_cast<size_t>((p.rows - 1) * p.dst_row_stride + p.vocab) * p.elem_bytes);
   if (p.elem_bytes == 2) constrain_rows<uint16_t>(p); else constrain_rows<uint32_t>(p);
 }
 
