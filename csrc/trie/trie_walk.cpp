@@ -16,7 +16,9 @@ void constrain_rows(const TrieConstrainParams& p) {
   auto* dst = static_cast<Bits*>(p.dst);
   const Bits neg_inf = static_cast<Bits>(p.neg_inf_bits);
   const TrieView& trie = p.trie;
-  const bool streaming = use_streaming_stores<Bits>(p.vocab);
+  // A fresh dst has just been faulted in and zeroed, its lines already cached: ordinary stores
+  // are then faster than streaming ones, which would first evict them.
+  const bool streaming = p.dst == p.src && use_streaming_stores<Bits>(p.vocab);
   parallel_for(p.rows, p.vocab, [&](int64_t r) {
     const Bits* in = src + r * p.src_row_stride;
     Bits* out = dst + r * p.dst_row_stride;
