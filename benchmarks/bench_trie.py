@@ -99,13 +99,15 @@ def mask_inputs():
         if case not in cache:
             name, rows, vocab = MASK_CASES[case]
             tokens, offsets = catalogue(name)
-            limit = min(len(offsets) - 1, 200_000)  # the dict trie only needs the sampled paths
-            seqs = datasets.as_lists(tokens, offsets[: limit + 1])
-            trie, ref = fs.Trie(tokens, eos_id=datasets.EOS, offsets=offsets), DictTrie(seqs, eos_id=datasets.EOS)
+            seqs = datasets.as_lists(tokens, offsets)
             rng = np.random.default_rng(0)
-            picks = rng.integers(0, limit, size=rows)
+            picks = rng.integers(0, len(seqs), size=rows)
             depth = 2  # every row sits two tokens deep: beams mid-way through decoding
             prefixes = [seqs[i][:depth] for i in picks]
+            # The dict trie needs only the entries below the sampled prefixes: their nodes' children.
+            sampled = {tuple(p) for p in prefixes}
+            below = [s for s in seqs if tuple(s[:depth]) in sampled]
+            trie, ref = fs.Trie(tokens, eos_id=datasets.EOS, offsets=offsets), DictTrie(below, eos_id=datasets.EOS)
             nodes = torch.tensor([trie.walk(p) for p in prefixes], dtype=torch.int32)
             input_ids = torch.tensor(prefixes)
             logits = torch.randn(rows, vocab)
