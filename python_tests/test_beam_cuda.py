@@ -314,6 +314,28 @@ def test_cuda_step__high_fan_out_nodes__matches_cpu_step(lookahead, normalize, d
     torch.testing.assert_close(got["score"], want["score"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("constrained", [False, True])
+def test_cuda_step__best_logits_in_few_threads_shares__matches_cpu_step(constrained, dtype, device):
+    # The kernel reads a row once: each thread keeps its best few logits as it goes, and reads its
+    # share again only when it may have dropped some that count. Here the best logits sit where
+    # one thread reads (every 1024th/2048th column: 16-byte words strided over 256 threads), many
+    # more of them than a thread keeps; odd rows start off 16-byte alignment, which moves them.
+    vocab, beams = 20011, 64
+    logits, scores, _ = step_inputs(2, beams, vocab, dtype, None, seed=9)
+    columns = torch.arange(vocab)
+    logits[:, (columns % 1024 < 4) | (columns % 2048 < 8)] += 20
+    trie, nodes = None, None
+    if constrained:  # every token a child of the root: a wide node, read as a bitmap
+        trie = fs.Trie([[t, EOS] for t in range(2, vocab)], eos_id=EOS)
+        nodes = torch.zeros(2 * beams, dtype=torch.int32)
+    want = search._beam_step(logits, scores, beams, trie, nodes)
+    got = search._beam_step_cuda(logits.to(device), scores, beams, trie, nodes)
+    for name in ("token", "parent", "node", "count"):
+        np.testing.assert_array_equal(got[name].numpy(), want[name].numpy(), err_msg=name)
+    torch.testing.assert_close(got["score"], want["score"], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("vocab,count", [(40, 300), (3001, 2000), (70, 0)])
 def test_wide_nodes__bitmaps_hold_exactly_the_children(vocab, count):
     trie = random_trie(random.Random(vocab), vocab, count, 4) if count else fs.Trie([[5]])

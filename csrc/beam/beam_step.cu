@@ -6,11 +6,12 @@
 //    gathered through the CSR arrays, reshaped by the row's lookahead deltas if it has any.
 //    Selection is a radix select on order-preserving float keys (four 8-bit digit histograms)
 //    followed by a bitonic sort of the at most 2048 winners, so any beam width up to 1024 takes the
-//    same path. Dense rows (beam widths up to 128) first narrow the vocabulary with a bound from the
-//    normaliser pass, so they read the row twice, not six times; nodes with over 1024 children get
-//    the same bound from one pass over their children. Nodes whose children are a sixteenth of the
-//    vocabulary or more are read as a bitmap over the row (Trie._wide_nodes_on): the normaliser
-//    pass bounds them too, and nothing is gathered.
+//    same path. Dense rows (beam widths up to 128) are read once: while the normaliser pass reads
+//    them each thread keeps its best four logits, which bound the selection and are its candidates,
+//    and only a thread that may have dropped more reads its share again. Nodes whose children are a
+//    sixteenth of the vocabulary or more are read the same way, as a bitmap over the row
+//    (Trie._wide_nodes_on), and nothing is gathered; other nodes with over 1024 children bound the
+//    selection from one pass over their children.
 // 2. One block per batch item: the same selection over its beams' lists by accumulated score
 //    (narrowed the same way, from one pass over the lists).
 //
@@ -304,52 +305,113 @@ __device__ __forceinline__ void unpack(uint4 w, float (&x)[8], const BHalf*) {
   for (int j = 0; j < 4; ++j) x[2 * j] = __uint_as_float(words[j] << 16), x[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
 }
 
-// The order key of the largest logit a thread read among the tokens a bitmap allows (0: none).
-struct AllowedMax {
+// How a block's threads share a row: a scalar head up to 16-byte alignment, whole 16-byte words,
+// and a scalar tail, each strided over the threads.
+template <class Bits>
+struct RowSplit {
+  static constexpr int kPer = 16 / sizeof(Bits);
+  int64_t head, words, tail;
+  __device__ RowSplit(const Bits* row, int64_t vocab) {
+    const int64_t misaligned = static_cast<int64_t>((16 - reinterpret_cast<uintptr_t>(row) % 16) % 16 / sizeof(Bits));
+    head = misaligned < vocab ? misaligned : vocab;
+    words = (vocab - head) / kPer;
+    tail = head + words * kPer;
+  }
+};
+
+// Calls f(t) for each column t of the row that this thread reads in row_logsumexp.
+template <class Bits, class F>
+__device__ void for_each_own_column(const RowSplit<Bits>& split, int64_t vocab, F&& f) {
+  for (int64_t i = threadIdx.x; i < split.head; i += kThreads) f(i);
+  constexpr int kPer = RowSplit<Bits>::kPer;
+  for (int64_t j = threadIdx.x; j < split.words; j += kThreads)
+    for (int e = 0; e < kPer; ++e) f(split.head + j * kPer + e);
+  for (int64_t i = split.tail + threadIdx.x; i < vocab; i += kThreads) f(i);
+}
+
+constexpr int kKept = 4;
+
+// A thread's best kKept items of its share of a row (order key, column), best first, gathered
+// while the normaliser pass reads them; key 0 marks an empty place. Whatever the thread did not
+// keep ranks at or below its last kept key.
+struct ThreadTop {
+  uint32_t key[kKept] = {};
+  int32_t column[kKept] = {};
+  __device__ __forceinline__ void offer(uint32_t k, int32_t t) {
+    if (k <= key[kKept - 1]) return;
+    key[kKept - 1] = k;
+    column[kKept - 1] = t;
+#pragma unroll
+    for (int j = kKept - 1; j > 0; --j) {  // static indices: the arrays stay in registers
+      if (key[j] <= key[j - 1]) break;
+      const uint32_t kk = key[j];
+      key[j] = key[j - 1];
+      key[j - 1] = kk;
+      const int32_t tt = column[j];
+      column[j] = column[j - 1];
+      column[j - 1] = tt;
+    }
+  }
+};
+
+// Watchers of the normaliser pass. Dense rows keep every logit above -inf but the blocked token.
+struct DenseWatch {
+  int32_t blocked;
+  ThreadTop top;
+  template <int N>
+  __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      if (x[j] != -INFINITY && first + j != blocked) top.offer(order_key(x[j]), static_cast<int32_t>(first + j));
+  }
+};
+
+// A wide node's rows keep the tokens its bitmap allows (-inf ones too, as for gathered children).
+struct AllowedWatch {
   const uint32_t* bits;
   int64_t limit;  // tokens from here on are not in the bitmap
-  uint32_t best = 0;
-
+  int32_t blocked;
+  ThreadTop top;
   template <int N>
   __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const int64_t t = first + j;
-      if (t < limit && ((bits[t >> 5] >> (t & 31)) & 1u)) best = max(best, order_key(x[j]));
+      if (t < limit && ((bits[t >> 5] >> (t & 31)) & 1u) && t != blocked)
+        top.offer(order_key(x[j]), static_cast<int32_t>(t));
     }
   }
 };
 
-// log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one.
-// *thread_max (if given) gets the largest value this thread read; *allowed (if given) watches the
-// values of the tokens its bitmap allows.
-template <class Bits>
-__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, float* thread_max = nullptr,
-                               AllowedMax* allowed = nullptr) {
-  constexpr int kPer = 16 / sizeof(Bits);
+struct NoWatch {
+  template <int N>
+  __device__ __forceinline__ void add(const float (&)[N], int64_t) {}
+};
+
+// log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one. `watch`
+// sees every value this thread reads, with its column.
+template <class Bits, class Watch = NoWatch>
+__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, Watch&& watch = NoWatch{}) {
+  constexpr int kPer = RowSplit<Bits>::kPer;
+  const RowSplit<Bits> split(row, vocab);
   OnlineLse acc;
-  // Scalar head up to 16-byte alignment, whole words, scalar tail.
-  const int64_t misaligned = static_cast<int64_t>((16 - reinterpret_cast<uintptr_t>(row) % 16) % 16 / sizeof(Bits));
-  const int64_t head = misaligned < vocab ? misaligned : vocab;
-  const int64_t words = (vocab - head) / kPer, tail = head + words * kPer;
-  for (int64_t i = threadIdx.x; i < head; i += kThreads) {
+  for (int64_t i = threadIdx.x; i < split.head; i += kThreads) {
     const float x[1] = {to_float(row[i])};
     acc.add(x);
-    if (allowed) allowed->add(x, i);
+    watch.add(x, i);
   }
-  const uint4* body = reinterpret_cast<const uint4*>(row + head);
-  for (int64_t j = threadIdx.x; j < words; j += kThreads) {
+  const uint4* body = reinterpret_cast<const uint4*>(row + split.head);
+  for (int64_t j = threadIdx.x; j < split.words; j += kThreads) {
     float x[kPer];
     unpack(body[j], x, static_cast<const Bits*>(nullptr));
     acc.add(x);
-    if (allowed) allowed->add(x, head + j * kPer);
+    watch.add(x, split.head + j * kPer);
   }
-  for (int64_t i = tail + threadIdx.x; i < vocab; i += kThreads) {
+  for (int64_t i = split.tail + threadIdx.x; i < vocab; i += kThreads) {
     const float x[1] = {to_float(row[i])};
     acc.add(x);
-    if (allowed) allowed->add(x, i);
+    watch.add(x, i);
   }
-  if (thread_max) *thread_max = acc.m;
   // Combine (m, s) across the block: the block max, then the rescaled sums.
   const float M = block_max(acc.m, sh);
   const bool any_nan = __syncthreads_or(acc.nan) != 0;
@@ -383,54 +445,91 @@ struct StagedItems {
   __device__ int64_t secondary(int32_t j) const { return from.secondary(index[j]); }
 };
 
-// block_top with a shortcut: each thread's largest key (`mine`, 0 for none) over any partition of
-// the items bounds the want-th best from below (the need-th largest of those maxima is reached by
-// `need` distinct items, `extra` of which may be excluded ones), so one pass stages the items at
-// or above it, usually a few hundred, and the selection runs on those in shared memory. Without a
-// bound (need > kThreads) or when too many items tie above it, the selection reads the items.
-template <class Items>
-__device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, uint32_t mine,
-                               int32_t extra, TopShared& sh) {
+// A lower bound on the want-th best key of a block's items, from each thread's largest key
+// (`mine`, 0 for none) over any partition of them: the need-th largest of those maxima (need =
+// want + `extra`, the excluded items that may be among them) is reached by `need` distinct items.
+// 0 when there is none (need > kThreads, or fewer threads saw an item). Also empties the staging
+// area. Every thread of the block must call it.
+__device__ uint32_t selection_bound(uint32_t mine, int32_t need, TopShared& sh) {
   const int tid = threadIdx.x;
-  const int32_t need = want + extra;
-  if (need <= kThreads) {
-    sh.thread_max[tid] = mine;
-    if (tid == 0) {
-      sh.bound = 0;
-      sh.staged = 0;
-    }
+  if (need > kThreads) return 0;
+  sh.thread_max[tid] = mine;
+  if (tid == 0) {
+    sh.bound = 0;
+    sh.staged = 0;
+  }
+  __syncthreads();
+  int32_t rank = 0;  // a strict order of the maxima: rank is a permutation of 0..kThreads-1
+  for (int j = 0; j < kThreads; ++j) {
+    const uint32_t other = sh.thread_max[j];
+    rank += other > mine || (other == mine && j < tid);
+  }
+  if (rank == need - 1) sh.bound = mine;
+  __syncthreads();
+  return sh.bound;
+}
+
+__device__ __forceinline__ void stage(uint32_t key, int32_t item, TopShared& sh) {
+  const int32_t slot = atomicAdd(&sh.staged, 1);
+  if (slot < kStaged) {
+    sh.staged_key[slot] = key;
+    sh.staged_item[slot] = item;
+  }
+}
+
+// After every item at or above `bound` was staged: the selection on those in shared memory, or,
+// without a bound or with too many of them (ties), on the items themselves.
+template <class Items>
+__device__ int32_t staged_top(const Items& items, int32_t n, int32_t want, int secondary_bits, uint32_t bound,
+                              TopShared& sh) {
+  __syncthreads();
+  const int32_t staged = sh.staged;
+  __syncthreads();
+  if (bound != 0 && staged <= kStaged) {
+    const StagedItems<Items> on_chip{sh.staged_key, sh.staged_item, items};
+    const int32_t k = block_top(on_chip, staged, want, secondary_bits, sh);
+    for (int32_t t = threadIdx.x; t < k; t += kThreads) sh.item[t] = sh.staged_item[sh.item[t]];
     __syncthreads();
-    int32_t rank = 0;  // a strict order of the maxima: rank is a permutation of 0..kThreads-1
-    for (int j = 0; j < kThreads; ++j) {
-      const uint32_t other = sh.thread_max[j];
-      rank += other > mine || (other == mine && j < tid);
-    }
-    if (rank == need - 1) sh.bound = mine;
-    __syncthreads();
-    const uint32_t bound = sh.bound;
-    if (bound != 0) {  // 0: fewer than `need` threads saw a candidate
-      for (int32_t i = tid; i < n; i += kThreads) {
-        const uint32_t key = items.key(i);
-        if (key < bound) continue;
-        const int32_t slot = atomicAdd(&sh.staged, 1);
-        if (slot < kStaged) {
-          sh.staged_key[slot] = key;
-          sh.staged_item[slot] = i;
-        }
-      }
-    }
-    __syncthreads();
-    const int32_t staged = sh.staged;
-    __syncthreads();
-    if (bound != 0 && staged <= kStaged) {
-      const StagedItems<Items> on_chip{sh.staged_key, sh.staged_item, items};
-      const int32_t k = block_top(on_chip, staged, want, secondary_bits, sh);
-      for (int32_t t = tid; t < k; t += kThreads) sh.item[t] = sh.staged_item[sh.item[t]];
-      __syncthreads();
-      return k;
-    }
+    return k;
   }
   return block_top(items, n, want, secondary_bits, sh);
+}
+
+// block_top with a shortcut: one pass stages the items at or above selection_bound(mine), usually a
+// few hundred, and the selection runs on those in shared memory.
+template <class Items>
+__device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, uint32_t mine,
+                               TopShared& sh) {
+  const uint32_t bound = selection_bound(mine, want, sh);
+  if (bound != 0)
+    for (int32_t i = threadIdx.x; i < n; i += kThreads) {
+      const uint32_t key = items.key(i);
+      if (key >= bound) stage(key, i, sh);
+    }
+  return staged_top(items, n, want, secondary_bits, bound, sh);
+}
+
+// bounded_top for a row (items indexed by column) whose normaliser pass gave each thread its
+// ThreadTop, with keys that final_key maps monotonically to the items' keys. A thread stages its
+// kept items at or above the bound, and reads its share of the row again only when its last kept
+// one is there too (it may have dropped more): the row is read once, and again in a few places.
+template <class Bits, class Items, class FinalKey>
+__device__ int32_t kept_top(const Items& items, const Bits* row, int64_t vocab, int32_t want, const ThreadTop& top,
+                            FinalKey final_key, TopShared& sh) {
+  const uint32_t bound = selection_bound(top.key[0] ? final_key(top.key[0]) : 0u, want, sh);
+  if (bound != 0) {
+    if (top.key[kKept - 1] != 0 && final_key(top.key[kKept - 1]) >= bound) {
+      for_each_own_column(RowSplit<Bits>(row, vocab), vocab, [&](int64_t t) {
+        const uint32_t key = items.key(static_cast<int32_t>(t));
+        if (key >= bound) stage(key, static_cast<int32_t>(t), sh);
+      });
+    } else {
+#pragma unroll
+      for (int j = 0; j < kKept; ++j)
+        if (top.key[j] != 0 && final_key(top.key[j]) >= bound) stage(final_key(top.key[j]), top.column[j], sh);
+    }
+  }
+  return staged_top(items, static_cast<int32_t>(vocab), want, bits_below(vocab), bound, sh);
 }
 
 template <class Bits>
@@ -474,26 +573,26 @@ struct BitmapRow {
   __device__ int64_t secondary(int32_t t) const { return t; }
 };
 
-// A constrained "full" row at a wide node: the normaliser pass also bounds the selection (each
-// thread's best allowed logit), and one more pass over the row stages the children above the
-// bound, so the children are never gathered. Returns the candidates found, written to out_*.
+// A constrained "full" row at a wide node: the normaliser pass also keeps each thread's best
+// allowed logits, so the children are never gathered and the row is read about once. Returns the
+// candidates found, written to out_*.
 template <class Bits>
 __device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits* logits, const TrieView& trie,
                                  uint32_t lo, uint32_t hi, const uint32_t* bits, int64_t words, Pool pool,
                                  unsigned long long* error, TopShared& sh, float* out_logprob, int32_t* out_token,
                                  int32_t* out_node) {
-  AllowedMax seen{bits, words * 32};
-  const float lse = row_logsumexp(logits, p.vocab, sh, nullptr, &seen);
+  AllowedWatch seen{bits, words * 32, p.blocked_token};
+  const float lse = row_logsumexp(logits, p.vocab, sh, seen);
   if (lse != lse) {
     if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
     return 0;
   }
   const BitmapRow<Bits> items{logits, bits, words * 32, lse, p.blocked_token};
-  // x - lse rounds monotonically in x, so the best allowed logit gives the thread's best key; an
-  // infinite lse (a +inf logit) makes values NaN, and the selection then reads every key.
-  const uint32_t mine = seen.best && isfinite(lse) ? order_key(from_order_key(seen.best) - lse) : 0u;
-  const int32_t k = bounded_top(items, static_cast<int32_t>(p.vocab), p.num_candidates, bits_below(p.vocab), mine,
-                                p.blocked_token >= 0 ? 1 : 0, sh);
+  // x - lse rounds monotonically in x, so the kept logits' keys map to the items' keys; an infinite
+  // lse (a +inf logit) makes values NaN, and the selection then reads every key.
+  const bool finite = isfinite(lse);
+  const auto final_key = [&](uint32_t raw) { return finite ? order_key(from_order_key(raw) - lse) : 0u; };
+  const int32_t k = kept_top(items, logits, p.vocab, p.num_candidates, seen.top, final_key, sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t token = sh.item[t];
     out_logprob[t] = items.value(token);
@@ -567,17 +666,14 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   const Bits* logits = static_cast<const Bits*>(p.logits) + r * p.row_stride;
 
   if (!p.nodes) {
-    float thread_max;
-    const float lse = row_logsumexp(logits, p.vocab, sh, &thread_max);
+    DenseWatch seen{p.blocked_token};
+    const float lse = row_logsumexp(logits, p.vocab, sh, seen);
     if (lse != lse) {
       if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
       return;
     }
     const DenseRow<Bits> items{logits, p.blocked_token};
-    // The normaliser pass saw every logit: its maxima bound the row (the blocked token may be one).
-    const uint32_t mine = thread_max == -INFINITY ? 0u : order_key(thread_max);
-    const int32_t k = bounded_top(items, static_cast<int32_t>(p.vocab), C, bits_below(p.vocab), mine,
-                                  p.blocked_token >= 0 ? 1 : 0, sh);
+    const int32_t k = kept_top(items, logits, p.vocab, C, seen.top, [](uint32_t raw) { return raw; }, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
       out_logprob[t] = items.value(sh.item[t]) - lse;
       out_token[t] = sh.item[t];
@@ -691,7 +787,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     // the keys bounds the selection, as for dense rows, instead of each radix digit gathering them.
     uint32_t mine = 0;
     for (int32_t i = threadIdx.x; i < n; i += kThreads) mine = max(mine, items.key(i));
-    k = bounded_top(items, n, C, bits_below(n), mine, 0, sh);
+    k = bounded_top(items, n, C, bits_below(n), mine, sh);
   } else {
     k = block_top(items, n, C, bits_below(n), sh);
   }
@@ -726,7 +822,7 @@ __global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, 
   const int32_t n = p.num_beams * C;
   uint32_t mine = 0;
   for (int32_t e = threadIdx.x; e < n; e += kThreads) mine = max(mine, items.key(e));
-  const int32_t k = bounded_top(items, n, C, 32 + bits_below(p.num_beams), mine, 0, sh);
+  const int32_t k = bounded_top(items, n, C, 32 + bits_below(p.num_beams), mine, sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t e = sh.item[t];
     const int64_t o = b * C + t;
