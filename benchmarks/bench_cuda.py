@@ -174,7 +174,7 @@ def test_sparse_step(benchmark, items, batch, beams, normalize):
     logits = torch.randn(rows, vocab, device="cuda")
     scores = -torch.rand(rows) * 10
     keep = allowed_mask(trie, nodes, vocab).cuda()  # the peer's mask, built outside the timing
-    step = _cuda_search.CudaStep(logits.device, batch, beams, [trie], normalize == "allowed", -1)
+    step = _cuda_search.CudaStep(logits, batch, beams, [trie], normalize == "allowed", -1)
     check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, allowed=normalize == "allowed",
                    kernel=f"sparse step ({normalize})", shape=f"{rows} rows, {items:,} items, V={vocab}")
 
@@ -192,13 +192,13 @@ def test_wide_node_step(benchmark, where):
     # with the bitmaps withheld: every child gathered through child_token.
     trie, vocab, batch, beams = title_trie(), datasets.TITLE_VOCAB, 32, 64
     rows = batch * beams
-    wide = trie._wide_nodes_on(torch.device("cpu"))[0]
+    wide = trie._wide_nodes_on(torch.device("cpu"), vocab)[0]
     picks = torch.zeros(rows, dtype=torch.int32) if where == "root" else wide[1:][torch.arange(rows) % (len(wide) - 1)]
     logits = (torch.randn(rows, vocab, device="cuda") * 3).to(torch.bfloat16)
     scores = -torch.rand(rows) * 10
     keep = allowed_mask(trie, picks, vocab).cuda()
-    step = _cuda_search.CudaStep(logits.device, batch, beams, [trie], False, -1)
-    gather = _cuda_search.CudaStep(logits.device, batch, beams, [trie], False, -1)
+    step = _cuda_search.CudaStep(logits, batch, beams, [trie], False, -1)
+    gather = _cuda_search.CudaStep(logits, batch, beams, [trie], False, -1)
     gather.wide.zero_()  # no wide nodes: count 0
     check_and_time(benchmark, step, logits, scores, picks, keep, batch, beams, other_steps={"gather": gather},
                    kernel=f"sparse step (full), wide nodes at the {where}", shape=f"{rows} rows, V={vocab} bf16")
@@ -209,7 +209,7 @@ def test_dense_step(benchmark, batch, beams):
     rows, vocab = batch * beams, 152_064
     logits = (torch.randn(rows, vocab, device="cuda") * 3).to(torch.bfloat16)
     scores = -torch.rand(rows) * 10
-    step = _cuda_search.CudaStep(logits.device, batch, beams, [], False, -1)
+    step = _cuda_search.CudaStep(logits, batch, beams, [], False, -1)
     check_and_time(benchmark, step, logits, scores, None, None, batch, beams,
                    kernel="dense step", shape=f"{rows} rows x {vocab} bf16, K={beams}")
 

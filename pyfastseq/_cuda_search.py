@@ -53,20 +53,21 @@ class CudaStep:
     where they are instead.
     """
 
-    def __init__(self, device, batch_size, num_beams, tries, normalize_allowed, eos_id):
+    def __init__(self, logits, batch_size, num_beams, tries, normalize_allowed, eos_id):
         self.ext = _backend.cuda()
+        device = logits.device
         self.device, self.batch, self.k = device, batch_size, num_beams
         self.rows, self.width = batch_size * num_beams, 2 * num_beams
         self.normalize_allowed, self.eos_id = normalize_allowed, eos_id
         self.views = self.wide = None
         if tries:
             # TrieView rows (child_begin, child_token, terminal, num_nodes) and WideNodes rows (node,
-            # bits, count, words); the arrays stay cached on the trie.
+            # bits, count, words) for the logits' vocabulary; the arrays stay cached on the trie.
             packed, wide = [], []
             for trie in tries:
                 child_begin, child_token = trie._arrays_on(device)
                 packed.append([child_begin.data_ptr(), child_token.data_ptr(), 0, trie.num_nodes])
-                nodes, bits, words = trie._wide_nodes_on(device)
+                nodes, bits, words = trie._wide_nodes_on(device, logits.shape[1])
                 wide.append([nodes.data_ptr(), bits.data_ptr(), len(nodes), words])
             self.views = torch.tensor(packed, dtype=torch.int64).to(device)
             self.wide = torch.tensor(wide, dtype=torch.int64).to(device)
@@ -159,12 +160,13 @@ class DeviceSearch:
                "hyp_finished": torch.uint8, "hyp_filler": torch.uint8, "hyp_tokens": torch.int32,
                "hyp_token_scores": torch.float32, "halted": torch.int64}
 
-    def __init__(self, searcher, device, batch_size, tries, start_nodes, normalize_allowed, eos_id):
+    def __init__(self, searcher, logits, batch_size, tries, start_nodes, normalize_allowed, eos_id):
+        device = logits.device
         self.searcher, self.batch, self.k = searcher, batch_size, searcher.num_beams
         self.width, self.eos_id = searcher.max_length, eos_id
         self.pad_id = pad_id_of(eos_id)
         self.tries = tries
-        self.step = CudaStep(device, batch_size, self.k, tries, normalize_allowed, eos_id)
+        self.step = CudaStep(logits, batch_size, self.k, tries, normalize_allowed, eos_id)
         self.ext = self.step.ext
         self.layout = self.ext.beam_state_layout(batch_size, self.k, self.width, searcher.output_token_scores)
         self.state = torch.zeros(self.layout["bytes"], dtype=torch.uint8, device=device)

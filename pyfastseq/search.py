@@ -106,7 +106,7 @@ class _BeamSearchBase:
 
         logits = checked(step_fn(torch.zeros(rows, 0, dtype=torch.long), torch.arange(rows)))
         if self._on_device(logits):
-            search = DeviceSearch(self, logits.device, batch_size, tries, start_nodes, normalize_allowed, eos_id)
+            search = DeviceSearch(self, logits, batch_size, tries, start_nodes, normalize_allowed, eos_id)
             return self._output(search.run(step_fn, logits, checked))
         state = _C.BeamSearchState(
             batch_size, self.num_beams, self.max_length, self.min_length, self.num_return_sequences,
@@ -370,7 +370,7 @@ def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: 
     rows = beam_scores.shape[0]
     logits = _BeamSearchBase._checked_logits(logits, rows, [] if trie is None else [trie])
     tries = [] if trie is None or nodes is None else [trie]
-    step = CudaStep(logits.device, rows // num_beams, num_beams, tries, normalize == "allowed",
+    step = CudaStep(logits, rows // num_beams, num_beams, tries, normalize == "allowed",
                     as_eos_id(None if trie is None else trie.eos_id))
     step.launch(logits, beam_scores.detach().float().cpu().numpy(),
                 None if nodes is None else nodes.detach().int().cpu().numpy(), blocked=False,

@@ -56,7 +56,7 @@ class Trie:
             cpu = (torch.from_numpy(child_begin.view(np.int32)), torch.from_numpy(child_token))
         # CSR child offsets (as int32) and tokens per device; CPU ones share the trie's memory.
         self._device_arrays: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {torch.device("cpu"): cpu}
-        self._wide_nodes: dict[torch.device, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._wide_nodes: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True) -> "Trie":
@@ -203,12 +203,12 @@ class Trie:
             self._device_arrays[device] = arrays
         return arrays
 
-    def _wide_nodes_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """For the CUDA beam step: the nodes whose children are at least 1/16 of the token range
-        (ascending, int32), their children as int32 bitmaps ``[count, words]`` (bit ``t``: token ``t``
-        is a child), and ``words``; on ``device``, built once. A bitmap is then at most half the size
-        of the node's ``child_token`` slice."""
-        cached = self._wide_nodes.get(device)
+    def _wide_nodes_on(self, device: torch.device, vocab: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """For the CUDA beam step on ``vocab``-wide logits: the nodes with at least ``vocab / 16``
+        children (ascending, int32), their children as int32 bitmaps ``[count, words]`` over the
+        trie's tokens (bit ``t``: token ``t`` is a child), and ``words``; on ``device``, built once. A
+        bitmap is at most half the size of the node's ``child_token`` slice."""
+        cached = self._wide_nodes.get((device, vocab))
         if cached is not None:
             return cached
         begin, tokens = (a.numpy() for a in self._device_arrays[torch.device("cpu")])
@@ -216,7 +216,7 @@ class Trie:
         fan = np.diff(begin)
         width = max(self.max_token, 0) + 1
         words = (width + 31) // 32
-        wide = np.flatnonzero((fan > 0) & (fan * 16 >= width))
+        wide = np.flatnonzero((fan > 0) & (fan * 16 >= vocab))
         lengths = fan[wide]
         # The edges of the wide nodes, node by node, and the bitmap row each belongs to.
         firsts = np.repeat(begin[wide] - (np.cumsum(lengths) - lengths), lengths)
@@ -226,7 +226,7 @@ class Trie:
         np.bitwise_or.at(bits, rows * words + (edge_tokens >> 5), (1 << (edge_tokens & 31)).astype(np.uint32))
         cached = (torch.from_numpy(wide.astype(np.int32)).to(device),
                   torch.from_numpy(bits.view(np.int32).reshape(wide.size, words)).to(device), words)
-        self._wide_nodes[device] = cached
+        self._wide_nodes[(device, vocab)] = cached
         return cached
 
 

@@ -336,14 +336,14 @@ def test_cuda_step__best_logits_in_few_threads_shares__matches_cpu_step(constrai
     torch.testing.assert_close(got["score"], want["score"], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("vocab,count", [(40, 300), (3001, 2000), (70, 0)])
-def test_wide_nodes__bitmaps_hold_exactly_the_children(vocab, count):
+@pytest.mark.parametrize("vocab,count,logits_vocab",
+                         [(40, 300, 40), (3001, 2000, 3001), (3001, 2000, 20000), (70, 0, 70)])
+def test_wide_nodes__bitmaps_hold_exactly_the_children(vocab, count, logits_vocab):
     trie = random_trie(random.Random(vocab), vocab, count, 4) if count else fs.Trie([[5]])
-    nodes, bits, words = trie._wide_nodes_on(torch.device("cpu"))
-    width = trie.max_token + 1
+    nodes, bits, words = trie._wide_nodes_on(torch.device("cpu"), logits_vocab)
     fan = [len(trie.children(n)[0]) for n in range(trie.num_nodes)]
-    assert nodes.tolist() == [n for n, f in enumerate(fan) if f and 16 * f >= width]
-    assert words == (width + 31) // 32 and bits.shape == (len(nodes), words)
+    assert nodes.tolist() == [n for n, f in enumerate(fan) if f and 16 * f >= logits_vocab]
+    assert words == (trie.max_token + 32) // 32 and bits.shape == (len(nodes), words)
     for node, row in zip(nodes.tolist(), bits.numpy()):
         set_bits = np.flatnonzero(np.unpackbits(row.view(np.uint8), bitorder="little"))
         np.testing.assert_array_equal(set_bits, trie.children(node)[0])
@@ -459,7 +459,7 @@ def test_cuda_step__after_a_failed_step__leaves_its_error(halted, device):
     # leave the word, and the detail behind it, as that step recorded them.
     logits = torch.zeros(2, 5, device=device)
     logits[1, 4] = float("nan")
-    step = search.CudaStep(logits.device, 1, 2, [], False, -1)
+    step = search.CudaStep(logits, 1, 2, [], False, -1)
     scores = torch.zeros(2, device=device)
     word = torch.full((1,), -1, dtype=torch.int64, device=device)
     step.launch_at(logits, scores.data_ptr(), None, False, halted_ptr=word.data_ptr())
