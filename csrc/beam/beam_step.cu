@@ -445,11 +445,10 @@ struct StagedItems {
   __device__ int64_t secondary(int32_t j) const { return from.secondary(index[j]); }
 };
 
-// A lower bound on the want-th best key of a block's items, from each thread's largest key
-// (`mine`, 0 for none) over any partition of them: the need-th largest of those maxima (need =
-// want + `extra`, the excluded items that may be among them) is reached by `need` distinct items.
-// 0 when there is none (need > kThreads, or fewer threads saw an item). Also empties the staging
-// area. Every thread of the block must call it.
+// A lower bound on the need-th best key of a block's items, from each thread's largest key
+// (`mine`, 0 for none) over any partition of them: the need-th largest of those maxima is reached
+// by `need` distinct items. 0 when there is none (need > kThreads, or fewer threads saw an item).
+// Also empties the staging area. Every thread of the block must call it.
 __device__ uint32_t selection_bound(uint32_t mine, int32_t need, TopShared& sh) {
   const int tid = threadIdx.x;
   if (need > kThreads) return 0;
