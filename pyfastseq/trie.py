@@ -207,7 +207,9 @@ class Trie:
         """For the CUDA beam step on ``vocab``-wide logits: the nodes with at least ``vocab / 16``
         children (ascending, int32), their children as int32 bitmaps ``[count, words]`` over the
         trie's tokens (bit ``t``: token ``t`` is a child), and ``words``; on ``device``, built once. A
-        bitmap is at most half the size of the node's ``child_token`` slice."""
+        bitmap is at most half the size of the node's ``child_token`` slice. Such a node has children
+        in most 32-byte sectors of a row of 2-byte logits, so reading the whole row against its
+        bitmap beats gathering them."""
         cached = self._wide_nodes.get((device, vocab))
         if cached is not None:
             return cached

@@ -354,32 +354,17 @@ struct ThreadTop {
   }
 };
 
-// Watchers of the normaliser pass. Dense rows keep every logit above -inf but the blocked token.
-struct DenseWatch {
-  int32_t blocked;
+// Watches the normaliser pass for kept_top: each item of `items` (a row's columns) that can be a
+// candidate is offered to the thread's ThreadTop, keyed by its logit.
+template <class Items>
+struct KeepBest {
+  const Items& items;
   ThreadTop top;
   template <int N>
   __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
 #pragma unroll
     for (int j = 0; j < N; ++j)
-      if (x[j] != -INFINITY && first + j != blocked) top.offer(order_key(x[j]), static_cast<int32_t>(first + j));
-  }
-};
-
-// A wide node's rows keep the tokens its bitmap allows (-inf ones too, as for gathered children).
-struct AllowedWatch {
-  const uint32_t* bits;
-  int64_t limit;  // tokens from here on are not in the bitmap
-  int32_t blocked;
-  ThreadTop top;
-  template <int N>
-  __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const int64_t t = first + j;
-      if (t < limit && ((bits[t >> 5] >> (t & 31)) & 1u) && t != blocked)
-        top.offer(order_key(x[j]), static_cast<int32_t>(t));
-    }
+      if (items.eligible(first + j, x[j])) top.offer(order_key(x[j]), static_cast<int32_t>(first + j));
   }
 };
 
@@ -428,9 +413,10 @@ struct DenseRow {
   int32_t blocked;
   __device__ float value(int32_t i) const { return to_float(logits[i]); }
   // -inf logits never enter (the CPU heap only admits values above -inf).
+  __device__ bool eligible(int64_t i, float x) const { return i != blocked && x != -INFINITY; }
   __device__ uint32_t key(int32_t i) const {
     const float x = value(i);
-    return (i == blocked || x == -INFINITY) ? 0u : order_key(x);
+    return eligible(i, x) ? order_key(x) : 0u;
   }
   __device__ int64_t secondary(int32_t i) const { return i; }
 };
@@ -494,11 +480,13 @@ __device__ int32_t staged_top(const Items& items, int32_t n, int32_t want, int s
   return block_top(items, n, want, secondary_bits, sh);
 }
 
-// block_top with a shortcut: one pass stages the items at or above selection_bound(mine), usually a
-// few hundred, and the selection runs on those in shared memory.
+// block_top with a shortcut: one pass finds each thread's largest key, a second stages the items at
+// or above their selection_bound, usually a few hundred, and the selection runs on those in shared
+// memory instead of each radix digit reading the items.
 template <class Items>
-__device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, uint32_t mine,
-                               TopShared& sh) {
+__device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
+  uint32_t mine = 0;
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) mine = max(mine, items.key(i));
   const uint32_t bound = selection_bound(mine, want, sh);
   if (bound != 0)
     for (int32_t i = threadIdx.x; i < n; i += kThreads) {
@@ -565,10 +553,11 @@ struct BitmapRow {
   float lse;
   int32_t blocked;
   __device__ float value(int32_t t) const { return to_float(logits[t]) - lse; }
-  __device__ uint32_t key(int32_t t) const {
-    if (t >= limit || !((bits[t >> 5] >> (t & 31)) & 1u) || t == blocked) return 0u;
-    return order_key(value(t));
+  // -inf children enter, as gathered ones do.
+  __device__ bool eligible(int64_t t, float) const {
+    return t < limit && ((bits[t >> 5] >> (t & 31)) & 1u) && t != blocked;
   }
+  __device__ uint32_t key(int32_t t) const { return eligible(t, 0.0f) ? order_key(value(t)) : 0u; }
   __device__ int64_t secondary(int32_t t) const { return t; }
 };
 
@@ -580,13 +569,14 @@ __device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits*
                                  uint32_t lo, uint32_t hi, const uint32_t* bits, int64_t words, Pool pool,
                                  unsigned long long* error, TopShared& sh, float* out_logprob, int32_t* out_token,
                                  int32_t* out_node) {
-  AllowedWatch seen{bits, words * 32, p.blocked_token};
+  BitmapRow<Bits> items{logits, bits, words * 32, 0.0f, p.blocked_token};
+  KeepBest<BitmapRow<Bits>> seen{items};
   const float lse = row_logsumexp(logits, p.vocab, sh, seen);
   if (lse != lse) {
     if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
     return 0;
   }
-  const BitmapRow<Bits> items{logits, bits, words * 32, lse, p.blocked_token};
+  items.lse = lse;
   // x - lse rounds monotonically in x, so the kept logits' keys map to the items' keys; an infinite
   // lse (a +inf logit) makes values NaN, and the selection then reads every key.
   const bool finite = isfinite(lse);
@@ -665,13 +655,13 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   const Bits* logits = static_cast<const Bits*>(p.logits) + r * p.row_stride;
 
   if (!p.nodes) {
-    DenseWatch seen{p.blocked_token};
+    const DenseRow<Bits> items{logits, p.blocked_token};
+    KeepBest<DenseRow<Bits>> seen{items};
     const float lse = row_logsumexp(logits, p.vocab, sh, seen);
     if (lse != lse) {
       if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
       return;
     }
-    const DenseRow<Bits> items{logits, p.blocked_token};
     const int32_t k = kept_top(items, logits, p.vocab, C, seen.top, [](uint32_t raw) { return raw; }, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
       out_logprob[t] = items.value(sh.item[t]) - lse;
@@ -722,11 +712,10 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   }
   const int32_t n = static_cast<int32_t>(hi - lo);
 
-  // A node with a sixteenth of the vocabulary as children has them in most 32-byte sectors of the
-  // row (at 2-byte logits): two passes over the row then beat gathering them.
+  // Nodes with a bitmap (Trie._wide_nodes_on) are read through it when each child's own edge is
+  // not needed.
   const bool no_deltas = !p.delta_offsets || p.delta_offsets[r + 1] == p.delta_offsets[r];
-  if (p.wide && int64_t{n} * 16 >= p.vocab && !p.normalize_allowed && !p.block_leaves && no_deltas &&
-      trie.child_token[hi - 1] < p.vocab) {
+  if (p.wide && !p.normalize_allowed && !p.block_leaves && no_deltas && trie.child_token[hi - 1] < p.vocab) {
     const WideNodes wide = p.wide[trie_index];
     if (const uint32_t* bits = wide.children_of(node)) {
       const int32_t k = wide_node_top(p, r, logits, trie, lo, hi, bits, wide.words, pool, error, sh, out_logprob,
@@ -782,11 +771,8 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   }
   int32_t k;
   if (n > kStaged) {
-    // High fan-out (the first tokens of a title trie: tens of thousands of children): one pass over
-    // the keys bounds the selection, as for dense rows, instead of each radix digit gathering them.
-    uint32_t mine = 0;
-    for (int32_t i = threadIdx.x; i < n; i += kThreads) mine = max(mine, items.key(i));
-    k = bounded_top(items, n, C, bits_below(n), mine, sh);
+    // High fan-out (the first tokens of a title trie: tens of thousands of children).
+    k = bounded_top(items, n, C, bits_below(n), sh);
   } else {
     k = block_top(items, n, C, bits_below(n), sh);
   }
@@ -819,9 +805,7 @@ __global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, 
   const int32_t C = p.num_candidates;
   const ItemLists items{p.beam_scores + first, pool.logprob + first * C, pool.token + first * C, pool.count + first, C};
   const int32_t n = p.num_beams * C;
-  uint32_t mine = 0;
-  for (int32_t e = threadIdx.x; e < n; e += kThreads) mine = max(mine, items.key(e));
-  const int32_t k = bounded_top(items, n, C, 32 + bits_below(p.num_beams), mine, sh);
+  const int32_t k = bounded_top(items, n, C, 32 + bits_below(p.num_beams), sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t e = sh.item[t];
     const int64_t o = b * C + t;
