@@ -131,9 +131,9 @@ def subtree_heights(trie: ...) -> numpy.typing.NDArray[numpy.uint8]:
     """
     uint8 [num_nodes]: longest path from each node to a leaf, saturated at 255.
     """
-def trie_constrain(trie: Trie, src_ptr: typing.SupportsInt | typing.SupportsIndex, dst_ptr: typing.SupportsInt | typing.SupportsIndex, rows: typing.SupportsInt | typing.SupportsIndex, vocab: typing.SupportsInt | typing.SupportsIndex, src_row_stride: typing.SupportsInt | typing.SupportsIndex, dst_row_stride: typing.SupportsInt | typing.SupportsIndex, elem_bytes: typing.SupportsInt | typing.SupportsIndex, neg_inf_bits: typing.SupportsInt | typing.SupportsIndex, nodes_ptr: typing.SupportsInt | typing.SupportsIndex, all_neg_inf_ptr: typing.SupportsInt | typing.SupportsIndex) -> None:
+def trie_constrain(trie: Trie, src_ptr: typing.SupportsInt | typing.SupportsIndex, dst_ptr: typing.SupportsInt | typing.SupportsIndex, rows: typing.SupportsInt | typing.SupportsIndex, vocab: typing.SupportsInt | typing.SupportsIndex, src_row_stride: typing.SupportsInt | typing.SupportsIndex, dst_row_stride: typing.SupportsInt | typing.SupportsIndex, elem_bytes: typing.SupportsInt | typing.SupportsIndex, neg_inf_bits: typing.SupportsInt | typing.SupportsIndex, nodes_ptr: typing.SupportsInt | typing.SupportsIndex, all_neg_inf_ptr: typing.SupportsInt | typing.SupportsIndex, previous_nodes_ptr: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
     """
-    Write each row's allowed scores (all where it has no continuation) and -inf elsewhere into dst (may be src).
+    Write each row's allowed scores (all where it has no continuation) and -inf elsewhere into dst (may be src); with previous_nodes_ptr, dst holds the output for those nodes and only what changed is rewritten.
     """
 def trie_mask(logits_ptr: typing.SupportsInt | typing.SupportsIndex, rows: typing.SupportsInt | typing.SupportsIndex, vocab: typing.SupportsInt | typing.SupportsIndex, row_stride: typing.SupportsInt | typing.SupportsIndex, elem_bytes: typing.SupportsInt | typing.SupportsIndex, fill_bits: typing.SupportsInt | typing.SupportsIndex, nodes_ptr: typing.SupportsInt | typing.SupportsIndex, child_begin_ptr: typing.SupportsInt | typing.SupportsIndex, child_token_ptr: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex) -> int:
     """

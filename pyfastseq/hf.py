@@ -51,6 +51,16 @@ class TrieLogitsProcessor(LogitsProcessor):
             800 x 32k fp32. Safe in beam search, whose processors get fresh log-probabilities; not
             with ``output_logits=True`` in greedy/sampling, where transformers keeps the very tensor
             it hands the processors.
+        reuse_output: return a view of the same ``[N, V]`` buffer at every step and rewrite only the
+            entries whose allowed sets changed: each row's previous children go back to -inf and its
+            new children are copied, O(children) per row instead of O(V) (800 x 32k fp32: ~0.3 ms
+            against 4 ms in place). A buffer is rewritten only once nothing else holds its storage
+            (transformers' beam search drops each step's scores before the next; greedy and sampling
+            hold one step's, so two buffers take turns; with ``output_scores=True`` greedy keeps them
+            all and every step gets a new one) and torch's version counter says nothing wrote into
+            it; otherwise the step is written in full. Writes that bypass the version counter
+            (through ``.data`` or a raw pointer) are not seen. CPU scores only: on CUDA this is the
+            default. Not with ``inplace``.
 
     Rows transformers hands over that have no continuation (finished rows padded after eos, filler
     beams that left the trie, a row standing on a leaf) keep all their scores: the "if no match, allow
@@ -68,7 +78,8 @@ class TrieLogitsProcessor(LogitsProcessor):
     bos at the start of every entry).
     """
 
-    def __init__(self, trie: Trie, prompt_len: PromptLen = None, num_beams: int = 1, inplace: bool = False):
+    def __init__(self, trie: Trie, prompt_len: PromptLen = None, num_beams: int = 1, inplace: bool = False,
+                 reuse_output: bool = False):
         if not isinstance(trie, Trie):
             raise TypeError(f"trie must be a pyfastseq.Trie, got {type(trie).__name__}")
         if not (prompt_len is None or prompt_len == "auto" or _is_int(prompt_len) and prompt_len >= 0):
@@ -78,11 +89,16 @@ class TrieLogitsProcessor(LogitsProcessor):
         self.trie = trie
         self.prompt_len = prompt_len
         self.num_beams = int(num_beams)
+        if inplace and reuse_output:
+            raise ValueError("inplace and reuse_output exclude each other: pick one")
         self.inplace = bool(inplace)
+        self.reuse_output = bool(reuse_output)
         self.reset()
 
     def reset(self) -> None:
-        """Forget the prompt that ``prompt_len="auto"`` took from the current generation."""
+        """Forget the prompt that ``prompt_len="auto"`` took from the current generation, and drop the
+        ``reuse_output`` buffers."""
+        self._outputs = _OutputPool()
         self._auto_start: int | None = None
         self._last_len = -1
         self._prompt: torch.Tensor | None = None
@@ -90,25 +106,31 @@ class TrieLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """``input_ids [N, cur_len]``, ``scores [N, V]`` -> constrained scores ``[N, V]``."""
         self._check(input_ids, scores)
-        nodes = self.nodes(input_ids)
+        nodes = self._walk(input_ids)
         if scores.device.type == "cpu":
             out, unsatisfiable = self._constrain_cpu(scores, nodes)
         else:
-            out, unsatisfiable = self._constrain_torch(scores, nodes)
+            out, unsatisfiable = self._constrain_torch(scores, nodes.numpy())
         if unsatisfiable.any():
-            self._force_allowed(out, nodes, unsatisfiable)
+            self._force_allowed(out, nodes.numpy(), unsatisfiable)
+        if self.reuse_output and scores.device.type == "cpu":
+            return self._outputs.give(out, nodes)
         return out
 
     def nodes(self, input_ids: torch.Tensor) -> np.ndarray:
         """int32 ``[N]``: each row's trie node after its constrained part (-1 where it left the trie)."""
+        return self._walk(input_ids).numpy()
+
+    def _walk(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # Host arrays as tensors: data_ptr() costs a tenth of numpy's ctypes.data, which counts at 80 rows.
         start = self._start(input_ids)
         ids = input_ids[:, start:]
         if ids.device.type != "cpu" or ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
             ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
-        nodes = np.empty(ids.shape[0], dtype=np.int32)
+        nodes = torch.empty(ids.shape[0], dtype=torch.int32)
         if ids.shape[0]:
             _C.trie_walk(self.trie._native, ids.data_ptr(), ids.shape[0], ids.stride(0), 0, ids.shape[1],
-                         nodes.ctypes.data)
+                         nodes.data_ptr())
         return nodes
 
     def _start(self, input_ids: torch.Tensor) -> int:
@@ -136,17 +158,24 @@ class TrieLogitsProcessor(LogitsProcessor):
         if scores.shape[0] % self.num_beams:
             raise ValueError(f"scores has {scores.shape[0]} rows, not a multiple of num_beams={self.num_beams}")
 
-    def _constrain_cpu(self, scores: torch.Tensor, nodes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def _constrain_cpu(self, scores: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         src = scores if scores.shape[1] < 2 or scores.stride(1) == 1 else scores.contiguous()
-        out = src if self.inplace else torch.empty_like(src, memory_format=torch.contiguous_format)
-        all_neg_inf = np.ones(len(nodes), dtype=np.uint8)
+        previous = None
+        if self.inplace:
+            out = src
+        elif self.reuse_output:
+            out, previous = self._outputs.take(src)
+        else:
+            out = torch.empty_like(src, memory_format=torch.contiguous_format)
+        all_neg_inf = torch.ones(len(nodes), dtype=torch.bool)
         if out.numel():
             _C.trie_constrain(self.trie._native, src.data_ptr(), out.data_ptr(), out.shape[0], out.shape[1],
                               src.stride(0), out.stride(0), _backend.ELEM_BYTES[out.dtype],
-                              _backend.fill_bits(float("-inf"), out.dtype), nodes.ctypes.data, all_neg_inf.ctypes.data)
+                              _backend.fill_bits(float("-inf"), out.dtype), nodes.data_ptr(), all_neg_inf.data_ptr(),
+                              0 if previous is None else previous.data_ptr())
         if self.inplace and out is not scores:
             out = scores.copy_(out)
-        return out, all_neg_inf.astype(bool)
+        return out, all_neg_inf.numpy()
 
     def _constrain_torch(self, scores: torch.Tensor, nodes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         # Off the CPU the walk stays native (a few ids per row come back to the host); the masking is
@@ -174,6 +203,44 @@ class TrieLogitsProcessor(LogitsProcessor):
         if masked.any():
             forced[masked] = self.trie.mask_logits(forced[masked], torch.from_numpy(nodes[rows][masked]))
         out[torch.from_numpy(rows).to(out.device)] = forced
+
+
+class _OutputPool:
+    """``reuse_output``'s buffers, each with the nodes it was last written for and its version then.
+
+    A buffer is handed out as an alias, so that whoever keeps the output holds a reference to the
+    buffer's storage: it is free again when the pool's own tensor is the storage's only holder.
+    """
+
+    SIZE = 2  # greedy and sampling still hold the previous step's scores when they call again
+
+    def __init__(self):
+        self.entries: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+    def take(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A free buffer shaped like ``like`` and the nodes it holds the output for (None when that
+        is unknown: a new buffer, or one written to since), most recently used first."""
+        for i, (buffer, nodes, version) in enumerate(self.entries):
+            if buffer.shape == like.shape and buffer.dtype == like.dtype and _only_holder(buffer):
+                del self.entries[i]
+                return buffer, nodes if buffer._version == version else None
+        with torch.inference_mode(False):  # inference tensors have no version counter
+            return torch.empty(like.shape, dtype=like.dtype), None
+
+    def give(self, buffer: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """Keep ``buffer``, now the output for ``nodes``, and return an alias of it (``detach``: a
+        tensor of its own on the same storage and version counter)."""
+        self.entries.insert(0, (buffer, nodes, buffer._version))
+        del self.entries[self.SIZE:]
+        return buffer.detach()
+
+
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _only_holder(buffer: torch.Tensor) -> bool:
+    """Whether ``buffer`` is the only tensor on its storage (the storage object asked counts one)."""
+    return _storage_use_count is not None and _storage_use_count(buffer.untyped_storage()._cdata) == 2
 
 
 def _is_int(value: object) -> bool:

@@ -68,35 +68,102 @@ def random_rows(rng, seqs, rows, prompt, vocab):
     return torch.tensor([r + [PAD] * (length - len(r)) for r in out]), length, width
 
 
+def random_step(rng, seqs, rows, prompt, length, dtype):
+    """ids [rows, length] of random_rows' kinds, and scores with -inf patches so that some rows, and
+    some whole batch items, have no finite allowed score."""
+    ids = torch.from_numpy(rng.integers(0, VOCAB, size=(rows, length)))
+    live, _, _ = random_rows(rng, seqs, rows, prompt, VOCAB)
+    ids[:, : min(length, live.shape[1])] = live[:, :length]
+    scores = torch.randn(rows, VOCAB + 3).to(dtype)
+    scores[rng.random(scores.shape) < 0.3] = float("-inf")
+    scores[torch.from_numpy(rng.random(rows) < 0.3)] = float("-inf")
+    return ids, scores
+
+
+# How the processor writes its output (see TrieLogitsProcessor's inplace and reuse_output).
+MODES = {"new": {}, "inplace": {"inplace": True}, "reuse_output": {"reuse_output": True}}
+
+
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("num_beams", [1, 2, 4])
 @pytest.mark.parametrize("seed", range(3))
-def test_processor_matches_prefix_constrained__seed__beams__dtype__inplace(seed, num_beams, dtype, inplace, device):
+def test_processor_matches_prefix_constrained__seed__beams__dtype__mode(seed, num_beams, dtype, mode, device):
     rng = np.random.default_rng(seed)
     seqs = catalogue(seed)
     trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
     prompt = int(rng.integers(0, 4))
     rows = 4 * num_beams
+    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt, num_beams=num_beams, **MODES[mode])
     for length in range(prompt, prompt + 7):
-        ids = torch.from_numpy(rng.integers(0, VOCAB, size=(rows, length)))
-        live, _, _ = random_rows(rng, seqs, rows, prompt, VOCAB)
-        ids[:, : min(length, live.shape[1])] = live[:, :length]
-        scores = torch.randn(rows, VOCAB + 3).to(dtype)
-        # -inf patches so that some rows, and some whole batch items, have no finite allowed score.
-        scores[rng.random(scores.shape) < 0.3] = float("-inf")
-        scores[torch.from_numpy(rng.random(rows) < 0.3)] = float("-inf")
+        ids, scores = random_step(rng, seqs, rows, prompt, length, dtype)
         scores, ids = scores.to(device), ids.to(device)
         before = scores.clone()
         expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, prompt, VOCAB + 3), num_beams)(ids, scores)
-        got = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt, num_beams=num_beams, inplace=inplace)(ids, scores)
+        got = processor(ids, scores)
         assert got.dtype == dtype and got.device == scores.device
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
-        if inplace:
+        if mode == "inplace":
             assert got is scores
         else:  # like every transformers processor
             assert torch.equal(scores, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("held", [0, 1])
+@pytest.mark.parametrize("seed", range(3))
+def test_reuse_output__rewrites_its_buffers_as_rows_move__seed__held(seed, held, dtype):
+    # Beam search drops each step's output before the next call (held 0): one buffer serves every
+    # step. Greedy and sampling still hold the previous step's (held 1): two buffers take turns.
+    rng = np.random.default_rng(seed)
+    seqs = catalogue(seed)
+    trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
+    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len=2, num_beams=2, reuse_output=True)
+    kept, storages = [], set()
+    for step in range(12):
+        ids, scores = random_step(rng, seqs, 8, 2, int(rng.integers(2, 8)), dtype)
+        expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, 2, VOCAB + 3), 2)(ids, scores)
+        got = processor(ids, scores)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        storages.add(got.untyped_storage().data_ptr())
+        kept = (kept + [got])[len(kept) + 1 - held:]
+        del got
+    assert len(storages) == held + 1
+
+
+def test_reuse_output__never_rewrites_an_output_still_held_or_written_to():
+    seqs = catalogue(4)
+    trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
+    reference = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, 0, VOCAB), 1)
+    processor = fs.hf.TrieLogitsProcessor(trie, reuse_output=True)
+    steps = [torch.tensor([s[:1], s[:1]]) for s in seqs[:6]]  # rows at a first token, moving every step
+    rng = torch.Generator().manual_seed(0)
+    scores = [torch.randn(2, VOCAB, generator=rng) for _ in steps]
+
+    outputs = [processor(ids, s) for ids, s in zip(steps, scores)]  # all held, as output_scores does
+    assert len({out.untyped_storage().data_ptr() for out in outputs}) == len(steps)
+    for out, ids, s in zip(outputs, steps, scores):
+        assert torch.equal(out, reference(ids, s))
+    kept_column = outputs[-1][:, 3:5]  # a view keeps the storage as well
+    del outputs
+    got = processor(steps[0], scores[0])
+    assert torch.equal(got, reference(steps[0], scores[0]))
+    assert torch.equal(kept_column, reference(steps[-1], scores[-1])[:, 3:5])
+
+    # Written to in place, then dropped: the next step rewrites the whole buffer.
+    for write in (lambda t: t.zero_(), lambda t: t[:, 7:9].fill_(1.0), lambda t: t.detach().add_(2.0)):
+        write(got)
+        del got
+        got = processor(steps[1], scores[1])
+        assert torch.equal(got, reference(steps[1], scores[1]))
+
+    # An output made under inference_mode is an ordinary tensor, so writes to it are still seen.
+    with torch.inference_mode():
+        got = processor(steps[2], scores[2])
+        got.zero_()
+        del got
+        assert torch.equal(processor(steps[3], scores[3]), reference(steps[3], scores[3]))
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -111,7 +178,7 @@ def test_device_path_matches_native_path_on_cpu(inplace):
     scores[::3] = float("-inf")
     proc = fs.hf.TrieLogitsProcessor(trie, prompt_len=2, num_beams=2, inplace=inplace)
     nodes = proc.nodes(ids)
-    expected, expected_flags = proc._constrain_cpu(scores.clone(), nodes)
+    expected, expected_flags = proc._constrain_cpu(scores.clone(), torch.from_numpy(nodes))
     got, flags = proc._constrain_torch(scores.clone(), nodes)
     assert torch.equal(got, expected) and (flags == expected_flags).all() and flags.any()
 
@@ -165,6 +232,8 @@ def test_bad_arguments():
         fs.hf.TrieLogitsProcessor(trie, prompt_len=-1)
     with pytest.raises(ValueError, match="num_beams"):
         fs.hf.TrieLogitsProcessor(trie, num_beams=0)
+    with pytest.raises(ValueError, match="inplace and reuse_output"):
+        fs.hf.TrieLogitsProcessor(trie, inplace=True, reuse_output=True)
     proc = fs.hf.TrieLogitsProcessor(trie, num_beams=2)
     ids = torch.zeros(4, 1, dtype=torch.long)
     with pytest.raises(ValueError, match="vocabulary"):
@@ -198,14 +267,14 @@ def bart():
     return BartForConditionalGeneration(config).eval()
 
 
-def generate_both(model, inputs, start, prompt_len, trie_seqs, num_beams, nrs, inplace=False, **kwargs):
+def generate_both(model, inputs, start, prompt_len, trie_seqs, num_beams, nrs, mode="new", **kwargs):
     trie, dict_trie = fs.Trie(trie_seqs, eos_id=EOS), DictTrie(trie_seqs, eos_id=EOS)
     common = dict(max_new_tokens=7, num_beams=num_beams, num_return_sequences=nrs, output_scores=True,
                   return_dict_in_generate=True, pad_token_id=PAD, eos_token_id=EOS, **kwargs)
     torch.manual_seed(1)
     expected = model.generate(**inputs, prefix_allowed_tokens_fn=reference_fn(dict_trie, start, VOCAB), **common)
     torch.manual_seed(1)
-    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt_len, num_beams=num_beams, inplace=inplace)
+    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt_len, num_beams=num_beams, **MODES[mode])
     got = model.generate(**inputs, logits_processor=[processor], **common)
     return expected, got
 
@@ -221,14 +290,17 @@ def assert_same_generation(expected, got):
 BEAMS = [(1, 1), (4, 2), (4, 4), (8, 3)]
 
 
+@pytest.mark.parametrize("mode", ["new", "reuse_output"])
 @pytest.mark.parametrize("prompt_len", [3, "auto"])
 @pytest.mark.parametrize("num_beams,nrs", BEAMS)
 @pytest.mark.parametrize("seed", range(2))
-def test_gpt2_generate_matches_prefix_allowed_fn__seed__beams(gpt2, seed, num_beams, nrs, prompt_len):
+def test_gpt2_generate_matches_prefix_allowed_fn__seed__beams__mode(gpt2, seed, num_beams, nrs, prompt_len, mode):
     seqs = catalogue(seed)
     inputs = {"input_ids": torch.randint(3, VOCAB, (3, 3), generator=torch.Generator().manual_seed(seed))}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    expected, got = generate_both(gpt2, inputs, 3, prompt_len, seqs, num_beams, nrs, inplace=num_beams > 1)
+    if mode == "new" and num_beams > 1:
+        mode = "inplace"  # safe in beam search
+    expected, got = generate_both(gpt2, inputs, 3, prompt_len, seqs, num_beams, nrs, mode)
     assert_same_generation(expected, got)
     dict_trie = DictTrie(seqs, eos_id=EOS)
     for row in expected.sequences[:, 3:].tolist():  # the constraint held: every output is an entry prefix
@@ -236,30 +308,33 @@ def test_gpt2_generate_matches_prefix_allowed_fn__seed__beams(gpt2, seed, num_be
         assert dict_trie.node(gen) is not None
 
 
-def test_gpt2_sampling_with_several_return_sequences(gpt2):
+@pytest.mark.parametrize("mode", ["new", "reuse_output"])
+def test_gpt2_sampling_with_several_return_sequences(gpt2, mode):
     inputs = {"input_ids": torch.randint(3, VOCAB, (2, 4), generator=torch.Generator().manual_seed(3))}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    expected, got = generate_both(gpt2, inputs, 4, "auto", catalogue(3), 1, 3, do_sample=True, top_k=0)
+    expected, got = generate_both(gpt2, inputs, 4, "auto", catalogue(3), 1, 3, mode, do_sample=True, top_k=0)
     assert_same_generation(expected, got)
 
 
+@pytest.mark.parametrize("mode", ["new", "reuse_output"])
 @pytest.mark.parametrize("genre_style", [False, True])
 @pytest.mark.parametrize("num_beams,nrs", BEAMS)
-def test_bart_generate_matches_prefix_allowed_fn__beams(bart, num_beams, nrs, genre_style):
+def test_bart_generate_matches_prefix_allowed_fn__beams__mode(bart, num_beams, nrs, genre_style, mode):
     seqs = catalogue(5)
     inputs = {"input_ids": torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     if genre_style:  # entries start with decoder_start_token_id and the walk starts at column 0
-        expected, got = generate_both(bart, inputs, 0, None, [[2] + s for s in seqs], num_beams, nrs)
+        expected, got = generate_both(bart, inputs, 0, None, [[2] + s for s in seqs], num_beams, nrs, mode)
     else:  # "auto" takes the decoder_start column as the prompt
-        expected, got = generate_both(bart, inputs, 1, "auto", seqs, num_beams, nrs)
+        expected, got = generate_both(bart, inputs, 1, "auto", seqs, num_beams, nrs, mode)
     assert_same_generation(expected, got)
 
 
 @pytest.mark.parametrize("seqs", [[[5], [6]], [[5], [6, 7], [8, 9, 10]]])
+@pytest.mark.parametrize("mode", ["new", "reuse_output"])
 @pytest.mark.parametrize("num_beams,nrs", [(1, 1), (4, 2)])
-def test_min_new_tokens_unsatisfiable_fallback_matches(gpt2, seqs, num_beams, nrs):
+def test_min_new_tokens_unsatisfiable_fallback_matches(gpt2, seqs, num_beams, nrs, mode):
     # min_new_tokens hides eos, so rows whose only continuation is eos fall back as transformers does.
     inputs = {"input_ids": torch.tensor([[3, 4, 11]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
-    expected, got = generate_both(gpt2, inputs, 3, "auto", seqs, num_beams, nrs, min_new_tokens=3)
+    expected, got = generate_both(gpt2, inputs, 3, "auto", seqs, num_beams, nrs, mode, min_new_tokens=3)
     assert_same_generation(expected, got)

@@ -138,7 +138,8 @@ void bind_trie(py::module_& m) {
   m.def(
       "trie_constrain",
       [](const Trie& t, uintptr_t src, uintptr_t dst, int64_t rows, int64_t vocab, int64_t src_row_stride,
-         int64_t dst_row_stride, int32_t elem_bytes, uint32_t neg_inf_bits, uintptr_t nodes, uintptr_t all_neg_inf) {
+         int64_t dst_row_stride, int32_t elem_bytes, uint32_t neg_inf_bits, uintptr_t nodes, uintptr_t all_neg_inf,
+         uintptr_t previous_nodes) {
         if (vocab <= t.max_token()) fail("vocab (", vocab, ") must exceed the trie's largest token ", t.max_token());
         TrieConstrainParams p;
         p.src = reinterpret_cast<const void*>(src);
@@ -151,17 +152,23 @@ void bind_trie(py::module_& m) {
         p.neg_inf_bits = neg_inf_bits;
         p.nodes = reinterpret_cast<const int32_t*>(nodes);
         p.all_neg_inf = reinterpret_cast<uint8_t*>(all_neg_inf);
+        p.previous_nodes = reinterpret_cast<const int32_t*>(previous_nodes);
         p.trie = t.view();
+        if (p.previous_nodes && dst == src) fail("previous_nodes needs a dst apart from src");
         py::gil_scoped_release release;
-        for (int64_t r = 0; r < rows; ++r)
-          if (p.nodes[r] < -1 || p.nodes[r] >= t.num_nodes())
-            fail("nodes[", r, "] must be -1 or a node id in [0, ", t.num_nodes(), "), got ", p.nodes[r]);
+        for (const int32_t* ids : {p.nodes, p.previous_nodes}) {
+          for (int64_t r = 0; ids && r < rows; ++r)
+            if (ids[r] < -1 || ids[r] >= t.num_nodes())
+              fail(ids == p.nodes ? "nodes[" : "previous_nodes[", r, "] must be -1 or a node id in [0, ",
+                   t.num_nodes(), "), got ", ids[r]);
+        }
         run_trie_constrain_cpu(p);
       },
       py::arg("trie"), py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("rows"), py::arg("vocab"),
       py::arg("src_row_stride"), py::arg("dst_row_stride"), py::arg("elem_bytes"), py::arg("neg_inf_bits"),
-      py::arg("nodes_ptr"), py::arg("all_neg_inf_ptr"),
-      "Write each row's allowed scores (all where it has no continuation) and -inf elsewhere into dst (may be src).");
+      py::arg("nodes_ptr"), py::arg("all_neg_inf_ptr"), py::arg("previous_nodes_ptr") = 0,
+      "Write each row's allowed scores (all where it has no continuation) and -inf elsewhere into dst (may be "
+      "src); with previous_nodes_ptr, dst holds the output for those nodes and only what changed is rewritten.");
 }
 
 }  // namespace pyfastseq

@@ -28,6 +28,12 @@ void constrain_rows(const TrieConstrainParams& p) {
       if (out != in) std::memcpy(out, in, static_cast<size_t>(p.vocab) * sizeof(Bits));
       return;
     }
+    const int32_t before = p.previous_nodes ? p.previous_nodes[r] : -1;
+    const bool sparse = before >= 0 && trie.num_children(before) > 0;
+    if (sparse && before != node) {
+      for (uint32_t e = trie.child_begin[before]; e < trie.child_begin[before + 1]; ++e)
+        out[trie.child_token[e]] = neg_inf;
+    }
     bool unsatisfiable = true;
     for (uint32_t e = trie.child_begin[node]; e < trie.child_begin[node + 1]; ++e) {
       const Bits v = in[trie.child_token[e]];
@@ -35,7 +41,7 @@ void constrain_rows(const TrieConstrainParams& p) {
       unsatisfiable = unsatisfiable && v == neg_inf;
     }
     p.all_neg_inf[r] = unsatisfiable;
-    fill_outside_children(out, p.vocab, neg_inf, node, trie, streaming);
+    if (!sparse) fill_outside_children(out, p.vocab, neg_inf, node, trie, streaming);
   });
   streaming_store_fence();
 }
@@ -55,7 +61,7 @@ void run_trie_walk_cpu(const TrieWalkParams& p) {
 
 void run_trie_constrain_cpu(const TrieConstrainParams& p) {
   // A separate dst is the fresh tensor the processor returns, written here in full.
-  if (p.dst != p.src && p.rows > 0)
+  if (p.dst != p.src && !p.previous_nodes && p.rows > 0)
     advise_huge_pages(p.dst, static_cast<size_t>((p.rows - 1) * p.dst_row_stride + p.vocab) * p.elem_bytes);
   if (p.elem_bytes == 2) constrain_rows<uint16_t>(p); else constrain_rows<uint32_t>(p);
 }

@@ -29,6 +29,10 @@ void run_trie_walk_cpu(const TrieWalkParams& params);
 // allow every token there. all_neg_inf[r] := 1 when every score the row kept is -inf (the constraint
 // is unsatisfiable there). dst may be src (in place). Values are handled as bits, so fp32/fp16/bf16
 // share one code path; one pass writes each dst entry once.
+//
+// With previous_nodes, dst already holds this function's output for those nodes (same rows, vocab
+// and strides, then untouched): a row whose previous node had children is -inf outside them, so
+// only those entries are reset and the new children written, O(children) instead of O(vocab).
 struct TrieConstrainParams {
   const void* src = nullptr;   // [rows, vocab], unit stride along vocab
   void* dst = nullptr;         // [rows, vocab], unit stride along vocab; == src or disjoint from it
@@ -39,6 +43,7 @@ struct TrieConstrainParams {
   int32_t elem_bytes = 4;      // 2 or 4
   uint32_t neg_inf_bits = 0;   // -inf in the logits dtype
   const int32_t* nodes = nullptr;  // [rows], each -1 or a valid node id
+  const int32_t* previous_nodes = nullptr;  // [rows] like nodes, or null: dst holds nothing known
   uint8_t* all_neg_inf = nullptr;  // [rows] out
   TrieView trie;
 };
