@@ -235,12 +235,20 @@ class _OutputPool:
         return buffer.detach()
 
 
-_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+def _storage_holders(tensor: torch.Tensor) -> int:
+    """References to ``tensor``'s storage, as torch counts them (the storage object asked included)."""
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+try:  # what a tensor alone on its storage gives: a private API, so read rather than assumed
+    _ALONE = _storage_holders(torch.empty(1))
+except (AttributeError, RuntimeError):
+    _ALONE = None
 
 
 def _only_holder(buffer: torch.Tensor) -> bool:
-    """Whether ``buffer`` is the only tensor on its storage (the storage object asked counts one)."""
-    return _storage_use_count is not None and _storage_use_count(buffer.untyped_storage()._cdata) == 2
+    """Whether ``buffer`` is the only tensor on its storage; never where torch cannot say."""
+    return _ALONE is not None and _storage_holders(buffer) == _ALONE
 
 
 def _is_int(value: object) -> bool:
