@@ -5,6 +5,7 @@ Importing this module imports transformers; ``import pyfastseq`` alone does not.
 
 from __future__ import annotations
 
+import threading
 from typing import Union
 
 import numpy as np
@@ -51,16 +52,18 @@ class TrieLogitsProcessor(LogitsProcessor):
             800 x 32k fp32. Safe in beam search, whose processors get fresh log-probabilities; not
             with ``output_logits=True`` in greedy/sampling, where transformers keeps the very tensor
             it hands the processors.
-        reuse_output: return a view of the same ``[N, V]`` buffer at every step and rewrite only the
-            entries whose allowed sets changed: each row's previous children go back to -inf and its
-            new children are copied, O(children) per row instead of O(V) (800 x 32k fp32: ~0.3 ms
-            against 4 ms in place). A buffer is rewritten only once nothing else holds its storage
-            (transformers' beam search drops each step's scores before the next; greedy and sampling
-            hold one step's, so two buffers take turns; with ``output_scores=True`` greedy keeps them
-            all and every step gets a new one) and torch's version counter says nothing wrote into
-            it; otherwise the step is written in full. Writes that bypass the version counter
-            (through ``.data`` or a raw pointer) are not seen. CPU scores only: on CUDA this is the
-            default. Not with ``inplace``.
+        reuse_output: return an alias of one of the processor's own ``[N, V]`` buffers, rewritten
+            only where the allowed sets changed: each row's previous children go back to -inf and
+            its new children are copied, O(children) per row instead of O(V) (800 x 32k fp32:
+            0.25-0.4 ms against 4.6 ms in place and 15-17 ms for a new tensor). A buffer is
+            rewritten only once nothing else holds its storage: transformers' beam search drops each
+            step's scores before the next, so one buffer serves it; greedy and sampling hold one
+            step's, so two take turns; with ``output_scores=True`` greedy keeps them all and every
+            step gets a new one. It is rewritten in part only if torch's version counter says that
+            nothing wrote into it since; otherwise in full. Writes that bypass the output's version
+            counter are not seen: through ``.data``, numpy (``.numpy()``), DLPack, another tensor
+            made on its storage (``set_``, ``frombuffer``) or the storage itself. Ignored for CUDA
+            scores, which get a new tensor per step. Not with ``inplace``.
 
     Rows transformers hands over that have no continuation (finished rows padded after eos, filler
     beams that left the trie, a row standing on a leaf) keep all their scores: the "if no match, allow
@@ -114,7 +117,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         if unsatisfiable.any():
             self._force_allowed(out, nodes.numpy(), unsatisfiable)
         if self.reuse_output and scores.device.type == "cpu":
-            return self._outputs.give(out, nodes)
+            return self._outputs.give(out, nodes, self.trie)
         return out
 
     def nodes(self, input_ids: torch.Tensor) -> np.ndarray:
@@ -127,7 +130,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         ids = input_ids[:, start:]
         if ids.device.type != "cpu" or ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
             ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
-        nodes = torch.empty(ids.shape[0], dtype=torch.int32)
+        nodes = torch.empty(ids.shape[0], dtype=torch.int32, device="cpu")
         if ids.shape[0]:
             _C.trie_walk(self.trie._native, ids.data_ptr(), ids.shape[0], ids.stride(0), 0, ids.shape[1],
                          nodes.data_ptr())
@@ -164,10 +167,10 @@ class TrieLogitsProcessor(LogitsProcessor):
         if self.inplace:
             out = src
         elif self.reuse_output:
-            out, previous = self._outputs.take(src)
+            out, previous = self._outputs.take(src, self.trie)
         else:
             out = torch.empty_like(src, memory_format=torch.contiguous_format)
-        all_neg_inf = torch.ones(len(nodes), dtype=torch.bool)
+        all_neg_inf = torch.ones(len(nodes), dtype=torch.bool, device="cpu")
         if out.numel():
             _C.trie_constrain(self.trie._native, src.data_ptr(), out.data_ptr(), out.shape[0], out.shape[1],
                               src.stride(0), out.stride(0), _backend.ELEM_BYTES[out.dtype],
@@ -206,33 +209,58 @@ class TrieLogitsProcessor(LogitsProcessor):
 
 
 class _OutputPool:
-    """``reuse_output``'s buffers, each with the nodes it was last written for and its version then.
+    """``reuse_output``'s buffers, most recently used first.
 
     A buffer is handed out as an alias, so that whoever keeps the output holds a reference to the
-    buffer's storage: it is free again when the pool's own tensor is the storage's only holder.
+    buffer's storage: it is free again when the pool's own tensor is the storage's only holder. The
+    lock makes finding a free buffer and taking it one step, for processors shared by threads.
     """
 
     SIZE = 2  # greedy and sampling still hold the previous step's scores when they call again
 
     def __init__(self):
-        self.entries: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        self.entries: list[_Output] = []
+        self.lock = threading.Lock()
 
-    def take(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A free buffer shaped like ``like`` and the nodes it holds the output for (None when that
-        is unknown: a new buffer, or one written to since), most recently used first."""
-        for i, (buffer, nodes, version) in enumerate(self.entries):
-            if buffer.shape == like.shape and buffer.dtype == like.dtype and _only_holder(buffer):
-                del self.entries[i]
-                return buffer, nodes if buffer._version == version else None
+    def take(self, like: torch.Tensor, trie: Trie) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A free buffer shaped like ``like`` and the nodes of ``trie`` it holds the output for (None
+        when that is unknown: a new buffer, one written to since, or one written for another trie)."""
+        with self.lock:
+            for i, entry in enumerate(self.entries):
+                if entry.fits(like) and _only_holder(entry.buffer):
+                    del self.entries[i]
+                    return entry.buffer, entry.nodes if entry.unchanged(trie) else None
         with torch.inference_mode(False):  # inference tensors have no version counter
-            return torch.empty(like.shape, dtype=like.dtype), None
+            return torch.empty(like.shape, dtype=like.dtype, device="cpu"), None
 
-    def give(self, buffer: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        """Keep ``buffer``, now the output for ``nodes``, and return an alias of it (``detach``: a
-        tensor of its own on the same storage and version counter)."""
-        self.entries.insert(0, (buffer, nodes, buffer._version))
-        del self.entries[self.SIZE:]
-        return buffer.detach()
+    def give(self, buffer: torch.Tensor, nodes: torch.Tensor, trie: Trie) -> torch.Tensor:
+        """Keep ``buffer``, now the output for ``nodes`` of ``trie``, and return an alias of it
+        (``detach``: a tensor of its own on the same storage and version counter)."""
+        alias = buffer.detach()  # before the buffer is back in the pool, where it would look free
+        with self.lock:
+            self.entries.insert(0, _Output(buffer, nodes, trie))
+            del self.entries[self.SIZE:]
+        return alias
+
+
+class _Output:
+    """A pool buffer with what it was last written as: the output for ``nodes`` of ``trie``, at the
+    buffer's version, address and size then."""
+
+    __slots__ = ("buffer", "nodes", "trie", "version", "address", "nbytes")
+
+    def __init__(self, buffer: torch.Tensor, nodes: torch.Tensor, trie: Trie):
+        self.buffer, self.nodes, self.trie = buffer, nodes, trie
+        self.version = buffer._version
+        self.address, self.nbytes = buffer.data_ptr(), buffer.untyped_storage().nbytes()
+
+    def fits(self, like: torch.Tensor) -> bool:
+        """Shaped like ``like``, and its memory still there (a storage can be resized in place)."""
+        return (self.buffer.shape == like.shape and self.buffer.dtype == like.dtype
+                and self.buffer.data_ptr() == self.address and self.buffer.untyped_storage().nbytes() == self.nbytes)
+
+    def unchanged(self, trie: Trie) -> bool:
+        return self.trie is trie and self.buffer._version == self.version
 
 
 def _storage_holders(tensor: torch.Tensor) -> int:

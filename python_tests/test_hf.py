@@ -110,12 +110,29 @@ def test_processor_matches_prefix_constrained__seed__beams__dtype__mode(seed, nu
             assert torch.equal(scores, before)
 
 
+class ConstrainSpy:
+    """Stands in for the native module in fs.hf, counting the constrain passes that rewrote a buffer
+    in part (given the nodes it was last written for)."""
+
+    def __init__(self, native):
+        self.native, self.partial = native, 0
+
+    def __getattr__(self, name):
+        return getattr(self.native, name)
+
+    def trie_constrain(self, *args):
+        self.partial += args[-1] != 0  # previous_nodes_ptr
+        return self.native.trie_constrain(*args)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("held", [0, 1])
 @pytest.mark.parametrize("seed", range(3))
-def test_reuse_output__rewrites_its_buffers_as_rows_move__seed__held(seed, held, dtype):
+def test_reuse_output__rewrites_its_buffers_as_rows_move__seed__held(seed, held, dtype, monkeypatch):
     # Beam search drops each step's output before the next call (held 0): one buffer serves every
     # step. Greedy and sampling still hold the previous step's (held 1): two buffers take turns.
+    spy = ConstrainSpy(fs.hf._C)
+    monkeypatch.setattr(fs.hf, "_C", spy)
     rng = np.random.default_rng(seed)
     seqs = catalogue(seed)
     trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
@@ -130,6 +147,48 @@ def test_reuse_output__rewrites_its_buffers_as_rows_move__seed__held(seed, held,
         kept = (kept + [got])[len(kept) + 1 - held:]
         del got
     assert len(storages) == held + 1
+    assert spy.partial == 12 - (held + 1)  # every step after each buffer's first
+
+
+def test_reuse_output__follows_changes_of_shape_dtype_layout_and_trie(monkeypatch):
+    spy = ConstrainSpy(fs.hf._C)
+    monkeypatch.setattr(fs.hf, "_C", spy)
+    rng = np.random.default_rng(8)
+    seqs, other_seqs = catalogue(8), catalogue(9)
+    trie, other = fs.Trie(seqs, eos_id=EOS), fs.Trie(other_seqs, eos_id=EOS)
+    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len=1, num_beams=2, reuse_output=True)
+    # (rows, dtype, column stride of scores, trie, whether the step may rewrite a buffer in part).
+    # The pool keeps two buffers; strided scores are read through a contiguous copy.
+    steps = [(8, torch.float32, 1, trie, False),  # buffer A
+             (4, torch.float32, 1, trie, False),  # B: A has the wrong shape
+             (8, torch.float32, 2, trie, True),   # A again
+             (8, torch.float16, 1, trie, False),  # C, which evicts B
+             (8, torch.float16, 1, trie, True),   # C
+             (8, torch.float16, 1, other, False),  # C, written for another trie
+             (8, torch.float16, 1, other, True),  # C
+             (8, torch.float32, 1, trie, True)]   # A, still as its last step left it
+    for rows, dtype, stride, current, partial in steps:
+        processor.trie = current
+        before = spy.partial
+        dict_trie = DictTrie(seqs if current is trie else other_seqs, eos_id=EOS)
+        ids, scores = random_step(rng, seqs if current is trie else other_seqs, rows, 1, 4, dtype)
+        if stride > 1:
+            scores = torch.stack([scores] * stride, dim=2)[:, :, 0]
+        expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, 1, VOCAB + 3), 2)(ids, scores)
+        torch.testing.assert_close(processor(ids, scores), expected, rtol=0, atol=0)
+        assert spy.partial - before == partial
+
+
+def test_reuse_output__survives_its_storage_freed_in_place():
+    seqs = catalogue(2)
+    trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
+    processor = fs.hf.TrieLogitsProcessor(trie, reuse_output=True)
+    reference = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, 0, VOCAB), 1)
+    ids, scores = torch.tensor([seqs[0][:1], seqs[1][:1]]), torch.randn(2, VOCAB)
+    out = processor(ids, scores)
+    out.untyped_storage().resize_(0)  # as FSDP frees parameters
+    del out
+    assert torch.equal(processor(ids, scores), reference(ids, scores))
 
 
 def test_reuse_output__never_rewrites_an_output_still_held_or_written_to():
@@ -222,6 +281,22 @@ def test_auto_prompt_len_follows_each_generation():
     assert step([[9, 9, 9, 3], [9, 9, 9, 5]]) == [root, root]  # more rows: a new generation
     proc.reset()
     assert step([[9, 9, 9, 3, 4], [9, 9, 9, 5, 1]]) == [root, root]
+
+
+def test_constrain_binding_checks_previous_nodes():
+    trie = fs.Trie([[3, 4], [5]], eos_id=EOS)
+    scores, out = torch.zeros(2, 8), torch.zeros(2, 8)
+    nodes = torch.tensor([0, 0], dtype=torch.int32)
+    flags = torch.zeros(2, dtype=torch.uint8)
+
+    def constrain(dst, previous):
+        fs.hf._C.trie_constrain(trie._native, scores.data_ptr(), dst.data_ptr(), 2, 8, 8, 8, 4, 0xFF800000,
+                                nodes.data_ptr(), flags.data_ptr(), previous.data_ptr())
+
+    with pytest.raises(ValueError, match=r"previous_nodes\[1\] must be -1 or a node id"):
+        constrain(out, torch.tensor([0, trie.num_nodes], dtype=torch.int32))
+    with pytest.raises(ValueError, match="previous_nodes needs a dst apart from src"):
+        constrain(scores, nodes)
 
 
 def test_bad_arguments():

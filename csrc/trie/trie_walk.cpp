@@ -16,8 +16,9 @@ void constrain_rows(const TrieConstrainParams& p) {
   auto* dst = static_cast<Bits*>(p.dst);
   const Bits neg_inf = static_cast<Bits>(p.neg_inf_bits);
   const TrieView& trie = p.trie;
-  // A fresh dst has just been faulted in and zeroed, its lines already cached: ordinary stores
-  // are then faster than streaming ones, which would first evict them.
+  // A dst apart from src is the processor's output, most often just faulted in and zeroed, its
+  // lines already cached: ordinary stores are then faster than streaming ones, which would first
+  // evict them.
   const bool streaming = p.dst == p.src && use_streaming_stores<Bits>(p.vocab);
   parallel_for(p.rows, p.vocab, [&](int64_t r) {
     const Bits* in = src + r * p.src_row_stride;
@@ -60,7 +61,7 @@ void run_trie_walk_cpu(const TrieWalkParams& p) {
 }
 
 void run_trie_constrain_cpu(const TrieConstrainParams& p) {
-  // A separate dst is the fresh tensor the processor returns, written here in full.
+  // A separate dst written in full is the processor's output, most often a new tensor.
   if (p.dst != p.src && !p.previous_nodes && p.rows > 0)
     advise_huge_pages(p.dst, static_cast<size_t>((p.rows - 1) * p.dst_row_stride + p.vocab) * p.elem_bytes);
   if (p.elem_bytes == 2) constrain_rows<uint16_t>(p); else constrain_rows<uint32_t>(p);
