@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel  # noqa: E402
@@ -177,6 +179,40 @@ def test_reuse_output__follows_changes_of_shape_dtype_layout_and_trie(monkeypatc
         expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, 1, VOCAB + 3), 2)(ids, scores)
         torch.testing.assert_close(processor(ids, scores), expected, rtol=0, atol=0)
         assert spy.partial - before == partial
+
+
+PROPERTY_SEQS = catalogue(12)
+PROPERTY_TRIE, PROPERTY_DICT_TRIE = fs.Trie(PROPERTY_SEQS, eos_id=EOS), DictTrie(PROPERTY_SEQS, eos_id=EOS)
+# What the caller does with a step's output before the next call.
+AFTERWARDS = {
+    "drop": lambda out, kept: None,
+    "hold": lambda out, kept: kept.append(out),
+    "hold a view": lambda out, kept: kept.append(out[1:, 2:]),
+    "write": lambda out, kept: out.fill_(0.5),
+    "write a view": lambda out, kept: out[:, 5:9].zero_(),
+    "release all": lambda out, kept: kept.clear(),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from([2, 4]), st.sampled_from([torch.float32, torch.bfloat16]),
+                                st.integers(0, 2**32 - 1), st.sampled_from(list(AFTERWARDS))),
+                      min_size=1, max_size=10))
+def test_reuse_output__any_sequence_of_steps_matches_prefix_constrained(steps):
+    # Any interleaving of shapes, dtypes, held or written outputs: every step as the reference.
+    processor = fs.hf.TrieLogitsProcessor(PROPERTY_TRIE, prompt_len=1, num_beams=2, reuse_output=True)
+    reference = PrefixConstrainedLogitsProcessor(reference_fn(PROPERTY_DICT_TRIE, 1, VOCAB + 3), 2)
+    kept = []
+    for rows, dtype, seed, afterwards in steps:
+        rng = np.random.default_rng(seed)
+        ids, scores = random_step(rng, PROPERTY_SEQS, rows, 1, int(rng.integers(1, 7)), dtype)
+        expected = reference(ids, scores)
+        held = [view.clone() for view in kept]
+        out = processor(ids, scores)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        assert all(torch.equal(view, copy) for view, copy in zip(kept, held))  # held outputs left alone
+        AFTERWARDS[afterwards](out, kept)
+        del out
 
 
 def test_reuse_output__survives_its_storage_freed_in_place():
