@@ -73,7 +73,7 @@ class _DecoderOnlyStep(_ModelStep):
         self.mask = attention_mask.long()
         # Left-padded prompts: positions count real tokens only, as transformers' generate does.
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = None
+        self.cache, self.cache_name = None, cache_kwarg(model)
         # Only the last position's logits are needed from the prompt (saves the LM head on the rest).
         if "logits_to_keep" in inspect.signature(model.forward).parameters:
             self.kwargs = {"logits_to_keep": 1, **self.kwargs}
@@ -91,7 +91,7 @@ class _DecoderOnlyStep(_ModelStep):
         self.cache = _reorder(self.model, self.cache, beam_idx.to(self.device))
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         out = self.model(input_ids=tokens.to(self.device), attention_mask=self.mask, position_ids=self.next_position,
-                         use_cache=True, **{cache_kwarg(self.model): self.cache})
+                         use_cache=True, **{self.cache_name: self.cache})
         self.cache = cache_of(out)
         self.next_position = self.next_position + 1
         return out.logits[:, -1, :]
@@ -121,7 +121,7 @@ class _EncoderDecoderStep(_ModelStep):
         self.model, self.device, self.encoded = model, device, encoded
         self.mask = attention_mask[expand]
         self.start = torch.full((len(expand), 1), int(start), dtype=torch.long, device=device)
-        self.cache = None
+        self.cache, self.cache_name = None, cache_kwarg(model)
 
     def __call__(self, tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
         if tokens.shape[1] == 0:
@@ -130,7 +130,7 @@ class _EncoderDecoderStep(_ModelStep):
             self.cache = _reorder(self.model, self.cache, beam_idx.to(self.device))
             decoder_input_ids = tokens.to(self.device)
         out = self.model(encoder_outputs=self.encoded, attention_mask=self.mask, decoder_input_ids=decoder_input_ids,
-                         use_cache=True, **{cache_kwarg(self.model): self.cache})
+                         use_cache=True, **{self.cache_name: self.cache})
         self.cache = cache_of(out)
         return out.logits[:, -1, :]
 

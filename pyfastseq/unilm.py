@@ -124,7 +124,7 @@ class UniLMStep:
         self.num_beams = num_beams
         self.source_lens = self.encoded["prefix_lens"].repeat_interleave(num_beams)  # [N]
         self.num_rows = self.source_lens.numel()
-        self.cache = None
+        self.cache, self.cache_name = None, cache_kwarg(unilm.model)
         self.steps = 0
 
     def __call__(self, tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
@@ -157,7 +157,7 @@ class UniLMStep:
 
         self.cache = DynamicCache(config=self.unilm.model.config)
         self.steps = 0
-        logits = self.unilm(**self.encoded, **{cache_kwarg(self.unilm.model): self.cache})  # [B, S, V]
+        logits = self.unilm(**self.encoded, **{self.cache_name: self.cache})  # [B, S, V]
         last = self.encoded["prefix_lens"] - 1
         logits = logits[torch.arange(logits.shape[0], device=self.device), last]  # [B, V]
         self.cache.batch_repeat_interleave(self.num_beams)
@@ -174,7 +174,7 @@ class UniLMStep:
             token_type_ids=torch.ones_like(tokens, dtype=torch.long, device=self.device),
             position_ids=(self.source_lens + self.steps)[:, None],
             attention_mask=visible[:, None, None, :],
-            **{cache_kwarg(self.unilm.model): self.cache},
+            **{self.cache_name: self.cache},
         )
         self.steps += 1
         return self.unilm.logits(outputs)[:, -1]
