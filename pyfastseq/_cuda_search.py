@@ -33,6 +33,7 @@ _STEP_ERRORS = {
     5: "lookahead.deltas gave {detail} deltas for row {row}, which must be none (the row unchanged) or one per child "
        "of its node",
     6: "lookahead.deltas gave a negative delta ({detail}) for row {row}",
+    7: "logits row {row} contains +inf",
 }
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ._backend import _C
 from ._validate import as_eos_id, pad_id_of
-from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _positive_int
+from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _host, _positive_int
 from .trie import Trie
 
 __all__ = ["SampleOutput", "Sampler"]
@@ -147,7 +147,7 @@ class Sampler:
         tokens = torch.zeros(rows, 0, dtype=torch.long)
         beam_idx = torch.arange(rows)
         for step in range(max_length):
-            logits = _BeamSearchBase._checked_logits(step_fn(tokens, beam_idx), rows, self.tries)
+            logits = _host(_BeamSearchBase._checked_logits(step_fn(tokens, beam_idx), rows, self.tries))
             drawn, logprob, node = _sample_step(logits, temperature, self.top_k, self.top_p, seed, step, active,
                                                 nodes, natives, num_samples)
             live = active.copy()

@@ -169,6 +169,8 @@ class _BeamSearchBase:
             raise TypeError(f"step_fn must return a torch.Tensor of logits, got {type(logits).__name__}")
         if logits.dtype not in _DTYPE_CODES:
             raise TypeError(f"logits returned by step_fn must be float32, float16 or bfloat16, got {logits.dtype}")
+        if logits.device.type == "meta":
+            raise ValueError("logits returned by step_fn are on the meta device, which holds no values")
         if logits.dim() != 2 or logits.shape[0] != rows:
             raise ValueError(
                 f"logits returned by step_fn must have shape [batch_size * num_beams = {rows}, vocab], "

@@ -299,6 +299,9 @@ def step_returning(fn):
         (step_returning(lambda n: torch.zeros(n + 1, 8)), ValueError, "logits"),
         (step_returning(lambda n: torch.zeros(n, 8, dtype=torch.float64)), TypeError, "float32"),
         (step_returning(lambda n: [[0.0] * 8] * n), TypeError, "torch.Tensor"),
+        (step_returning(lambda n: torch.zeros(n, 8, device="meta")), ValueError, "meta device"),
+        (step_returning(lambda n: torch.zeros(n, 8).index_fill_(1, torch.tensor([6]), float("inf"))), ValueError,
+         r"row 0 contains \+inf"),
     ],
 )
 def test_trie_beam__bad_logits(step, error, match):
@@ -306,9 +309,33 @@ def test_trie_beam__bad_logits(step, error, match):
         fs.TrieBeamSearch(TRIE, num_beams=2).search(step, 2)
 
 
-def test_beam_search__nan_logits_unconstrained():
-    with pytest.raises(ValueError, match="NaN"):
-        fs.BeamSearch(EOS).search(step_returning(lambda n: torch.full((n, 8), float("nan"))), 1)
+@pytest.mark.parametrize("value,match", [(float("nan"), "row 0 contains NaN"), (float("inf"), r"row 0 contains \+inf")])
+def test_beam_search__nan_or_plus_inf_logits_unconstrained(value, match):
+    with pytest.raises(ValueError, match=match):
+        fs.BeamSearch(EOS).search(step_returning(lambda n: torch.zeros(n, 8).index_fill_(1, torch.tensor([3]), value)), 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("at", [0, 2100, 3 * 2048 + 3])
+def test_beam_step__plus_inf_logit__raises_where_the_normaliser_reads_it(dtype, at):
+    # A +inf logit leaves no log-prob of its row defined (log_softmax gives NaN): the full normaliser
+    # reads every logit, the allowed one only the trie's children.
+    from pyfastseq.search import _beam_step
+
+    vocab = 3 * 2048 + 5
+    clean = torch.randn(2, vocab, generator=torch.Generator().manual_seed(at)).to(dtype)
+    logits = clean.clone()
+    logits[1, at] = float("inf")
+    trie, nodes = fs.Trie([[1], [7]]), torch.zeros(2, dtype=torch.int32)  # the root's children: 1 and 7
+    for args in [(), (trie, nodes)]:
+        with pytest.raises(ValueError, match=r"row 1 contains \+inf"):
+            _beam_step(logits, torch.zeros(2), 1, *args)
+    got = _beam_step(logits, torch.zeros(2), 1, trie, nodes, normalize="allowed")
+    want = _beam_step(clean, torch.zeros(2), 1, trie, nodes, normalize="allowed")
+    assert all(torch.equal(got[name], want[name]) for name in want)
+    logits[1, 7] = float("inf")
+    with pytest.raises(ValueError, match=r"row 1 contains \+inf"):
+        _beam_step(logits, torch.zeros(2), 1, trie, nodes, normalize="allowed")
 
 
 def test_trie_beam__bad_lookahead_deltas():

@@ -470,7 +470,7 @@ def test_cuda_step__after_a_failed_step__leaves_its_error(halted, device):
         step.read(5)
 
 
-def test_cuda_step__nan_and_leaf_rows_raise(device):
+def test_cuda_step__nan_inf_and_leaf_rows_raise(device):
     trie = fs.Trie([[2, 3]])
     leaf = trie.walk([2, 3])
     with pytest.raises(ValueError, match="no children"):
@@ -481,4 +481,20 @@ def test_cuda_step__nan_and_leaf_rows_raise(device):
     with pytest.raises(ValueError, match="row 1 contains NaN"):
         search._beam_step_cuda(logits, torch.zeros(2), 2)
     with pytest.raises(ValueError, match="row 1 contains NaN"):
+        fs.BeamSearch(EOS, num_beams=2, max_length=3).search(lambda t, b: logits, batch_size=1)
+    # +inf: anywhere in a row the full normaliser reads, on a child for the allowed one.
+    trie, root = fs.Trie([[1], [3]]), torch.zeros(2, dtype=torch.int32)
+    logits[1, 4] = float("inf")
+    for args in [(), (trie, root)]:
+        with pytest.raises(ValueError, match=r"row 1 contains \+inf"):
+            search._beam_step_cuda(logits, torch.zeros(2), 2, *args)
+    clean = logits.clone()
+    clean[1, 4] = 0.0
+    got = search._beam_step_cuda(logits, torch.zeros(2), 2, trie, root, normalize="allowed")
+    want = search._beam_step_cuda(clean, torch.zeros(2), 2, trie, root, normalize="allowed")
+    assert all(torch.equal(got[name], want[name]) for name in want)
+    logits[1, 3] = float("inf")
+    with pytest.raises(ValueError, match=r"row 1 contains \+inf"):
+        search._beam_step_cuda(logits, torch.zeros(2), 2, trie, root, normalize="allowed")
+    with pytest.raises(ValueError, match=r"row 1 contains \+inf"):
         fs.BeamSearch(EOS, num_beams=2, max_length=3).search(lambda t, b: logits, batch_size=1)

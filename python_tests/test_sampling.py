@@ -163,6 +163,24 @@ def test_constrained_samples_are_trie_entries(entries, top_k, top_p, seed):
                 assert done and owner.contains(seq)
 
 
+@pytest.mark.parametrize("kwargs", [dict(top_p=1e-300), dict(top_p=1e-7), dict(top_p=1e-6), dict(top_p=1e-7, top_k=5),
+                                    dict(temperature=1e-40), dict(temperature=1e-46), dict(temperature=1e-300),
+                                    dict(temperature=1e-300, top_k=5)])
+def test_vanishing_top_p_or_temperature_is_greedy(kwargs):
+    # top_p within the 1e-6 slack of 0 keeps only the best token; so does a temperature whose
+    # reciprocal overflows float32 (or that float32 flushes to 0).
+    steps = torch.randn(4, 6, 40, generator=torch.Generator().manual_seed(5))
+    calls = []
+
+    def step(tokens, beam_idx):
+        calls.append(None)
+        return steps[len(calls) - 1]
+
+    out = fs.Sampler(seed=3, max_length=4, **kwargs).search(step, 3, num_samples=2)
+    greedy = steps.argmax(-1).T.tolist()  # [rows, steps]
+    assert [seq for item in out.sequences for seq in item] == greedy
+
+
 def test_nan_and_bad_logits():
     sampler = fs.Sampler(max_length=2)
     nan = torch.zeros(2, 5)
@@ -175,6 +193,8 @@ def test_nan_and_bad_logits():
         sampler.search(lambda t, b: torch.zeros(2, 5), 2, num_samples=3)
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
         sampler.search(lambda t, b: torch.zeros(2, 5, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="meta device"):
+        sampler.search(lambda t, b: torch.zeros(2, 5, device="meta"), 2)
     trie = fs.Trie([[7, 8]])
     with pytest.raises(ValueError, match="trie holds token id 8"):
         fs.Sampler(trie=trie).search(lambda t, b: torch.zeros(1, 5), 1)

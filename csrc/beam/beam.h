@@ -86,7 +86,7 @@ inline BeamStepParams beam_step_params(const void* logits, int64_t vocab, int64_
   return p;
 }
 
-// Throws InvalidArgument naming the row for NaN logits, a live row whose node is out of range or
+// Throws InvalidArgument naming the row for NaN or +inf logits, a live row whose node is out of range or
 // has no children, a child token >= vocab, or lookahead deltas that do not match the children.
 void run_beam_step_cpu(const BeamStepParams& params);
 
@@ -104,6 +104,7 @@ enum class BeamStepError : int32_t {
   kTokenOutOfVocab = 4,
   kDeltaCount = 5,     // detail: the slice's length
   kNegativeDelta = 6,  // detail: the first negative delta
+  kInfinite = 7,       // a +inf logit: no log-prob of the row is defined
 };
 
 size_t beam_step_cuda_workspace_bytes(int64_t rows, int32_t num_candidates);

@@ -22,12 +22,20 @@ inline bool better(const RowCandidate& a, const RowCandidate& b) {
   return a.logprob > b.logprob || (a.logprob == b.logprob && a.token < b.token);
 }
 
-enum class RowStatus : int32_t { kOk, kNaN, kBadNode, kNoChildren, kTokenOutOfVocab, kDeltaCount, kNegativeDelta };
+enum class RowStatus : int32_t { kOk, kNaN, kInfinite, kBadNode, kNoChildren, kTokenOutOfVocab, kDeltaCount, kNegativeDelta };
 
 struct RowResult {
   RowStatus status = RowStatus::kOk;
   int64_t detail = 0;
 };
+
+// A normaliser that leaves no log-prob defined: NaN logits, or a +inf one (every log-prob x - lse
+// would be -inf or NaN).
+inline RowResult normaliser_status(bool nan, float lse) {
+  if (nan) return {RowStatus::kNaN, 0};
+  if (lse == INFINITY) return {RowStatus::kInfinite, 0};
+  return {};
+}
 
 template <class Loader>
 class StepKernel {
@@ -50,7 +58,7 @@ class StepKernel {
   RowResult full_row(int64_t r, const Bits* logits, RowCandidate* out) const {
     bool nan = false;
     const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
-    if (nan) return {RowStatus::kNaN, 0};
+    if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
     thread_local std::vector<float> values;
     thread_local std::vector<int32_t> tokens;
     const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
@@ -76,7 +84,7 @@ class StepKernel {
       const int32_t token = trie.child_token[lo + i];
       if (token >= p_.vocab) return {RowStatus::kTokenOutOfVocab, token};
       const float x = Loader::load(logits[token]);
-      if (x != x) return {RowStatus::kNaN, 0};
+      if (const RowResult bad = normaliser_status(x != x, x); bad.status != RowStatus::kOk) return bad;
       kids[i] = {x, token, static_cast<int32_t>(lo + i) + 1};
     }
 
@@ -99,7 +107,7 @@ class StepKernel {
     } else {
       bool nan = false;
       lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
-      if (nan) return {RowStatus::kNaN, 0};
+      if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
     }
     for (RowCandidate& c : kids) c.logprob -= lse;
     if (deltas) {
@@ -132,8 +140,9 @@ class StepKernel {
     float logprob = 0.0f;  // eos is the only allowed token
     if (!p_.normalize_allowed) {
       bool nan = false;
-      logprob = Loader::load(logits[p_.eos_id]) - full_logsumexp<Loader>(logits, p_.vocab, &nan);
-      if (nan) return {RowStatus::kNaN, 0};
+      const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
+      if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
+      logprob = Loader::load(logits[p_.eos_id]) - lse;
     }
     out[0] = {logprob, p_.eos_id, kSpentNode};
     pool_count_[r] = 1;
@@ -198,6 +207,7 @@ void merge_item(const BeamStepParams& p, const std::vector<RowCandidate>& pool,
 [[noreturn]] void report(int64_t row, const RowResult& e, const BeamStepParams& p) {
   switch (e.status) {
     case RowStatus::kNaN: fail("logits row ", row, " contains NaN");
+    case RowStatus::kInfinite: fail("logits row ", row, " contains +inf");
     case RowStatus::kBadNode:
       fail("row ", row, " is a live beam but its trie node ", e.detail, " is out of range");
     case RowStatus::kNoChildren:

@@ -77,6 +77,14 @@ __device__ __forceinline__ void record_error(unsigned long long* error, Pool poo
   atomicMin(error, static_cast<unsigned long long>(row) * 256u + static_cast<unsigned>(code));
 }
 
+// Records a normaliser that leaves no log-prob defined (NaN logits, or a +inf one) as row r's error;
+// whether it was one.
+__device__ __forceinline__ bool normaliser_failed(float lse, unsigned long long* error, Pool pool, int64_t r) {
+  if (lse == lse && lse != INFINITY) return false;
+  if (threadIdx.x == 0) record_error(error, pool, r, lse == lse ? BeamStepError::kInfinite : BeamStepError::kNaN, 0);
+  return true;
+}
+
 constexpr int kStaged = 1024;  // bounded selections: items that pass the bound, kept for the selection
 
 struct TopShared {
@@ -572,13 +580,10 @@ __device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits*
   BitmapRow<Bits> items{logits, bits, words * 32, 0.0f, p.blocked_token};
   KeepBest<BitmapRow<Bits>> seen{items};
   const float lse = row_logsumexp(logits, p.vocab, sh, seen);
-  if (lse != lse) {
-    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
-    return 0;
-  }
+  if (normaliser_failed(lse, error, pool, r)) return 0;
   items.lse = lse;
-  // x - lse rounds monotonically in x, so the kept logits' keys map to the items' keys; an infinite
-  // lse (a +inf logit) makes values NaN, and the selection then reads every key.
+  // x - lse rounds monotonically in x, so the kept logits' keys map to the items' keys; an lse of
+  // -inf (every logit -inf) makes values NaN, and the selection then reads every key.
   const bool finite = isfinite(lse);
   const auto final_key = [&](uint32_t raw) { return finite ? order_key(from_order_key(raw) - lse) : 0u; };
   const int32_t k = kept_top(items, logits, p.vocab, p.num_candidates, seen.top, final_key, sh);
@@ -658,10 +663,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     const DenseRow<Bits> items{logits, p.blocked_token};
     KeepBest<DenseRow<Bits>> seen{items};
     const float lse = row_logsumexp(logits, p.vocab, sh, seen);
-    if (lse != lse) {
-      if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
-      return;
-    }
+    if (normaliser_failed(lse, error, pool, r)) return;
     const int32_t k = kept_top(items, logits, p.vocab, C, seen.top, [](uint32_t raw) { return raw; }, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
       out_logprob[t] = items.value(sh.item[t]) - lse;
@@ -687,10 +689,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     float logprob = 0.0f;
     if (!p.normalize_allowed) {
       const float lse = row_logsumexp(logits, p.vocab, sh);
-      if (lse != lse) {
-        if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
-        return;
-      }
+      if (normaliser_failed(lse, error, pool, r)) return;
       logprob = to_float(logits[p.eos_id]) - lse;
     }
     if (threadIdx.x == 0) {
@@ -725,7 +724,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     }
   }
 
-  // Children in token order: a NaN among the in-vocabulary ones comes before any token >= vocab.
+  // Children in token order: a NaN or +inf among the in-vocabulary ones comes before any token >= vocab.
   if (threadIdx.x == 0) {
     sh.flag = 0;
     sh.bad_token = INT32_MAX;
@@ -737,16 +736,17 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
       atomicMin(&sh.bad_token, token);
     } else {
       const float x = to_float(logits[token]);
-      if (x != x) sh.flag = 1;
+      if (x != x || x == INFINITY) atomicMax(&sh.flag, x != x ? 2 : 1);
     }
   }
   __syncthreads();
-  const bool child_nan = sh.flag != 0;
+  const int32_t child_flag = sh.flag;  // 2: a NaN child, else 1: a +inf one
   const int32_t bad_token = sh.bad_token;
   __syncthreads();
-  if (child_nan || bad_token != INT32_MAX) {
+  if (child_flag != 0 || bad_token != INT32_MAX) {
     if (threadIdx.x == 0) {
-      if (child_nan) record_error(error, pool, r, BeamStepError::kNaN, 0);
+      if (child_flag == 2) record_error(error, pool, r, BeamStepError::kNaN, 0);
+      else if (child_flag == 1) record_error(error, pool, r, BeamStepError::kInfinite, 0);
       else record_error(error, pool, r, BeamStepError::kTokenOutOfVocab, bad_token);
     }
     return;
@@ -757,10 +757,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   if (failed) return;
   ChildRow<Bits> items{logits, trie, lo, 0.0f, p.blocked_token, p.block_leaves, nullptr, 0.0f};
   const float lse = p.normalize_allowed && !deltas ? children_logsumexp(items, n, sh) : row_logsumexp(logits, p.vocab, sh);
-  if (lse != lse) {
-    if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNaN, 0);
-    return;
-  }
+  if (normaliser_failed(lse, error, pool, r)) return;
   items.lse = lse;
   if (deltas) {
     // The children keep the mass they had: 1 under normalize_allowed, their share of the row under

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -84,7 +85,9 @@ class SampleKernel {
     if (nan) return {RowStatus::kNaN, 0};
     if (!std::isfinite(lse)) return {RowStatus::kNoFinite, 0};
 
-    const float inv_t = 1.0f / p_.temperature[r];
+    // A temperature so small that 1 / t overflows (or is flushed to 0) is greedy: capping 1 / t
+    // keeps (max - max) / t at 0 rather than 0 * inf = NaN.
+    const float inv_t = std::min(1.0f / p_.temperature[r], FLT_MAX);
     std::vector<Cand>& cands = scratch();
     if (!p_.nodes && (p_.top_k == 0 || p_.top_k >= p_.vocab)) {
       // No cut but top-p over the whole vocabulary: weights for every token in one vector pass.
@@ -186,7 +189,9 @@ class SampleKernel {
     const double goal = (static_cast<double>(p_.top_p) - kTopPSlack) * total;
     double kept_mass = 0.0;
     int cut = kBins - 1;
-    for (; cut > 0 && kept_mass + mass[cut] < goal; --cut) kept_mass += mass[cut];
+    // Empty bins are passed even when the goal is already met (top_p within the slack of 0), so
+    // the cut's bin holds at least the heaviest weight.
+    for (; cut > 0 && (mass[cut] == 0.0 || kept_mass + mass[cut] < goal); --cut) kept_mass += mass[cut];
     // Bins follow the weights' bits, so a bin is a range of weights: the cut's is [at_cut, above_cut).
     const float at_cut = bits_to_float(static_cast<uint32_t>(cut) << 20);
     const float above_cut = bits_to_float(static_cast<uint32_t>(cut + 1) << 20);
