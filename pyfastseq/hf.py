@@ -14,7 +14,7 @@ from transformers import LogitsProcessor
 
 from . import _backend
 from ._backend import _C
-from .trie import Trie
+from .trie import Trie, _overlapping
 
 __all__ = ["TrieLogitsProcessor"]
 
@@ -51,7 +51,8 @@ class TrieLogitsProcessor(LogitsProcessor):
             page-faulting in, on Linux in 2 MB pages) an ``[N, V]`` tensor per step: 5x faster at
             800 x 32k fp32. Safe in beam search, whose processors get fresh log-probabilities; not
             with ``output_logits=True`` in greedy/sampling, where transformers keeps the very tensor
-            it hands the processors.
+            it hands the processors. ``scores`` whose elements share memory (an expanded view) raise
+            ``ValueError``.
         reuse_output: return an alias of one of the processor's own ``[N, V]`` buffers, rewritten
             only where the allowed sets changed: each row's previous children go back to -inf and
             its new children are copied, O(children) per row instead of O(V) (800 x 32k fp32:
@@ -85,7 +86,8 @@ class TrieLogitsProcessor(LogitsProcessor):
                  reuse_output: bool = False):
         if not isinstance(trie, Trie):
             raise TypeError(f"trie must be a pyfastseq.Trie, got {type(trie).__name__}")
-        if not (prompt_len is None or prompt_len == "auto" or _is_int(prompt_len) and prompt_len >= 0):
+        if not (prompt_len is None or isinstance(prompt_len, str) and prompt_len == "auto"
+                or _is_int(prompt_len) and prompt_len >= 0):
             raise ValueError(f"prompt_len must be None, 'auto' or an int >= 0, got {prompt_len!r}")
         if not _is_int(num_beams) or num_beams < 1:
             raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
@@ -122,6 +124,7 @@ class TrieLogitsProcessor(LogitsProcessor):
 
     def nodes(self, input_ids: torch.Tensor) -> np.ndarray:
         """int32 ``[N]``: each row's trie node after its constrained part (-1 where it left the trie)."""
+        _check_ids(input_ids)
         return self._walk(input_ids).numpy()
 
     def _walk(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -149,12 +152,17 @@ class TrieLogitsProcessor(LogitsProcessor):
         return start
 
     def _check(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be a 2-D tensor [N, cur_len], got {_shape(input_ids)}")
+        _check_ids(input_ids)
         if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
             raise ValueError(f"scores must be a 2-D tensor [N, V] with N = {input_ids.shape[0]}, got {_shape(scores)}")
         if scores.dtype not in _backend.ELEM_BYTES:
             raise TypeError(f"scores must be float32, float16 or bfloat16, got {scores.dtype}")
+        if scores.is_meta:
+            raise ValueError("scores are on the meta device, which holds no values")
+        if self.inplace and _overlapping(scores):
+            raise ValueError(f"scores must not be an expanded or self-overlapping view with inplace=True (strides "
+                             f"{scores.stride()}): masking writes in place, and elements sharing memory would "
+                             "overwrite each other")
         if scores.shape[1] <= self.trie.max_token:
             raise ValueError(f"the trie holds token id {self.trie.max_token} but scores has only "
                              f"{scores.shape[1]} columns (vocabulary)")
@@ -277,6 +285,17 @@ except (AttributeError, RuntimeError):
 def _only_holder(buffer: torch.Tensor) -> bool:
     """Whether ``buffer`` is the only tensor on its storage; never where torch cannot say."""
     return _ALONE is not None and _storage_holders(buffer) == _ALONE
+
+
+def _check_ids(input_ids: object) -> None:
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a 2-D tensor [N, cur_len], got {type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be a 2-D tensor [N, cur_len], got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+    if input_ids.is_meta:
+        raise ValueError("input_ids are on the meta device, which holds no values")
 
 
 def _is_int(value: object) -> bool:

@@ -339,8 +339,6 @@ def test_bad_arguments():
     trie = fs.Trie([[3, 4]])
     with pytest.raises(TypeError, match="trie"):
         fs.hf.TrieLogitsProcessor([[3, 4]])
-    with pytest.raises(ValueError, match="prompt_len"):
-        fs.hf.TrieLogitsProcessor(trie, prompt_len=-1)
     with pytest.raises(ValueError, match="num_beams"):
         fs.hf.TrieLogitsProcessor(trie, num_beams=0)
     with pytest.raises(ValueError, match="inplace and reuse_output"):
@@ -355,6 +353,57 @@ def test_bad_arguments():
         proc(ids[:3], torch.zeros(3, 8))
     with pytest.raises(ValueError, match="scores"):
         proc(ids, torch.zeros(5, 8))
+    with pytest.raises(ValueError, match="scores are on the meta device"):
+        proc(ids, torch.zeros(4, 8, device="meta"))
+
+
+@pytest.mark.parametrize("prompt_len", [-1, 1.0, True, "AUTO", np.array([1, 2]), np.array(["auto"]), torch.tensor(1)])
+def test_bad_prompt_len__prompt_len(prompt_len):
+    with pytest.raises(ValueError, match="prompt_len must be None, 'auto' or an int >= 0"):
+        fs.hf.TrieLogitsProcessor(fs.Trie([[3, 4]]), prompt_len=prompt_len)
+
+
+@pytest.mark.parametrize("prompt_len", [None, 0, 2, np.int64(2), 2**64, "auto", np.str_("auto")])
+def test_good_prompt_len__prompt_len(prompt_len):
+    trie = fs.Trie([[3, 4]])
+    proc = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt_len)
+    start = 0 if prompt_len is None else 3 if isinstance(prompt_len, str) else prompt_len  # "auto": the width
+    assert proc.nodes(torch.tensor([[3, 4, 3]])).tolist() == [trie.walk([3, 4, 3][start:])]
+
+
+@pytest.mark.parametrize("call", ["processor", "nodes"])
+@pytest.mark.parametrize(
+    "ids,error,message",
+    [
+        pytest.param(torch.tensor([[5.7], [9.9]]), TypeError, "input_ids must hold integer", id="float"),
+        pytest.param(torch.tensor([[True], [False]]), TypeError, "input_ids must hold integer", id="bool"),
+        pytest.param([[5], [9]], TypeError, "input_ids must be a 2-D tensor", id="list"),
+        pytest.param(np.array([[5], [9]]), TypeError, "input_ids must be a 2-D tensor", id="numpy"),
+        pytest.param(torch.tensor([5, 9]), ValueError, "input_ids must be a 2-D tensor", id="1-D"),
+        pytest.param(torch.zeros(2, 1, dtype=torch.long, device="meta"), ValueError, "input_ids are on the meta",
+                     id="meta"),
+    ],
+)
+def test_bad_input_ids__ids__call(ids, error, message, call):
+    proc = fs.hf.TrieLogitsProcessor(fs.Trie([[5, 7], [5, 8, 2], [9]], eos_id=2))
+    with pytest.raises(error, match=message):
+        proc(ids, torch.zeros(2, 12)) if call == "processor" else proc.nodes(ids)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("expanded", ["rows", "columns"])
+def test_scores_sharing_memory__expanded__mode(expanded, mode):
+    trie = fs.Trie([[5, 7], [5, 8, 2], [9]], eos_id=2)
+    ids = torch.tensor([[5], [9]])
+    scores = torch.randn(1, 12).expand(2, 12) if expanded == "rows" else torch.randn(2, 1).expand(2, 12)
+    proc = fs.hf.TrieLogitsProcessor(trie, **MODES[mode])
+    if mode == "inplace":
+        with pytest.raises(ValueError, match="scores must not be an expanded or self-overlapping view"):
+            proc(ids, scores)
+        return
+    expected = fs.hf.TrieLogitsProcessor(trie)(ids, scores.contiguous())
+    for _ in range(2):  # reuse_output rewrites its buffer in full, then in part
+        assert torch.equal(proc(ids, scores), expected)
 
 
 # -- inside model.generate ------------------------------------------------------------------------
