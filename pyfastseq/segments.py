@@ -11,6 +11,7 @@ beam). So every second segment is what a separate beam search over
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from . import _generate
+from .lookahead import LCSLookahead
 from .sampling import SampleOutput, Sampler
 from .search import BeamSearch, StepFn, TrieBeamSearch, _positive_int
 
@@ -48,7 +50,8 @@ class SegmentDecoder:
     Args:
         sampler: a :class:`Sampler` for the first segment (e.g. ``eos_id=[SEP]``, ``top_k=...``).
         searcher: a :class:`BeamSearch` or :class:`TrieBeamSearch` for the second segment; its
-            ``max_length`` counts the second segment's tokens.
+            ``max_length`` counts the second segment's tokens. A trie list (one per batch item) and
+            a lookahead's per-item queries apply to every sample of their item.
 
     The step function must be forkable (see :func:`fork_step`): :meth:`UniLM.step_fn` objects and
     the model steps :meth:`generate` builds are. A first segment cut at the sampler's
@@ -66,7 +69,12 @@ class SegmentDecoder:
         """Decode ``num_samples`` pairs per batch item against a forkable ``step_fn`` whose rows are
         ``batch_size * num_samples`` (e.g. ``unilm.step_fn(sources, num_beams=num_samples)``)."""
         num_samples = _positive_int(num_samples, "num_samples")
-        rows = _positive_int(batch_size, "batch_size") * num_samples
+        batch_size = _positive_int(batch_size, "batch_size")
+        num_tries = len(getattr(self.searcher, "tries", ()))
+        if num_tries > 1 and num_tries != batch_size:
+            raise ValueError(f"searcher's trie holds {num_tries} tries but batch_size is {batch_size}: "
+                             "give one or one per item")
+        rows = batch_size * num_samples
         found: dict[int, tuple[list, list, list]] = {}
 
         def continue_rows(ended: np.ndarray, drawn: np.ndarray) -> None:
@@ -77,7 +85,8 @@ class SegmentDecoder:
             fork = fork_step(step_fn, index)
             last = torch.from_numpy(drawn[index.numpy()].astype(np.int64)).unsqueeze(1)
             logits = fork(last, torch.arange(len(index)))
-            out = self.searcher.search(_Continuation(fork, logits), len(ended))
+            searcher = _for_items(self.searcher, ended // num_samples)
+            out = searcher.search(_Continuation(fork, logits), len(ended))
             for j, r in enumerate(ended.tolist()):
                 found[r] = (out.sequences[j], out.scores[j], out.finished[j])
 
@@ -108,6 +117,35 @@ class SegmentDecoder:
         step_fn = _generate.model_step_fn(model, input_ids, attention_mask, num_samples, model_kwargs)
         with torch.no_grad():
             return self.search(step_fn, input_ids.shape[0], num_samples)
+
+
+def _for_items(searcher: BeamSearch | TrieBeamSearch, items: np.ndarray) -> BeamSearch | TrieBeamSearch:
+    """``searcher`` for a continuation search whose batch item ``i`` continues the decode's batch item
+    ``items[i]``: per-item tries and lookahead queries follow the items."""
+    if not isinstance(searcher, TrieBeamSearch):
+        return searcher
+    lookahead = searcher.lookahead
+    # A single-query LCSLookahead ignores batch_index, so it keeps its native path.
+    remap_lookahead = lookahead is not None and (not isinstance(lookahead, LCSLookahead) or lookahead.per_item)
+    if len(searcher.tries) == 1 and not remap_lookahead:
+        return searcher
+    searcher = copy.copy(searcher)
+    if len(searcher.tries) > 1:
+        searcher.tries = [searcher.tries[b] for b in items]
+        searcher._start_nodes = [searcher._start_nodes[b] for b in items]
+    if remap_lookahead:
+        searcher.lookahead = _ItemLookahead(lookahead, torch.from_numpy(items))
+    return searcher
+
+
+class _ItemLookahead:
+    """A lookahead seen through a continuation search: its batch item ``i`` is ``items[i]``."""
+
+    def __init__(self, lookahead: Any, items: torch.Tensor):
+        self.lookahead, self.items = lookahead, items
+
+    def deltas(self, trie, nodes, generated, batch_index):
+        return self.lookahead.deltas(trie, nodes, generated, self.items[batch_index])
 
 
 class _Continuation:

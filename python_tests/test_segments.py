@@ -143,6 +143,54 @@ def test_answer_cut_at_max_length_still_gets_a_question(gpt2):
         assert len(question) == 1 and 1 <= len(question[0]) <= 3
 
 
+class RowStep:
+    """Forkable step function whose logits for a row depend on that row's tokens alone (the prompt
+    included), bit for bit, so a row decodes the same in any batch and any thread count."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def __call__(self, tokens, beam_idx):
+        self.tokens = torch.cat([self.tokens[beam_idx], tokens], 1)
+        logits = torch.stack([torch.randn(VOCAB, generator=torch.Generator().manual_seed(hash(tuple(row)) % 2**63))
+                              for row in self.tokens.tolist()])
+        logits[:, SEP] += 3.0  # first segments end after a varying number of tokens
+        return logits
+
+    def fork(self, index):
+        return RowStep(self.tokens[index])
+
+
+ITEM_TRIES = [fs.Trie([[7, 8, SEP], [7, 9, 10, SEP], [11, SEP]], eos_id=SEP),
+              fs.Trie([[12, 13, SEP], [12, 14, 15, SEP], [7, 8, SEP]], eos_id=SEP),
+              fs.Trie([[16, SEP], [17, 18, 19, SEP], [17, 20, SEP], [17, 18, 21, SEP]], eos_id=SEP)]
+ITEM_QUERIES = [[9, 10], [14, 15], [18, 21]]
+
+
+@pytest.mark.parametrize("lookahead", [False, True], ids=["plain", "lookahead"])
+@pytest.mark.parametrize("num_samples", [1, 2, 3])
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_per_item_tries_follow_the_batch_item(batch_size, num_samples, lookahead):
+    prompts = torch.tensor([[5, 6], [30, 31], [32, 33]])[:batch_size]
+    settings = {"num_beams": 3, "max_length": 4, "num_return_sequences": 2}
+    per_item = fs.LCSLookahead(ITEM_QUERIES[:batch_size]) if lookahead else None
+    searcher = fs.TrieBeamSearch(ITEM_TRIES[:batch_size], lookahead=per_item, **settings)
+    sampler = fs.Sampler(seed=batch_size * 10 + num_samples, eos_id=SEP, max_length=4)
+    out = fs.SegmentDecoder(sampler, searcher).search(
+        RowStep(prompts.repeat_interleave(num_samples, 0)), batch_size, num_samples)
+    for b, answers in enumerate(out.first.sequences):
+        ref_searcher = fs.TrieBeamSearch(ITEM_TRIES[b], lookahead=fs.LCSLookahead(ITEM_QUERIES[b]) if lookahead else None,
+                                         **settings)
+        for i, answer in enumerate(answers):
+            ref = ref_searcher.search(Forced(RowStep(prompts[b:b + 1].repeat(3, 1)), answer), 1)
+            assert out.second[b][i] == ref.sequences[0]
+            assert out.second_scores[b][i] == ref.scores[0]
+            assert out.second_finished[b][i] == ref.finished[0]
+            assert out.sequences[b][i] == answer + ref.sequences[0][0]
+    if batch_size * num_samples > 1:  # the rows end at different steps (else the test misses the case)
+        assert len({len(a) for item in out.first.sequences for a in item}) > 1
+
+
 def test_bad_input(gpt2):
     with pytest.raises(TypeError, match="sampler must be a pyfastseq.Sampler"):
         fs.SegmentDecoder(fs.BeamSearch(SEP), fs.BeamSearch(SEP))
@@ -153,5 +201,9 @@ def test_bad_input(gpt2):
         plain.search(lambda t, b: torch.zeros(2, VOCAB), 2)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         plain.generate(gpt2, torch.tensor([[5, 6]]), num_samples=0)
+    two = fs.SegmentDecoder(fs.Sampler(eos_id=SEP, max_length=2), fs.TrieBeamSearch(ITEM_TRIES[:2], num_beams=2))
+    for batch_size, num_samples in [(1, 2), (3, 1)]:
+        with pytest.raises(ValueError, match=f"searcher's trie holds 2 tries but batch_size is {batch_size}"):
+            two.search(RowStep(torch.zeros(batch_size * num_samples, 1, dtype=torch.long)), batch_size, num_samples)
     with pytest.raises(ValueError, match="forked only after its first call"):
         fork_step(_generate.model_step_fn(gpt2, torch.tensor([[5, 6]]), None, 1, {}), torch.tensor([0]))
