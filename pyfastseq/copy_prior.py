@@ -13,10 +13,13 @@ for transformers' ``generate()``, :meth:`CopyPrior.wrap_step_fn` for pyfastseq's
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ._limits import check_memory
+from ._validate import INT32_MAX
 
 __all__ = ["CopyPrior"]
 
@@ -36,10 +39,12 @@ class CopyPrior(nn.Module):
 
     def __init__(self, vocab_size: int, pad_id: int | None = None):
         super().__init__()
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= INT32_MAX + 1:
+            raise ValueError(f"vocab_size must be an int in [1, 2**31], got {vocab_size!r}")
         if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int)):
             raise TypeError(f"pad_id must be an int or None, got {type(pad_id).__name__}")
+        check_memory(2 * vocab_size * torch.finfo(torch.get_default_dtype()).bits // 8,
+                     f"CopyPrior's s and t over a vocabulary of {vocab_size}")
         self.vocab_size = vocab_size
         self.pad_id = pad_id
         self.s = nn.Parameter(torch.ones(vocab_size))
@@ -54,12 +59,16 @@ class CopyPrior(nn.Module):
             raise ValueError(f"source_ids must be a 2-D tensor [B, S], got {_shape(source_ids)}")
         if source_ids.dtype.is_floating_point or source_ids.dtype == torch.bool:
             raise TypeError(f"source_ids must hold integer token ids, got {source_ids.dtype}")
+        if source_ids.is_meta:
+            raise ValueError("source_ids are on the meta device, which holds no values")
         if source_mask is None:
             keep = torch.ones_like(source_ids, dtype=torch.bool) if self.pad_id is None else source_ids != self.pad_id
         else:
             if not isinstance(source_mask, torch.Tensor) or source_mask.shape != source_ids.shape:
                 raise ValueError(f"source_mask must be a tensor of source_ids' shape {tuple(source_ids.shape)}, "
                                  f"got {_shape(source_mask)}")
+            if source_mask.is_meta:
+                raise ValueError("source_mask is on the meta device, which holds no values")
             keep = source_mask.to(device=source_ids.device, dtype=torch.bool)
         bad = keep & ((source_ids < 0) | (source_ids >= self.vocab_size))
         if bool(bad.any()):
@@ -87,7 +96,7 @@ class CopyPrior(nn.Module):
         ``N = B * num_beams`` (or ``* num_return_sequences``) rows are batch-major, so row ``r`` uses
         source ``r // (N // B)``.
         """
-        return CopyPriorLogitsProcessor(self, self.prior(source_ids, source_mask).detach())
+        return CopyPriorLogitsProcessor(self, self._decoding_prior(source_ids, source_mask))
 
     def wrap_step_fn(self, step_fn: StepFn, source_ids: torch.Tensor,
                      source_mask: torch.Tensor | None = None) -> StepFn:
@@ -96,7 +105,7 @@ class CopyPrior(nn.Module):
         Rows start batch-major (``N // B`` rows per source) and each row follows ``beam_idx`` to the row
         it continues, so the source of every row stays right however the search reorders them.
         """
-        prior = self.prior(source_ids, source_mask).detach()
+        prior = self._decoding_prior(source_ids, source_mask)
         row_source: list[torch.Tensor] = []
 
         def biased_step(tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
@@ -104,10 +113,16 @@ class CopyPrior(nn.Module):
             if not row_source:
                 row_source.append(_row_sources(logits.shape[0], prior.shape[0], logits.device))
             else:
-                row_source[0] = row_source[0][beam_idx.to(row_source[0].device).long()]
+                row_source[0] = row_source[0][_beam_rows(beam_idx, row_source[0])]
             return _average(logits, prior.to(logits.device)[row_source[0]], self.vocab_size)
 
         return biased_step
+
+    def _decoding_prior(self, source_ids: torch.Tensor, source_mask: torch.Tensor | None) -> torch.Tensor:
+        prior = self.prior(source_ids, source_mask).detach()
+        if prior.shape[0] == 0:
+            raise ValueError("source_ids must hold at least one source to decode with, got 0 rows")
+        return prior
 
 
 class CopyPriorLogitsProcessor:
@@ -143,6 +158,21 @@ def _row_sources(rows: int, sources: int, device: torch.device) -> torch.Tensor:
     if rows % sources:
         raise ValueError(f"{rows} logits rows cannot be split evenly over {sources} sources")
     return torch.arange(rows, device=device) // (rows // sources)
+
+
+def _beam_rows(beam_idx: Any, row_source: torch.Tensor) -> torch.Tensor:
+    """``beam_idx`` as an index into ``row_source`` (the previous call's rows), on its device."""
+    if not isinstance(beam_idx, torch.Tensor) or beam_idx.dim() != 1:
+        raise ValueError(f"beam_idx must be a 1-D tensor, got {_shape(beam_idx)}")
+    if beam_idx.is_floating_point() or beam_idx.dtype == torch.bool:
+        raise TypeError(f"beam_idx must hold integer row indices, got {beam_idx.dtype}")
+    # Checked on the CPU only: on a GPU, reading the range would make every step wait for the search's kernels.
+    if beam_idx.device.type == "cpu" and len(beam_idx):
+        low, high = int(beam_idx.min()), int(beam_idx.max())
+        if low < 0 or high >= len(row_source):
+            raise ValueError(f"beam_idx must index the previous call's {len(row_source)} rows, "
+                             f"got values in [{low}, {high}]")
+    return beam_idx.to(row_source.device).long()
 
 
 def _shape(value: object) -> str:

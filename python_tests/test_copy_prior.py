@@ -140,3 +140,50 @@ def test_bad_arguments():
         prior.indicator(torch.tensor([[1, 2]]), torch.tensor([[True]]))
     # a masked position may hold any id (e.g. -100 labels)
     assert prior.indicator(torch.tensor([[-100, 3]]), torch.tensor([[False, True]]))[0, 3] == 1
+
+
+def test_vocab_size_too_large_for_token_ids_or_the_memory_cap():
+    with pytest.raises(ValueError, match=r"vocab_size must be an int in \[1, 2\*\*31\]"):
+        fs.CopyPrior(2**40)
+    before = fs.get_memory_limit()
+    fs.set_memory_limit(1000)
+    try:
+        with pytest.raises(MemoryError, match="CopyPrior's s and t"):
+            fs.CopyPrior(1000)
+    finally:
+        fs.set_memory_limit(before)
+
+
+def test_decoding_needs_a_source():
+    prior = fs.CopyPrior(V)
+    none = torch.zeros(0, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="source_ids must hold at least one source"):
+        prior.as_logits_processor(none)
+    with pytest.raises(ValueError, match="source_ids must hold at least one source"):
+        prior.wrap_step_fn(lambda tokens, beam_idx: torch.zeros(2, V), none)
+
+
+def test_step_fn_wrapper_rejects_a_bad_beam_idx():
+    prior = trained_prior()
+    sources = torch.tensor([[1, 2], [4, 9]])
+    wrapped = prior.wrap_step_fn(lambda tokens, beam_idx: torch.zeros(4, V), sources)
+    wrapped(torch.zeros(4, 0, dtype=torch.long), torch.arange(4))
+    tokens = torch.zeros(4, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"beam_idx must index the previous call's 4 rows, got values in \[0, 4\]"):
+        wrapped(tokens, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match=r"beam_idx .* got values in \[-1, 2\]"):
+        wrapped(tokens, torch.tensor([-1, 0, 1, 2]))
+    with pytest.raises(TypeError, match="beam_idx must hold integer row indices"):
+        wrapped(tokens, torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="beam_idx must be a 1-D tensor"):
+        wrapped(tokens, torch.arange(4).view(2, 2))
+    # the rejected calls left the rows' sources as they were
+    torch.testing.assert_close(wrapped(tokens, torch.tensor([2, 3, 0, 1])), prior.prior(sources).detach()[[1, 1, 0, 0]] / 2)
+
+
+def test_indicator_rejects_meta_tensors():
+    prior = fs.CopyPrior(V)
+    with pytest.raises(ValueError, match="source_ids are on the meta device"):
+        prior.indicator(torch.zeros(1, 2, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="source_mask is on the meta device"):
+        prior.indicator(torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.bool, device="meta"))
