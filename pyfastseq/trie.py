@@ -153,6 +153,9 @@ class Trie:
 
     def _node(self, node: Any) -> int:
         if isinstance(node, torch.Tensor):
+            if node.numel() != 1 or node.device.type == "meta":
+                raise TypeError(f"node must be an int or a one-element tensor, got a tensor of shape {tuple(node.shape)} "
+                                f"on {node.device}")
             node = node.item()
         if isinstance(node, bool) or not isinstance(node, (int, np.integer)):
             raise TypeError(f"node must be an int, got {type(node).__name__}")
@@ -190,6 +193,8 @@ class Trie:
         if logits.stride(1) != 1:
             what = "mask_logits on logits with strided columns (a contiguous copy)"
             check_memory(logits.numel() * logits.element_size(), what)
+        if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
+            raise TypeError(f"fill must be a number, got {type(fill).__name__}")
         node_tensor = _node_tensor(nodes, logits.shape[0], logits.device)
         child_begin, child_token = self._arrays_on(logits.device)
         torch.ops.pyfastseq.trie_mask_(logits, node_tensor, child_begin, child_token, float(fill))
@@ -260,11 +265,21 @@ def _as_int32(values: Any, name: str) -> np.ndarray:
     return arr.astype(np.int32, order="C", copy=False)  # keeps a 0-d shape (ascontiguousarray would not)
 
 
+_NODE_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
 def _node_tensor(nodes: Any, rows: int, device: torch.device) -> torch.Tensor:
     if isinstance(nodes, torch.Tensor):
-        if nodes.dtype.is_floating_point or nodes.dtype in (torch.bool, torch.complex64, torch.complex128):
-            raise TypeError(f"nodes must be an integer tensor, got {nodes.dtype}")
+        if nodes.dtype not in _NODE_DTYPES:
+            raise TypeError(f"nodes must be an integer tensor (int8/16/32/64 or uint8), got {nodes.dtype}")
+        if nodes.device.type == "meta":
+            raise ValueError("nodes is on the meta device, which holds no values")
         tensor = nodes
+        if tensor.dtype == torch.int64:
+            # Without a host sync (so that it traces under torch.compile): ids beyond int32 become
+            # INT32_MIN, which the mask's range check rejects, rather than wrapping to a valid node.
+            in_range = (tensor >= -(2**31)) & (tensor <= INT32_MAX)
+            tensor = torch.where(in_range, tensor, torch.iinfo(torch.int32).min)
     else:
         tensor = torch.from_numpy(_as_int32(nodes, "nodes"))
     if tensor.dim() != 1 or tensor.shape[0] != rows:
@@ -289,7 +304,7 @@ def _trie_mask_op(
             bad = (nodes < -1) | (nodes >= num_nodes)
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])
-                raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {int(nodes[row])}")
+                raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {_shown(nodes[row])}")
             with torch.cuda.device(target.device):  # the launch goes to the current GPU
                 status = _backend.cuda().trie_mask(*args, _backend.stream_of(target))
             if status != 0:
@@ -297,9 +312,14 @@ def _trie_mask_op(
         else:
             row = _C.trie_mask(*args)
             if row >= 0:
-                raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {int(nodes[row])}")
+                raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {_shown(nodes[row])}")
     if target is not logits:
         logits.copy_(target)
+
+
+def _shown(node: torch.Tensor) -> str:
+    value = int(node)
+    return "a value outside the int32 range" if value == torch.iinfo(torch.int32).min else str(value)
 
 
 @_trie_mask_op.register_fake

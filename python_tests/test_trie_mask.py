@@ -172,8 +172,25 @@ def test_bad_arguments():
         trie.mask_logits(logits, [0, 4])
     with pytest.raises(ValueError, match=r"nodes\[0\] must be -1 or a node id"):
         trie.mask_logits(logits, [-2, 0])
-    with pytest.raises(TypeError, match="nodes must be an integer tensor"):
-        trie.mask_logits(logits, torch.zeros(2))
+    for dtype in (torch.float32, torch.bool, torch.uint32, torch.uint64):
+        with pytest.raises(TypeError, match="nodes must be an integer tensor"):
+            trie.mask_logits(logits, torch.zeros(2, dtype=dtype))
     with pytest.raises(TypeError, match="nodes must hold integers"):
         trie.mask_logits(logits, [0.0, 1.0])
+    with pytest.raises(ValueError, match="nodes is on the meta device"):
+        trie.mask_logits(logits, torch.zeros(2, dtype=torch.int32, device="meta"))
+    with pytest.raises(TypeError, match="fill must be a number"):
+        trie.mask_logits(logits, [0, 0], fill="x")
     assert torch.equal(logits, torch.zeros(2, 5))  # nothing written on any failure
+
+
+@pytest.mark.parametrize("node", [2**31, 2**32, 2**32 + 1, 2**40, -(2**32) + 1, -(2**31) - 1])
+def test_node_ids_beyond_int32__raise_rather_than_wrap(node):
+    # 2**32 + 1 would wrap to node 1 (a valid one) in an int32 cast.
+    trie = fs.Trie([[1, 2], [3]])
+    logits = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match=r"nodes\[1\] must be -1 or a node id in \[0, 4\), got a value outside the int32"):
+        trie.mask_logits(logits, torch.tensor([0, node], dtype=torch.int64))
+    assert torch.equal(logits, torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"nodes\[0\] must be -1 or a node id in \[0, 4\), got -5"):
+        trie.mask_logits(logits, torch.tensor([-5, 0], dtype=torch.int64))
