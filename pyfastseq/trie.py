@@ -61,7 +61,11 @@ class Trie:
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True) -> "Trie":
         """Load a file written by :meth:`save`; with ``mmap`` the arrays are mapped read-only and
-        shared by every process that maps the same file. Any defect raises ``ValueError``."""
+        shared by every process that maps the same file. Any defect raises ``ValueError``; files
+        of the previous format version load too. A mapped file must not be truncated or rewritten
+        in place while the trie lives: the pages are read from it on demand (a truncated mapping
+        ends the process with SIGBUS, as any mmap does). Write a new file and rename it over the
+        old one instead."""
         path = os.fspath(path)
         try:
             size = os.stat(path).st_size
@@ -74,7 +78,8 @@ class Trie:
         return trie
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the versioned, checksummed binary format that :meth:`load` reads."""
+        """Write the versioned binary format that :meth:`load` reads, its header and arrays
+        checksummed."""
         self._native.save(os.fspath(path))
 
     # -- structure ---------------------------------------------------------------------------

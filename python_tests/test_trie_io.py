@@ -15,10 +15,13 @@ HEADER = 64
 M64 = (1 << 64) - 1
 
 
-def checksum(payload: bytes) -> int:
-    """The file format's payload hash, written independently of the C++ one."""
-    h = 0x9E3779B97F4A7C15 ^ len(payload)
-    for (word,) in struct.iter_unpack("<Q", payload):
+def checksum(data: bytes) -> int:
+    """The file format's checksum of a whole file, written independently of the C++ one: the header
+    (its checksum field as zero) and the payload from version 2 on, the payload alone in version 1."""
+    version = struct.unpack_from("<I", data, 8)[0]
+    covered = data[HEADER:] if version == 1 else data[:48] + bytes(8) + data[56:]
+    h = 0x9E3779B97F4A7C15 ^ len(covered)
+    for (word,) in struct.iter_unpack("<Q", covered):
         h ^= (word * 0xC2B2AE3D27D4EB4F) & M64
         h = ((((h << 31) | (h >> 33)) & M64) * 0x9E3779B97F4A7C15) & M64
     return h ^ (h >> 29)
@@ -52,12 +55,12 @@ def test_round_trip_random(tmp_path_factory, sequences):
     trie = fs.Trie(sequences)
     trie.save(str(path))
     assert arrays(fs.Trie.load(str(path))) == arrays(trie)
-    assert checksum(path.read_bytes()[HEADER:]) == struct.unpack_from("<Q", path.read_bytes(), 48)[0]
+    assert checksum(path.read_bytes()) == struct.unpack_from("<Q", path.read_bytes(), 48)[0]
 
 
 def write_patched(path, data: bytearray, fix_checksum: bool):
     if fix_checksum:
-        struct.pack_into("<Q", data, 48, checksum(bytes(data[HEADER:])))
+        struct.pack_into("<Q", data, 48, checksum(bytes(data)))
     path.write_bytes(bytes(data))
 
 
@@ -80,13 +83,18 @@ def test_truncation_at_every_length(tmp_path, trie, mmap):
     "offset, value, match",
     [
         (0, b"NOTATRIE", "bad magic"),
-        (8, struct.pack("<I", 2), "unsupported version 2"),
-        (12, struct.pack("<I", 80), "unsupported version"),
+        (8, struct.pack("<I", 3), "unsupported version 3"),
+        (8, struct.pack("<I", 0), "unsupported version 0"),
+        (12, struct.pack("<I", 80), "header size 80"),
         (16, struct.pack("<Q", 0), "bad node count"),
         (16, struct.pack("<Q", 2**40), "bad node count"),
         (16, struct.pack("<Q", 5), "truncated"),
         (40, struct.pack("<Q", 8), "truncated"),
         (48, struct.pack("<Q", 12345), "checksum mismatch"),
+        (24, struct.pack("<Q", 5), "checksum mismatch"),  # num_items
+        (32, struct.pack("<i", 7), "checksum mismatch"),  # eos_id
+        (36, struct.pack("<i", 8), "checksum mismatch"),  # max_token
+        (56, struct.pack("<Q", 1), "checksum mismatch"),  # reserved
     ],
 )
 def test_damaged_header(tmp_path, trie, offset, value, match):
@@ -99,17 +107,46 @@ def test_damaged_header(tmp_path, trie, offset, value, match):
         fs.Trie.load(path)
 
 
-def test_flipped_payload_bits_fail_checksum(tmp_path, trie):
+def test_every_flipped_bit_is_rejected(tmp_path, trie):
     path = tmp_path / "t.trie"
     trie.save(path)
     data = path.read_bytes()
-    rng = np.random.default_rng(0)
-    for position in rng.integers(HEADER, len(data), size=40):
-        damaged = bytearray(data)
-        damaged[position] ^= 1 << int(rng.integers(0, 8))
-        path.write_bytes(bytes(damaged))
-        with pytest.raises(ValueError, match="checksum mismatch"):
-            fs.Trie.load(path)
+    for position in range(len(data)):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[position] ^= 1 << bit
+            path.write_bytes(bytes(damaged))
+            with pytest.raises(ValueError, match="checksum mismatch|bad magic|version|header size|node count|truncated"):
+                fs.Trie.load(path)
+
+
+def as_version_1(data: bytes) -> bytearray:
+    """A version 2 file rewritten as version 1, whose checksum covers the payload only."""
+    old = bytearray(data)
+    struct.pack_into("<I", old, 8, 1)
+    struct.pack_into("<Q", old, 48, checksum(bytes(old)))
+    return old
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_version_1_files_load(tmp_path, trie, mmap):
+    path = tmp_path / "t.trie"
+    trie.save(path)
+    path.write_bytes(bytes(as_version_1(path.read_bytes())))
+    loaded = fs.Trie.load(path, mmap=mmap)
+    assert arrays(loaded) == arrays(trie) and (loaded.eos_id, len(loaded)) == (trie.eos_id, len(trie))
+
+
+@pytest.mark.parametrize("eos_id", [7, 2**24, 2**31 - 1])
+def test_version_1_eos_id_that_is_no_token_is_rejected(tmp_path, trie, eos_id):
+    # Version 1's checksum leaves the header out; an eos that no entry ends with is still caught.
+    path = tmp_path / "t.trie"
+    trie.save(path)
+    data = as_version_1(path.read_bytes())
+    struct.pack_into("<i", data, 32, eos_id)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="bad eos_id"):
+        fs.Trie.load(path)
 
 
 def section_offsets(num_nodes):
@@ -132,6 +169,8 @@ def section_offsets(num_nodes):
         ("max_token", "max token mismatch"),
         ("stray_bits", "stray terminal bits"),
         ("eos", "bad eos_id"),
+        ("eos_not_a_token", "bad eos_id"),
+        ("reserved", "reserved header bytes"),
     ],
 )
 def test_structurally_invalid_file_with_valid_checksum(tmp_path, trie, damage, match):
@@ -162,6 +201,10 @@ def test_structurally_invalid_file_with_valid_checksum(tmp_path, trie, damage, m
         struct.pack_into("<Q", data, terminal, word | (1 << 63))
     elif damage == "eos":
         struct.pack_into("<i", data, 32, -7)
+    elif damage == "eos_not_a_token":
+        struct.pack_into("<i", data, 32, 7)
+    elif damage == "reserved":
+        struct.pack_into("<Q", data, 56, 1)
     write_patched(path, data, fix_checksum=True)
     with pytest.raises(ValueError, match=match):
         fs.Trie.load(path)

@@ -1,9 +1,12 @@
-// The trie file format, version 1 (little-endian):
+// The trie file format, version 2 (little-endian):
 //
 //   header (64 bytes): magic "PYFSTRIE", u32 version, u32 header size, u64 num_nodes, u64 num_items,
-//                      i32 eos_id, i32 max_token, u64 payload bytes, u64 payload checksum, 8 zero bytes
+//                      i32 eos_id, i32 max_token, u64 payload bytes, u64 checksum, 8 zero bytes
 //   payload:           child_begin u32[num_nodes + 1], child_token i32[num_nodes - 1] and the terminal
 //                      bitmap u64[ceil(num_nodes / 64)], each section zero-padded to 8 bytes.
+//
+// The checksum covers the header (its checksum field read as zero) and the payload. Version 1 files,
+// whose checksum covers the payload only, still load; their eos_id is checked against the tokens.
 //
 // Loading checks the size, the checksum and then every structural invariant the kernels rely on
 // (monotone offsets, children after their parent, ascending non-negative tokens, terminal leaves),
@@ -27,7 +30,7 @@ namespace pyfastseq {
 namespace {
 
 constexpr char kMagic[8] = {'P', 'Y', 'F', 'S', 'T', 'R', 'I', 'E'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 
 struct FileHeader {
   char magic[8];
@@ -54,14 +57,28 @@ struct Layout {
   uint64_t total() const { return begin_bytes + token_bytes + terminal_bytes; }
 };
 
-// A word-at-a-time multiplicative hash: catches flipped bits and truncation; not cryptographic.
-uint64_t checksum(const uint8_t* data, uint64_t bytes) {
-  uint64_t h = 0x9E3779B97F4A7C15ull ^ bytes;
+// A word-at-a-time multiplicative hash (`bytes` a multiple of 8) continuing from h: catches flipped
+// bits and truncation; not cryptographic.
+uint64_t hash_words(uint64_t h, const void* data, uint64_t bytes) {
+  const auto* p = static_cast<const uint8_t*>(data);
   for (uint64_t i = 0; i < bytes; i += 8) {
     uint64_t word;
-    std::memcpy(&word, data + i, 8);
+    std::memcpy(&word, p + i, 8);
     h ^= word * 0xC2B2AE3D27D4EB4Full;
     h = ((h << 31) | (h >> 33)) * 0x9E3779B97F4A7C15ull;
+  }
+  return h;
+}
+
+uint64_t checksum(const FileHeader& header, const uint8_t* payload, uint64_t payload_bytes) {
+  constexpr uint64_t kSeed = 0x9E3779B97F4A7C15ull;
+  uint64_t h;
+  if (header.version == 1) {
+    h = hash_words(kSeed ^ payload_bytes, payload, payload_bytes);
+  } else {
+    FileHeader covered = header;
+    covered.checksum = 0;
+    h = hash_words(hash_words(kSeed ^ (sizeof covered + payload_bytes), &covered, sizeof covered), payload, payload_bytes);
   }
   return h ^ (h >> 29);
 }
@@ -72,13 +89,15 @@ void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload
   if (payload_bytes != layout.total() || header.payload_bytes != layout.total())
     fail("trie file is truncated or has trailing bytes (payload ", payload_bytes, " bytes, expected ",
          layout.total(), ")");
-  if (checksum(payload, payload_bytes) != header.checksum) fail("trie file checksum mismatch: the file is corrupt");
+  if (checksum(header, payload, payload_bytes) != header.checksum) fail("trie file checksum mismatch: the file is corrupt");
+  if (header.reserved != 0) fail("trie file is corrupt: reserved header bytes are not zero");
   const auto* begin = reinterpret_cast<const uint32_t*>(payload);
   const auto* token = reinterpret_cast<const int32_t*>(payload + layout.begin_bytes);
   const auto* terminal = reinterpret_cast<const uint64_t*>(payload + layout.begin_bytes + layout.token_bytes);
   if (begin[0] != 0 || begin[n] != n - 1) fail("trie file is corrupt: bad child offsets");
   uint64_t items = 0;
   int32_t max_token = -1;
+  bool eos_seen = false;
   for (uint64_t node = 0; node < n; ++node) {
     const uint32_t lo = begin[node], hi = begin[node + 1];
     if (hi < lo) fail("trie file is corrupt: child offsets decrease at node ", node);
@@ -87,6 +106,7 @@ void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload
       if (token[e] < 0 || (e > lo && token[e] <= token[e - 1]))
         fail("trie file is corrupt: child tokens of node ", node, " are not ascending and non-negative");
       max_token = std::max(max_token, token[e]);
+      eos_seen |= token[e] == header.eos_id;
     }
     const bool is_terminal = (terminal[node >> 6] >> (node & 63)) & 1u;
     if (hi == lo && !is_terminal) fail("trie file is corrupt: leaf ", node, " is not terminal");
@@ -95,7 +115,8 @@ void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload
   if (n % 64 != 0 && (terminal[n >> 6] >> (n & 63)) != 0) fail("trie file is corrupt: stray terminal bits");
   if (items != header.num_items) fail("trie file is corrupt: item count mismatch");
   if (max_token != header.max_token) fail("trie file is corrupt: max token mismatch");
-  if (header.eos_id < -1) fail("trie file is corrupt: bad eos_id");
+  // Every entry of a trie with an eos ends with it, so a non-empty one holds it as a token.
+  if (header.eos_id < -1 || (header.eos_id >= 0 && items > 0 && !eos_seen)) fail("trie file is corrupt: bad eos_id");
 }
 
 }  // namespace
@@ -133,7 +154,7 @@ void Trie::save(const std::string& path) const {
   header.eos_id = eos_id_;
   header.max_token = max_token_;
   header.payload_bytes = layout.total();
-  header.checksum = checksum(payload.data(), payload.size());
+  header.checksum = checksum(header, payload.data(), payload.size());
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) fail("path: cannot open '", path, "' for writing");
   out.write(reinterpret_cast<const char*>(&header), sizeof header);
@@ -159,9 +180,14 @@ std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
     ::close(fd);
     fail("'", path, "' is not a pyfastseq trie file (bad magic)");
   }
-  if (header.version != kVersion || header.header_bytes != sizeof header) {
+  if (header.version < 1 || header.version > kVersion) {
     ::close(fd);
-    fail("trie file '", path, "' has unsupported version ", header.version, " (this build reads version ", kVersion, ")");
+    fail("trie file '", path, "' has unsupported version ", header.version, " (this build reads versions 1 to ",
+         kVersion, ")");
+  }
+  if (header.header_bytes != sizeof header) {
+    ::close(fd);
+    fail("trie file is corrupt: header size ", header.header_bytes, " (expected ", sizeof header, ")");
   }
   if (header.num_nodes < 1 || header.num_nodes > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
     ::close(fd);
