@@ -20,7 +20,7 @@ from . import _backend
 from ._backend import _C
 from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
 from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
-from ._validate import as_eos_id, as_token_array, pad_id_of
+from ._validate import INT32_MAX, as_eos_id, as_token_array, pad_id_of
 from .lookahead import LCSLookahead
 from .trie import Trie
 
@@ -211,8 +211,8 @@ class TrieBeamSearch(_BeamSearchBase):
         lookahead: None, or an object with ``deltas(trie, nodes, generated, batch_index) ->
             (row_offsets, deltas)`` (e.g. ``LCSLookahead``), called once per step (once per batch item
             when ``trie`` is a list) with CPU tensors: ``nodes`` int32 ``[N]`` (-1 for rows with nothing
-            to continue), ``generated`` int32 ``[N, t]`` (the tokens each row generated, ``prefix``
-            excluded) and ``batch_index`` int64 ``[N]``. Row r's children (ascending token order) get
+            to continue), ``generated`` int32 ``[N, len(prefix) + t]`` (each row's path from the trie's
+            root: ``prefix``, then the ``t`` tokens it generated) and ``batch_index`` int64 ``[N]``. Row r's children (ascending token order) get
             ``deltas[row_offsets[r]:row_offsets[r+1]]``; where some delta is positive and the row has
             more than one child, their full-vocabulary probabilities become ``p ** (1 / (delta + 1))``
             renormalised over the children. Rows with every delta 0, or an empty slice, keep their
@@ -274,6 +274,11 @@ class TrieBeamSearch(_BeamSearchBase):
     def _lookahead_deltas(self, nodes, generated, tries, batch_size):
         if self.lookahead is None:
             return None, None
+        if len(self.prefix):
+            path = np.empty((len(generated), len(self.prefix) + generated.shape[1]), dtype=np.int32)
+            path[:, : len(self.prefix)] = self.prefix
+            path[:, len(self.prefix):] = generated
+            generated = path
         k = self.num_beams
         if isinstance(self.lookahead, LCSLookahead):
             # The native lookahead takes the state's arrays as they are and leaves the rows the rule
@@ -338,6 +343,9 @@ def _checked_deltas(result: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"lookahead.deltas deltas must be a 1-D integer array, got shape {vals.shape}")
     if offs[0] != 0 or offs[-1] != vals.shape[0] or np.any(np.diff(offs) < 0):
         raise ValueError("lookahead.deltas row_offsets must start at 0, never decrease and end at len(deltas)")
+    if vals.size and (vals.max() > INT32_MAX or vals.min() < -INT32_MAX - 1):
+        beyond = int(vals.max()) if vals.max() > INT32_MAX else int(vals.min())
+        raise ValueError(f"lookahead.deltas gave a delta of {beyond}, beyond the int32 range")
     return np.ascontiguousarray(offs, dtype=np.int64), np.ascontiguousarray(vals, dtype=np.int32)
 
 

@@ -352,6 +352,14 @@ def test_trie_beam__bad_lookahead_deltas():
         fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=Wrong()).search(PrefixModel(8), 1)
     with pytest.raises(ValueError, match="negative"):
         fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=Negative()).search(PrefixModel(8), 1)
+    for huge in (2**31, 2**32 + 1, 2**40, -(2**31) - 1):  # would wrap to a valid int32 delta
+        class Huge:
+            def deltas(self, trie, nodes, generated, batch_index, huge=huge):
+                counts = [len(trie.children(n)[0]) if n >= 0 else 0 for n in nodes.tolist()]
+                return np.concatenate([[0], np.cumsum(counts)]), np.full(sum(counts), huge, dtype=np.int64)
+
+        with pytest.raises(ValueError, match=f"delta of {huge}, beyond the int32 range"):
+            fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=Huge()).search(PrefixModel(8), 1)
     with pytest.raises(TypeError, match="lookahead.deltas"):
         fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=type("L", (), {"deltas": lambda *a: None})()).search(
             PrefixModel(8), 1)

@@ -26,19 +26,24 @@ def kb_entries(rng):
     return [list(e) for e in sorted(entries)]
 
 
-def brute_force_best(ref, query, seed, normalize):
+def brute_force_best(ref, query, seed, normalize, prefix=()):
+    """The best entry below ``prefix`` (which the search consumes before decoding; the model sees
+    only the tokens after it), the lookahead's Δ taken over each entry's whole path."""
     best = None
     for entry in ref.sequences():
+        if tuple(entry[: len(prefix)]) != tuple(prefix):
+            continue
         total = 0.0
-        for t, token in enumerate(entry):
-            logp = torch.log_softmax(prefix_logits(tuple(entry[:t]), VOCAB, seed), -1)
+        for t in range(len(prefix), len(entry)):
+            token = entry[t]
+            logp = torch.log_softmax(prefix_logits(tuple(entry[len(prefix):t]), VOCAB, seed), -1)
             allowed = ref.children(entry[:t])
             sub = lookahead_reshape(logp, allowed, lookahead_deltas(ref, entry[:t], query, SEP))
             if normalize == "allowed":
                 sub = torch.log_softmax(sub, -1)
             total += float(sub[allowed.index(token)])
         if best is None or total > best[0]:
-            best = (total, entry)
+            best = (total, entry[len(prefix):])
     return best
 
 
@@ -69,3 +74,22 @@ def test_query_sharing_nothing_leaves_decoding_unchanged(seed):
     assert rescored.sequences == plain.sequences
     for got, expected in zip(rescored.scores, plain.scores):
         assert got == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("through", ["subject", "separator"])
+@pytest.mark.parametrize("seed", range(4))
+def test_lookahead_counts_the_prefix_as_part_of_the_path(seed, through):
+    # A prefix through the separator switches the rule on from the first generated token.
+    rng = random.Random(seed)
+    entries = kb_entries(rng)
+    trie, ref = fs.Trie(entries, eos_id=EOS), DictTrie(entries, eos_id=EOS)
+    query = [rng.randrange(2, VOCAB) for _ in range(5)]
+    entry = rng.choice(entries)
+    prefix = entry[: entry.index(SEP) + (1 if through == "separator" else 0)]
+    searcher = fs.TrieBeamSearch(trie, num_beams=len(entries), max_length=trie.depth, length_penalty=0.0,
+                                 early_stopping="never", prefix=prefix,
+                                 lookahead=fs.LCSLookahead(query, start_after=SEP))
+    out = searcher.search(PrefixModel(VOCAB, seed), 1)
+    score, best = brute_force_best(ref, query, seed, "full", prefix)
+    assert out.sequences[0][0] == best
+    assert out.scores[0][0] == pytest.approx(score, abs=1e-4)
