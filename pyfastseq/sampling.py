@@ -18,7 +18,7 @@ import torch
 from ._backend import _C
 from ._validate import as_eos_id, pad_id_of
 from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _host, _positive_int
-from .trie import Trie
+from .trie import Trie, check_eos_ends_entries
 
 __all__ = ["SampleOutput", "Sampler"]
 
@@ -97,6 +97,7 @@ class Sampler:
             if self.min_ends != 1:
                 raise ValueError(f"min_ends must be 1 with a trie (a row ends at a leaf), got {self.min_ends}")
         self.eos_id = as_eos_id(eos_id)
+        check_eos_ends_entries(self.tries, self.eos_id, "Sampler")
 
     def search(self, step_fn: StepFn, batch_size: int, max_length: int | None = None,
                num_samples: int = 1) -> SampleOutput:

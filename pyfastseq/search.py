@@ -22,7 +22,7 @@ from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
 from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
 from ._validate import INT32_MAX, as_eos_id, as_token_array, pad_id_of
 from .lookahead import LCSLookahead
-from .trie import Trie
+from .trie import Trie, check_eos_ends_entries
 
 __all__ = ["BeamSearch", "BeamSearchOutput", "TrieBeamSearch"]
 
@@ -245,6 +245,7 @@ class TrieBeamSearch(_BeamSearchBase):
         if len(eos_ids) > 1:
             raise ValueError(f"every trie in trie must share one eos_id, got {sorted(eos_ids, key=str)}")
         self.eos_id = eos_ids.pop()
+        check_eos_ends_entries(self.tries, self.eos_id, "TrieBeamSearch")
         if normalize not in ("full", "allowed"):
             raise ValueError(f'normalize must be "full" or "allowed", got {normalize!r}')
         self.normalize = normalize

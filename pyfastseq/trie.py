@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -117,6 +117,20 @@ class Trie:
         return sum(a.nbytes for a in self._native.arrays())
 
     # -- lookups -----------------------------------------------------------------------------
+
+    def _path_continuing_after(self, token: int) -> list[int] | None:
+        """A path from the root that ends with ``token`` and has children below it, or None: a
+        decode that ends at ``token`` would stop inside such an entry."""
+        child_begin, child_token, _ = self._native.arrays()
+        nodes = np.flatnonzero(child_token == token) + 1  # edge e leads to node e + 1
+        inner = nodes[child_begin[nodes + 1] > child_begin[nodes]]
+        if not len(inner):
+            return None
+        path, node = [], int(inner[0])
+        while node:
+            path.append(int(child_token[node - 1]))
+            node = int(np.searchsorted(child_begin, node - 1, side="right")) - 1  # the parent
+        return path[::-1]
 
     def walk(self, seq: Any) -> int:
         """Node id after consuming ``seq`` from the root, or -1 if ``seq`` is not a stored prefix."""
@@ -330,3 +344,17 @@ def _shown(node: torch.Tensor) -> str:
 @_trie_mask_op.register_fake
 def _(logits, nodes, child_begin, child_token, fill):
     return None
+
+
+def check_eos_ends_entries(tries: Sequence[Trie], eos_id: int | None, decoder: str) -> None:
+    """Raise if ``decoder``, which ends a row at ``eos_id``, could stop inside an entry of ``tries``
+    (an entry holding eos before its end): its output would then not be an entry."""
+    if eos_id is None or eos_id < 0:
+        return
+    for trie in tries:
+        path = trie._path_continuing_after(eos_id)
+        if path is not None:
+            raise ValueError(
+                f"trie holds eos_id {eos_id} inside an entry (tokens follow the path {path}): {decoder} ends a "
+                "row at eos, so it would return that path, which is not an entry; keep eos out of the entries' middle"
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 import numpy as np
 import pytest
@@ -508,3 +509,20 @@ def test_trie_beam__lookahead_with_per_item_tries__same_as_shared():
     shared = fs.TrieBeamSearch(trie, lookahead=FakeLookahead(), **kwargs).search(PrefixModel(vocab, 8), 2)
     per_item = fs.TrieBeamSearch([trie, trie], lookahead=FakeLookahead(), **kwargs).search(PrefixModel(vocab, 8), 2)
     assert per_item == shared
+
+
+@pytest.mark.parametrize("entries,path", [([[5, 3, 6], [7, 8]], [5, 3]), ([[5, 3], [5, 3, 6]], [5, 3]),
+                                          ([[7], [2, 9, 3, 3]], [2, 9, 3])])
+def test_trie_with_eos_inside_an_entry__raises(entries, path):
+    # A hypothesis ends when it picks eos, so [5, 3] would be returned from [5, 3, 6, 3]: not an entry.
+    trie = fs.Trie(entries, eos_id=3)
+    with pytest.raises(ValueError, match=re.escape(f"trie holds eos_id 3 inside an entry (tokens follow the path {path})")):
+        fs.TrieBeamSearch(trie)
+    with pytest.raises(ValueError, match="eos_id 3 inside an entry"):
+        fs.TrieBeamSearch([fs.Trie([[1]], eos_id=3), trie])
+    with pytest.raises(ValueError, match="eos_id 3 inside an entry"):
+        fs.Sampler(trie=trie)
+    fs.TrieBeamSearch(fs.Trie(entries))  # no eos: rows end at leaves only
+    fs.Sampler(trie=trie, eos_id=4)  # the sampler ends rows at its own eos
+    with pytest.raises(ValueError, match=re.escape("eos_id 6 inside an entry (tokens follow the path [5, 3, 6])")):
+        fs.Sampler(trie=fs.Trie([[5, 3, 6, 1]], eos_id=3), eos_id=6)
