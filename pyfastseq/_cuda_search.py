@@ -231,10 +231,11 @@ class DeviceSearch:
             elif self.status.finished(self.step, logits.shape[1]):
                 break
             # Copies: the next step overwrites these buffers while step_fn may still hold its inputs.
-            logits = checked(step_fn(tokens.clone(), beam_idx.clone()))
-            if logits.device != self.state.device:
+            logits = step_fn(tokens.clone(), beam_idx.clone())
+            if isinstance(logits, torch.Tensor) and logits.device != self.state.device:
                 raise ValueError(f"step_fn returned logits on {logits.device}, but on {self.state.device} at the "
                                  "first step: a search runs on one device")
+            logits = checked(logits)
             if lookahead:
                 # The model's step is queued: the host walks the trie while the GPU runs it. Waiting
                 # for this step's status waits for the bookkeeping, not for the model.

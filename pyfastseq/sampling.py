@@ -148,7 +148,7 @@ class Sampler:
         tokens = torch.zeros(rows, 0, dtype=torch.long)
         beam_idx = torch.arange(rows)
         for step in range(max_length):
-            logits = _host(_BeamSearchBase._checked_logits(step_fn(tokens, beam_idx), rows, self.tries))
+            logits = _host(_BeamSearchBase._checked_logits(step_fn(tokens, beam_idx), rows, self.tries, self.eos_id))
             drawn, logprob, node = _sample_step(logits, temperature, self.top_k, self.top_p, seed, step, active,
                                                 nodes, natives, num_samples)
             live = active.copy()

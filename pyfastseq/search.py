@@ -102,7 +102,7 @@ class _BeamSearchBase:
         rows = batch_size * self.num_beams
 
         def checked(logits):
-            return self._checked_logits(logits, rows, tries)
+            return self._checked_logits(logits, rows, tries, eos_id)
 
         logits = checked(step_fn(torch.zeros(rows, 0, dtype=torch.long), torch.arange(rows)))
         if self._on_device(logits):
@@ -164,7 +164,7 @@ class _BeamSearchBase:
         return _backend.on_gpu(logits) and self.num_beams <= MAX_BEAMS and has_cuda_module()
 
     @staticmethod
-    def _checked_logits(logits: Any, rows: int, tries: Sequence[Trie]) -> torch.Tensor:
+    def _checked_logits(logits: Any, rows: int, tries: Sequence[Trie], eos_id: int = -1) -> torch.Tensor:
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"step_fn must return a torch.Tensor of logits, got {type(logits).__name__}")
         if logits.dtype not in _DTYPE_CODES:
@@ -178,6 +178,8 @@ class _BeamSearchBase:
             )
         if logits.shape[1] == 0:
             raise ValueError("logits returned by step_fn have an empty vocabulary dimension")
+        if eos_id >= logits.shape[1]:
+            raise ValueError(f"eos_id is {eos_id} but logits has only {logits.shape[1]} columns (vocabulary)")
         for trie in tries:
             if trie.max_token >= logits.shape[1]:
                 raise ValueError(

@@ -310,6 +310,14 @@ def test_trie_beam__bad_logits(step, error, match):
         fs.TrieBeamSearch(TRIE, num_beams=2).search(step, 2)
 
 
+def test_eos_id_beyond_the_vocabulary__raises():
+    step = step_returning(lambda n: torch.zeros(n, 8))
+    for decoder in (fs.BeamSearch(8, num_beams=2), fs.Sampler(eos_id=100)):
+        with pytest.raises(ValueError, match=r"eos_id is \d+ but logits has only 8 columns"):
+            decoder.search(step, 1)
+    assert fs.BeamSearch(7, num_beams=2, max_length=2).search(step, 1).sequences
+
+
 @pytest.mark.parametrize("value,match", [(float("nan"), "row 0 contains NaN"), (float("inf"), r"row 0 contains \+inf")])
 def test_beam_search__nan_or_plus_inf_logits_unconstrained(value, match):
     with pytest.raises(ValueError, match=match):
