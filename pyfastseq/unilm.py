@@ -10,12 +10,14 @@ e.g. ``[CLS] source [SEP]`` and ``target [SEP]``.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+import numbers
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ._hf_cache import cache_kwarg
+from ._validate import as_token_array
 from .attention import hf
 
 __all__ = ["UniLM", "UniLMStep"]
@@ -40,17 +42,39 @@ class UniLM(torch.nn.Module):
         self.has_head = model.get_output_embeddings() is not None
 
     def batch(self, pairs: Sequence[Pair], device=None) -> dict:
-        """Right-padded ``input_ids``, ``token_type_ids``, ``prefix_lens``, ``seq_lens`` (all int64)."""
-        if len(pairs) == 0:
-            raise ValueError("pairs must hold at least one (source, target) pair")
+        """Right-padded ``input_ids``, ``token_type_ids``, ``prefix_lens``, ``seq_lens`` (all int64).
+
+        Each pair holds integer token ids in ``[0, vocab_size)``, a non-empty source and at most the
+        model's ``max_position_embeddings`` tokens.
+        """
+        return self._encode(self._pairs(pairs), device, "pairs")
+
+    def _pairs(self, pairs: Sequence[Pair]) -> list[tuple[list[int], list[int]]]:
+        """(source ids, target ids) of each pair, checked."""
         rows = []
-        for i, pair in enumerate(pairs):
-            if len(pair) != 2:
-                raise ValueError(f"pairs[{i}] must be a (source, target) pair")
-            source, target = (list(map(int, seq)) for seq in pair)
+        for i, pair in enumerate(_nonempty_list(pairs, "pairs", "(source, target) pair")):
+            try:
+                source, target = pair
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"pairs[{i}] must be a (source, target) pair") from None
+            rows.append((self._token_ids(source, f"pairs[{i}][0]"), self._token_ids(target, f"pairs[{i}][1]")))
+        return rows
+
+    def _token_ids(self, values: Any, name: str) -> list[int]:
+        ids = as_token_array(values, name)
+        if ids.size and int(ids.max()) >= self.vocab_size:
+            raise ValueError(f"{name} holds token id {int(ids.max())} outside [0, {self.vocab_size})")
+        return ids.tolist()
+
+    def _encode(self, rows: list[tuple[list[int], list[int]]], device, name: str) -> dict:
+        """:meth:`batch` of checked (source, target) id lists; ``name[b]`` labels row ``b`` in messages."""
+        max_len = getattr(self.model.config, "max_position_embeddings", None)
+        for b, (source, target) in enumerate(rows):
             if not source:
-                raise ValueError(f"pairs[{i}] has an empty source")
-            rows.append((source, target))
+                raise ValueError(f"{name}[{b}] has an empty source")
+            if max_len is not None and len(source) + len(target) > max_len:
+                raise ValueError(f"{name}[{b}] has {len(source) + len(target)} tokens, more than the model's "
+                                 f"max_position_embeddings ({max_len})")
         L = max(len(s) + len(t) for s, t in rows)
         input_ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(rows), L), dtype=torch.long)
@@ -63,8 +87,6 @@ class UniLM(torch.nn.Module):
             "prefix_lens": torch.tensor([len(s) for s, _ in rows]),
             "seq_lens": torch.tensor([len(s) + len(t) for s, t in rows]),
         }
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
-            raise ValueError(f"pairs hold a token id outside [0, {self.vocab_size})")
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
     @property
@@ -87,10 +109,16 @@ class UniLM(torch.nn.Module):
         """Mean cross-entropy over the target tokens (each predicted from the position before it).
 
         Only target positions are projected onto the vocabulary: with a tied 30k-word projection that
-        product, not the encoder, dominates a training step on short pairs.
+        product, not the encoder, dominates a training step on short pairs. Pairs with no target
+        token at all raise ``ValueError``.
         """
+        rows = self._pairs(pairs)
+        # cross_entropy over no targets is NaN (0 / 0), which would poison the weights; a 0 with no
+        # gradient would read as a perfect fit and still step the optimizer (momentum, weight decay).
+        if not any(target for _, target in rows):
+            raise ValueError("pairs hold no target tokens: there is nothing to compute a loss over")
         device = self.model.get_input_embeddings().weight.device
-        enc = self.batch(pairs, device)
+        enc = self._encode(rows, device, "pairs")
         outputs = self.model(**enc)
         L = enc["input_ids"].shape[1]
         pos = torch.arange(1, L, device=device)
@@ -116,25 +144,38 @@ class UniLMStep:
     """
 
     def __init__(self, unilm: UniLM, sources: Sequence[Sequence[int]], num_beams: int):
+        if isinstance(num_beams, bool) or not isinstance(num_beams, numbers.Integral):
+            raise TypeError(f"num_beams must be an int, got {type(num_beams).__name__}")
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        sources = _nonempty_list(sources, "sources", "token sequence")
+        rows = [(unilm._token_ids(s, f"sources[{i}]"), []) for i, s in enumerate(sources)]
         self.unilm = unilm
         self.device = unilm.model.get_input_embeddings().weight.device
-        self.encoded = unilm.batch([(s, []) for s in sources], self.device)
-        self.num_beams = num_beams
-        self.source_lens = self.encoded["prefix_lens"].repeat_interleave(num_beams)  # [N]
+        self.encoded = unilm._encode(rows, self.device, "sources")
+        self.longest_source = max(len(s) for s, _ in rows)
+        self.max_positions = getattr(unilm.model.config, "max_position_embeddings", None)
+        self.num_beams = int(num_beams)
+        self.source_lens = self.encoded["prefix_lens"].repeat_interleave(self.num_beams)  # [N]
         self.num_rows = self.source_lens.numel()
         self.cache, self.cache_name = None, cache_kwarg(unilm.model)
         self.steps = 0
 
     def __call__(self, tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
+        _check_ids(tokens, "tokens", self.unilm.vocab_size)
         if tokens.dim() != 2 or tokens.shape[0] != self.num_rows or tokens.shape[1] > 1:
             raise ValueError(f"tokens must be [{self.num_rows}, 1] (or [{self.num_rows}, 0] at the first call), "
                              f"got {tuple(tokens.shape)}")
+        _check_ids(beam_idx, "beam_idx", self.num_rows)
+        if beam_idx.shape != (self.num_rows,):
+            raise ValueError(f"beam_idx must have shape ({self.num_rows},), got {tuple(beam_idx.shape)}")
         if tokens.shape[1] == 0:
             return self.prefill()
         if self.cache is None:
             raise ValueError("the first call must pass tokens of shape [N, 0]")
+        if self.max_positions is not None and self.longest_source + self.steps >= self.max_positions:
+            raise ValueError(f"tokens would take position {self.longest_source + self.steps}, past the model's "
+                             f"max_position_embeddings ({self.max_positions})")
         self.cache.reorder_cache(beam_idx.to(self.device, torch.long))
         return self.extend(tokens)
 
@@ -147,6 +188,7 @@ class UniLMStep:
         fork.cache = copy.deepcopy(self.cache)
         fork.cache.reorder_cache(index)
         fork.source_lens = self.source_lens[index]
+        fork.longest_source = int(fork.source_lens.max()) if index.numel() else 0
         fork.num_rows = index.numel()
         return fork
 
@@ -178,3 +220,25 @@ class UniLMStep:
         )
         self.steps += 1
         return self.unilm.logits(outputs)[:, -1]
+
+
+def _nonempty_list(values: Any, name: str, item: str) -> list:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of {item}s, got {type(values).__name__}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} must hold at least one {item}")
+    return values
+
+
+def _check_ids(values: Any, name: str, bound: int) -> None:
+    """``values`` must be an integer tensor with entries in ``[0, bound)``. Values on a GPU are not read
+    back: the searches keep them there so that no step waits for the host."""
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
+    if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:
+        raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
+    if values.device.type == "cpu" and values.numel():
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= bound:
+            raise ValueError(f"{name} must lie in [0, {bound}), got {lo if lo < 0 else hi}")

@@ -171,6 +171,23 @@ def test_torch_backend_gradients_match_autograd(monkeypatch):
     check_against_reference(2, 2, 29, 32, "random", True, torch.float32, "cpu")
 
 
+@pytest.mark.parametrize("D", [1, 16, 48, 80])
+def test_torch_backend_any_head_dim(D, monkeypatch):
+    # Only the Triton kernels need a head dim of 32, 64 or 128; the fallback takes any.
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    check_against_reference(2, 2, 29, D, "random", True, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("D", [16, 48])
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=needs_cpu_kernel),
+                                    pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_kernel_head_dims(device, D):
+    if device == "cuda" and not HAS_TRITON:
+        pytest.skip("needs triton")
+    with pytest.raises(ValueError, match=r"q's head dim must be one of \(32, 64, 128\) on the Triton kernels, got"):
+        fs.unilm_attention(*_qkv((2, 2, 8, D), device=device), [1, 2])
+
+
 def test_torch_compile_fullgraph(monkeypatch):
     monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
     gen = torch.Generator().manual_seed(5)
@@ -202,6 +219,46 @@ def test_unilm_mask_matches_brute_force(L):
                 assert bool(mask[b, i, j]) == (i < n and j < n and (j < s or s <= j <= i)), (b, i, j)
 
 
+def test_prefix_past_the_row_makes_the_whole_row_source():
+    # Both functions treat a prefix longer than its row as the whole row (as the kernels clamp it).
+    prefix, seq = torch.tensor([7, 2]), torch.tensor([4, 3])
+    assert torch.equal(fs.unilm_mask(prefix, seq, 8), fs.unilm_mask(torch.tensor([4, 2]), seq, 8))
+    q, k, v = _qkv()
+    torch.testing.assert_close(fs.unilm_attention(q, k, v, prefix, seq),
+                               unilm_attention_reference(q, k, v, torch.tensor([4, 2]), seq), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    (([2], [9], 8), ValueError, r"seq_lens must lie in \[0, L\] = \[0, 8\], got 9"),
+    (([-1], [5], 8), ValueError, r"prefix_lens must lie in \[0, L\] = \[0, 8\], got -1"),
+    (([0], [-2], 8), ValueError, r"seq_lens must lie in \[0, L\] = \[0, 8\], got -2"),
+    (([1.0], [2], 3), TypeError, "prefix_lens must hold integers"),
+    (([1], [2.9], 3), TypeError, "seq_lens must hold integers"),
+    ((None, None, 3), TypeError, r"prefix_lens must be a \[B\] tensor or sequence of integers, got None"),
+    (("ab", None, 3), TypeError, "prefix_lens must be a"),
+    (([[1]], None, 3), ValueError, r"prefix_lens must be 1-D \[B\]"),
+    (([1, 2], [1], 3), ValueError, r"seq_lens must have shape \(2,\)"),
+    (([1], [1], -1), ValueError, "L must be >= 0"),
+    (([1], [1], 2.0), TypeError, "L must be an int, got float"),
+    (([1], [1], "3"), TypeError, "L must be an int, got str"),
+    (([1], [1], True), TypeError, "L must be an int, got bool"),
+])
+def test_unilm_mask_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        fs.unilm_mask(*args)
+
+
+def test_unilm_mask_memory_limit():
+    before = fs.get_memory_limit()
+    fs.set_memory_limit(1 << 20)
+    try:
+        with pytest.raises(MemoryError, match=r"unilm_mask of shape \(2, 1000000, 1000000\)"):
+            fs.unilm_mask([1, 1], None, 10**6)
+        assert fs.unilm_mask([1, 1], None, 512).shape == (2, 512, 512)
+    finally:
+        fs.set_memory_limit(before)
+
+
 def test_unilm_mask_default_lengths():
     mask = fs.unilm_mask(torch.tensor([2]), None, 4)[0]
     assert mask.tolist() == [
@@ -214,8 +271,8 @@ def test_unilm_mask_default_lengths():
 
 # ---- bad input ------------------------------------------------------------------------------------
 
-def _qkv(shape=(2, 2, 8, 32), dtype=torch.float32):
-    return [torch.randn(shape, dtype=dtype) for _ in range(3)]
+def _qkv(shape=(2, 2, 8, 32), dtype=torch.float32, device="cpu"):
+    return [torch.randn(shape, dtype=dtype, device=device) for _ in range(3)]
 
 
 @pytest.mark.parametrize("mutate, exc, match", [
@@ -225,13 +282,14 @@ def _qkv(shape=(2, 2, 8, 32), dtype=torch.float32):
     (lambda a: a.update(q=a["q"].long()), TypeError, "q must be float16"),
     (lambda a: a.update(k=a["k"].half()), TypeError, "k must have q's dtype"),
     (lambda a: a.update(q=[1, 2]), TypeError, "q must be a torch.Tensor"),
-    (lambda a: a.update(q=torch.randn(2, 2, 8, 48), k=torch.randn(2, 2, 8, 48), v=torch.randn(2, 2, 8, 48)),
-     ValueError, "head dim"),
     (lambda a: a.update(prefix_lens=[1, 2, 3]), ValueError, r"prefix_lens must have shape \(2,\)"),
-    (lambda a: a.update(prefix_lens=[1, 9]), ValueError, r"prefix_lens must lie in \[0, 8\]"),
+    (lambda a: a.update(prefix_lens=[1, 9]), ValueError, r"prefix_lens must lie in \[0, q.shape\[2\]\] = \[0, 8\]"),
     (lambda a: a.update(prefix_lens=[-1, 0]), ValueError, "prefix_lens must lie"),
     (lambda a: a.update(prefix_lens=[0.5, 1.0]), TypeError, "prefix_lens must hold integers"),
-    (lambda a: a.update(seq_lens=[8, 10]), ValueError, r"seq_lens must lie in \[0, 8\]"),
+    (lambda a: a.update(prefix_lens=None), TypeError, r"prefix_lens must be a \[B\] tensor or sequence of integers"),
+    (lambda a: a.update(prefix_lens=[[1], [2, 3]]), TypeError, "prefix_lens must be a"),
+    (lambda a: a.update(seq_lens=[8, 10]), ValueError, r"seq_lens must lie in \[0, q.shape\[2\]\] = \[0, 8\]"),
+    (lambda a: a.update(seq_lens=[]), ValueError, r"seq_lens must have shape \(2,\)"),
     (lambda a: a.update(seq_lens=torch.tensor([True, False])), TypeError, "seq_lens must hold integers"),
     (lambda a: a.update(scale="big"), TypeError, "scale must be a finite float"),
     (lambda a: a.update(scale=float("nan")), TypeError, "scale must be a finite float"),
@@ -250,9 +308,20 @@ def test_bad_backend_variable(monkeypatch):
         fs.unilm_attention(*_qkv(), [1, 2])
 
 
-def test_empty_batch():
-    q, k, v = _qkv((0, 2, 8, 32))
-    assert fs.unilm_attention(q, k, v, torch.zeros(0, dtype=torch.long)).shape == (0, 2, 8, 32)
+@pytest.mark.parametrize("lengths", [torch.zeros(0, dtype=torch.long), [], ()], ids=["tensor", "list", "tuple"])
+def test_empty_batch(lengths):
+    # As scaled_dot_product_attention: an empty batch gives an empty output (and gradient).
+    q, k, v = (t.requires_grad_() for t in _qkv((0, 2, 8, 32)))
+    out = fs.unilm_attention(q, k, v, lengths, lengths)
+    assert out.shape == torch.nn.functional.scaled_dot_product_attention(q, k, v).shape == (0, 2, 8, 32)
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
+def test_empty_head_dim(monkeypatch):
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    q, k, v = _qkv((2, 2, 8, 0))
+    assert fs.unilm_attention(q, k, v, [1, 2]).shape == torch.nn.functional.scaled_dot_product_attention(q, k, v).shape
 
 
 # ---- GPU ------------------------------------------------------------------------------------------

@@ -143,12 +143,6 @@ def test_lengths_from_segments():
 
 def test_bad_input():
     unilm = fs.UniLM(BertModel(tiny_config()))
-    with pytest.raises(ValueError, match="empty source"):
-        unilm.batch([([], [1, 2])])
-    with pytest.raises(ValueError, match="token id outside"):
-        unilm.batch([([2, VOCAB], [1])])
-    with pytest.raises(ValueError, match="at least one"):
-        unilm.batch([])
     with pytest.raises(ValueError, match="needs prefix_lens"):
         unilm.model(input_ids=torch.ones(1, 4, dtype=torch.long))
     step = unilm.step_fn([[2, 3]], num_beams=2)
@@ -159,6 +153,92 @@ def test_bad_input():
     dropout = fs.UniLM(BertModel(tiny_config(attention_probs_dropout_prob=0.1)).train())
     with pytest.raises(ValueError, match="attention_probs_dropout_prob"):
         dropout.loss(PAIRS)
+
+
+@pytest.mark.parametrize("pairs, exc, match", [
+    ([], ValueError, r"pairs must hold at least one \(source, target\) pair"),
+    (None, TypeError, r"pairs must be a sequence of \(source, target\) pairs, got NoneType"),
+    (5, TypeError, "pairs must be a sequence"),
+    ("ab", TypeError, "pairs must be a sequence"),
+    ([([2, 3], [1.7])], TypeError, r"pairs\[0\]\[1\] must hold integer token ids, got dtype float"),
+    ([([2, 3], [4]), ([True], [False])], TypeError, r"pairs\[1\]\[0\] must hold integer token ids, got dtype bool"),
+    ([(["a"], [4])], TypeError, r"pairs\[0\]\[0\] must hold integer token ids"),
+    ([([2, -1], [4])], ValueError, r"pairs\[0\]\[0\] holds token id -1"),
+    ([([2, 3], [4, VOCAB])], ValueError, rf"pairs\[0\]\[1\] holds token id {VOCAB} outside \[0, {VOCAB}\)"),
+    ([([], [1, 2])], ValueError, r"pairs\[0\] has an empty source"),
+    ([7], TypeError, r"pairs\[0\] must be a \(source, target\) pair"),
+    ([([2, 3], [4], [5])], ValueError, r"pairs\[0\] must be a \(source, target\) pair"),
+    ([([2] * 40, [4] * 25)], ValueError, r"pairs\[0\] has 65 tokens, more than the model's max_position_embeddings"),
+])
+def test_batch_bad_input(pairs, exc, match):
+    unilm = fs.UniLM(BertModel(tiny_config()))
+    with pytest.raises(exc, match=match):
+        unilm.batch(pairs)
+    with pytest.raises(exc, match=match):
+        unilm.loss(pairs)
+
+
+def test_batch_at_max_positions():
+    unilm = fs.UniLM(BertModel(tiny_config()))
+    assert unilm.batch([([2] * 40, [4] * 24)])["input_ids"].shape == (1, 64)
+
+
+def test_loss_without_targets():
+    unilm = fs.UniLM(BertModel(tiny_config()))
+    with pytest.raises(ValueError, match="pairs hold no target tokens"):
+        unilm.loss([([2, 3], []), ([4, 3], [])])
+    assert torch.isfinite(unilm.loss([([2, 3], []), ([4, 3], [5])]))  # one target suffices
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(num_beams=1.5), TypeError, "num_beams must be an int, got float"),
+    (dict(num_beams="2"), TypeError, "num_beams must be an int, got str"),
+    (dict(num_beams=True), TypeError, "num_beams must be an int, got bool"),
+    (dict(num_beams=0), ValueError, "num_beams must be >= 1"),
+    (dict(sources=None), TypeError, "sources must be a sequence of token sequences, got NoneType"),
+    (dict(sources=[]), ValueError, "sources must hold at least one token sequence"),
+    (dict(sources=[[2, 3], [2, VOCAB]]), ValueError, rf"sources\[1\] holds token id {VOCAB}"),
+    (dict(sources=[[2, 3], [0.5]]), TypeError, r"sources\[1\] must hold integer token ids"),
+    (dict(sources=[[2, 3], []]), ValueError, r"sources\[1\] has an empty source"),
+    (dict(sources=[[2] * 65]), ValueError, r"sources\[0\] has 65 tokens, more than the model's max_position"),
+])
+def test_step_fn_bad_arguments(kwargs, exc, match):
+    unilm = fs.UniLM(BertModel(tiny_config()))
+    with pytest.raises(exc, match=match):
+        unilm.step_fn(**{"sources": [[2, 3]], **kwargs})
+
+
+@pytest.mark.parametrize("tokens, beam_idx, exc, match", [
+    (torch.tensor([[VOCAB], [1]]), torch.arange(2), ValueError, rf"tokens must lie in \[0, {VOCAB}\), got {VOCAB}"),
+    (torch.tensor([[-1], [1]]), torch.arange(2), ValueError, rf"tokens must lie in \[0, {VOCAB}\), got -1"),
+    (torch.ones(2, 1), torch.arange(2), TypeError, "tokens must hold integers"),
+    ([[1], [1]], torch.arange(2), TypeError, "tokens must be a torch.Tensor"),
+    (torch.ones(2, 1, dtype=torch.long), torch.tensor([0, 2]), ValueError, r"beam_idx must lie in \[0, 2\), got 2"),
+    (torch.ones(2, 1, dtype=torch.long), torch.tensor([0, -1]), ValueError, r"beam_idx must lie in \[0, 2\), got -1"),
+    (torch.ones(2, 1, dtype=torch.long), torch.tensor([0.0, 1.0]), TypeError, "beam_idx must hold integers"),
+    (torch.ones(2, 1, dtype=torch.long), torch.arange(2)[:, None], ValueError, r"beam_idx must have shape \(2,\)"),
+    (torch.ones(2, 1, dtype=torch.long), None, TypeError, "beam_idx must be a torch.Tensor"),
+])
+def test_step_bad_call(tokens, beam_idx, exc, match):
+    unilm = fs.UniLM(BertModel(tiny_config()).eval())
+    step = unilm.step_fn([[2, 3]], num_beams=2)
+    step(torch.zeros(2, 0, dtype=torch.long), torch.arange(2))
+    with pytest.raises(exc, match=match):
+        step(tokens, beam_idx)
+    assert step(torch.ones(2, 1, dtype=torch.long), torch.arange(2)).shape == (2, VOCAB)  # still usable
+
+
+def test_step_past_max_positions():
+    unilm = fs.UniLM(BertModel(tiny_config(max_position_embeddings=8)).eval())
+    step = unilm.step_fn([[2, 5, 6, 7, 8, 3], [2, 3]])
+    step(torch.zeros(2, 0, dtype=torch.long), torch.arange(2))
+    for _ in range(2):  # positions 6 and 7 of the longer row
+        step(torch.ones(2, 1, dtype=torch.long), torch.arange(2))
+    with pytest.raises(ValueError, match=r"tokens would take position 8, past the model's max_position_embeddings"):
+        step(torch.ones(2, 1, dtype=torch.long), torch.arange(2))
+    # A fork that keeps only the shorter row still has room.
+    fork = step.fork(torch.tensor([1, 1]))
+    assert fork(torch.ones(2, 1, dtype=torch.long), torch.arange(2)).shape == (2, VOCAB)
 
 
 def test_cached_chunk_of_target_tokens_is_causal():

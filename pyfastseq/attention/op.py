@@ -26,6 +26,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .reference import (
+    check_lengths,
     unilm_attention_reference,
     unilm_attention_reference_backward,
     unilm_attention_reference_lse,
@@ -159,27 +160,12 @@ def _check_qkv(q, k, v) -> None:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
-    if q.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"q's head dim must be one of {HEAD_DIMS}, got {q.shape[-1]}")
 
 
 def _as_lengths(values, name: str, B: int, L: int, device: torch.device) -> torch.Tensor:
-    """``values`` as int32 [B] on ``device``; ranges are checked when they live on the CPU.
-
-    Lengths already on the GPU are not read back (that would synchronise the stream); the kernels
-    clamp them into [0, L].
-    """
-    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
-    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
-        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
-    if t.shape != (B,):
-        raise ValueError(f"{name} must have shape ({B},) (one entry per batch row), got {tuple(t.shape)}")
-    if t.device.type == "cpu":
-        if B and not torch.compiler.is_compiling():
-            lo, hi = int(t.min()), int(t.max())
-            if lo < 0 or hi > L:
-                raise ValueError(f"{name} must lie in [0, {L}] (L = q.shape[2]), got {lo if lo < 0 else hi}")
-    elif t.device != device:
+    """``values`` as int32 [B] on ``device``, checked by :func:`check_lengths`."""
+    t = check_lengths(values, name, L, B, L_name="q.shape[2]")
+    if t.device.type != "cpu" and t.device != device:
         raise ValueError(f"{name} must be on the CPU or on q's device {device}, got {t.device}")
     return t.to(device=device, dtype=torch.int32, non_blocking=True)
 
@@ -195,17 +181,22 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
 
         out = softmax(q @ k^T * scale, masked) @ v        scale defaults to D ** -0.5
 
-    ``q, k, v``: same shape, dtype (fp16/bf16/fp32) and device; head dim 32, 64 or 128; any L and
-    any strides. ``prefix_lens``/``seq_lens``: ``[B]`` integers on the CPU or on q's device (O(B)
-    metadata: no mask tensor, no recompilation when they change). CUDA runs Triton kernels; CPU
-    runs them under ``TRITON_INTERPRET=1``, else a dense-mask PyTorch fallback (module doc).
+    ``q, k, v``: same shape, dtype (fp16/bf16/fp32) and device; any L and any strides; head dim 32,
+    64 or 128 on the Triton kernels, any on the PyTorch fallback. ``prefix_lens``/``seq_lens``:
+    ``[B]`` integers in ``[0, L]`` on the CPU or on q's device (O(B) metadata: no mask tensor, no
+    recompilation when they change); a prefix longer than its row makes the whole row source. CUDA
+    runs Triton kernels; CPU runs them under ``TRITON_INTERPRET=1``, else a dense-mask PyTorch
+    fallback (module doc).
     """
     _check_qkv(q, k, v)
     B, _, L, D = q.shape
+    if D not in HEAD_DIMS and backend_for(q.device, q.dtype) == "triton":
+        raise ValueError(f"q's head dim must be one of {HEAD_DIMS} on the Triton kernels, got {D} "
+                         "(the PyTorch fallback, PYFASTSEQ_ATTENTION_BACKEND=torch, takes any)")
     prefix = _as_lengths(prefix_lens, "prefix_lens", B, L, q.device)
     seq = _as_lengths(torch.full((B,), L) if seq_lens is None else seq_lens, "seq_lens", B, L, q.device)
     if scale is None:
-        scale = D ** -0.5
+        scale = max(D, 1) ** -0.5  # D = 0 has an empty output, whatever the scale
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
     return _fwd(q, k, v, prefix, seq, float(scale))[0]

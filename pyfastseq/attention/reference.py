@@ -15,33 +15,79 @@ Query ``i`` may see key ``j`` iff ``i < L_b``, ``j < L_b`` and (``j < s`` or ``s
 
 from __future__ import annotations
 
+import numbers
+from typing import Optional
+
 import torch
+
+from .._limits import check_memory
 
 __all__ = ["unilm_mask", "unilm_attention_probs", "unilm_attention_reference", "unilm_attention_reference_lse",
            "unilm_attention_reference_backward"]
 
 
+def check_lengths(values, name: str, L: int, B: Optional[int] = None, L_name: str = "L") -> torch.Tensor:
+    """``values`` (a tensor, array or sequence of ``[B]`` integers; any ``B`` when None) as an integer
+    tensor on its own device, each in ``[0, L]`` (``L_name`` says what ``L`` is in messages).
+
+    Lengths on a GPU are not read back (that would synchronise the stream): the kernels clamp them
+    into [0, L], and the mask's formula treats them as clamped too.
+    """
+    if isinstance(values, torch.Tensor):
+        t = values
+    else:
+        try:
+            t = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a [B] tensor or sequence of integers, got {values!r:.60}") from None
+        if t.numel() == 0:
+            t = t.long()  # an empty list has no dtype of its own (torch makes it float32)
+    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
+        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+    if B is None and t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D [B], got shape {tuple(t.shape)}")
+    if B is not None and t.shape != (B,):
+        raise ValueError(f"{name} must have shape ({B},) (one entry per batch row), got {tuple(t.shape)}")
+    if t.device.type == "cpu" and t.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi > L:
+            raise ValueError(f"{name} must lie in [0, {L_name}] = [0, {L}], got {lo if lo < 0 else hi}")
+    return t
+
+
 def unilm_mask(prefix_lens, seq_lens, L: int) -> torch.Tensor:
     """Boolean ``[B, L, L]`` mask, True where query ``i`` (dim 1) may attend to key ``j`` (dim 2).
 
-    ``prefix_lens``/``seq_lens``: ``[B]`` integers (``seq_lens=None`` means every row is ``L`` long).
-    The mask lives on ``prefix_lens``' device.
+    ``prefix_lens``/``seq_lens``: ``[B]`` integers in ``[0, L]`` (``seq_lens=None`` means every row is
+    ``L`` long); a prefix longer than its row makes the whole row source, as in
+    :func:`pyfastseq.unilm_attention`. The mask lives on ``prefix_lens``' device; lengths on a GPU are
+    not read back to be range-checked (the formula clamps them into ``[0, L]``). Its ``B * L * L``
+    bytes count against :func:`pyfastseq.set_memory_limit`.
     """
-    prefix = torch.as_tensor(prefix_lens).long().reshape(-1)  # [B]
-    seq = prefix.new_full(prefix.shape, L) if seq_lens is None else torch.as_tensor(seq_lens, device=prefix.device).long().reshape(-1)
-    if seq.shape != prefix.shape:
-        raise ValueError(f"seq_lens must have shape {tuple(prefix.shape)} like prefix_lens, got {tuple(seq.shape)}")
+    if isinstance(L, bool) or not isinstance(L, numbers.Integral):
+        raise TypeError(f"L must be an int, got {type(L).__name__}")
+    if L < 0:
+        raise ValueError(f"L must be >= 0, got {L}")
+    L = int(L)
+    prefix = check_lengths(prefix_lens, "prefix_lens", L)
+    seq = None if seq_lens is None else check_lengths(seq_lens, "seq_lens", L, prefix.shape[0]).to(prefix.device)
+    check_memory(prefix.shape[0] * L * L, f"unilm_mask of shape ({prefix.shape[0]}, {L}, {L})")
+    return _mask(prefix, seq, L)
+
+
+def _mask(prefix: torch.Tensor, seq: Optional[torch.Tensor], L: int) -> torch.Tensor:
+    """:func:`unilm_mask` of checked ``[B]`` lengths on one device."""
     pos = torch.arange(L, device=prefix.device)
     i = pos.view(1, L, 1)  # query
     j = pos.view(1, 1, L)  # key
     s = prefix.view(-1, 1, 1)
-    n = seq.view(-1, 1, 1)
+    n = L if seq is None else seq.view(-1, 1, 1)
     return (i < n) & (j < n) & ((j < s) | (j <= i))  # [B, L, L]
 
 
 def _masked_scores(q, k, prefix_lens, seq_lens, scale):
     L = q.shape[-2]
-    mask = unilm_mask(prefix_lens.to(q.device), None if seq_lens is None else seq_lens.to(q.device), L)[:, None]  # [B, 1, L, L]
+    mask = _mask(prefix_lens.to(q.device), None if seq_lens is None else seq_lens.to(q.device), L)[:, None]  # [B, 1, L, L]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, L, L]
     return scores.masked_fill(~mask, float("-inf")), mask
