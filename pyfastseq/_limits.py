@@ -38,8 +38,10 @@ def set_memory_limit(nbytes: Any) -> None:
 
     Checked before the large allocations: building a :class:`Trie` (from the token count), loading
     one (from the file size), a batched :func:`linear_sum_assignment` (``B * m * n``), LCS query
-    tables and candidate buffers, and the contiguous copy :meth:`Trie.mask_logits` makes of a view
-    whose columns are strided. A call over the cap raises ``MemoryError`` before allocating.
+    tables and candidate buffers, the contiguous copy :meth:`Trie.mask_logits` makes of a view
+    whose columns are strided, the token buffers of a beam search or sampler (``rows *
+    max_length``), :func:`unilm_mask` (``B * L * L``) and :class:`CopyPrior`'s parameters. A call
+    over the cap raises ``MemoryError`` before allocating.
     """
     global _limit
     if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int)):

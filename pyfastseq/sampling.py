@@ -17,7 +17,7 @@ import torch
 
 from ._backend import _C
 from ._validate import as_eos_id, pad_id_of
-from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _host, _positive_int
+from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _check_search_size, _host, _positive_int
 from .trie import Trie, check_eos_ends_entries
 
 __all__ = ["SampleOutput", "Sampler"]
@@ -133,6 +133,7 @@ class Sampler:
                 f"trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or one per item"
             )
         rows = batch_size * num_samples
+        _check_search_size(rows, max_length, "batch_size * num_samples", 8)  # the int64 token buffer
         seed = int(torch.randint(0, 2**63 - 1, ())) if self.seed is None else self.seed
         pad = pad_id_of(self.eos_id)
         temperature = np.full(rows, self.temperature, dtype=np.float32)

@@ -20,6 +20,7 @@ from . import _backend
 from ._backend import _C
 from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
 from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
+from ._limits import check_memory
 from ._validate import INT32_MAX, as_eos_id, as_token_array, pad_id_of
 from .lookahead import LCSLookahead
 from .trie import Trie, check_eos_ends_entries
@@ -100,6 +101,8 @@ class _BeamSearchBase:
         batch_size = _positive_int(batch_size, "batch_size")
         tries, start_nodes, eos_id, normalize_allowed = self._start(batch_size)
         rows = batch_size * self.num_beams
+        # Two generations of tokens (and of their log-probs) per row, and the hypotheses' copies.
+        _check_search_size(rows, self.max_length, "batch_size * num_beams", 12 + 8 * self.output_token_scores)
 
         def checked(logits):
             return self._checked_logits(logits, rows, tries, eos_id)
@@ -326,11 +329,23 @@ class BeamSearch(_BeamSearchBase):
 
 
 def _positive_int(value: Any, name: str) -> int:
+    """``value`` as an int in [1, 2**31 - 1], the range of the native core's counts."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    if value > INT32_MAX:
+        raise ValueError(f"{name} must be at most 2**31 - 1, got {value}")
     return int(value)
+
+
+def _check_search_size(rows: int, max_length: int, what: str, bytes_per_token: int) -> None:
+    """Checks ``rows`` (``batch_size * num_beams`` or ``* num_samples``) against the native core's
+    int32 row indices, and the ``[rows, max_length]`` buffers of ``bytes_per_token`` bytes per token
+    that the search keeps against the memory cap, before anything is allocated."""
+    if rows > INT32_MAX:
+        raise ValueError(f"{what} must be at most 2**31 - 1 rows, got {rows:,}")
+    check_memory(rows * max_length * bytes_per_token, f"a search of {rows:,} rows ({what}) x max_length {max_length:,}")
 
 
 def _checked_deltas(result: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,36 @@ def test_mask_copy_over_cap(cap):
     trie.mask_logits(torch.zeros(64, 1024), [0] * 64)  # in place: nothing to allocate
 
 
+@pytest.mark.parametrize("decoder", ["beam", "trie_beam", "sampler"])
+def test_search_buffers_over_cap(cap, decoder):
+    # [rows, max_length] token buffers: 2 x 2 rows x 10**6 tokens is over 1 MB before any step runs.
+    calls = []
+
+    def step(tokens, beam_idx):
+        calls.append(None)
+        return torch.zeros(len(beam_idx), 8)
+
+    make = {"beam": lambda n: fs.BeamSearch(1, num_beams=2, max_length=n),
+            "trie_beam": lambda n: fs.TrieBeamSearch(fs.Trie([[3, 4]], eos_id=1), num_beams=2, max_length=n),
+            "sampler": lambda n: fs.Sampler(eos_id=1, max_length=n)}[decoder]
+    cap(1 << 20)
+    with pytest.raises(MemoryError, match=r"a search of 4 rows \(batch_size \* num_\w+\) x max_length 1,000,000"):
+        make(10**6).search(step, 2, **({"num_samples": 2} if decoder == "sampler" else {}))
+    assert not calls
+    make(1000).search(step, 2)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(max_length=2**31), "max_length must be at most 2\\*\\*31 - 1"),
+                                          (dict(num_beams=2**40), "num_beams must be at most")])
+def test_search_counts_beyond_int32__raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fs.BeamSearch(1, **kwargs)
+    with pytest.raises(ValueError, match=r"batch_size \* num_beams must be at most 2\*\*31 - 1 rows"):
+        fs.BeamSearch(1, num_beams=2**16).search(lambda t, b: torch.zeros(len(b), 8), 2**16)
+    with pytest.raises(ValueError, match="batch_size must be at most"):
+        fs.Sampler().search(lambda t, b: torch.zeros(len(b), 8), 2**40)
+
+
 def test_set_memory_limit_arguments(cap):
     with pytest.raises(TypeError, match="nbytes must be an int or None"):
         cap(1.5)
