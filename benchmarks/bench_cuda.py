@@ -149,7 +149,7 @@ def check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, a
     peer = lambda: torch_step(logits, scores_dev, keep, batch, beams, allowed)  # noqa: E731
     want = peer()
     for candidate in [step, *(other_steps or {}).values()]:
-        candidate.launch(logits, host_scores, host_nodes, blocked=False)
+        candidate.launch(logits, host_scores, host_nodes)
         got = candidate.read(logits.shape[1])
         for b in range(batch):
             n = int(got[5][b])
@@ -158,9 +158,9 @@ def check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, a
             np.testing.assert_allclose(got[0][b, :n], want.values[b, :n].cpu().numpy(), rtol=0, atol=1e-4)
     peers = {"torch": gpu_time(peer)}
     for name, other in (other_steps or {}).items():
-        peers[name] = gpu_time(lambda other=other: other.launch(logits, host_scores, host_nodes, blocked=False))
-    step_s = gpu_time(lambda: (step.launch(logits, host_scores, host_nodes, blocked=False), step.read(logits.shape[1])))
-    record(benchmark, lambda: step.launch(logits, host_scores, host_nodes, blocked=False),
+        peers[name] = gpu_time(lambda other=other: other.launch(logits, host_scores, host_nodes))
+    step_s = gpu_time(lambda: (step.launch(logits, host_scores, host_nodes), step.read(logits.shape[1])))
+    record(benchmark, lambda: step.launch(logits, host_scores, host_nodes),
            logits.shape[0] * logits.shape[1] * logits.element_size(), peers, step_with_copy_s=step_s, **info)
 
 

@@ -102,7 +102,7 @@ class CudaStep:
         return (torch.from_numpy(offsets).pin_memory().to(self.device, non_blocking=True),
                 torch.from_numpy(values).pin_memory().to(self.device, non_blocking=True))
 
-    def launch(self, logits: torch.Tensor, scores: np.ndarray, nodes: np.ndarray | None, blocked: bool,
+    def launch(self, logits: torch.Tensor, scores: np.ndarray, nodes: np.ndarray | None, short_of_min: int = 0,
                deltas: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """One step for host scores and nodes (uploaded first); the error word is cleared."""
         host = np.concatenate([np.ascontiguousarray(scores, dtype=np.float32).view(np.int32),
@@ -110,19 +110,21 @@ class CudaStep:
         self.beams = torch.from_numpy(host).to(self.device)  # score bits, then nodes; alive until read()
         self.clear_error()
         self.launch_at(logits, self.beams.data_ptr(), None if nodes is None else self.beams.data_ptr() + 4 * self.rows,
-                       blocked, deltas)
+                       short_of_min, deltas)
 
-    def launch_at(self, logits: torch.Tensor, scores_ptr: int, nodes_ptr: int | None, blocked: bool,
+    def launch_at(self, logits: torch.Tensor, scores_ptr: int, nodes_ptr: int | None, short_of_min: int,
                   deltas: tuple[torch.Tensor, torch.Tensor] | None = None, halted_ptr: int = 0) -> None:
         """One step for device scores and nodes, reshaped by device lookahead ``deltas`` (from
         :meth:`upload_deltas`) if given; errors accumulate in the error word. A uint64 at
-        ``halted_ptr`` other than all ones (an earlier step's error) makes the step do nothing."""
+        ``halted_ptr`` other than all ones (an earlier step's error) makes the step do nothing.
+        ``short_of_min``: tokens still to generate before ``min_length`` (see BeamSearchState::step)."""
         constrained = nodes_ptr is not None
         args = (
             logits.data_ptr(), logits.shape[1], logits.stride(0), DTYPE_CODES[logits.dtype], self.batch, self.k,
             scores_ptr, nodes_ptr if constrained else 0,
             self.views.data_ptr() if constrained else 0, len(self.views) if constrained else 0,
-            self.normalize_allowed, self.eos_id, self.eos_id if blocked else -1, blocked and constrained,
+            self.normalize_allowed, self.eos_id, self.eos_id if short_of_min > 0 else -1,
+            short_of_min > 1 and constrained,
             *(self.output_ptr(i) for i in range(6)), self.error_ptr, self.workspace.data_ptr(),
             _backend.stream_of(logits), *((0, 0) if deltas is None else (deltas[0].data_ptr(), deltas[1].data_ptr())),
             halted_ptr, self.wide.data_ptr() if constrained else 0,
@@ -211,9 +213,9 @@ class DeviceSearch:
         lookahead, length, parity = s._uses_lookahead(), 0, 0
         deltas = self._lookahead_deltas(self._beams_to_host(parity, length)) if lookahead else None
         while True:
-            blocked = length + 1 < s.min_length
             self.step.launch_at(logits, self.state.data_ptr() + self.layout[f"scores{parity}"],
-                                None if views is None else self.state.data_ptr() + self.layout[f"nodes{parity}"], blocked,
+                                None if views is None else self.state.data_ptr() + self.layout[f"nodes{parity}"],
+                                s.min_length - length,
                                 deltas, self.state.data_ptr() + self.layout["halted"])
             with torch.cuda.device(logits.device):
                 code = self.ext.beam_select(

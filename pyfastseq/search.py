@@ -226,7 +226,9 @@ class TrieBeamSearch(_BeamSearchBase):
         normalize: ``"full"`` (log-softmax over the vocabulary, as transformers with
             ``prefix_allowed_tokens_fn``) or ``"allowed"`` (over the node's children; skips the pass
             over the vocabulary).
-        min_length: no hypothesis finishes (eos or leaf) with fewer new tokens.
+        min_length: transformers' ``min_new_tokens``: eos is blocked until ``min_length`` tokens
+            have been generated; an entry of a trie built without eos, which ends with the token
+            that reaches its leaf, needs ``min_length`` tokens counting that one.
         prefix: tokens consumed from the trie's root before decoding (e.g. a decoder start token that
             the trie entries begin with); the generated tokens continue from that node.
         output_token_scores: also return the log-prob each token added.
@@ -401,7 +403,7 @@ def _beam_step_cuda(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: 
     step = CudaStep(logits, rows // num_beams, num_beams, tries, normalize == "allowed",
                     as_eos_id(None if trie is None else trie.eos_id))
     step.launch(logits, beam_scores.detach().float().cpu().numpy(),
-                None if nodes is None else nodes.detach().int().cpu().numpy(), blocked=False,
+                None if nodes is None else nodes.detach().int().cpu().numpy(),
                 deltas=None if deltas is None else step.upload_deltas(*_checked_deltas(deltas, rows)))
     return {name: torch.from_numpy(np.array(a)) for name, a in zip(_CANDIDATE_NAMES, step.read(logits.shape[1]))}
 

@@ -241,6 +241,21 @@ def test_trie_beam__min_length_blocks_early_finish():
     assert out.sequences[0] == [[2, 3, 4, 5, EOS]]
 
 
+@pytest.mark.parametrize("with_eos", [True, False])
+@pytest.mark.parametrize("min_length", range(6))
+def test_trie_beam__min_length_counts_tokens_before_eos(min_length, with_eos):
+    # As transformers' min_new_tokens: eos after at least min_length tokens; without eos an entry
+    # ends at its leaf and needs min_length tokens in all. Beams enough for every entry.
+    entries = [[2], [2, 3], [4, 5, 6], [4, 5, 6, 7], [6, 2, 3, 4, 5]]
+    trie = fs.Trie(entries, eos_id=EOS if with_eos else None)
+    out = fs.TrieBeamSearch(trie, num_beams=8, max_length=6, min_length=min_length, num_return_sequences=8,
+                            early_stopping="never").search(PrefixModel(9, 3), 1)
+    stored = [e + [EOS] for e in entries] if with_eos else [e for e in entries if e not in ([2], [4, 5, 6])]
+    want = [e for e in stored if len(e) - with_eos >= min_length]
+    assert sorted(out.sequences[0]) == sorted(want)
+    assert all(out.finished[0])
+
+
 def test_trie_beam__fewer_entries_than_return_sequences():
     trie = fs.Trie([[2, 3], [4]], eos_id=EOS)
     out = fs.TrieBeamSearch(trie, num_beams=4, max_length=4, num_return_sequences=4).search(PrefixModel(6, 1), 2)

@@ -135,6 +135,39 @@ def test_generate__gpt2_unconstrained__matches_transformers(gpt2, k, lp, early_s
     assert_same(ours, seqs, scores, False)
 
 
+@pytest.fixture(scope="module")
+def eos_eager_gpt2():
+    """A GPT-2 whose eos logit is ~4.5 above the rest at every position: without min_length every
+    hypothesis would end at once."""
+    torch.manual_seed(2)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                     bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.bias[0] = 3.0
+        model.lm_head.weight[EOS, 0] = 1.5
+    return model
+
+
+@pytest.mark.parametrize("min_length", [0, 1, 3, 6])
+@pytest.mark.parametrize("k", [1, 4])
+def test_generate__min_length_is_min_new_tokens(eos_eager_gpt2, min_length, k, search_route):
+    prompt = torch.randint(3, VOCAB, (2, 4), generator=torch.Generator().manual_seed(min_length))
+    ours = fs.BeamSearch(EOS, num_beams=k, max_length=6, min_length=min_length, num_return_sequences=k).generate(
+        eos_eager_gpt2, prompt)
+    out = eos_eager_gpt2.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=k, max_new_tokens=6,
+                                  min_new_tokens=min_length, num_return_sequences=k, do_sample=False,
+                                  return_dict_in_generate=True, output_scores=True, output_logits=k == 1,
+                                  pad_token_id=PAD)
+    scores = greedy_scores(out, 4, 1.0) if k == 1 else out.sequences_scores
+    seqs, scores = hf_results(out.sequences, scores, 2, k, 4)
+    if k == 1:
+        scores = None  # transformers' greedy scores do not see the min_new_tokens mask
+    assert_same(ours, seqs, scores, False)
+    if min_length < 6:  # the best ends at the first eos allowed
+        assert all(item[0] == item[0][:min_length] + [EOS] for item in ours.sequences)
+
+
 def test_generate__gpt2_left_padded_prompts_and_per_item_tries(gpt2):
     tries = [make_trie("unequal", 20), make_trie("unequal", 21)]
     prompt = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))

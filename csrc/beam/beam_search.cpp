@@ -59,7 +59,10 @@ BeamSearchState::BeamSearchState(const BeamConfig& config, std::vector<TrieView>
 bool BeamSearchState::step(const void* logits, int64_t vocab, int64_t row_stride, LogitsDtype dtype,
                            const int64_t* delta_offsets, const int32_t* deltas) {
   check_open();
-  const bool blocked = length_ + 1 < config_.min_length;
+  // min_length as transformers' min_new_tokens: eos comes after min_length tokens at the earliest.
+  // An entry without eos ends with the token that reaches its leaf, which counts as one of them.
+  const bool eos_blocked = length_ < config_.min_length;
+  const bool leaves_blocked = length_ + 1 < config_.min_length;
 
   BeamStepParams p = beam_step_params(logits, vocab, row_stride, static_cast<int32_t>(dtype), config_.batch_size,
                                       config_.num_beams);
@@ -73,8 +76,8 @@ bool BeamSearchState::step(const void* logits, int64_t vocab, int64_t row_stride
   }
   p.normalize_allowed = config_.normalize_allowed;
   p.eos_id = config_.eos_id;
-  p.blocked_token = blocked ? config_.eos_id : -1;
-  p.block_leaves = blocked && !tries_.empty();
+  p.blocked_token = eos_blocked ? config_.eos_id : -1;
+  p.block_leaves = leaves_blocked && !tries_.empty();
   p.cand_score = cand_score_.data();
   p.cand_logprob = cand_logprob_.data();
   p.cand_token = cand_token_.data();

@@ -20,7 +20,7 @@ struct BeamConfig {
   int32_t batch_size = 1;
   int32_t num_beams = 1;
   int32_t max_length = 1;      // new tokens
-  int32_t min_length = 0;      // no hypothesis finishes with fewer new tokens
+  int32_t min_length = 0;      // new tokens before eos (min_new_tokens); a leaf's token counts
   int32_t num_return_sequences = 1;
   float length_penalty = 1.0f;
   EarlyStopping early_stopping = EarlyStopping::kTrue;
