@@ -41,7 +41,17 @@ class BeamSearchOutput:
     the final eos included when one was picked. ``scores[b][i]`` is the sum of the token log-probs
     divided by ``len ** length_penalty``; ``finished[b][i]`` is False where the hypothesis was cut at
     ``max_length``; ``token_scores[b][i]`` (with ``output_token_scores=True``) the log-prob each token
-    added. A batch item lists fewer hypotheses when the trie allows fewer distinct continuations.
+    added.
+
+    A batch item lists fewer hypotheses (possibly none) when:
+    - the trie allows fewer distinct continuations, or ``min_length`` rules out its shorter entries;
+    - filler hypotheses took the slots. Where an item has fewer than ``num_beams`` live
+      continuations, transformers' beam search fills the beams with copies penalised by -1e9, and
+      those can finish and fill hypothesis slots; with ``early_stopping=True`` a full set of
+      ``num_beams`` finished hypotheses ends the item. This search does the same, so that it stops
+      where transformers does, but never returns a filler;
+    - no length-penalised score beat -1e9, transformers' placeholder for a free slot (possible only
+      with an extreme negative ``length_penalty``).
     """
 
     sequences: list[list[list[int]]]
@@ -220,9 +230,11 @@ class TrieBeamSearch(_BeamSearchBase):
             root: ``prefix``, then the ``t`` tokens it generated) and ``batch_index`` int64 ``[N]``. Row r's children (ascending token order) get
             ``deltas[row_offsets[r]:row_offsets[r+1]]``; where some delta is positive and the row has
             more than one child, their full-vocabulary probabilities become ``p ** (1 / (delta + 1))``
-            renormalised over the children. Rows with every delta 0, or an empty slice, keep their
-            plain log-probs (so ``normalize`` still applies there), matching "delta 0 leaves the
-            distribution unchanged".
+            renormalised over the children to the mass the children had: 1 with
+            ``normalize="allowed"`` (the seed's rule), their share of the vocabulary with ``"full"``,
+            so that the row's scores stay on transformers' scale and all-zero deltas would change
+            nothing. Rows with every delta 0, or an empty slice, keep their plain log-probs (so
+            ``normalize`` still applies there), matching "delta 0 leaves the distribution unchanged".
         normalize: ``"full"`` (log-softmax over the vocabulary, as transformers with
             ``prefix_allowed_tokens_fn``) or ``"allowed"`` (over the node's children; skips the pass
             over the vocabulary).
@@ -233,9 +245,12 @@ class TrieBeamSearch(_BeamSearchBase):
             the trie entries begin with); the generated tokens continue from that node.
         output_token_scores: also return the log-prob each token added.
 
-    Differences from transformers only arise where a batch item has fewer than ``num_beams`` live
-    continuations: transformers then fills beams with -1e9-penalised copies that can occupy
-    hypothesis slots; here such beams are left empty.
+    Ties are broken by the lower (beam, token), the flat order of transformers' ``topk`` over beams x
+    vocabulary; ``torch.topk`` leaves the order of exact ties unspecified. The ties that matter are
+    among filler beams (see :class:`BeamSearchOutput`): in float32, -1e9 plus a log-prob above
+    about -32 rounds to -1e9 itself, so a filler's continuations tie, and which of them runs on can
+    decide whether fillers finish first and end the search early. Outputs can then differ from
+    transformers' where an item has fewer than ``num_beams`` live continuations.
     """
 
     def __init__(self, trie: Trie | Sequence[Trie], num_beams: int = 4, max_length: int = 64,
