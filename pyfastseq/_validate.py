@@ -69,6 +69,9 @@ def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> 
         raise TypeError(f"{name} must be an iterable of integer sequences") from exc
     if any(isinstance(s, (str, bytes)) for s in seqs):
         raise TypeError(f"{name} must hold sequences of integer token ids, not strings")
+    unordered = next((i for i, s in enumerate(seqs) if isinstance(s, (set, frozenset, dict))), None)
+    if unordered is not None:
+        raise TypeError(f"{name}[{unordered}] is a {type(seqs[unordered]).__name__}, which has no token order")
     offs = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offs[1:])
     flat = as_array(list(itertools.chain.from_iterable(seqs)), name)

@@ -230,6 +230,9 @@ def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:
         return [_tokens(arr, "query_tokens")], False
     if isinstance(query_tokens, (str, bytes)):
         return [_tokens(query_tokens, "query_tokens")], False
+    if isinstance(query_tokens, (set, frozenset, dict)) or not hasattr(query_tokens, "__iter__"):
+        raise TypeError(f"query_tokens must be a sequence of token ids or a list of them, got "
+                        f"{type(query_tokens).__name__}")
     items = list(query_tokens)
     if items and all(not isinstance(q, (int, np.integer)) for q in items):
         return [_tokens(q, f"query_tokens[{i}]") for i, q in enumerate(items)], True

@@ -288,6 +288,9 @@ class TrieBeamSearch(_BeamSearchBase):
     def _start(self, batch_size: int):
         if len(self.tries) not in (1, batch_size):
             raise ValueError(f"trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or one per item")
+        if isinstance(self.lookahead, LCSLookahead) and self.lookahead.per_item and len(self.lookahead.queries) != batch_size:
+            raise ValueError(f"lookahead holds {len(self.lookahead.queries)} queries (one per batch item) but batch_size "
+                             f"is {batch_size}")
         starts = self._start_nodes * batch_size if len(self.tries) == 1 else self._start_nodes
         return self.tries, starts, as_eos_id(self.eos_id), self.normalize == "allowed"
 

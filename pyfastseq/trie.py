@@ -214,6 +214,11 @@ class Trie:
             check_memory(logits.numel() * logits.element_size(), what)
         if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
             raise TypeError(f"fill must be a number, got {type(fill).__name__}")
+        if logits.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "logits requires grad: mask_logits writes in place and records no gradient. Mask under "
+                "torch.no_grad(), or add a mask made from zeros: logits + trie.mask_logits(torch.zeros_like(logits), nodes)"
+            )
         node_tensor = _node_tensor(nodes, logits.shape[0], logits.device)
         child_begin, child_token = self._arrays_on(logits.device)
         torch.ops.pyfastseq.trie_mask_(logits, node_tensor, child_begin, child_token, float(fill))

@@ -234,8 +234,11 @@ def test_reference_segment():
         (lambda: fs.LCSLookahead([1], start_after=-1), ValueError, r"start_after must be in"),
         (lambda: fs.LCSLookahead([1], max_nodes=-5), ValueError, r"max_nodes must be in"),
         (lambda: fs.LCSLookahead([1], max_nodes=2.5), TypeError, r"max_nodes must be an int"),
+        (lambda: fs.LCSLookahead(None), TypeError, r"query_tokens must be a sequence"),
+        (lambda: fs.LCSLookahead(7), TypeError, r"query_tokens must be a sequence"),
+        (lambda: fs.LCSLookahead({4, 5}), TypeError, r"query_tokens must be a sequence"),
     ],
-    ids=["string", "negative_query", "start_after", "max_nodes", "max_nodes_float"],
+    ids=["string", "negative_query", "start_after", "max_nodes", "max_nodes_float", "none", "int", "set"],
 )
 def test_bad_construction__raises_naming_argument(make, error, match):
     with pytest.raises(error, match=match):
@@ -285,3 +288,12 @@ def test_max_nodes__water_filling_gives_small_rows_what_they_need():
     lookahead = fs.LCSLookahead(query, max_nodes=51)  # 49 for the first row: 20 levels of 2, 9 of 1
     assert lookahead.deltas(trie, nodes, generated)[1].tolist() == [29, 20, 0, 0]
     assert lookahead.last_truncated == 1 and lookahead.last_visited == 51
+
+
+def test_per_item_queries_must_match_the_batch():
+    trie = fs.Trie([[5, 1, 6], [5, 1, 7]], eos_id=0)
+    lookahead = fs.LCSLookahead([[6], [7], [6, 7]], start_after=1)
+    searcher = fs.TrieBeamSearch(trie, num_beams=2, max_length=4, lookahead=lookahead)
+    with pytest.raises(ValueError, match=r"lookahead holds 3 queries \(one per batch item\) but batch_size is 2"):
+        searcher.search(lambda tokens, beam_idx: torch.zeros(len(beam_idx), 8), 2)
+    assert len(searcher.search(lambda tokens, beam_idx: torch.zeros(len(beam_idx), 8), 3).sequences) == 3

@@ -121,6 +121,8 @@ def test_extreme_ids_and_lengths():
         (["abc"], {}, TypeError, "sequences must hold sequences of integer token ids"),
         ("abc", {}, TypeError, "sequences must be an iterable"),
         ([1, 2], {}, TypeError, "sequences must be an iterable of integer sequences"),
+        ([[1, 2], {3, 1, 2}], {}, TypeError, r"sequences\[1\] is a set, which has no token order"),
+        ([{3: 0, 1: 0}], {}, TypeError, r"sequences\[0\] is a dict"),
         ([[1]], {"eos_id": -3}, ValueError, "eos_id must be in"),
         ([[1]], {"eos_id": 1.0}, TypeError, "eos_id must be an int"),
         (np.zeros((2, 2, 2), dtype=np.int32), {}, ValueError, "sequences as an array must be 2-D"),

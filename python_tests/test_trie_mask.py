@@ -194,3 +194,21 @@ def test_node_ids_beyond_int32__raise_rather_than_wrap(node):
     assert torch.equal(logits, torch.zeros(2, 5))
     with pytest.raises(ValueError, match=r"nodes\[0\] must be -1 or a node id in \[0, 4\), got -5"):
         trie.mask_logits(logits, torch.tensor([-5, 0], dtype=torch.int64))
+
+
+def test_logits_requiring_grad__raise_and_the_additive_mask_differentiates():
+    # An in-place mask would leave the graph's gradient unmasked; the additive form is exact.
+    trie = fs.Trie([[1, 2], [3]])
+    nodes = torch.tensor([0, trie.walk([1])])
+    x = torch.randn(2, 5, requires_grad=True)
+    for logits in (x, x * 2, torch.nn.Parameter(torch.randn(2, 5))):
+        with pytest.raises(ValueError, match="logits requires grad"):
+            trie.mask_logits(logits, nodes)
+    with torch.no_grad():
+        trie.mask_logits(x.detach().clone().requires_grad_(), nodes)
+    allowed = torch.tensor([[False, True, False, True, False], [False, False, True, False, False]])
+    weights = torch.randn(2, 5)
+    (torch.log_softmax(x + trie.mask_logits(torch.zeros_like(x), nodes), -1).exp() * weights).sum().backward()
+    got, x.grad = x.grad, None
+    (torch.log_softmax(x.masked_fill(~allowed, float("-inf")), -1).exp() * weights).sum().backward()
+    torch.testing.assert_close(got, x.grad)
