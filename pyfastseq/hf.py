@@ -192,8 +192,8 @@ class TrieLogitsProcessor(LogitsProcessor):
         # Off the CPU the walk stays native (a few ids per row come back to the host); the masking is
         # the device kernel of Trie.mask_logits.
         open_rows = torch.from_numpy(self._has_children(nodes)).to(scores.device)
-        out = self.trie.mask_logits(scores.clone(), torch.from_numpy(nodes))
-        out = torch.where(open_rows[:, None], out, scores)
+        src = scores.detach()  # the result records no gradient, as on the CPU
+        out = torch.where(open_rows[:, None], self.trie.mask_logits(src.clone(), torch.from_numpy(nodes)), src)
         if self.inplace:
             out = scores.copy_(out)
         return out, out.amax(dim=1).isneginf().cpu().numpy()

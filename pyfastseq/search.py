@@ -267,7 +267,6 @@ class TrieBeamSearch(_BeamSearchBase):
         if len(eos_ids) > 1:
             raise ValueError(f"every trie in trie must share one eos_id, got {sorted(eos_ids, key=str)}")
         self.eos_id = eos_ids.pop()
-        check_eos_ends_entries(self.tries, self.eos_id, "TrieBeamSearch")
         if normalize not in ("full", "allowed"):
             raise ValueError(f'normalize must be "full" or "allowed", got {normalize!r}')
         self.normalize = normalize
@@ -276,6 +275,7 @@ class TrieBeamSearch(_BeamSearchBase):
         self.lookahead = lookahead
         self.prefix = as_token_array([] if prefix is None else prefix, "prefix")
         self._start_nodes = [self._start_node(t) for t in self.tries]
+        check_eos_ends_entries(self.tries, self.eos_id, "TrieBeamSearch", self._start_nodes)
 
     def _start_node(self, trie: Trie) -> int:
         node = trie.walk(self.prefix)

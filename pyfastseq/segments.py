@@ -74,6 +74,10 @@ class SegmentDecoder:
         if num_tries > 1 and num_tries != batch_size:
             raise ValueError(f"searcher's trie holds {num_tries} tries but batch_size is {batch_size}: "
                              "give one or one per item")
+        lookahead = getattr(self.searcher, "lookahead", None)
+        if isinstance(lookahead, LCSLookahead) and lookahead.per_item and len(lookahead.queries) != batch_size:
+            raise ValueError(f"searcher's lookahead holds {len(lookahead.queries)} queries (one per batch item) but "
+                             f"batch_size is {batch_size}")
         rows = batch_size * num_samples
         found: dict[int, tuple[list, list, list]] = {}
 

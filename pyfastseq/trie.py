@@ -118,15 +118,26 @@ class Trie:
 
     # -- lookups -----------------------------------------------------------------------------
 
-    def _path_continuing_after(self, token: int) -> list[int] | None:
-        """A path from the root that ends with ``token`` and has children below it, or None: a
-        decode that ends at ``token`` would stop inside such an entry."""
+    def _path_continuing_after(self, token: int, start: int = 0) -> list[int] | None:
+        """A path from the root that passes below node ``start``, ends with ``token`` and has
+        children below it, or None: a decode from ``start`` that ends at ``token`` would stop inside
+        the entries under such a path."""
         child_begin, child_token, _ = self._native.arrays()
         nodes = np.flatnonzero(child_token == token) + 1  # edge e leads to node e + 1
         inner = nodes[child_begin[nodes + 1] > child_begin[nodes]]
-        if not len(inner):
-            return None
-        path, node = [], int(inner[0])
+        # Breadth-first numbering: the nodes below `start` at each depth are one id range.
+        lo, hi = start, start + 1
+        while len(inner) and lo < hi:
+            lo, hi = int(child_begin[lo]) + 1, int(child_begin[hi]) + 1
+            first = int(np.searchsorted(inner, lo))
+            if first < len(inner) and inner[first] < hi:
+                return self._path_to(int(inner[first]))
+        return None
+
+    def _path_to(self, node: int) -> list[int]:
+        """The tokens from the root to ``node``."""
+        child_begin, child_token, _ = self._native.arrays()
+        path = []
         while node:
             path.append(int(child_token[node - 1]))
             node = int(np.searchsorted(child_begin, node - 1, side="right")) - 1  # the parent
@@ -212,6 +223,8 @@ class Trie:
         if logits.stride(1) != 1:
             what = "mask_logits on logits with strided columns (a contiguous copy)"
             check_memory(logits.numel() * logits.element_size(), what)
+        if isinstance(fill, torch.Tensor) and fill.numel() == 1 and not fill.is_meta:
+            fill = fill.item()
         if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
             raise TypeError(f"fill must be a number, got {type(fill).__name__}")
         if logits.requires_grad and torch.is_grad_enabled():
@@ -343,7 +356,7 @@ def _trie_mask_op(
 
 def _shown(node: torch.Tensor) -> str:
     value = int(node)
-    return "a value outside the int32 range" if value == torch.iinfo(torch.int32).min else str(value)
+    return f"{value} or a value beyond the int32 range" if value == torch.iinfo(torch.int32).min else str(value)
 
 
 @_trie_mask_op.register_fake
@@ -351,15 +364,18 @@ def _(logits, nodes, child_begin, child_token, fill):
     return None
 
 
-def check_eos_ends_entries(tries: Sequence[Trie], eos_id: int | None, decoder: str) -> None:
-    """Raise if ``decoder``, which ends a row at ``eos_id``, could stop inside an entry of ``tries``
-    (an entry holding eos before its end): its output would then not be an entry."""
+def check_eos_ends_entries(tries: Sequence[Trie], eos_id: int | None, decoder: str,
+                           starts: Sequence[int] | None = None) -> None:
+    """Raise if ``decoder``, which ends a row at ``eos_id`` and decodes each trie from its node in
+    ``starts`` (the roots when None), could pick eos inside an entry: no entry continuing past that
+    eos could be returned, and the path up to it would be, though it need not be an entry."""
     if eos_id is None or eos_id < 0:
         return
-    for trie in tries:
-        path = trie._path_continuing_after(eos_id)
+    for i, trie in enumerate(tries):
+        path = trie._path_continuing_after(eos_id, 0 if starts is None else starts[i])
         if path is not None:
             raise ValueError(
-                f"trie holds eos_id {eos_id} inside an entry (tokens follow the path {path}): {decoder} ends a "
-                "row at eos, so it would return that path, which is not an entry; keep eos out of the entries' middle"
+                f"trie holds eos_id {eos_id} inside an entry: more tokens follow the path {path}. {decoder} ends "
+                "a row at eos, so no entry continuing past that eos could ever be returned; keep eos out of the "
+                "entries' middle"
             )

@@ -539,7 +539,7 @@ def test_trie_beam__lookahead_with_per_item_tries__same_as_shared():
 def test_trie_with_eos_inside_an_entry__raises(entries, path):
     # A hypothesis ends when it picks eos, so [5, 3] would be returned from [5, 3, 6, 3]: not an entry.
     trie = fs.Trie(entries, eos_id=3)
-    with pytest.raises(ValueError, match=re.escape(f"trie holds eos_id 3 inside an entry (tokens follow the path {path})")):
+    with pytest.raises(ValueError, match=re.escape(f"trie holds eos_id 3 inside an entry: more tokens follow the path {path}.")):
         fs.TrieBeamSearch(trie)
     with pytest.raises(ValueError, match="eos_id 3 inside an entry"):
         fs.TrieBeamSearch([fs.Trie([[1]], eos_id=3), trie])
@@ -547,5 +547,18 @@ def test_trie_with_eos_inside_an_entry__raises(entries, path):
         fs.Sampler(trie=trie)
     fs.TrieBeamSearch(fs.Trie(entries))  # no eos: rows end at leaves only
     fs.Sampler(trie=trie, eos_id=4)  # the sampler ends rows at its own eos
-    with pytest.raises(ValueError, match=re.escape("eos_id 6 inside an entry (tokens follow the path [5, 3, 6])")):
+    with pytest.raises(ValueError, match=re.escape("eos_id 6 inside an entry: more tokens follow the path [5, 3, 6]")):
         fs.Sampler(trie=fs.Trie([[5, 3, 6, 1]], eos_id=3), eos_id=6)
+
+
+def test_trie_with_eos_in_its_prefix__decodes_below_it():
+    # GENRE with BART: the decoder start token is eos and starts every entry; the search starts below it.
+    trie = fs.Trie([[2, 0, 10, 11, 2], [2, 0, 12, 2], [4, 2, 5]], eos_id=2)  # [4, 2, 5, 2] is out of reach
+    out = fs.TrieBeamSearch(trie, num_beams=2, max_length=8, prefix=[2], num_return_sequences=2).search(
+        step_returning(lambda n: torch.zeros(n, 16)), 1)
+    assert sorted(out.sequences[0]) == [[0, 10, 11, 2], [0, 12, 2]]
+    below = fs.Trie([[2, 0, 2, 5], [2, 7]], eos_id=2)
+    with pytest.raises(ValueError, match=re.escape("more tokens follow the path [2, 0, 2]")):
+        fs.TrieBeamSearch(below, prefix=[2])
+    with pytest.raises(ValueError, match=re.escape("more tokens follow the path [2]")):
+        fs.TrieBeamSearch(trie)

@@ -276,6 +276,10 @@ def test_device_path_matches_native_path_on_cpu(inplace):
     expected, expected_flags = proc._constrain_cpu(scores.clone(), torch.from_numpy(nodes))
     got, flags = proc._constrain_torch(scores.clone(), nodes)
     assert torch.equal(got, expected) and (flags == expected_flags).all() and flags.any()
+    if not inplace:  # scores that require grad: both paths give a detached result
+        weights = scores.clone().requires_grad_()
+        got, _ = proc._constrain_torch(weights * 1.0, nodes)
+        assert torch.equal(got, expected) and not got.requires_grad
 
 
 def test_processor_walks_strided_and_int32_ids():

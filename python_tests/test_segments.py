@@ -205,5 +205,9 @@ def test_bad_input(gpt2):
     for batch_size, num_samples in [(1, 2), (3, 1)]:
         with pytest.raises(ValueError, match=f"searcher's trie holds 2 tries but batch_size is {batch_size}"):
             two.search(RowStep(torch.zeros(batch_size * num_samples, 1, dtype=torch.long)), batch_size, num_samples)
+    queries = fs.SegmentDecoder(fs.Sampler(eos_id=SEP, max_length=2), fs.TrieBeamSearch(
+        ITEM_TRIES[0], num_beams=2, lookahead=fs.LCSLookahead([[5], [6]], start_after=SEP)))
+    with pytest.raises(ValueError, match="searcher's lookahead holds 2 queries .one per batch item. but batch_size is 3"):
+        queries.search(RowStep(torch.zeros(3, 1, dtype=torch.long)), 3, 1)
     with pytest.raises(ValueError, match="forked only after its first call"):
         fork_step(_generate.model_step_fn(gpt2, torch.tensor([[5, 6]]), None, 1, {}), torch.tensor([0]))

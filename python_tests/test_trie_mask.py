@@ -181,6 +181,8 @@ def test_bad_arguments():
         trie.mask_logits(logits, torch.zeros(2, dtype=torch.int32, device="meta"))
     with pytest.raises(TypeError, match="fill must be a number"):
         trie.mask_logits(logits, [0, 0], fill="x")
+    with pytest.raises(TypeError, match="fill must be a number"):
+        trie.mask_logits(logits, [0, 0], fill=torch.zeros(2))
     assert torch.equal(logits, torch.zeros(2, 5))  # nothing written on any failure
 
 
@@ -189,11 +191,13 @@ def test_node_ids_beyond_int32__raise_rather_than_wrap(node):
     # 2**32 + 1 would wrap to node 1 (a valid one) in an int32 cast.
     trie = fs.Trie([[1, 2], [3]])
     logits = torch.zeros(2, 5)
-    with pytest.raises(ValueError, match=r"nodes\[1\] must be -1 or a node id in \[0, 4\), got a value outside the int32"):
+    with pytest.raises(ValueError, match=r"nodes\[1\] must be -1 or a node id in \[0, 4\), got -2147483648 or a value beyond the int32"):
         trie.mask_logits(logits, torch.tensor([0, node], dtype=torch.int64))
     assert torch.equal(logits, torch.zeros(2, 5))
     with pytest.raises(ValueError, match=r"nodes\[0\] must be -1 or a node id in \[0, 4\), got -5"):
         trie.mask_logits(logits, torch.tensor([-5, 0], dtype=torch.int64))
+    assert torch.equal(trie.mask_logits(logits.clone(), [0, -1], fill=torch.tensor(-7.0)),
+                       trie.mask_logits(logits.clone(), [0, -1], fill=-7.0))
 
 
 def test_logits_requiring_grad__raise_and_the_additive_mask_differentiates():
