@@ -57,6 +57,7 @@ class Trie:
         # CSR child offsets (as int32) and tokens per device; CPU ones share the trie's memory.
         self._device_arrays: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {torch.device("cpu"): cpu}
         self._wide_nodes: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._paths_after: dict[tuple[int, int], list[int] | None] = {}  # _path_continuing_after's answers
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True) -> "Trie":
@@ -121,7 +122,13 @@ class Trie:
     def _path_continuing_after(self, token: int, start: int = 0) -> list[int] | None:
         """A path from the root that passes below node ``start``, ends with ``token`` and has
         children below it, or None: a decode from ``start`` that ends at ``token`` would stop inside
-        the entries under such a path."""
+        the entries under such a path. Cached: a search built per request asks again."""
+        key = (token, start)
+        if key not in self._paths_after:
+            self._paths_after[key] = self._find_path_continuing_after(token, start)
+        return self._paths_after[key]
+
+    def _find_path_continuing_after(self, token: int, start: int) -> list[int] | None:
         child_begin, child_token, _ = self._native.arrays()
         nodes = np.flatnonzero(child_token == token) + 1  # edge e leads to node e + 1
         inner = nodes[child_begin[nodes + 1] > child_begin[nodes]]
