@@ -47,19 +47,24 @@ def brute_force_best(ref, query, seed, normalize, prefix=()):
     return best
 
 
+@pytest.mark.parametrize("prefix_through", [None, "subject", "separator"])
 @pytest.mark.parametrize("normalize", ["full", "allowed"])
 @pytest.mark.parametrize("seed", range(6))
-def test_lookahead_beam_finds_brute_force_optimum(seed, normalize):
+def test_lookahead_beam_finds_brute_force_optimum(seed, normalize, prefix_through):
+    # With TrieBeamSearch(prefix=...) the prefix is part of each row's path: through the separator,
+    # the rule is on from the first generated token.
     rng = random.Random(seed)
     entries = kb_entries(rng)
     trie, ref = fs.Trie(entries, eos_id=EOS), DictTrie(entries, eos_id=EOS)
     query = [rng.randrange(2, VOCAB) for _ in range(5)]
+    entry = rng.choice(entries)
+    prefix = [] if prefix_through is None else entry[: entry.index(SEP) + (prefix_through == "separator")]
     searcher = fs.TrieBeamSearch(trie, num_beams=len(entries), max_length=trie.depth, length_penalty=0.0,
-                                 early_stopping="never", normalize=normalize,
+                                 early_stopping="never", normalize=normalize, prefix=prefix,
                                  lookahead=fs.LCSLookahead(query, start_after=SEP))
     out = searcher.search(PrefixModel(VOCAB, seed), 1)
-    score, entry = brute_force_best(ref, query, seed, normalize)
-    assert out.sequences[0][0] == entry
+    score, best = brute_force_best(ref, query, seed, normalize, prefix)
+    assert out.sequences[0][0] == best
     assert out.scores[0][0] == pytest.approx(score, abs=1e-4)
 
 
@@ -75,21 +80,3 @@ def test_query_sharing_nothing_leaves_decoding_unchanged(seed):
     for got, expected in zip(rescored.scores, plain.scores):
         assert got == pytest.approx(expected, abs=1e-6)
 
-
-@pytest.mark.parametrize("through", ["subject", "separator"])
-@pytest.mark.parametrize("seed", range(4))
-def test_lookahead_counts_the_prefix_as_part_of_the_path(seed, through):
-    # A prefix through the separator switches the rule on from the first generated token.
-    rng = random.Random(seed)
-    entries = kb_entries(rng)
-    trie, ref = fs.Trie(entries, eos_id=EOS), DictTrie(entries, eos_id=EOS)
-    query = [rng.randrange(2, VOCAB) for _ in range(5)]
-    entry = rng.choice(entries)
-    prefix = entry[: entry.index(SEP) + (1 if through == "separator" else 0)]
-    searcher = fs.TrieBeamSearch(trie, num_beams=len(entries), max_length=trie.depth, length_penalty=0.0,
-                                 early_stopping="never", prefix=prefix,
-                                 lookahead=fs.LCSLookahead(query, start_after=SEP))
-    out = searcher.search(PrefixModel(VOCAB, seed), 1)
-    score, best = brute_force_best(ref, query, seed, "full", prefix)
-    assert out.sequences[0][0] == best
-    assert out.scores[0][0] == pytest.approx(score, abs=1e-4)
