@@ -64,13 +64,22 @@ def cuda_emulator(tmp_path_factory):
     on host pointers. Built with AddressSanitizer + UBSan when the tested package is, so that the
     kernels' memory accesses are checked as compute-sanitizer would. Skips where it cannot be built
     (no compiler, no pybind11, no C++ sources)."""
+    import fcntl
+
     from cuda_emulator import build
     from pyfastseq._config import config
 
     why = build.missing()
     if why:
         pytest.skip(f"no CUDA emulator: {why}")
-    return build.build(tmp_path_factory.mktemp("cuda_emulator"), sanitize=bool(config()["sanitizers"]))
+    # pytest-xdist's workers share one build (their base temp dirs have a common parent): the first
+    # to take the lock compiles it on every core, the others wait for it and load it.
+    root = tmp_path_factory.getbasetemp()
+    out = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "cuda_emulator"
+    out.mkdir(exist_ok=True)
+    with open(out / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build.build(out, sanitize=bool(config()["sanitizers"]))
 
 
 @pytest.fixture

@@ -68,8 +68,13 @@ def missing() -> str | None:
 
 
 def build(out: Path, sanitize: bool = False) -> ModuleType:
-    """Compiles the module into `out` and imports it (as ``_cuda``, apart from the package's)."""
+    """Compiles the module into `out`, unless an earlier call did, and imports it (as ``_cuda``,
+    apart from the package's)."""
     import pybind11
+
+    library = out / f"_cuda{sysconfig.get_config_var('EXT_SUFFIX')}"
+    if library.exists():
+        return _load(library)
 
     sources = []
     for cu in sorted(CSRC.glob("*/*.cu")):
@@ -95,10 +100,16 @@ def build(out: Path, sanitize: bool = False) -> ModuleType:
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         objects = list(pool.map(compile_one, sources))
-    library = out / f"_cuda{sysconfig.get_config_var('EXT_SUFFIX')}"
-    link = subprocess.run([cxx, *flags, "-shared", *map(str, objects), "-o", str(library)], capture_output=True, text=True)
+    # Linked under another name and renamed: a library that exists is a whole one.
+    partial = out / f"partial{library.suffix}"
+    link = subprocess.run([cxx, *flags, "-shared", *map(str, objects), "-o", str(partial)], capture_output=True, text=True)
     if link.returncode:
         raise RuntimeError(f"linking the CUDA emulator failed:\n{link.stderr[-6000:]}")
+    partial.rename(library)
+    return _load(library)
+
+
+def _load(library: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location("_cuda", library)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
