@@ -285,12 +285,18 @@ class TrieBeamSearch(_BeamSearchBase):
             raise ValueError(f"prefix {self.prefix.tolist()} leads to a trie leaf: nothing is left to decode")
         return node
 
-    def _start(self, batch_size: int):
+    def _check_batch(self, batch_size: int, owner: str = "") -> None:
+        """Per-item tries and lookahead queries must be one per batch item; ``owner`` (e.g.
+        ``"searcher's "``) opens the messages."""
         if len(self.tries) not in (1, batch_size):
-            raise ValueError(f"trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or one per item")
+            raise ValueError(f"{owner}trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or "
+                             "one per item")
         if isinstance(self.lookahead, LCSLookahead) and self.lookahead.per_item and len(self.lookahead.queries) != batch_size:
-            raise ValueError(f"lookahead holds {len(self.lookahead.queries)} queries (one per batch item) but batch_size "
-                             f"is {batch_size}")
+            raise ValueError(f"{owner}lookahead holds {len(self.lookahead.queries)} queries (one per batch item) but "
+                             f"batch_size is {batch_size}")
+
+    def _start(self, batch_size: int):
+        self._check_batch(batch_size)
         starts = self._start_nodes * batch_size if len(self.tries) == 1 else self._start_nodes
         return self.tries, starts, as_eos_id(self.eos_id), self.normalize == "allowed"
 

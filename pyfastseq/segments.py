@@ -70,14 +70,8 @@ class SegmentDecoder:
         ``batch_size * num_samples`` (e.g. ``unilm.step_fn(sources, num_beams=num_samples)``)."""
         num_samples = _positive_int(num_samples, "num_samples")
         batch_size = _positive_int(batch_size, "batch_size")
-        num_tries = len(getattr(self.searcher, "tries", ()))
-        if num_tries > 1 and num_tries != batch_size:
-            raise ValueError(f"searcher's trie holds {num_tries} tries but batch_size is {batch_size}: "
-                             "give one or one per item")
-        lookahead = getattr(self.searcher, "lookahead", None)
-        if isinstance(lookahead, LCSLookahead) and lookahead.per_item and len(lookahead.queries) != batch_size:
-            raise ValueError(f"searcher's lookahead holds {len(lookahead.queries)} queries (one per batch item) but "
-                             f"batch_size is {batch_size}")
+        if isinstance(self.searcher, TrieBeamSearch):
+            self.searcher._check_batch(batch_size, "searcher's ")
         rows = batch_size * num_samples
         found: dict[int, tuple[list, list, list]] = {}
 
