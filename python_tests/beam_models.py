@@ -32,3 +32,18 @@ class PrefixModel:
 
     def logprobs(self, prefix) -> torch.Tensor:
         return prefix_logits(tuple(prefix), self.vocab, self.seed)
+
+
+class ImpossibleAfter(PrefixModel):
+    """A PrefixModel whose row after ``prefix`` is -inf at ``tokens`` (every column when None): no
+    continuation of ``prefix`` through them is possible."""
+
+    def __init__(self, vocab: int, seed: int, prefix, tokens=None):
+        super().__init__(vocab, seed)
+        self.prefix, self.tokens = tuple(prefix), tokens
+
+    def logprobs(self, prefix) -> torch.Tensor:
+        row = super().logprobs(prefix)
+        if tuple(prefix) == self.prefix:
+            row[slice(None) if self.tokens is None else list(self.tokens)] = -float("inf")
+        return row

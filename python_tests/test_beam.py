@@ -12,7 +12,7 @@ import torch
 
 import pyfastseq as fs
 from pyfastseq.reference.lcs import lookahead_reshape
-from beam_models import PrefixModel, prefix_logits
+from beam_models import ImpossibleAfter, PrefixModel, prefix_logits
 
 pytestmark = pytest.mark.native
 
@@ -178,18 +178,67 @@ def test_trie_beam__lookahead__matches_torch_reshape(normalize, empty_zero_rows)
     assert lookahead.calls[:3] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("lookahead", [False, True])
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+@pytest.mark.parametrize("masked", ["children", "row"])
+def test_trie_beam__node_with_no_possible_child__its_entries_drop_out(masked, normalize, lookahead):
+    # Every child of one node has a -inf logit, or its whole row is: the beams there have no
+    # continuation (their normaliser may be -inf, never a NaN log-prob), and the search ranks the
+    # other entries as though that node's entries did not exist.
+    rng = random.Random(3)
+    vocab = 9
+    entries = [e + [EOS] for e in random_entries(rng, vocab, 8, 2, 4)]
+    trie = fs.Trie(entries, eos_id=EOS)
+    firsts = [e[0] for e in entries]
+    blocked = [max(firsts, key=firsts.count)]  # a node with several entries below
+    children = trie.children(trie.walk(blocked))[0].tolist()
+    reachable = [e for e in entries if e[:1] != blocked]
+    assert 0 < len(reachable) < len(entries) - 1
+    model = ImpossibleAfter(vocab, 3, blocked, children if masked == "children" else None)
+    # A beam for each entry left, and one for the blocked node itself (a beam in the first step): the
+    # search must find every entry left, so no beam may go to a child that cannot follow.
+    out = fs.TrieBeamSearch(trie, num_beams=len(reachable) + 1, max_length=trie.depth, length_penalty=1.0,
+                            early_stopping="never", normalize=normalize, num_return_sequences=len(reachable),
+                            lookahead=FakeLookahead() if lookahead else None).search(model, 1)
+    allowed_of = lambda prefix: trie.children(trie.walk(prefix))[0].tolist()  # noqa: E731
+    deltas_of = lambda prefix, allowed: [FakeLookahead.delta(prefix, t) for t in allowed]  # noqa: E731
+    best = ranked(reachable, vocab, 3, 1.0, allowed_of=allowed_of, deltas_of=deltas_of if lookahead else None,
+                  renormalise=normalize == "allowed")
+    assert out.sequences[0] == [e for _, e in best]
+    np.testing.assert_allclose(out.scores[0], [s for s, _ in best], rtol=1e-5, atol=1e-5)
+
+
+def every_sequence(length: int) -> list[list[int]]:
+    """Every sequence over tokens 0, 2, 3 that ends with eos or reaches ``length`` tokens."""
+    every = [list(p) + ([EOS] if len(p) < length else []) for n in range(length + 1)
+             for p in itertools.product([0, 2, 3], repeat=n)]
+    return [s for s in every if s]
+
+
 @pytest.mark.parametrize("lp", [0.0, 1.0])
 def test_beam_search__unconstrained__global_optimum(lp):
     vocab, length = 4, 3
-    every = [list(p) + ([EOS] if len(p) < length else []) for n in range(length + 1)
-             for p in itertools.product([0, 2, 3], repeat=n)]
-    every = [s for s in every if s]
+    every = every_sequence(length)
     out = fs.BeamSearch(EOS, num_beams=len(every), max_length=length, length_penalty=lp, early_stopping="never",
                         num_return_sequences=5).search(PrefixModel(vocab, 11), 1)
     best = ranked(every, vocab, 11, lp)
     assert out.sequences[0] == [e for _, e in best[:5]]
     np.testing.assert_allclose(out.scores[0], [s for s, _ in best[:5]], atol=1e-5)
     assert out.finished[0] == [e[-1] == EOS for _, e in best[:5]]
+
+
+def test_beam_search__row_of_minus_inf__no_continuation():
+    # The row after [2] is -inf everywhere: its normaliser is -inf, and no sequence goes on from [2].
+    vocab, length = 4, 3
+    every = every_sequence(length)
+    reachable = [s for s in every if s[0] != 2]
+    # A beam for each sequence left, and one for [2] itself: none may go to a token after [2].
+    out = fs.BeamSearch(EOS, num_beams=len(reachable) + 1, max_length=length, length_penalty=1.0,
+                        early_stopping="never", num_return_sequences=len(reachable)
+                        ).search(ImpossibleAfter(vocab, 11, [2]), 1)
+    best = ranked(reachable, vocab, 11, 1.0)
+    assert out.sequences[0] == [e for _, e in best]
+    np.testing.assert_allclose(out.scores[0], [s for s, _ in best], rtol=1e-5, atol=1e-5)
 
 
 def test_beam_search__one_beam__greedy_until_max_length():

@@ -18,7 +18,7 @@ import torch
 import pyfastseq as fs
 import pyfastseq.search as search
 from pyfastseq import _backend
-from beam_models import PrefixModel
+from beam_models import ImpossibleAfter, PrefixModel
 
 pytestmark = pytest.mark.native
 
@@ -249,6 +249,76 @@ def test_cuda_search__per_item_tries_and_prefix(normalize, device):
     cpu_model = PrefixModel(vocab, 9)
     got = make().search(lambda t, b: cpu_model(t.cpu(), b.cpu()).to(device), batch_size=2)
     assert got.sequences == want.sequences
+    np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
+
+
+def finite_candidates(cands):
+    """The candidates with a finite score, per item (a -inf one is no candidate to the bookkeeping)."""
+    keep = {name: torch.zeros_like(cands[name]) for name in ("score", "logprob", "token", "parent", "node")}
+    count = torch.zeros_like(cands["count"])
+    for b, n in enumerate(cands["count"].tolist()):
+        finite = torch.isfinite(cands["score"][b, :n])
+        count[b] = int(finite.sum())
+        for name in keep:
+            keep[name][b, :count[b]] = cands[name][b, :n][finite]
+    return {**keep, "count": count}
+
+
+@pytest.mark.parametrize("kind", ["dense", "full", "allowed", "wide", "lookahead-full", "lookahead-allowed"])
+def test_cuda_step__rows_where_nothing_can_follow__same_as_dead_rows(kind, device):
+    # Some live rows have every child at -inf, others a whole row of -inf (an ended row too, under
+    # "full"): they continue with nothing, exactly as if they were dead, on the CPU and the device.
+    batch, beams, vocab = 2, 8, 3001
+    trie = nodes = deltas = None
+    if kind == "wide":  # every token a child of the root: read as a bitmap on the device
+        trie = fs.Trie([[t, EOS] for t in range(2, vocab)], eos_id=EOS)
+    elif kind != "dense":
+        trie = random_trie(random.Random(4), 14, 400, 4)
+    logits, scores, nodes = step_inputs(batch, beams, vocab, torch.float32, trie, seed=4)
+    if kind == "wide":
+        nodes = torch.zeros(batch * beams, dtype=torch.int32)
+    live = [r for r in range(batch * beams) if scores[r] > -float("inf") and (nodes is None or nodes[r] >= 0)]
+    no_children, no_row = live[::3], live[1::3]
+    for r in no_children if trie is not None else []:
+        logits[r, torch.from_numpy(trie.children(int(nodes[r]))[0]).long()] = -float("inf")
+    logits[no_row] = -float("inf")
+    impossible = (no_children if trie is not None else []) + no_row
+    if kind in ("full", "lookahead-full"):
+        ended = [r for r in range(batch * beams) if scores[r] > -float("inf") and nodes[r] == -2][0]
+        logits[ended] = -float("inf")
+        impossible.append(ended)
+    normalize = "allowed" if kind.endswith("allowed") else "full"
+    if kind.startswith("lookahead"):
+        deltas = random_deltas(random.Random(4), trie, nodes, scores)
+    dead = scores.clone()
+    dead[impossible] = -float("inf")
+    want = finite_candidates(search._beam_step(logits, dead, beams, trie, nodes, normalize, deltas))
+    parents = {int(p) for b, n in enumerate(want["count"].tolist()) for p in want["parent"][b, :n]}
+    assert parents and not parents & set(impossible)
+    for got in (search._beam_step(logits, scores, beams, trie, nodes, normalize, deltas),
+                search._beam_step_cuda(logits.to(device), scores, beams, trie, nodes, normalize, deltas)):
+        assert not got["score"].isnan().any()
+        assert_same_candidates(finite_candidates(got), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("constrained,masked", [(False, "row"), (True, "row"), (True, "children")])
+@pytest.mark.parametrize("normalize", ["full", "allowed"])
+def test_device_search__no_possible_continuation__same_as_cpu_search(constrained, masked, normalize, device):
+    if not constrained and normalize == "allowed":
+        pytest.skip("normalize applies to tries")
+    vocab, beams, blocked = 12, 6, [3]
+    trie = random_trie(random.Random(8), vocab, 40, 4)
+    children = trie.children(trie.walk(blocked))[0].tolist() if constrained else None
+    make = (lambda: fs.TrieBeamSearch(trie, num_beams=beams, max_length=trie.depth, normalize=normalize,  # noqa: E731
+                                      num_return_sequences=beams, early_stopping="never")) if constrained else (
+            lambda: fs.BeamSearch(EOS, num_beams=beams, max_length=5, num_return_sequences=beams))  # noqa: E731
+    tokens = children if masked == "children" else None
+    with cpu_route():
+        want = make().search(ImpossibleAfter(vocab, 8, blocked, tokens), batch_size=2)
+    model = ImpossibleAfter(vocab, 8, blocked, tokens)
+    got = make().search(lambda t, b: model(t.cpu(), b.cpu()).to(device), batch_size=2)
+    assert got.sequences == want.sequences
+    assert not any(s[:1] == blocked for s in sum(got.sequences, []))
     np.testing.assert_allclose(sum(got.scores, []), sum(want.scores, []), rtol=1e-5, atol=1e-5)
 
 

@@ -148,8 +148,9 @@ __global__ void __launch_bounds__(kThreads) beam_select_kernel(BeamSelectParams 
   // Hypotheses added this step: the parent's tokens, then the candidate's.
   int32_t* hyp_tokens = at<int32_t>(p.state, p.layout.hyp_tokens) + int64_t{b} * K * W;
   float* hyp_token_scores = at<float>(p.state, p.layout.hyp_token_scores) + int64_t{b} * K * W;
-  for (int32_t t = threadIdx.x; t < K * L; t += kThreads) {
-    const int32_t slot = t / L, pos = t % L, i = sh.slot_cand[slot];
+  // 64-bit positions: K * L need not fit in int32 (max_length is bounded only by the memory cap).
+  for (int64_t t = threadIdx.x; t < int64_t{K} * L; t += kThreads) {
+    const int32_t slot = static_cast<int32_t>(t / L), pos = static_cast<int32_t>(t % L), i = sh.slot_cand[slot];
     if (i < 0) continue;
     const int64_t parent = p.cand_parent[base + i], to = int64_t{slot} * W + pos, from = parent * W + pos;
     hyp_tokens[to] = pos < L - 1 ? cur.seq[from] : p.cand_token[base + i];
@@ -160,8 +161,8 @@ __global__ void __launch_bounds__(kThreads) beam_select_kernel(BeamSelectParams 
   int64_t* next_tokens = at<int64_t>(p.state, p.layout.next_tokens);
   int64_t* beam_idx = at<int64_t>(p.state, p.layout.beam_idx);
   const int32_t running = sh.done ? 0 : sh.running;
-  for (int32_t t = threadIdx.x; t < running * L; t += kThreads) {
-    const int32_t j = t / L, pos = t % L, i = sh.run_cand[j];
+  for (int64_t t = threadIdx.x; t < int64_t{running} * L; t += kThreads) {
+    const int32_t j = static_cast<int32_t>(t / L), pos = static_cast<int32_t>(t % L), i = sh.run_cand[j];
     const int64_t parent = p.cand_parent[base + i], to = (int64_t{b} * K + j) * W + pos, from = parent * W + pos;
     next.seq[to] = pos < L - 1 ? cur.seq[from] : p.cand_token[base + i];
     if (p.record_token_scores) next.token_scores[to] = pos < L - 1 ? cur.token_scores[from] : p.cand_logprob[base + i];

@@ -59,6 +59,7 @@ class StepKernel {
     bool nan = false;
     const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
     if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
+    if (lse == -INFINITY) return {};  // every logit -inf: no token can follow
     thread_local std::vector<float> values;
     thread_local std::vector<int32_t> tokens;
     const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
@@ -109,12 +110,17 @@ class StepKernel {
       lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
       if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
     }
+    // Every logit the normaliser covers is -inf: no child can follow (rather than -inf - -inf = NaN).
+    if (lse == -INFINITY) return {};
     for (RowCandidate& c : kids) c.logprob -= lse;
     if (deltas) {
       // p^(1/(delta+1)) renormalised over the children to the mass they had (pyfastseq.reference.lcs.
       // lookahead_reshape): the seed's rule under normalize="allowed" (mass 1), and under "full" the
-      // row keeps its total, so all-zero deltas are exactly the identity.
-      const float mass = p_.normalize_allowed ? 0.0f : children_logsumexp(kids);
+      // row keeps its total, so all-zero deltas are exactly the identity. Children that are all
+      // impossible have no mass to reshape, and none can follow.
+      const float had = children_logsumexp(kids);
+      if (had == -INFINITY) return {};
+      const float mass = p_.normalize_allowed ? 0.0f : had;
       for (int64_t i = 0; i < n; ++i) kids[i].logprob /= static_cast<float>(deltas[i] + 1);
       const float shift = mass - children_logsumexp(kids);
       for (RowCandidate& c : kids) c.logprob += shift;
@@ -142,6 +148,7 @@ class StepKernel {
       bool nan = false;
       const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
       if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
+      if (lse == -INFINITY) return {};
       logprob = Loader::load(logits[p_.eos_id]) - lse;
     }
     out[0] = {logprob, p_.eos_id, kSpentNode};

@@ -580,12 +580,10 @@ __device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits*
   BitmapRow<Bits> items{logits, bits, words * 32, 0.0f, p.blocked_token};
   KeepBest<BitmapRow<Bits>> seen{items};
   const float lse = row_logsumexp(logits, p.vocab, sh, seen);
-  if (normaliser_failed(lse, error, pool, r)) return 0;
+  if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return 0;
   items.lse = lse;
-  // x - lse rounds monotonically in x, so the kept logits' keys map to the items' keys; an lse of
-  // -inf (every logit -inf) makes values NaN, and the selection then reads every key.
-  const bool finite = isfinite(lse);
-  const auto final_key = [&](uint32_t raw) { return finite ? order_key(from_order_key(raw) - lse) : 0u; };
+  // x - lse rounds monotonically in x, so the kept logits' keys map to the items' keys.
+  const auto final_key = [&](uint32_t raw) { return order_key(from_order_key(raw) - lse); };
   const int32_t k = kept_top(items, logits, p.vocab, p.num_candidates, seen.top, final_key, sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t token = sh.item[t];
@@ -663,7 +661,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     const DenseRow<Bits> items{logits, p.blocked_token};
     KeepBest<DenseRow<Bits>> seen{items};
     const float lse = row_logsumexp(logits, p.vocab, sh, seen);
-    if (normaliser_failed(lse, error, pool, r)) return;
+    if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return;  // -inf: no token can follow
     const int32_t k = kept_top(items, logits, p.vocab, C, seen.top, [](uint32_t raw) { return raw; }, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
       out_logprob[t] = items.value(sh.item[t]) - lse;
@@ -689,7 +687,7 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
     float logprob = 0.0f;
     if (!p.normalize_allowed) {
       const float lse = row_logsumexp(logits, p.vocab, sh);
-      if (normaliser_failed(lse, error, pool, r)) return;
+      if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return;
       logprob = to_float(logits[p.eos_id]) - lse;
     }
     if (threadIdx.x == 0) {
@@ -757,14 +755,17 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   if (failed) return;
   ChildRow<Bits> items{logits, trie, lo, 0.0f, p.blocked_token, p.block_leaves, nullptr, 0.0f};
   const float lse = p.normalize_allowed && !deltas ? children_logsumexp(items, n, sh) : row_logsumexp(logits, p.vocab, sh);
-  if (normaliser_failed(lse, error, pool, r)) return;
+  // Every logit the normaliser covers is -inf: no child can follow (rather than -inf - -inf = NaN,
+  // which would rank first on the device), as on the CPU.
+  if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return;
   items.lse = lse;
   if (deltas) {
     // The children keep the mass they had: 1 under normalize_allowed, their share of the row under
-    // "full" (so all-zero deltas would be the identity), as on the CPU.
-    const float mass = p.normalize_allowed ? 0.0f : children_logsumexp(items, n, sh);
+    // "full" (so all-zero deltas would be the identity), as on the CPU; all impossible, none follows.
+    const float had = children_logsumexp(items, n, sh);
+    if (had == -INFINITY) return;
     items.deltas = deltas;
-    items.shift = mass - children_logsumexp(items, n, sh);
+    items.shift = (p.normalize_allowed ? 0.0f : had) - children_logsumexp(items, n, sh);
   }
   int32_t k;
   if (n > kStaged) {
