@@ -144,6 +144,58 @@ def test_interpreter_strided_inputs_and_empty_rows():
 
 
 @needs_cpu_kernel
+def test_interpreter_length_columns_of_one_tensor():
+    # int32 lengths as the columns of one [B, 2] tensor (stride 2): read as lengths, not as its memory.
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = make_qkv(3, 1, 37, 32, torch.float32, "cpu", gen)
+    lengths = torch.tensor([[5, 37], [10, 20], [0, 30]], dtype=torch.int32)
+    out = fs.unilm_attention(q, k, v, lengths[:, 0], lengths[:, 1])
+    ref = unilm_attention_reference(q, k, v, lengths[:, 0].long(), lengths[:, 1].long())
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_cpu_kernel
+def test_interpreter_batch_launched_in_slices(monkeypatch):
+    # CUDA allows 65,535 blocks on grid axis 1 (batch * head): bigger batches go in slices of whole
+    # rows. A limit of 5 with 2 heads makes slices of 2 rows (the last one 1) out of 5.
+    from pyfastseq.attention import launch
+
+    monkeypatch.setattr(launch, "MAX_GRID_Y", 5)
+    assert [(s.start, s.stop) for s in launch._batch_slices(5, 2)] == [(0, 2), (2, 4), (4, 5)]
+    check_against_reference(5, 2, 37, 32, "random", True, torch.float32, "cpu", seed=12)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_launch_limits():
+    from pyfastseq.attention import launch
+
+    fits = torch.empty(1, 2, 16, 32, device="meta")
+    launch.check_launch_limits(fits, fits, fits)
+    too_many_heads = torch.empty(1, launch.MAX_GRID_Y + 1, 1, 32, device="meta")
+    with pytest.raises(ValueError, match="heads; the Triton kernels take at most 65535"):
+        launch.check_launch_limits(too_many_heads, too_many_heads, too_many_heads)
+    # Rows 2**26 elements apart (a [B, L, H, D] layout with huge H * D): 32 rows pass int32 offsets.
+    wide_rows = torch.empty_strided((1, 1, 33, 32), (0, 0, 2**26, 1), device="meta")
+    with pytest.raises(ValueError, match="one head of k spans 2147483680 elements.*make it contiguous"):
+        launch.check_launch_limits(fits, wide_rows, fits)
+
+
+def test_ops_outputs_have_the_strides_of_their_fakes(monkeypatch):
+    # torch.compile plans around the fake implementations' strides (those of q, k, v), so the
+    # PyTorch fallback must return its outputs laid out the same, e.g. for transposed inputs.
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    gen = torch.Generator().manual_seed(7)
+    q, k, v, do = (torch.randn(2, 7, 2, 32, generator=gen).transpose(1, 2) for _ in range(4))
+    prefix, seq = torch.tensor([3, 5], dtype=torch.int32), torch.tensor([7, 6], dtype=torch.int32)
+    tests = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.pyfastseq.unilm_attention_fwd.default, (q, k, v, prefix, seq, 0.2),
+                          test_utils=tests)
+    out, lse = torch.ops.pyfastseq.unilm_attention_fwd(q, k, v, prefix, seq, 0.2)
+    torch.library.opcheck(torch.ops.pyfastseq.unilm_attention_bwd.default,
+                          (do, q, k, v, out, lse, prefix, seq, 0.2), test_utils=tests)
+
+
+@needs_cpu_kernel
 def test_autograd_function_matches_public_function():
     gen = torch.Generator().manual_seed(4)
     q, k, v = make_qkv(2, 1, 37, 32, torch.float32, "cpu", gen)

@@ -8,6 +8,7 @@ configuration runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -76,8 +77,50 @@ def _bucket(L: int) -> int:
     return 1 << max(4, math.ceil(math.log2(max(L, 1))))
 
 
-def _grid(block: str, L: int, BH: int):
-    return lambda meta: (triton.cdiv(L, meta[block]), BH)
+# Grid axis 1 runs over batch * head, and CUDA allows at most 65,535 blocks there: larger batches
+# are launched in slices of whole batch rows.
+MAX_GRID_Y = 65535
+INT32_MAX = 2**31 - 1
+
+
+def _head_extent(t: torch.Tensor) -> int:
+    """Elements that one (batch, head) slice of a [B, H, L, D] tensor spans."""
+    return 1 + sum((n - 1) * abs(stride) for n, stride in zip(t.shape[2:], t.stride()[2:]))
+
+
+def check_launch_limits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise ValueError for [B, H, L, D] inputs the kernels cannot address: they index within one
+    (batch, head) in int32, and launch at least one whole batch row of heads at a time."""
+    H = q.shape[1]
+    if H > MAX_GRID_Y:
+        raise ValueError(f"q has {H} heads; the Triton kernels take at most {MAX_GRID_Y}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if _head_extent(t) > INT32_MAX:
+            hint = "; make it contiguous [B, H, L, D]" if t.shape[2] * t.shape[3] <= INT32_MAX else ""
+            raise ValueError(f"one head of {name} spans {_head_extent(t)} elements, past the Triton kernels' "
+                             f"32-bit offsets{hint}")
+
+
+def _batch_slices(B: int, H: int):
+    step = max(MAX_GRID_Y // H, 1)
+    return [slice(b, min(b + step, B)) for b in range(0, B, step)]
+
+
+def _on_device_of(t: torch.Tensor):
+    """Triton launches on the current device: make it the tensors' one."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _launch(which: str, block: str, L: int, H: int, tensors, strided, scalars, meta):
+    """Runs kernel ``which`` over every batch slice; ``tensors`` are [B, ...] and sliced along the
+    batch, ``strided`` (among them) pass their strides too, in order."""
+    kernel, fixed = _kernel(which)
+    B = tensors[0].shape[0]
+    with _on_device_of(tensors[0]):
+        for rows in _batch_slices(B, H):
+            grid = (lambda meta_, n=rows.stop - rows.start: (triton.cdiv(L, meta_[block]), n * H))
+            kernel[grid](*(t[rows] for t in tensors), *(x for t in strided for x in t.stride()), *scalars,
+                         **meta, **fixed)
 
 
 def forward(q, k, v, prefix, seq, scale: float):
@@ -85,30 +128,21 @@ def forward(q, k, v, prefix, seq, scale: float):
     B, H, L, D = q.shape
     out = torch.empty_like(q)
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
-    kernel, fixed = _kernel("fwd")
-    kernel[_grid("BLOCK_M", L, B * H)](
-        q, k, v, out, lse, prefix, seq, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        H, L, scale * LOG2E, _bucket(L), HEAD_DIM=D, IEEE=q.dtype == torch.float32, **fixed,
-    )
+    _launch("fwd", "BLOCK_M", L, H, (q, k, v, out, lse, prefix, seq), (q, k, v, out),
+            (H, L, scale * LOG2E, _bucket(L)), dict(HEAD_DIM=D, IEEE=q.dtype == torch.float32))
     return out, lse
 
 
 def backward(do, q, k, v, out, lse, prefix, seq, scale: float):
     """(dq, dk, dv) in the inputs' dtypes."""
     B, H, L, D = q.shape
+    if _head_extent(do) > INT32_MAX:  # autograd's layout, not the caller's
+        do = do.contiguous()
     delta = (do.float() * out.float()).sum(-1).contiguous()  # [B, H, L]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = dict(HEAD_DIM=D, IEEE=q.dtype == torch.float32)
-    kernel, fixed = _kernel("dkdv")
-    kernel[_grid("BLOCK_N", L, B * H)](
-        q, k, v, do, dk, dv, lse, delta, prefix, seq,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        H, L, scale, scale * LOG2E, _bucket(L), **common, **fixed,
-    )
-    kernel, fixed = _kernel("dq")
-    kernel[_grid("BLOCK_M", L, B * H)](
-        q, k, v, do, dq, lse, delta, prefix, seq,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-        H, L, scale, scale * LOG2E, _bucket(L), **common, **fixed,
-    )
+    scalars = (H, L, scale, scale * LOG2E, _bucket(L))
+    meta = dict(HEAD_DIM=D, IEEE=q.dtype == torch.float32)
+    _launch("dkdv", "BLOCK_N", L, H, (q, k, v, do, dk, dv, lse, delta, prefix, seq), (q, k, v, do, dk, dv),
+            scalars, meta)
+    _launch("dq", "BLOCK_M", L, H, (q, k, v, do, dq, lse, delta, prefix, seq), (q, k, v, do, dq), scalars, meta)
     return dq, dk, dv

@@ -74,6 +74,13 @@ def backend_for(device: torch.device, dtype: Optional[torch.dtype] = None) -> st
 
 # ---- custom ops ----------------------------------------------------------------------------------
 
+def _laid_out_as(like: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in ``empty_like(like)``'s layout: the ops' outputs have the strides their fake
+    implementations promise (those of q, k or v, as the Triton path allocates), whichever backend runs."""
+    out = torch.empty_like(like)
+    return value if value.stride() == out.stride() else out.copy_(value)
+
+
 @torch.library.custom_op("pyfastseq::unilm_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: torch.Tensor,
          seq_lens: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +91,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: torch.T
         from . import launch
 
         return launch.forward(q, k, v, prefix_lens, seq_lens, scale)
-    out = unilm_attention_reference(q, k, v, prefix_lens, seq_lens, scale)
+    out = _laid_out_as(q, unilm_attention_reference(q, k, v, prefix_lens, seq_lens, scale))
     return out, unilm_attention_reference_lse(q, k, prefix_lens, seq_lens, scale) / _LN2
 
 
@@ -104,7 +111,8 @@ def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         from . import launch
 
         return launch.backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale)
-    return unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens, scale)
+    dq, dk, dv = unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens, scale)
+    return _laid_out_as(q, dq), _laid_out_as(k, dk), _laid_out_as(v, dv)
 
 
 @_bwd.register_fake
@@ -167,7 +175,8 @@ def _as_lengths(values, name: str, B: int, L: int, device: torch.device) -> torc
     t = check_lengths(values, name, L, B, L_name="q.shape[2]")
     if t.device.type != "cpu" and t.device != device:
         raise ValueError(f"{name} must be on the CPU or on q's device {device}, got {t.device}")
-    return t.to(device=device, dtype=torch.int32, non_blocking=True)
+    # Contiguous: the kernels read lengths[b] at offset b (a column of a [B, 2] tensor is strided).
+    return t.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
 
 
 def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: Lengths,
@@ -190,9 +199,13 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
     """
     _check_qkv(q, k, v)
     B, _, L, D = q.shape
-    if D not in HEAD_DIMS and backend_for(q.device, q.dtype) == "triton":
-        raise ValueError(f"q's head dim must be one of {HEAD_DIMS} on the Triton kernels, got {D} "
-                         "(the PyTorch fallback, PYFASTSEQ_ATTENTION_BACKEND=torch, takes any)")
+    if backend_for(q.device, q.dtype) == "triton" and q.numel():
+        if D not in HEAD_DIMS:
+            raise ValueError(f"q's head dim must be one of {HEAD_DIMS} on the Triton kernels, got {D} "
+                             "(the PyTorch fallback, PYFASTSEQ_ATTENTION_BACKEND=torch, takes any)")
+        from .launch import check_launch_limits
+
+        check_launch_limits(q, k, v)
     prefix = _as_lengths(prefix_lens, "prefix_lens", B, L, q.device)
     seq = _as_lengths(torch.full((B,), L) if seq_lens is None else seq_lens, "seq_lens", B, L, q.device)
     if scale is None:
