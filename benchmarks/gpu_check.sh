@@ -54,7 +54,7 @@ stage_command() {
     tests)
       pytest_gpu -m cuda python_tests --ignore=python_tests/test_attention.py ;;
     attention-tests)  # xdist: Triton compiles each worker's kernels in parallel (minutes serially)
-      pytest_gpu -n 8 -m cuda python_tests/test_attention.py ;;
+      pytest_gpu $(python3 -c "import xdist" 2>/dev/null && echo "-n 8") -m cuda python_tests/test_attention.py ;;
     memcheck)
       sanitizer memcheck python_tests/test_beam_cuda.py python_tests/test_trie_mask.py python_tests/test_assignment.py ;;
     racecheck)

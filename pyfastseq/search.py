@@ -45,9 +45,9 @@ class BeamSearchOutput:
 
     A batch item lists fewer hypotheses (possibly none) when:
     - the trie allows fewer distinct continuations, or ``min_length`` rules out its shorter entries;
-    - the logits rule some out: a token at -inf is never a continuation, so a beam whose every
-      allowed token is at -inf (under ``normalize="allowed"``, or a whole row of -inf) goes on with
-      nothing, like a dead one, rather than with NaN scores;
+    - the logits rule some out: a continuation whose logit is -inf scores -inf, and a beam whose
+      allowed tokens are all at -inf under ``normalize="allowed"`` (or whose whole row is -inf)
+      goes on with nothing, like a dead one, rather than with NaN scores;
     - filler hypotheses took the slots. Where an item has fewer than ``num_beams`` live
       continuations, transformers' beam search fills the beams with copies penalised by -1e9, and
       those can finish and fill hypothesis slots; with ``early_stopping=True`` a full set of

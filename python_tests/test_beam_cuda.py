@@ -266,8 +266,9 @@ def finite_candidates(cands):
 
 @pytest.mark.parametrize("kind", ["dense", "full", "allowed", "wide", "lookahead-full", "lookahead-allowed"])
 def test_cuda_step__rows_where_nothing_can_follow__same_as_dead_rows(kind, device):
-    # Some live rows have every child at -inf, others a whole row of -inf (an ended row too, under
-    # "full"): they continue with nothing, exactly as if they were dead, on the CPU and the device.
+    # Some live rows have every child at -inf, others a whole row of -inf (every live row of item 1,
+    # and an ended row under "full"): they continue with nothing, exactly as if they were dead, on
+    # the CPU and the device.
     batch, beams, vocab = 2, 8, 3001
     trie = nodes = deltas = None
     if kind == "wide":  # every token a child of the root: read as a bitmap on the device
@@ -278,7 +279,8 @@ def test_cuda_step__rows_where_nothing_can_follow__same_as_dead_rows(kind, devic
     if kind == "wide":
         nodes = torch.zeros(batch * beams, dtype=torch.int32)
     live = [r for r in range(batch * beams) if scores[r] > -float("inf") and (nodes is None or nodes[r] >= 0)]
-    no_children, no_row = live[::3], live[1::3]
+    first = [r for r in live if r < beams]
+    no_children, no_row = first[::3], first[1::3] + [r for r in live if r >= beams]
     for r in no_children if trie is not None else []:
         logits[r, torch.from_numpy(trie.children(int(nodes[r]))[0]).long()] = -float("inf")
     logits[no_row] = -float("inf")
@@ -293,12 +295,13 @@ def test_cuda_step__rows_where_nothing_can_follow__same_as_dead_rows(kind, devic
     dead = scores.clone()
     dead[impossible] = -float("inf")
     want = finite_candidates(search._beam_step(logits, dead, beams, trie, nodes, normalize, deltas))
-    parents = {int(p) for b, n in enumerate(want["count"].tolist()) for p in want["parent"][b, :n]}
-    assert parents and not parents & set(impossible)
     for got in (search._beam_step(logits, scores, beams, trie, nodes, normalize, deltas),
                 search._beam_step_cuda(logits.to(device), scores, beams, trie, nodes, normalize, deltas)):
-        assert not got["score"].isnan().any()
-        assert_same_candidates(finite_candidates(got), want, atol=1e-5)
+        assert not any(got["score"][b, :n].isnan().any() for b, n in enumerate(got["count"].tolist()))
+        finite = finite_candidates(got)
+        parents = {int(p) for b, n in enumerate(finite["count"].tolist()) for p in finite["parent"][b, :n]}
+        assert parents and not parents & set(impossible)
+        assert_same_candidates(finite, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("constrained,masked", [(False, "row"), (True, "row"), (True, "children")])

@@ -45,7 +45,7 @@ class StepKernel {
   StepKernel(const BeamStepParams& p, std::vector<RowCandidate>& pool, std::vector<int32_t>& pool_count)
       : p_(p), pool_(pool), pool_count_(pool_count) {}
 
-  // Fills row r's slice of the pool with its best children, best first.
+  // Fills row r's slice of the pool with its best children, in no particular order.
   RowResult row(int64_t r) const {
     RowCandidate* out = pool_.data() + r * p_.num_candidates;
     pool_count_[r] = 0;

@@ -106,6 +106,11 @@ def _batch_slices(B: int, H: int):
     return [slice(b, min(b + step, B)) for b in range(0, B, step)]
 
 
+def _contiguous_lengths(prefix: torch.Tensor, seq: torch.Tensor):
+    """The kernels read row b's length at offset b: a column of a [B, 2] tensor would be misread."""
+    return prefix.contiguous(), seq.contiguous()
+
+
 def _on_device_of(t: torch.Tensor):
     """Triton launches on the current device: make it the tensors' one."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
@@ -126,6 +131,7 @@ def _launch(which: str, block: str, L: int, H: int, tensors, strided, scalars, m
 def forward(q, k, v, prefix, seq, scale: float):
     """(out [B, H, L, D] in q's dtype, lse [B, H, L] fp32 log2 domain)."""
     B, H, L, D = q.shape
+    prefix, seq = _contiguous_lengths(prefix, seq)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     _launch("fwd", "BLOCK_M", L, H, (q, k, v, out, lse, prefix, seq), (q, k, v, out),
@@ -136,6 +142,7 @@ def forward(q, k, v, prefix, seq, scale: float):
 def backward(do, q, k, v, out, lse, prefix, seq, scale: float):
     """(dq, dk, dv) in the inputs' dtypes."""
     B, H, L, D = q.shape
+    prefix, seq = _contiguous_lengths(prefix, seq)
     if _head_extent(do) > INT32_MAX:  # autograd's layout, not the caller's
         do = do.contiguous()
     delta = (do.float() * out.float()).sum(-1).contiguous()  # [B, H, L]

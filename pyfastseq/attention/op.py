@@ -175,8 +175,7 @@ def _as_lengths(values, name: str, B: int, L: int, device: torch.device) -> torc
     t = check_lengths(values, name, L, B, L_name="q.shape[2]")
     if t.device.type != "cpu" and t.device != device:
         raise ValueError(f"{name} must be on the CPU or on q's device {device}, got {t.device}")
-    # Contiguous: the kernels read lengths[b] at offset b (a column of a [B, 2] tensor is strided).
-    return t.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
+    return t.to(device=device, dtype=torch.int32, non_blocking=True)
 
 
 def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: Lengths,
@@ -199,7 +198,7 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
     """
     _check_qkv(q, k, v)
     B, _, L, D = q.shape
-    if backend_for(q.device, q.dtype) == "triton" and q.numel():
+    if backend_for(q.device, q.dtype) == "triton":
         if D not in HEAD_DIMS:
             raise ValueError(f"q's head dim must be one of {HEAD_DIMS} on the Triton kernels, got {D} "
                              "(the PyTorch fallback, PYFASTSEQ_ATTENTION_BACKEND=torch, takes any)")
