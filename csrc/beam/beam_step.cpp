@@ -128,13 +128,12 @@ class StepKernel {
     if (deltas) {
       // p^(1/(delta+1)) renormalised over the children to the mass they had (pyfastseq.reference.lcs.
       // lookahead_reshape): the seed's rule under normalize="allowed" (mass 1), and under "full" the
-      // row keeps its total, so all-zero deltas are exactly the identity. Children that are all
-      // impossible have no mass to reshape, and none can follow.
-      const float had = children_logsumexp(kids);
-      if (had == -INFINITY) return {};
-      const float mass = p_.normalize_allowed ? 0.0f : had;
+      // row keeps its total, so all-zero deltas are exactly the identity.
+      const float mass = p_.normalize_allowed ? 0.0f : children_logsumexp(kids);
       for (int64_t i = 0; i < n; ++i) kids[i].logprob /= static_cast<float>(deltas[i] + 1);
-      const float shift = mass - children_logsumexp(kids);
+      const float reshaped = children_logsumexp(kids);
+      if (reshaped == -INFINITY) return {};  // every child impossible: no mass to reshape, none follows
+      const float shift = mass - reshaped;
       for (RowCandidate& c : kids) c.logprob += shift;
     }
 

@@ -761,11 +761,12 @@ __global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, P
   items.lse = lse;
   if (deltas) {
     // The children keep the mass they had: 1 under normalize_allowed, their share of the row under
-    // "full" (so all-zero deltas would be the identity), as on the CPU; all impossible, none follows.
-    const float had = children_logsumexp(items, n, sh);
-    if (had == -INFINITY) return;
+    // "full" (so all-zero deltas would be the identity), as on the CPU.
+    const float mass = p.normalize_allowed ? 0.0f : children_logsumexp(items, n, sh);
     items.deltas = deltas;
-    items.shift = (p.normalize_allowed ? 0.0f : had) - children_logsumexp(items, n, sh);
+    const float reshaped = children_logsumexp(items, n, sh);
+    if (reshaped == -INFINITY) return;  // every child impossible: no mass to reshape, none follows
+    items.shift = mass - reshaped;
   }
   int32_t k;
   if (n > kStaged) {

@@ -16,6 +16,7 @@ import os
 import torch
 import triton
 
+from .._validate import INT32_MAX
 from .backward import unilm_bwd_dkdv_kernel, unilm_bwd_dq_kernel
 from .forward import unilm_fwd_kernel
 
@@ -80,7 +81,6 @@ def _bucket(L: int) -> int:
 # Grid axis 1 runs over batch * head, and CUDA allows at most 65,535 blocks there: larger batches
 # are launched in slices of whole batch rows.
 MAX_GRID_Y = 65535
-INT32_MAX = 2**31 - 1
 
 
 def _head_extent(t: torch.Tensor) -> int:

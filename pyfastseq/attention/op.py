@@ -77,8 +77,8 @@ def backend_for(device: torch.device, dtype: Optional[torch.dtype] = None) -> st
 def _laid_out_as(like: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``value`` in ``empty_like(like)``'s layout: the ops' outputs have the strides their fake
     implementations promise (those of q, k or v, as the Triton path allocates), whichever backend runs."""
-    out = torch.empty_like(like)
-    return value if value.stride() == out.stride() else out.copy_(value)
+    # Equal strides to a dense ``like`` are empty_like's; any other case gets a copy in its layout.
+    return value if value.stride() == like.stride() else torch.empty_like(like).copy_(value)
 
 
 @torch.library.custom_op("pyfastseq::unilm_attention_fwd", mutates_args=())
