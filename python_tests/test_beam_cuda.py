@@ -231,7 +231,7 @@ def test_device_search__never_waits_for_a_step():
     def step_fn(tokens, beam_idx):
         queued.append(not torch.cuda.current_stream().query())
         torch.cuda._sleep(2_000_000)
-        return logits + tokens.float().mean()  # after the sleep, and reads the fed tokens
+        return logits + tokens.float().sum()  # after the sleep, and reads the fed tokens (none at first: 0)
 
     out = fs.BeamSearch(None, num_beams=4, max_length=12).search(step_fn, batch_size=2)
     assert len(queued) == 12 and all(len(s) == 12 for s in sum(out.sequences, []))
@@ -496,7 +496,7 @@ def test_device_search__lookahead_runs_while_the_model_does():
 
     def step_fn(tokens, beam_idx):
         torch.cuda._sleep(2_000_000)
-        return logits + tokens.float().mean()
+        return logits + tokens.float().sum()
 
     fs.TrieBeamSearch(trie, num_beams=4, max_length=8, early_stopping="never", lookahead=Probe()).search(step_fn, 2)
     assert len(queued) >= 4 and sum(queued[1:]) >= len(queued) - 2, queued

@@ -82,6 +82,18 @@ def random_step(rng, seqs, rows, prompt, length, dtype):
     return ids, scores
 
 
+# transformers 5 gives a batch item whose allowed scores are all -inf a score of 0 on its allowed
+# tokens, as TrieLogitsProcessor does; earlier releases leave such items at -inf everywhere.
+PEER_FORCES_UNSATISFIABLE = bool(PrefixConstrainedLogitsProcessor(lambda b, ids: [0], 1)(
+    torch.zeros(1, 1, dtype=torch.long), torch.full((1, 2), float("-inf")))[0, 0] == 0)
+
+
+def satisfiable_rows(expected, num_beams):
+    """The rows of batch items with a finite allowed score, where every transformers release agrees."""
+    stuck = expected.amax(dim=1).isneginf().view(-1, num_beams).all(dim=1)
+    return ~stuck.repeat_interleave(num_beams)
+
+
 # How the processor writes its output (see TrieLogitsProcessor's inplace and reuse_output).
 MODES = {"new": {}, "inplace": {"inplace": True}, "reuse_output": {"reuse_output": True}}
 
@@ -105,7 +117,11 @@ def test_processor_matches_prefix_constrained__seed__beams__dtype__mode(seed, nu
         expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, prompt, VOCAB + 3), num_beams)(ids, scores)
         got = processor(ids, scores)
         assert got.dtype == dtype and got.device == scores.device
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        if PEER_FORCES_UNSATISFIABLE:
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        else:
+            rows_kept = satisfiable_rows(expected, num_beams)
+            torch.testing.assert_close(got[rows_kept], expected[rows_kept], rtol=0, atol=0)
         if mode == "inplace":
             assert got is scores
         else:  # like every transformers processor
