@@ -38,7 +38,7 @@ def rows_for(trie, ref, rng, num_rows):
 
 @pytest.mark.parametrize("device", devices(emulated=True))
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows__vocab", [(1, 1), (7, 37), (64, 1000), (33, 4099), (0, 50), (5, 0)])
+@pytest.mark.parametrize("rows__vocab", [(1, 1), (7, 37), (64, 1000), (33, 4099), (9, 37001), (0, 50), (5, 0)])
 def test_matches_masked_fill(device, dtype, rows__vocab, request):
     device = torch_device(device, request)
     rows, vocab = rows__vocab
