@@ -95,6 +95,25 @@ def test_cuda_step__widest_beams_dense(beams, device):
     assert_same_candidates(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cuda_step__long_rows(offset, constrained, dtype, device):
+    # Rows of 20k columns: the normaliser pass's batched loads (several 16-byte words per thread in
+    # flight) and the remainder after them, on rows at and off 16-byte alignment. Constrained rows
+    # sit at nodes with thousands of children, which the step reads as bitmaps over the row.
+    batch, beams, vocab = 2, 4, 20011
+    trie = random_trie(random.Random(11), vocab, 6000, 2) if constrained else None
+    logits, scores, nodes = step_inputs(batch, beams, vocab, dtype, trie, seed=11)
+    if constrained:
+        nodes[:] = 0  # the root: about 5,000 children
+    wide = torch.zeros(batch * beams, vocab + 8, dtype=dtype)
+    wide[:, offset:offset + vocab] = logits
+    want = search._beam_step(logits, scores, beams, trie, nodes)
+    got = search._beam_step_cuda(wide.to(device)[:, offset:offset + vocab], scores, beams, trie, nodes)
+    assert_same_candidates(got, want, atol=1e-5)
+
+
 def test_cuda_step__strided_rows_and_neg_inf_logits(device):
     logits, scores, _ = step_inputs(2, 4, 257, torch.float32, None, seed=3)
     wide = torch.full((8, 301), 7.0)  # rows start off 16-byte alignment

@@ -273,10 +273,12 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
 
 // A running (max, sum of exp(x - max)) over one thread's share of a row.
 struct OnlineLse {
+  static constexpr float kLog2e = 1.4426950408889634f;
   float m = -INFINITY, s = 0.0f;
   bool nan = false;
 
-  // A few values at a time: one rescale per group.
+  // A few values at a time: one rescale per group. exp(d) is taken as exp2(d * log2(e)), one
+  // multiply before the hardware's exp2, where expf spends several instructions per value.
   template <int N>
   __device__ __forceinline__ void add(const float (&x)[N]) {
     float top = x[0];
@@ -286,12 +288,12 @@ struct OnlineLse {
       top = fmaxf(top, x[j]);
     }
     if (top > m) {
-      s = m == -INFINITY ? 0.0f : s * expf(m - top);
+      s = m == -INFINITY ? 0.0f : s * exp2f((m - top) * kLog2e);
       m = top;
     }
     if (m == -INFINITY || m == INFINITY) return;  // nothing to sum yet / the result is +inf anyway
 #pragma unroll
-    for (int j = 0; j < N; ++j) s += expf(x[j] - m);
+    for (int j = 0; j < N; ++j) s += exp2f((x[j] - m) * kLog2e);
   }
 };
 
@@ -371,8 +373,12 @@ struct KeepBest {
   template <int N>
   __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
 #pragma unroll
-    for (int j = 0; j < N; ++j)
-      if (items.eligible(first + j, x[j])) top.offer(order_key(x[j]), static_cast<int32_t>(first + j));
+    for (int j = 0; j < N; ++j) {
+      // The key first: nearly every value ranks below the thread's kept ones, and eligible() may
+      // read a bitmap.
+      const uint32_t key = order_key(x[j]);
+      if (key > top.key[kKept - 1] && items.eligible(first + j, x[j])) top.offer(key, static_cast<int32_t>(first + j));
+    }
   }
 };
 
@@ -380,6 +386,8 @@ struct NoWatch {
   template <int N>
   __device__ __forceinline__ void add(const float (&)[N], int64_t) {}
 };
+
+constexpr int kRowLoads = 4;
 
 // log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one. `watch`
 // sees every value this thread reads, with its column.
@@ -394,7 +402,21 @@ __device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, Wa
     watch.add(x, i);
   }
   const uint4* body = reinterpret_cast<const uint4*>(row + split.head);
-  for (int64_t j = threadIdx.x; j < split.words; j += kThreads) {
+  int64_t j = threadIdx.x;
+  // kRowLoads loads issued before any is used: one row per block must keep enough bytes in flight.
+  for (; j + (kRowLoads - 1) * kThreads < split.words; j += kRowLoads * kThreads) {
+    uint4 w[kRowLoads];
+#pragma unroll
+    for (int u = 0; u < kRowLoads; ++u) w[u] = body[j + u * kThreads];
+#pragma unroll
+    for (int u = 0; u < kRowLoads; ++u) {  // in column order, as ThreadTop's ties need
+      float x[kPer];
+      unpack(w[u], x, static_cast<const Bits*>(nullptr));
+      acc.add(x);
+      watch.add(x, split.head + (j + u * kThreads) * kPer);
+    }
+  }
+  for (; j < split.words; j += kThreads) {
     float x[kPer];
     unpack(body[j], x, static_cast<const Bits*>(nullptr));
     acc.add(x);
