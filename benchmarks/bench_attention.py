@@ -55,8 +55,12 @@ def unmasked_pairs(prefix, seq, L: int) -> int:
 
 @functools.cache
 def _flex():
+    import torch._functorch.config as functorch_config
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+    # The backward benchmark replays one graph (retain_graph=True), which compiled autograd's donated
+    # buffers forbid; they save memory, not time.
+    functorch_config.donated_buffer = False
     return create_block_mask, torch.compile(flex_attention)
 
 

@@ -6,7 +6,8 @@
 #     OUT=gpu-results bash benchmarks/gpu_check.sh build tests     # some, in the order given
 #
 # Stages: build, tests, attention-tests, memcheck, bench-kernels, bench-attention (the d = 128 goal
-# shapes), bench-generate, racecheck, bench-attention-all (the whole grid). Each stage runs under
+# shapes), profile-attention (where the training step's time goes), bench-generate, racecheck,
+# bench-attention-all (the whole grid). Each stage runs under
 # its own time limit and under what is left of GPU_CHECK_SECONDS (default 540) for the whole run; a
 # stage that fails does not stop the later ones, and one with under 30 s left is skipped. Results
 # go to $OUT: log.txt (every stage's output), summary.md (each stage's outcome and time, then the
@@ -64,6 +65,8 @@ stage_command() {
     bench-attention)  # the d = 128 goal shapes and the training step; the whole grid comes last
       pytest_gpu benchmarks/bench_attention.py -k "1024-128 or 2048-128 or training_step" \
         --benchmark-json="$out/attention.json" ;;
+    profile-attention)
+      python3 benchmarks/profile_attention.py --out "$out/attention_profile.txt" ;;
     bench-attention-all)
       pytest_gpu benchmarks/bench_attention.py --benchmark-json="$out/attention_all.json" ;;
     bench-generate)
@@ -74,10 +77,11 @@ stage_command() {
 }
 
 declare -A limit=([build]=240 [tests]=240 [attention-tests]=240 [memcheck]=300 [racecheck]=240
-                  [bench-kernels]=240 [bench-attention]=300 [bench-generate]=300 [bench-attention-all]=540)
+                  [bench-kernels]=240 [bench-attention]=300 [profile-attention]=120 [bench-generate]=300
+                  [bench-attention-all]=540)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build tests attention-tests memcheck bench-kernels bench-attention bench-generate
-                                   racecheck bench-attention-all)
+[ ${#stages[@]} -eq 0 ] && stages=(build tests attention-tests memcheck bench-kernels bench-attention profile-attention
+                                   bench-generate racecheck bench-attention-all)
 
 for stage in "${stages[@]}"; do
   left=$((deadline - SECONDS))

@@ -339,26 +339,37 @@ def _trie_mask_op(
     rows, vocab = target.shape
     if rows and vocab:
         num_nodes = child_begin.shape[0] - 1
-        args = (
-            target.data_ptr(), rows, vocab, target.stride(0), _backend.ELEM_BYTES[target.dtype],
-            _backend.fill_bits(fill, target.dtype), nodes.data_ptr(), child_begin.data_ptr(), child_token.data_ptr(),
-            num_nodes,
-        )
         if _backend.on_gpu(target):
             bad = (nodes < -1) | (nodes >= num_nodes)
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])
                 raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {_shown(nodes[row])}")
-            with torch.cuda.device(target.device):  # the launch goes to the current GPU
-                status = _backend.cuda().trie_mask(*args, _backend.stream_of(target))
-            if status != 0:
-                raise RuntimeError(f"trie mask kernel launch failed (cudaError {status})")
+            launch_trie_mask_cuda(target, nodes, child_begin, child_token, fill)
         else:
-            row = _C.trie_mask(*args)
+            row = _C.trie_mask(*_mask_args(target, nodes, child_begin, child_token, fill))
             if row >= 0:
                 raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {_shown(nodes[row])}")
     if target is not logits:
         logits.copy_(target)
+
+
+def _mask_args(target, nodes, child_begin, child_token, fill: float) -> tuple:
+    rows, vocab = target.shape
+    return (target.data_ptr(), rows, vocab, target.stride(0), _backend.ELEM_BYTES[target.dtype],
+            _backend.fill_bits(fill, target.dtype), nodes.data_ptr(), child_begin.data_ptr(), child_token.data_ptr(),
+            child_begin.shape[0] - 1)
+
+
+def launch_trie_mask_cuda(target: torch.Tensor, nodes: torch.Tensor, child_begin: torch.Tensor,
+                          child_token: torch.Tensor, fill: float) -> None:
+    """The CUDA trie mask's launch alone, on the current stream: no host sync, so it can be captured
+    in a CUDA graph. ``target`` has unit column stride; ``nodes`` (int32, on its device) must already
+    be -1 or node ids of the trie whose device arrays are given."""
+    with torch.cuda.device(target.device):  # the launch goes to the current GPU
+        status = _backend.cuda().trie_mask(*_mask_args(target, nodes, child_begin, child_token, fill),
+                                           _backend.stream_of(target))
+    if status != 0:
+        raise RuntimeError(f"trie mask kernel launch failed (cudaError {status})")
 
 
 def _shown(node: torch.Tensor) -> str:

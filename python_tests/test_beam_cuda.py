@@ -18,6 +18,7 @@ import torch
 import pyfastseq as fs
 import pyfastseq.search as search
 from pyfastseq import _backend
+from pyfastseq._validate import as_eos_id
 from beam_models import ImpossibleAfter, PrefixModel
 
 pytestmark = pytest.mark.native
@@ -588,3 +589,29 @@ def test_cuda_step__nan_inf_and_leaf_rows_raise(device):
         search._beam_step_cuda(logits, torch.zeros(2), 2, trie, root, normalize="allowed")
     with pytest.raises(ValueError, match=r"row 1 contains \+inf"):
         fs.BeamSearch(EOS, num_beams=2, max_length=3).search(lambda t, b: logits, batch_size=1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("constrained", [False, True])
+def test_cuda_step__replayed_from_a_cuda_graph(constrained):
+    # The step launches on the current stream, with no host sync or allocation: it can be captured in
+    # a CUDA graph (with a model's own captured step) and replayed on new logits in the same buffer.
+    batch, beams, vocab = 3, 4, 3001
+    trie = random_trie(random.Random(3), vocab, 400, 4) if constrained else None
+    first, scores, nodes = step_inputs(batch, beams, vocab, torch.float32, trie, seed=3)
+    second = step_inputs(batch, beams, vocab, torch.float32, trie, seed=4)[0]
+    logits = first.cuda()
+    step = search.CudaStep(logits, batch, beams, [trie] if constrained else [], False,
+                           as_eos_id(None if trie is None else trie.eos_id))
+    step.launch(logits, scores.numpy(), None if nodes is None else nodes.numpy())  # uploads the beams
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step.clear_error()
+        step.launch_at(logits, step.beams.data_ptr(), None if nodes is None else step.beams.data_ptr() + 4 * step.rows,
+                       0)
+    for values in (first, second):
+        logits.copy_(values)
+        step.out.zero_()  # nothing left from an earlier launch
+        graph.replay()
+        got = dict(zip(search._CANDIDATE_NAMES, map(torch.from_numpy, map(np.array, step.read(vocab)))))
+        assert_same_candidates(got, search._beam_step(values, scores, beams, trie, nodes), atol=1e-5)
