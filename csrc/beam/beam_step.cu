@@ -92,6 +92,7 @@ struct TopShared {
   int64_t secondary[kMaxSlots];
   int32_t item[kMaxSlots];
   int32_t hist[256];
+  int32_t lane_count[32];
   uint32_t staged_key[kStaged];
   int32_t staged_item[kStaged];
   uint32_t thread_max[kThreads];
@@ -147,6 +148,56 @@ __device__ float block_max(float v, TopShared& sh) {
   return from_order_key(top);
 }
 
+// The radix selections' digit searches over sh.hist, by the first warp: lane l sums bins
+// [8l, 8l + 8), a ballot finds the lane where the running count reaches the target, and that lane
+// scans its eight bins (a single thread scanning all 256 would take most of a selection's time).
+constexpr int kBinsPerLane = 256 / 32;
+
+// The largest digit d whose bins d..255 hold at least `remaining` items (0 if none): sh.digit, with
+// sh.remaining = remaining less the items above d, and sh.equal = the items at d.
+__device__ void digit_from_top(int32_t remaining, TopShared& sh) {
+  const int lane = threadIdx.x;
+  if (lane >= 32) return;
+  int32_t own = 0;
+  for (int j = 0; j < kBinsPerLane; ++j) own += sh.hist[kBinsPerLane * lane + j];
+  sh.lane_count[lane] = own;
+  __syncwarp();
+  int32_t above = 0;  // items in the lanes above this one
+  for (int m = lane + 1; m < 32; ++m) above += sh.lane_count[m];
+  const unsigned reached = __ballot_sync(0xffffffffu, above + own >= remaining);
+  if (lane != (reached ? 31 - __clz(reached) : 0)) return;
+  int32_t d = kBinsPerLane * lane + kBinsPerLane - 1;
+  for (; d > kBinsPerLane * lane; --d) {
+    if (above + sh.hist[d] >= remaining) break;
+    above += sh.hist[d];
+  }
+  sh.digit = d;
+  sh.remaining = remaining - above;
+  sh.equal = sh.hist[d];
+}
+
+// The smallest digit d whose bins 0..d hold at least `need` items (255 if none): sh.digit, with
+// sh.remaining = need less the items below d.
+__device__ void digit_from_bottom(int32_t need, TopShared& sh) {
+  const int lane = threadIdx.x;
+  if (lane >= 32) return;
+  int32_t own = 0;
+  for (int j = 0; j < kBinsPerLane; ++j) own += sh.hist[kBinsPerLane * lane + j];
+  sh.lane_count[lane] = own;
+  __syncwarp();
+  int32_t below = 0;  // items in the lanes below this one
+  for (int m = 0; m < lane; ++m) below += sh.lane_count[m];
+  const unsigned reached = __ballot_sync(0xffffffffu, below + own >= need);
+  if (lane != (reached ? __ffs(reached) - 1 : 31)) return;
+  int32_t d = kBinsPerLane * lane;
+  for (; d < kBinsPerLane * lane + kBinsPerLane - 1; ++d) {
+    if (below + sh.hist[d] >= need) break;
+    below += sh.hist[d];
+  }
+  sh.digit = d;
+  sh.remaining = need - below;
+}
+
 // The best min(want, included) items of `items` (key 0: excluded) into sh.item[0..k), best first:
 // key down, then secondary up (unique per item, below 2^secondary_bits). Every thread of the block
 // must call it; returns k.
@@ -172,16 +223,7 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
       k = remaining = min(want, block_sum(local, sh.included));
       if (k == 0) return 0;
     }
-    if (tid == 0) {
-      int32_t above = 0, d = 255;
-      for (; d > 0; --d) {
-        if (above + sh.hist[d] >= remaining) break;
-        above += sh.hist[d];
-      }
-      sh.digit = d;
-      sh.remaining = remaining - above;
-      sh.equal = sh.hist[d];
-    }
+    digit_from_top(remaining, sh);
     __syncthreads();
     prefix |= static_cast<uint32_t>(sh.digit) << shift;
     mask |= 255u << shift;
@@ -206,15 +248,7 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
         if ((sec & smask) == sprefix) count_bin(sh.hist, static_cast<uint32_t>(sec >> shift) & 255u);
       }
       __syncthreads();
-      if (tid == 0) {
-        int32_t below = 0, d = 0;
-        for (; d < 255; ++d) {
-          if (below + sh.hist[d] >= need) break;
-          below += sh.hist[d];
-        }
-        sh.digit = d;
-        sh.remaining = need - below;
-      }
+      digit_from_bottom(need, sh);
       __syncthreads();
       sprefix |= static_cast<uint64_t>(sh.digit) << shift;
       smask |= uint64_t{255} << shift;

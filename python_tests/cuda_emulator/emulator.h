@@ -317,6 +317,8 @@ std::common_type_t<A, B> min(A a, B b) {
 }
 
 inline int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x)); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
 inline unsigned __float_as_uint(float x) { return cuda_emulator::value_of<unsigned>(cuda_emulator::bits_of(x)); }
 inline float __uint_as_float(unsigned x) { return cuda_emulator::value_of<float>(cuda_emulator::bits_of(x)); }
 using std::isfinite;
