@@ -88,9 +88,14 @@ def test_cuda_step__matches_cpu_step(beams, constrained, normalize, dtype, devic
     assert_same_candidates(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("beams", [256, 1024])
-def test_cuda_step__widest_beams_dense(beams, device):
-    logits, scores, _ = step_inputs(1, beams, 4099, torch.bfloat16, None, seed=7)
+@pytest.mark.parametrize("one_live_row", [False, True])
+@pytest.mark.parametrize("beams,vocab", [(160, 20011), (256, 4099), (1024, 4099)])
+def test_cuda_step__widest_beams_dense(beams, vocab, one_live_row, device):
+    # Over 128 beams a row's selection is bounded by all the logits its threads kept (up to 512
+    # beams), else by radix passes over the row. With one live row, every candidate is that row's.
+    logits, scores, _ = step_inputs(1, beams, vocab, torch.bfloat16, None, seed=7)
+    if one_live_row:
+        scores[1:] = -float("inf")
     want = search._beam_step(logits, scores, beams)
     got = search._beam_step_cuda(logits.to(device), scores, beams)
     assert_same_candidates(got, want, atol=1e-5)
@@ -102,10 +107,12 @@ def test_cuda_step__widest_beams_dense(beams, device):
 def test_cuda_step__long_rows(offset, constrained, dtype, device):
     # Rows of 20k columns: the normaliser pass's batched loads (several 16-byte words per thread in
     # flight) and the remainder after them, on rows at and off 16-byte alignment. Constrained rows
-    # sit at nodes with thousands of children, which the step reads as bitmaps over the row.
+    # sit at nodes with thousands of children, which the step reads as bitmaps over the row. One
+    # live row per item: every candidate of the item is that row's.
     batch, beams, vocab = 2, 4, 20011
     trie = random_trie(random.Random(11), vocab, 6000, 2) if constrained else None
     logits, scores, nodes = step_inputs(batch, beams, vocab, dtype, trie, seed=11)
+    scores.view(batch, beams)[:, 1:] = -float("inf")
     if constrained:
         nodes[:] = 0  # the root: about 5,000 children
     wide = torch.zeros(batch * beams, vocab + 8, dtype=dtype)

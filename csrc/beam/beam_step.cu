@@ -198,17 +198,16 @@ __device__ void digit_from_bottom(int32_t need, TopShared& sh) {
   sh.remaining = need - below;
 }
 
-// The best min(want, included) items of `items` (key 0: excluded) into sh.item[0..k), best first:
-// key down, then secondary up (unique per item, below 2^secondary_bits). Every thread of the block
-// must call it; returns k.
+// Radix select of the k-th largest key T of `items` (key 0: excluded), k = min(want, included), one
+// 8-bit digit at a time from the top: *threshold = T, and `remaining` items with key T complete the
+// k, out of `equal` such items. The first histogram also counts the items, which bounds k. Every
+// thread of the block must call it; returns k (0: no item, and nothing else is set).
 template <class Items>
-__device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
+__device__ int32_t kth_key(const Items& items, int32_t n, int32_t want, TopShared& sh, uint32_t* threshold,
+                           int32_t* remaining, int32_t* equal) {
   const int tid = threadIdx.x;
-  // Radix select of the k-th largest key T, one 8-bit digit at a time from the top: `remaining`
-  // items with key T complete the k, out of `equal` such items. The first histogram also counts
-  // the candidates, which bounds k.
   uint32_t prefix = 0, mask = 0;
-  int32_t k = 0, remaining = 0, equal = 0;
+  int32_t k = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int j = tid; j < 256; j += kThreads) sh.hist[j] = 0;
     __syncthreads();
@@ -220,18 +219,31 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
     if (shift == 24) {
       int32_t local = 0;
       for (int j = tid; j < 256; j += kThreads) local += sh.hist[j];
-      k = remaining = min(want, block_sum(local, sh.included));
+      k = *remaining = min(want, block_sum(local, sh.included));
       if (k == 0) return 0;
     }
-    digit_from_top(remaining, sh);
+    digit_from_top(*remaining, sh);
     __syncthreads();
     prefix |= static_cast<uint32_t>(sh.digit) << shift;
     mask |= 255u << shift;
-    remaining = sh.remaining;
-    equal = sh.equal;
+    *remaining = sh.remaining;
+    *equal = sh.equal;
     __syncthreads();
   }
-  const uint32_t threshold = prefix;
+  *threshold = prefix;
+  return k;
+}
+
+// The best min(want, included) items of `items` (key 0: excluded) into sh.item[0..k), best first:
+// key down, then secondary up (unique per item, below 2^secondary_bits). Every thread of the block
+// must call it; returns k.
+template <class Items>
+__device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
+  const int tid = threadIdx.x;
+  uint32_t threshold = 0;
+  int32_t remaining = 0, equal = 0;
+  const int32_t k = kth_key(items, n, want, sh, &threshold, &remaining, &equal);
+  if (k == 0) return 0;
 
   // Where T is tied beyond the k, the tied items with the `remaining` smallest secondaries: the
   // same radix select on the secondary, from the bottom.
@@ -560,6 +572,35 @@ __device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int 
   return staged_top(items, n, want, secondary_bits, bound, sh);
 }
 
+struct StagedKeys {
+  const uint32_t* keys;
+  __device__ uint32_t key(int32_t j) const { return keys[j]; }
+};
+
+// selection_bound from every thread's ThreadTop (keys mapped by final_key). Up to kThreads from
+// the threads' best keys; wider selections (beam widths over 128) from the need-th largest of all
+// their kept keys, which are distinct items too, by a radix select over them staged in shared
+// memory. 0 when there is none. Empties the staging area. Every thread of the block must call it.
+template <class FinalKey>
+__device__ uint32_t kept_bound(const ThreadTop& top, FinalKey final_key, int32_t need, TopShared& sh) {
+  static_assert(kThreads * kKept <= kStaged, "every kept key must fit the staging area");
+  if (need <= kThreads) return selection_bound(top.key[0] ? final_key(top.key[0]) : 0u, need, sh);
+  if (threadIdx.x == 0) sh.staged = 0;
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kKept; ++j)
+    if (top.key[j] != 0) stage(final_key(top.key[j]), 0, sh);
+  __syncthreads();
+  const int32_t kept = sh.staged;
+  __syncthreads();  // read by every thread before it is reset below
+  uint32_t bound = 0;
+  int32_t remaining = 0, equal = 0;
+  if (kept >= need) kth_key(StagedKeys{sh.staged_key}, kept, need, sh, &bound, &remaining, &equal);
+  if (threadIdx.x == 0) sh.staged = 0;
+  __syncthreads();
+  return bound;
+}
+
 // bounded_top for a row (items indexed by column) whose normaliser pass gave each thread its
 // ThreadTop, with keys that final_key maps monotonically to the items' keys. A thread stages its
 // kept items at or above the bound, and reads its share of the row again only when its last kept
@@ -567,7 +608,7 @@ __device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int 
 template <class Bits, class Items, class FinalKey>
 __device__ int32_t kept_top(const Items& items, const Bits* row, int64_t vocab, int32_t want, const ThreadTop& top,
                             FinalKey final_key, TopShared& sh) {
-  const uint32_t bound = selection_bound(top.key[0] ? final_key(top.key[0]) : 0u, want, sh);
+  const uint32_t bound = kept_bound(top, final_key, want, sh);
   if (bound != 0) {
     if (top.key[kKept - 1] != 0 && final_key(top.key[kKept - 1]) >= bound) {
       for_each_own_column(RowSplit<Bits>(row, vocab), vocab, [&](int64_t t) {
