@@ -1,7 +1,8 @@
 // The device search's bookkeeping: BeamSearchState::advance (beam_search.cpp) for every batch item
-// at once, one block per item. Thread 0 makes the item's decisions (they are sequential by nature:
-// each hypothesis insert depends on the last, and there are at most 2 * num_beams candidates); the
-// block then copies the token histories they imply.
+// at once, one block per item. The block reads the item's candidates into shared memory and marks
+// the ones that end their hypotheses; thread 0 makes the item's decisions (they are sequential by
+// nature: each hypothesis insert depends on the last, and there are at most 2 * num_beams
+// candidates); the block then copies the token histories they imply.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -39,28 +40,34 @@ __device__ Half half_of(const BeamSelectParams& p, int32_t h) {
 }
 
 struct Shared {
+  float score[2 * kMaxBeams];     // candidate i's score
   uint8_t spent[2 * kMaxBeams];   // candidate i ends its hypothesis (eos, trie leaf or max_length)
+  uint8_t finishes[2 * kMaxBeams];  // ... by eos or at a trie leaf
   int32_t run_cand[kMaxBeams];    // candidate each running row takes
   float run_score[kMaxBeams];     // its running score (1e9 worse when it ended)
   int32_t slot_cand[kMaxBeams];   // the candidate whose tokens a hypothesis slot takes, -1 none
+  int32_t count;                  // candidates with a finite score: a prefix of them
   int32_t running;
   bool done;
 };
 
 // transformers' `_update_finished_beams` insert for candidate i (BeamSearchState::add_hypothesis).
-__device__ void add_hypothesis(const BeamSelectParams& p, const Half& cur, Shared& sh, int32_t b, int32_t i,
-                               bool finished) {
+// The candidates come best first, so each one's place is after the last one's: the search for it
+// starts at `from`. Returns where the next one's starts: after this one's place, or K when this one
+// was not kept (no worse one can be).
+__device__ int32_t add_hypothesis(const BeamSelectParams& p, const Half& cur, Shared& sh, int32_t b, int32_t i,
+                                  bool finished, int32_t from) {
   const int32_t K = p.num_beams, L = p.length + 1;
   const int64_t c = int64_t{b} * 2 * K + i;
-  const float score = p.cand_score[c] / at<float>(p.state, p.layout.penalty)[L];
-  if (!(score > kEnded)) return;
+  const float score = sh.score[i] / at<float>(p.state, p.layout.penalty)[L];
+  if (!(score > kEnded)) return from;  // not a hypothesis at all
   int32_t* count = at<int32_t>(p.state, p.layout.hyp_count) + b;
   int32_t* order = at<int32_t>(p.state, p.layout.hyp_order) + int64_t{b} * K;
   float* scores = at<float>(p.state, p.layout.hyp_score) + int64_t{b} * K;
   const int32_t kept = *count;
-  int32_t pos = 0;  // upper bound: after every kept score >= this one
+  int32_t pos = from;  // upper bound: after every kept score >= this one
   while (pos < kept && !(score > scores[order[pos]])) ++pos;
-  if (pos >= K) return;
+  if (pos >= K) return K;
   const int32_t slot = kept < K ? kept : order[K - 1];  // a free slot, else the evicted worst
   const int32_t n = kept < K ? kept + 1 : K;
   for (int32_t q = n - 1; q > pos; --q) order[q] = order[q - 1];
@@ -71,29 +78,44 @@ __device__ void add_hypothesis(const BeamSelectParams& p, const Half& cur, Share
   at<uint8_t>(p.state, p.layout.hyp_finished)[int64_t{b} * K + slot] = finished;
   at<uint8_t>(p.state, p.layout.hyp_filler)[int64_t{b} * K + slot] = cur.filler[p.cand_parent[c]];
   sh.slot_cand[slot] = i;
+  return pos + 1;
+}
+
+// The item's candidates into shared memory (sh.score, sh.spent, sh.finishes, sh.count), by the
+// whole block.
+__device__ void read_candidates(const BeamSelectParams& p, Shared& sh, int32_t b) {
+  const int32_t K = p.num_beams;
+  const int64_t base = int64_t{b} * 2 * K;
+  if (threadIdx.x == 0) sh.count = p.cand_count[b];
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < p.cand_count[b]; i += kThreads)
+    if (p.cand_score[base + i] == -INFINITY) atomicMin(&sh.count, i);
+  __syncthreads();
+  const bool at_max = p.length + 1 == p.max_length;
+  const TrieView* trie = p.tries ? p.tries + (p.num_tries == 1 ? 0 : b) : nullptr;
+  for (int32_t i = threadIdx.x; i < sh.count; i += kThreads) {
+    const int32_t node = p.cand_node[base + i];
+    const bool leaf = trie && node >= 0 && node < trie->num_nodes && trie->num_children(node) == 0;
+    const bool finishes = p.cand_token[base + i] == p.eos_id || leaf;
+    sh.score[i] = p.cand_score[base + i];
+    sh.finishes[i] = finishes;
+    sh.spent[i] = finishes || at_max;
+  }
 }
 
 // Thread 0: the item's running rows (sh.run_*), hypotheses and done flag.
 __device__ void decide(const BeamSelectParams& p, const Half& cur, Shared& sh, int32_t b) {
   const int32_t K = p.num_beams, L = p.length + 1;
-  const int64_t base = int64_t{b} * 2 * K;
   const bool at_max = L == p.max_length;
   uint8_t* done = at<uint8_t>(p.state, p.layout.done) + b;
   sh.running = 0;
   sh.done = *done;
   if (sh.done) return;
 
-  int32_t count = 0;  // candidates with a finite score
-  while (count < p.cand_count[b] && p.cand_score[base + count] != -INFINITY) ++count;
-  const TrieView* trie = p.tries ? p.tries + (p.num_tries == 1 ? 0 : b) : nullptr;
-  for (int32_t i = 0; i < count; ++i) {
-    const int32_t node = p.cand_node[base + i];
-    const bool leaf = trie && node >= 0 && node < trie->num_nodes && trie->num_children(node) == 0;
-    const bool finishes = p.cand_token[base + i] == p.eos_id || leaf;
-    sh.spent[i] = finishes || at_max;
-    // Only the top num_beams candidates may finish; the others are backups for the beams.
-    if (sh.spent[i] && i < K) add_hypothesis(p, cur, sh, b, i, finishes);
-  }
+  const int32_t count = sh.count;
+  // Only the top num_beams candidates may finish; the others are backups for the beams.
+  for (int32_t i = 0, from = 0; i < min(count, K) && from < K; ++i)
+    if (sh.spent[i]) from = add_hypothesis(p, cur, sh, b, i, sh.finishes[i], from);
 
   // The running beams: the candidates stably sorted by score, spent ones 1e9 worse. Both groups are
   // already in score order, so the sort is a merge (ties to the earlier candidate).
@@ -102,8 +124,8 @@ __device__ void decide(const BeamSelectParams& p, const Half& cur, Shared& sh, i
   for (int32_t j = 0; j < running; ++j) {
     while (a < count && sh.spent[a]) ++a;
     while (e < count && !sh.spent[e]) ++e;
-    const float key_a = a < count ? p.cand_score[base + a] : -INFINITY;
-    const float key_e = e < count ? p.cand_score[base + e] + kEnded : -INFINITY;
+    const float key_a = a < count ? sh.score[a] : -INFINITY;
+    const float key_e = e < count ? sh.score[e] + kEnded : -INFINITY;
     const bool take_a = a < count && (e >= count || key_a > key_e || (key_a == key_e && a < e));
     const int32_t i = take_a ? a++ : e++;
     sh.run_cand[j] = i;
@@ -141,6 +163,7 @@ __global__ void __launch_bounds__(kThreads) beam_select_kernel(BeamSelectParams 
   const int64_t base = int64_t{b} * 2 * K;
   const Half cur = half_of(p, p.parity), next = half_of(p, 1 - p.parity);
   for (int32_t s = threadIdx.x; s < K; s += kThreads) sh.slot_cand[s] = -1;
+  read_candidates(p, sh, b);
   __syncthreads();
   if (threadIdx.x == 0) decide(p, cur, sh, b);
   __syncthreads();
