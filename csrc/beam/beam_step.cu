@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "beam/beam.h"
 
@@ -375,16 +376,6 @@ struct RowSplit {
   }
 };
 
-// Calls f(t) for each column t of the row that this thread reads in row_logsumexp.
-template <class Bits, class F>
-__device__ void for_each_own_column(const RowSplit<Bits>& split, int64_t vocab, F&& f) {
-  for (int64_t i = threadIdx.x; i < split.head; i += kThreads) f(i);
-  constexpr int kPer = RowSplit<Bits>::kPer;
-  for (int64_t j = threadIdx.x; j < split.words; j += kThreads)
-    for (int e = 0; e < kPer; ++e) f(split.head + j * kPer + e);
-  for (int64_t i = split.tail + threadIdx.x; i < vocab; i += kThreads) f(i);
-}
-
 constexpr int kKept = 4;
 
 // A thread's best kKept items of its share of a row (order key, column), best first, gathered
@@ -435,44 +426,60 @@ struct NoWatch {
 
 constexpr int kRowLoads = 4;
 
-// log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one. `watch`
-// sees every value this thread reads, with its column.
-template <class Bits, class Watch = NoWatch>
-__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, Watch&& watch = NoWatch{}) {
+// Calls visit.add(x, first) over this thread's share of a row, in column order (x: the values of
+// columns first, first + 1, ...): a scalar head up to 16-byte alignment, 16-byte words strided over
+// the block with Loads of them loaded before any is used (one block per row must keep enough
+// bytes in flight), and a scalar tail.
+template <int Loads, class Bits, class Visit>
+__device__ void read_own_share(const Bits* row, int64_t vocab, Visit& visit) {
   constexpr int kPer = RowSplit<Bits>::kPer;
   const RowSplit<Bits> split(row, vocab);
-  OnlineLse acc;
   for (int64_t i = threadIdx.x; i < split.head; i += kThreads) {
     const float x[1] = {to_float(row[i])};
-    acc.add(x);
-    watch.add(x, i);
+    visit.add(x, i);
   }
   const uint4* body = reinterpret_cast<const uint4*>(row + split.head);
   int64_t j = threadIdx.x;
-  // kRowLoads loads issued before any is used: one row per block must keep enough bytes in flight.
-  for (; j + (kRowLoads - 1) * kThreads < split.words; j += kRowLoads * kThreads) {
-    uint4 w[kRowLoads];
+  for (; j + (Loads - 1) * kThreads < split.words; j += Loads * kThreads) {
+    uint4 w[Loads];
 #pragma unroll
-    for (int u = 0; u < kRowLoads; ++u) w[u] = body[j + u * kThreads];
+    for (int u = 0; u < Loads; ++u) w[u] = body[j + u * kThreads];
 #pragma unroll
-    for (int u = 0; u < kRowLoads; ++u) {  // in column order, as ThreadTop's ties need
+    for (int u = 0; u < Loads; ++u) {
       float x[kPer];
       unpack(w[u], x, static_cast<const Bits*>(nullptr));
-      acc.add(x);
-      watch.add(x, split.head + (j + u * kThreads) * kPer);
+      visit.add(x, split.head + (j + u * kThreads) * kPer);
     }
   }
   for (; j < split.words; j += kThreads) {
     float x[kPer];
     unpack(body[j], x, static_cast<const Bits*>(nullptr));
-    acc.add(x);
-    watch.add(x, split.head + j * kPer);
+    visit.add(x, split.head + j * kPer);
   }
   for (int64_t i = split.tail + threadIdx.x; i < vocab; i += kThreads) {
     const float x[1] = {to_float(row[i])};
-    acc.add(x);
-    watch.add(x, i);
+    visit.add(x, i);
   }
+}
+
+template <class Watch>
+struct LseAndWatch {
+  OnlineLse acc;
+  Watch& watch;
+  template <int N>
+  __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
+    acc.add(x);
+    watch.add(x, first);
+  }
+};
+
+// log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one. `watch`
+// sees every value this thread reads, with its column.
+template <class Bits, class Watch = NoWatch>
+__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, Watch&& watch = NoWatch{}) {
+  LseAndWatch<std::remove_reference_t<Watch>> visit{OnlineLse{}, watch};
+  read_own_share<kRowLoads>(row, vocab, visit);
+  const OnlineLse& acc = visit.acc;
   // Combine (m, s) across the block: the block max, then the rescaled sums.
   const float M = block_max(acc.m, sh);
   const bool any_nan = __syncthreads_or(acc.nan) != 0;
@@ -490,10 +497,9 @@ struct DenseRow {
   __device__ float value(int32_t i) const { return to_float(logits[i]); }
   // -inf logits never enter (the CPU heap only admits values above -inf).
   __device__ bool eligible(int64_t i, float x) const { return i != blocked && x != -INFINITY; }
-  __device__ uint32_t key(int32_t i) const {
-    const float x = value(i);
-    return eligible(i, x) ? order_key(x) : 0u;
-  }
+  // Column t's key from its logit x.
+  __device__ uint32_t key_of(int64_t t, float x) const { return eligible(t, x) ? order_key(x) : 0u; }
+  __device__ uint32_t key(int32_t i) const { return key_of(i, to_float(logits[i])); }
   __device__ int64_t secondary(int32_t i) const { return i; }
 };
 
@@ -605,16 +611,30 @@ __device__ uint32_t kept_bound(const ThreadTop& top, FinalKey final_key, int32_t
 // ThreadTop, with keys that final_key maps monotonically to the items' keys. A thread stages its
 // kept items at or above the bound, and reads its share of the row again only when its last kept
 // one is there too (it may have dropped more): the row is read once, and again in a few places.
+// Stages each column whose key (from its logit, Items::key_of) is at or above `bound`.
+template <class Items>
+struct StageFrom {
+  const Items& items;
+  uint32_t bound;
+  TopShared& sh;
+  template <int N>
+  __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const uint32_t key = items.key_of(first + j, x[j]);
+      if (key >= bound) stage(key, static_cast<int32_t>(first + j), sh);
+    }
+  }
+};
+
 template <class Bits, class Items, class FinalKey>
 __device__ int32_t kept_top(const Items& items, const Bits* row, int64_t vocab, int32_t want, const ThreadTop& top,
                             FinalKey final_key, TopShared& sh) {
   const uint32_t bound = kept_bound(top, final_key, want, sh);
   if (bound != 0) {
     if (top.key[kKept - 1] != 0 && final_key(top.key[kKept - 1]) >= bound) {
-      for_each_own_column(RowSplit<Bits>(row, vocab), vocab, [&](int64_t t) {
-        const uint32_t key = items.key(static_cast<int32_t>(t));
-        if (key >= bound) stage(key, static_cast<int32_t>(t), sh);
-      });
+      StageFrom<Items> visit{items, bound, sh};
+      read_own_share<1>(row, vocab, visit);  // a few threads: registers matter more than loads in flight
     } else {
 #pragma unroll
       for (int j = 0; j < kKept; ++j)
@@ -662,6 +682,7 @@ struct BitmapRow {
   __device__ bool eligible(int64_t t, float) const {
     return t < limit && ((bits[t >> 5] >> (t & 31)) & 1u) && t != blocked;
   }
+  __device__ uint32_t key_of(int64_t t, float x) const { return eligible(t, x) ? order_key(x - lse) : 0u; }
   __device__ uint32_t key(int32_t t) const { return eligible(t, 0.0f) ? order_key(value(t)) : 0u; }
   __device__ int64_t secondary(int32_t t) const { return t; }
 };
@@ -741,8 +762,9 @@ __device__ const int32_t* row_deltas(const BeamStepParams& p, int64_t r, int32_t
   return any_positive && n > 1 ? p.deltas + begin : nullptr;
 }
 
+// Three blocks per SM: registers for the row pass's loads in flight, with next to no spilling.
 template <class Bits>
-__global__ void __launch_bounds__(kThreads) beam_rows_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
+__global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
   __shared__ TopShared sh;
   if (p.halted && *p.halted != kNoBeamStepError) return;  // written by an earlier launch: no block races it
   const int64_t r = blockIdx.x;
