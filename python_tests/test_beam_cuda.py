@@ -91,7 +91,7 @@ def test_cuda_step__matches_cpu_step(beams, constrained, normalize, dtype, devic
 @pytest.mark.parametrize("one_live_row", [False, True])
 @pytest.mark.parametrize("beams,vocab", [(160, 20011), (256, 4099), (1024, 4099)])
 def test_cuda_step__widest_beams_dense(beams, vocab, one_live_row, device):
-    # Over 128 beams a row's selection is bounded by all the logits its threads kept (up to 512
+    # Over 128 beams a row's selection is bounded by all the logits its threads kept (up to 384
     # beams), else by radix passes over the row. With one live row, every candidate is that row's.
     logits, scores, _ = step_inputs(1, beams, vocab, torch.bfloat16, None, seed=7)
     if one_live_row:

@@ -584,13 +584,17 @@ struct StagedKeys {
 };
 
 // selection_bound from every thread's ThreadTop (keys mapped by final_key). Up to kThreads from
-// the threads' best keys; wider selections (beam widths over 128) from the need-th largest of all
+// the threads' best keys; wider selections (beam widths 129-384) from the need-th largest of all
 // their kept keys, which are distinct items too, by a radix select over them staged in shared
-// memory. 0 when there is none. Empties the staging area. Every thread of the block must call it.
+// memory. 0 when there is none. Empties the staging area when it returns a bound. Every thread of
+// the block must call it.
 template <class FinalKey>
 __device__ uint32_t kept_bound(const ThreadTop& top, FinalKey final_key, int32_t need, TopShared& sh) {
   static_assert(kThreads * kKept <= kStaged, "every kept key must fit the staging area");
   if (need <= kThreads) return selection_bound(top.key[0] ? final_key(top.key[0]) : 0u, need, sh);
+  // Nearer all of them, most threads would read their share again and the items at or above the
+  // bound would overflow the staging area: radix passes over the row cost less.
+  if (need > kThreads * kKept * 3 / 4) return 0;
   if (threadIdx.x == 0) sh.staged = 0;
   __syncthreads();
 #pragma unroll
