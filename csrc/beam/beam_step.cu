@@ -108,8 +108,9 @@ struct TopShared {
 };
 
 // A block-wide sum (all threads get the result). The warps' sums are added in warp order, never
-// in the order the warps happen to finish, so that equal rows get bit-equal normalisers and ties
-// between them stay ties on every run.
+// in the order the warps happen to finish, so that a row gets the same normaliser on every run and
+// equal rows at the same 16-byte alignment get bit-equal ones (ties between them stay ties). How a
+// row's columns are shared out depends on its alignment (RowSplit), as in torch's softmax kernels.
 template <class T>
 __device__ T block_sum(T v, T* warp_sums) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
