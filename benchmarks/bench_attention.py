@@ -157,24 +157,38 @@ def test_backward(benchmark, impl, L, D):
     _record(benchmark, impl, L, D, unmasked_pairs(prefix, seq, L), 10)
 
 
-@pytest.mark.parametrize("impl", ("pyfastseq", "flex_rebuilt", "sdpa_mask"))
-@pytest.mark.parametrize("L", (512,))
-def test_training_step(benchmark, impl, L):
-    """Metadata/mask for new lengths + forward + backward through 12 attention layers."""
-    D = 64
+STEP_D = 64
+
+
+def training_step(impl: str, L: int, sync_each_layer: bool = False):
+    """(step, the batches' lengths): each call takes the next batch's lengths, builds the metadata or
+    mask, and runs forward + backward through STEP_LAYERS attention layers; with ``sync_each_layer``
+    the host waits for each forward layer (profile_attention.py's comparison)."""
     gen = torch.Generator().manual_seed(1)
-    layers = [[t.requires_grad_() for t in make_inputs(L, D, seed)[:3]] for seed in range(STEP_LAYERS)]
-    do = make_inputs(L, D)[3]
+    layers = [[t.requires_grad_() for t in make_inputs(L, STEP_D, seed)[:3]] for seed in range(STEP_LAYERS)]
+    do = make_inputs(L, STEP_D)[3]
     batches = [random_lengths(BATCH, L, gen) for _ in range(8)]
     counter = iter(range(10**9))
 
     def step():
         prefix, seq = batches[next(counter) % len(batches)]
         meta = build(impl, prefix, seq, L)
-        outs = [run(impl, q, k, v, meta) for q, k, v in layers]
+        outs = []
+        for q, k, v in layers:
+            outs.append(run(impl, q, k, v, meta))
+            if sync_each_layer:
+                torch.cuda.synchronize()
         torch.autograd.backward(outs, [do] * STEP_LAYERS)
 
+    return step, batches
+
+
+@pytest.mark.parametrize("impl", ("pyfastseq", "flex_rebuilt", "sdpa_mask"))
+@pytest.mark.parametrize("L", (512,))
+def test_training_step(benchmark, impl, L):
+    """Metadata/mask for new lengths + forward + backward through 12 attention layers."""
+    step, batches = training_step(impl, L)
     benchmark(_sync(step))
     pairs = sum(unmasked_pairs(p, s, L) for p, s in batches) / len(batches)
-    benchmark.extra_info.update(device=torch.cuda.get_device_name(), impl=impl, L=L, D=D, layers=STEP_LAYERS,
-                                step_tflops=14 * D * pairs * STEP_LAYERS / benchmark.stats.stats.median / 1e12)
+    benchmark.extra_info.update(device=torch.cuda.get_device_name(), impl=impl, L=L, D=STEP_D, layers=STEP_LAYERS,
+                                step_tflops=14 * STEP_D * pairs * STEP_LAYERS / benchmark.stats.stats.median / 1e12)

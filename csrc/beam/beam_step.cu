@@ -155,15 +155,21 @@ __device__ float block_max(float v, TopShared& sh) {
 // scans its eight bins (a single thread scanning all 256 would take most of a selection's time).
 constexpr int kBinsPerLane = 256 / 32;
 
+// Lane `lane`'s bins summed, also left in sh.lane_count for the other lanes of the first warp.
+__device__ int32_t lane_bins(int lane, TopShared& sh) {
+  int32_t own = 0;
+  for (int j = 0; j < kBinsPerLane; ++j) own += sh.hist[kBinsPerLane * lane + j];
+  sh.lane_count[lane] = own;
+  __syncwarp();
+  return own;
+}
+
 // The largest digit d whose bins d..255 hold at least `remaining` items (0 if none): sh.digit, with
 // sh.remaining = remaining less the items above d, and sh.equal = the items at d.
 __device__ void digit_from_top(int32_t remaining, TopShared& sh) {
   const int lane = threadIdx.x;
   if (lane >= 32) return;
-  int32_t own = 0;
-  for (int j = 0; j < kBinsPerLane; ++j) own += sh.hist[kBinsPerLane * lane + j];
-  sh.lane_count[lane] = own;
-  __syncwarp();
+  const int32_t own = lane_bins(lane, sh);
   int32_t above = 0;  // items in the lanes above this one
   for (int m = lane + 1; m < 32; ++m) above += sh.lane_count[m];
   const unsigned reached = __ballot_sync(0xffffffffu, above + own >= remaining);
@@ -183,10 +189,7 @@ __device__ void digit_from_top(int32_t remaining, TopShared& sh) {
 __device__ void digit_from_bottom(int32_t need, TopShared& sh) {
   const int lane = threadIdx.x;
   if (lane >= 32) return;
-  int32_t own = 0;
-  for (int j = 0; j < kBinsPerLane; ++j) own += sh.hist[kBinsPerLane * lane + j];
-  sh.lane_count[lane] = own;
-  __syncwarp();
+  const int32_t own = lane_bins(lane, sh);
   int32_t below = 0;  // items in the lanes below this one
   for (int m = 0; m < lane; ++m) below += sh.lane_count[m];
   const unsigned reached = __ballot_sync(0xffffffffu, below + own >= need);
