@@ -111,6 +111,26 @@ def test_high_fan_out_nodes(device, dtype, request):
     torch.testing.assert_close(logits.cpu(), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", devices(emulated=True))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_children_at_store_boundaries(device, dtype, request):
+    # Children on either side of every boundary the CUDA kernel's stores meet: 16-byte chunks (4 or 8
+    # columns), a warp's 4 KB span (1024 or 2048 columns), a block's 32 KB; rows starting at every
+    # offset from a 16-byte boundary, so the boundaries shift against the columns.
+    device = torch_device(device, request)
+    vocab = 16500
+    edges = [0, 4, 8, 1024, 2048, 4096, 8192, 16384]
+    children = sorted({c + d for c in edges for d in (-1, 0, 1) if 0 <= c + d < vocab} | {vocab - 1})
+    trie = fs.Trie([[c] for c in children], eos_id=None)
+    shifts = range(16 // torch.empty(0, dtype=dtype).element_size())
+    base = torch.randn(len(shifts), vocab + 8, dtype=dtype, device=device)
+    for shift in shifts:
+        row = base[shift:shift + 1, shift:shift + vocab]
+        expected = reference_mask(row.cpu(), [children])
+        trie.mask_logits(row, [0])
+        torch.testing.assert_close(row.cpu(), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("fill", [-1e4, 0.0, float("inf")])
 def test_custom_fill(fill):
     trie = fs.Trie([[2, 3], [4]])
