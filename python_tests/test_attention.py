@@ -391,9 +391,9 @@ CUDA_GRID = [
 @pytest.fixture
 def one_config(monkeypatch):
     """``use(D, dtype, index=None)``: launch every kernel with one configuration of its autotune list
-    (``index``, or the first that fits shared memory at ``D`` and ``dtype``) instead of autotuning,
-    which compiles and times every configuration for every new key. Returns False where ``index``
-    does not fit."""
+    (``index``, or the first that fits shared memory at ``D`` and ``dtype``; a kernel with a single
+    configuration always gets it) instead of autotuning, which compiles and times every
+    configuration for every new key. Returns False where ``index`` does not fit."""
     from pyfastseq.attention import launch
 
     def use(D, dtype, index=None):
@@ -401,7 +401,7 @@ def one_config(monkeypatch):
         chosen = {}
         for which, (kernel, configs) in launch._KERNELS.items():
             fitting = [c for c in configs if launch._fits(c, D, elem)]
-            config = fitting[0] if index is None else configs[index]
+            config = fitting[0] if index is None or len(configs) == 1 else configs[index]
             if config not in fitting:
                 return False
             chosen[which] = (kernel, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})

@@ -1,7 +1,7 @@
-"""Triton backward kernels of UniLM attention: dK/dV per key block, dQ per query block.
+"""Triton backward kernels of UniLM attention: ``DELTA = rowsum(dO * O)`` (fp32, [B, H, L]) first,
+then dK/dV per key block and dQ per query block.
 
-Both recompute the probabilities from the forward's log2-sum-exp2 (``LSE``) and take
-``DELTA = rowsum(dO * O)`` (fp32, [B, H, L]). A key block of the target is seen only by queries at or
+Both recompute the probabilities from the forward's log2-sum-exp2 (``LSE``) and take ``DELTA``. A key block of the target is seen only by queries at or
 after it, a prefix key block by every real query; query blocks outside that range are never
 visited, and blocks the mask leaves whole skip the mask arithmetic. Padded queries (``i >= n``) get
 zero dQ and add nothing to dK/dV.
@@ -11,6 +11,26 @@ import triton
 import triton.language as tl
 
 from .tiles import dot as _dot, head_lengths as _head_lengths, load_rows as _load_rows, visible as _visible
+
+
+@triton.jit
+def unilm_bwd_delta_kernel(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    H, L, L_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """One program: DELTA of ``BLOCK_M`` rows of one (batch, head), summed in fp32 from O and dO read
+    once in their own dtype (no fp32 copies of either)."""
+    pid_bh = tl.program_id(1)
+    b64, h64 = (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    in_range = rows < L
+    o = _load_rows(O + b64 * stride_ob + h64 * stride_oh, rows, stride_om, stride_od, in_range, HEAD_DIM)
+    do = _load_rows(DO + b64 * stride_dob + h64 * stride_doh, rows, stride_dom, stride_dod, in_range, HEAD_DIM)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * L + rows, delta, mask=in_range)
 
 
 @triton.jit

@@ -17,7 +17,7 @@ import torch
 import triton
 
 from .._validate import INT32_MAX
-from .backward import unilm_bwd_dkdv_kernel, unilm_bwd_dq_kernel
+from .backward import unilm_bwd_delta_kernel, unilm_bwd_dkdv_kernel, unilm_bwd_dq_kernel
 from .forward import unilm_fwd_kernel
 
 LOG2E = 1.4426950408889634
@@ -29,7 +29,7 @@ def interpreting() -> bool:
 
 def _fits(config, D: int, elem: int) -> bool:
     # One resident tile plus two streamed tiles per pipeline stage.
-    tiles = config.kwargs["BLOCK_M"] + 2 * config.kwargs["BLOCK_N"] * max(config.num_stages, 1)
+    tiles = config.kwargs["BLOCK_M"] + 2 * config.kwargs.get("BLOCK_N", 0) * max(config.num_stages, 1)
     return tiles * D * elem <= 224 * 1024
 
 
@@ -50,21 +50,25 @@ _BWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
     for bm, bn, w, st in [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1)]
 ]
+_DELTA_CONFIGS = [triton.Config({"BLOCK_M": 64}, num_warps=4)]  # a streaming reduction: nothing to tune
 _KEY = ["HEAD_DIM", "L_BUCKET"]
 _KERNELS = {
     "fwd": (unilm_fwd_kernel, _FWD_CONFIGS),
+    "delta": (unilm_bwd_delta_kernel, _DELTA_CONFIGS),
     "dkdv": (unilm_bwd_dkdv_kernel, _BWD_CONFIGS),
     "dq": (unilm_bwd_dq_kernel, _BWD_CONFIGS),
 }
 # Interpreter blocks: small enough to exercise multi-block paths on short test sequences.
 INTERPRET_BLOCKS = {name: {"BLOCK_M": 32, "BLOCK_N": 32} for name in _KERNELS}
+INTERPRET_BLOCKS["delta"] = {"BLOCK_M": 32}
 
 
 @functools.cache
 def _autotuned(which: str):
     kernel, configs = _KERNELS[which]
     # Every kernel writes all of its outputs, so the autotuner may rerun them freely.
-    return triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": _prune})(kernel)
+    prune = {"early_config_prune": _prune} if len(configs) > 1 else None
+    return triton.autotune(configs, key=_KEY, prune_configs_by=prune)(kernel)
 
 
 def _kernel(which: str):
@@ -145,7 +149,8 @@ def backward(do, q, k, v, out, lse, prefix, seq, scale: float):
     prefix, seq = _contiguous_lengths(prefix, seq)
     if _head_extent(do) > INT32_MAX:  # autograd's layout, not the caller's
         do = do.contiguous()
-    delta = (do.float() * out.float()).sum(-1).contiguous()  # [B, H, L]
+    delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
+    _launch("delta", "BLOCK_M", L, H, (out, do, delta), (out, do), (H, L, _bucket(L)), dict(HEAD_DIM=D))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     scalars = (H, L, scale, scale * LOG2E, _bucket(L))
     meta = dict(HEAD_DIM=D, IEEE=q.dtype == torch.float32)
