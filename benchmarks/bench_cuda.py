@@ -115,8 +115,8 @@ def record(benchmark, call, kernel, nbytes: int, peers: dict, **info):
             peer_s[name] = gpu_time(fn)
     peak = peak_bandwidth()
     benchmark.extra_info.update(
-        info, **timing, device=torch.cuda.get_device_name(), kernel_s=ours, call_s=call_s, gbps=nbytes / ours / 1e9,
-        pct_of_peak=None if peak is None else 100 * nbytes / ours / peak,
+        info, **timing, device=torch.cuda.get_device_name(), kernel_s=ours, call_s=call_s,
+        gbps=nbytes / ours / 1e9, pct_of_peak=None if peak is None else 100 * nbytes / ours / peak,
         **{f"{name}_s": s for name, s in peer_s.items()}, **{f"ratio_vs_{name}": s / ours for name, s in peer_s.items()},
     )
 

@@ -1,16 +1,17 @@
 """Triton backward kernels of UniLM attention: ``DELTA = rowsum(dO * O)`` (fp32, [B, H, L]) first,
 then dK/dV per key block and dQ per query block.
 
-Both recompute the probabilities from the forward's log2-sum-exp2 (``LSE``) and take ``DELTA``. A key block of the target is seen only by queries at or
-after it, a prefix key block by every real query; query blocks outside that range are never
-visited, and blocks the mask leaves whole skip the mask arithmetic. Padded queries (``i >= n``) get
-zero dQ and add nothing to dK/dV.
+Both recompute the probabilities from the forward's log2-sum-exp2 (``LSE``) and take ``DELTA``. A
+key block of the target is seen only by queries at or after it, a prefix key block by every real
+query; query blocks outside that range are never visited, and blocks the mask leaves whole skip the
+mask arithmetic. Padded queries (``i >= n``) get zero dQ and add nothing to dK/dV.
 """
 
 import triton
 import triton.language as tl
 
-from .tiles import dot as _dot, head_lengths as _head_lengths, load_rows as _load_rows, visible as _visible
+from .tiles import dot as _dot, head_lengths as _head_lengths, last_first_block, load_rows as _load_rows
+from .tiles import visible as _visible
 
 
 @triton.jit
@@ -135,7 +136,7 @@ def unilm_bwd_dq_kernel(
 ):
     """One program: ``BLOCK_M`` queries of one (batch, head); loops over the key blocks they see."""
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = last_first_block(BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = rows < n

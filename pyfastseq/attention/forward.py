@@ -11,7 +11,7 @@ interpreter.
 import triton
 import triton.language as tl
 
-from .tiles import dot, head_lengths as _head_lengths, load_rows as _load_rows, visible
+from .tiles import dot, head_lengths as _head_lengths, last_first_block, load_rows as _load_rows, visible
 
 # Finite "minus infinity" for the running max: a row that sees nothing keeps exp2(m_i - m_new) = 1
 # instead of exp2(-inf + inf) = NaN.
@@ -53,7 +53,7 @@ def unilm_fwd_kernel(
     ``qk_scale`` is ``scale * log2(e)``; ``L_BUCKET`` only keys the autotuner. LSE is [B, H, L] fp32.
     """
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = last_first_block(BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)

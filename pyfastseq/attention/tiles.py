@@ -31,6 +31,14 @@ def head_lengths(PREFIX, SEQ, H, L):
 
 
 @triton.jit
+def last_first_block(BLOCK_M: tl.constexpr):
+    """The first query row of this program's block, the last block of the row first: later queries
+    see more keys (causal targets), so the heaviest programs start first and the grid ends on light
+    ones."""
+    return (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+
+
+@triton.jit
 def load_rows(base, idx, stride_i, stride_d, valid, HEAD_DIM: tl.constexpr):
     """Rows ``idx`` of a [L, HEAD_DIM] slice at ``base`` as a [len(idx), HEAD_DIM] tile; zeros where
     not ``valid``."""
