@@ -615,10 +615,6 @@ __device__ uint32_t kept_bound(const ThreadTop& top, FinalKey final_key, int32_t
   return bound;
 }
 
-// bounded_top for a row (items indexed by column) whose normaliser pass gave each thread its
-// ThreadTop, with keys that final_key maps monotonically to the items' keys. A thread stages its
-// kept items at or above the bound, and reads its share of the row again only when its last kept
-// one is there too (it may have dropped more): the row is read once, and again in a few places.
 // Stages each column whose key (from its logit, Items::key_of) is at or above `bound`.
 template <class Items>
 struct StageFrom {
@@ -635,6 +631,10 @@ struct StageFrom {
   }
 };
 
+// bounded_top for a row (items indexed by column) whose normaliser pass gave each thread its
+// ThreadTop, with keys that final_key maps monotonically to the items' keys. A thread stages its
+// kept items at or above the bound, and reads its share of the row again only when its last kept
+// one is there too (it may have dropped more): the row is read once, and again in a few places.
 template <class Bits, class Items, class FinalKey>
 __device__ int32_t kept_top(const Items& items, const Bits* row, int64_t vocab, int32_t want, const ThreadTop& top,
                             FinalKey final_key, TopShared& sh) {
