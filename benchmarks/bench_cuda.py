@@ -201,19 +201,15 @@ def check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, a
             finite = int(torch.isfinite(want.values[b]).sum())
             assert n == finite
             np.testing.assert_allclose(got[0][b, :n], want.values[b, :n].cpu().numpy(), rtol=0, atol=1e-4)
-    peers = {"torch": peer, **{name: (lambda other=other: other.launch_at(logits, *device_beams(other)))
-                               for name, other in (other_steps or {}).items()}}
+
+    def kernels(cuda_step):
+        """launch_at from the beams launch() uploaded: the device search's own way in, no upload."""
+        return lambda: cuda_step.launch_at(logits, *cuda_step.uploaded_beams(nodes is not None), 0)
+
+    peers = {"torch": peer, **{name: kernels(other) for name, other in (other_steps or {}).items()}}
     step_s = gpu_time(lambda: (step.launch(logits, host_scores, host_nodes), step.read(logits.shape[1])))
-    record(benchmark, lambda: step.launch(logits, host_scores, host_nodes),
-           lambda: step.launch_at(logits, *device_beams(step)),
+    record(benchmark, lambda: step.launch(logits, host_scores, host_nodes), kernels(step),
            logits.shape[0] * logits.shape[1] * logits.element_size(), peers, step_with_copy_s=step_s, **info)
-
-
-def device_beams(step):
-    """launch_at's scores and nodes pointers and short_of_min for the beams ``step.launch`` uploaded
-    last: the device search's own way in, with nothing to upload."""
-    rows = step.rows
-    return step.beams.data_ptr(), None if step.views is None else step.beams.data_ptr() + 4 * rows, 0
 
 
 @pytest.mark.parametrize("items", ITEMS)

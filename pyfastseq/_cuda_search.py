@@ -109,8 +109,12 @@ class CudaStep:
                                np.zeros(self.rows, np.int32) if nodes is None else np.asarray(nodes, np.int32)])
         self.beams = torch.from_numpy(host).to(self.device)  # score bits, then nodes; alive until read()
         self.clear_error()
-        self.launch_at(logits, self.beams.data_ptr(), None if nodes is None else self.beams.data_ptr() + 4 * self.rows,
-                       short_of_min, deltas)
+        self.launch_at(logits, *self.uploaded_beams(nodes is not None), short_of_min, deltas)
+
+    def uploaded_beams(self, constrained: bool) -> tuple[int, int | None]:
+        """:meth:`launch_at`'s scores and nodes pointers (None when not ``constrained``) for the
+        beams :meth:`launch` uploaded last; launching from them again uploads nothing."""
+        return self.beams.data_ptr(), self.beams.data_ptr() + 4 * self.rows if constrained else None
 
     def launch_at(self, logits: torch.Tensor, scores_ptr: int, nodes_ptr: int | None, short_of_min: int,
                   deltas: tuple[torch.Tensor, torch.Tensor] | None = None, halted_ptr: int = 0) -> None:

@@ -614,8 +614,7 @@ def test_cuda_step__replayed_from_a_cuda_graph(constrained):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step.clear_error()
-        step.launch_at(logits, step.beams.data_ptr(), None if nodes is None else step.beams.data_ptr() + 4 * step.rows,
-                       0)
+        step.launch_at(logits, *step.uploaded_beams(nodes is not None), 0)
     for values in (first, second):
         logits.copy_(values)
         step.out.zero_()  # nothing left from an earlier launch
