@@ -342,13 +342,12 @@ def _trie_mask_op(
         if _backend.on_gpu(target):
             bad = (nodes < -1) | (nodes >= num_nodes)
             if bool(bad.any()):
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {_shown(nodes[row])}")
+                raise _bad_node(nodes, int(bad.nonzero()[0, 0]), num_nodes)
             launch_trie_mask_cuda(target, nodes, child_begin, child_token, fill)
         else:
             row = _C.trie_mask(*_mask_args(target, nodes, child_begin, child_token, fill))
             if row >= 0:
-                raise ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {_shown(nodes[row])}")
+                raise _bad_node(nodes, row, num_nodes)
     if target is not logits:
         logits.copy_(target)
 
@@ -372,9 +371,10 @@ def launch_trie_mask_cuda(target: torch.Tensor, nodes: torch.Tensor, child_begin
         raise RuntimeError(f"trie mask kernel launch failed (cudaError {status})")
 
 
-def _shown(node: torch.Tensor) -> str:
-    value = int(node)
-    return f"{value} or a value beyond the int32 range" if value == torch.iinfo(torch.int32).min else str(value)
+def _bad_node(nodes: torch.Tensor, row: int, num_nodes: int) -> ValueError:
+    value = int(nodes[row])
+    shown = f"{value} or a value beyond the int32 range" if value == torch.iinfo(torch.int32).min else str(value)
+    return ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {shown}")
 
 
 @_trie_mask_op.register_fake
