@@ -10,8 +10,8 @@ mask arithmetic. Padded queries (``i >= n``) get zero dQ and add nothing to dK/d
 import triton
 import triton.language as tl
 
-from .tiles import dot as _dot, head_lengths as _head_lengths, last_first_block, load_rows as _load_rows
-from .tiles import visible as _visible
+from .tiles import batch_head, dot as _dot, head_lengths as _head_lengths, last_first_block
+from .tiles import load_rows as _load_rows, visible as _visible
 
 
 @triton.jit
@@ -24,14 +24,13 @@ def unilm_bwd_delta_kernel(
 ):
     """One program: DELTA of ``BLOCK_M`` rows of one (batch, head), summed in fp32 from O and dO read
     once in their own dtype (no fp32 copies of either)."""
-    pid_bh = tl.program_id(1)
-    b64, h64 = (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
+    pid_bh, b64, h64 = batch_head(H)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     in_range = rows < L
     o = _load_rows(O + b64 * stride_ob + h64 * stride_oh, rows, stride_om, stride_od, in_range, HEAD_DIM)
     do = _load_rows(DO + b64 * stride_dob + h64 * stride_doh, rows, stride_dom, stride_dod, in_range, HEAD_DIM)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh.to(tl.int64) * L + rows, delta, mask=in_range)
+    tl.store(DELTA + pid_bh * L + rows, delta, mask=in_range)
 
 
 @triton.jit

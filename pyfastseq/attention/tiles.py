@@ -20,14 +20,20 @@ def dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def head_lengths(PREFIX, SEQ, H, L):
+def batch_head(H):
     """This program's (batch, head) (grid axis 1 is batch * H + head): the flat index, batch and
-    head as int64 for addressing, and the row's prefix length s and length n, clamped to [0, L]."""
+    head, as int64 for addressing."""
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
+    return pid_bh.to(tl.int64), (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
+
+
+@triton.jit
+def head_lengths(PREFIX, SEQ, H, L):
+    """:func:`batch_head`, and the row's prefix length s and length n, clamped to [0, L]."""
+    pid_bh, b, h = batch_head(H)
     s = tl.minimum(tl.maximum(tl.load(PREFIX + b), 0), L)
     n = tl.minimum(tl.maximum(tl.load(SEQ + b), 0), L)
-    return pid_bh.to(tl.int64), b.to(tl.int64), (pid_bh % H).to(tl.int64), s, n
+    return pid_bh, b, h, s, n
 
 
 @triton.jit
