@@ -428,42 +428,47 @@ struct NoWatch {
   __device__ __forceinline__ void add(const float (&)[N], int64_t) {}
 };
 
-constexpr int kRowLoads = 4;
+// 16-byte loads in flight per thread on a row pass: a block reads a whole row alone, and when the
+// rows are fewer than the SMs its loads in flight are all of an SM's. A watch that keeps the best
+// logits needs registers for them, and takes half as many.
+constexpr int kRowLoads = 8;
+constexpr int kWatchedRowLoads = 4;
 
 // Calls visit.add(x, first) over this thread's share of a row, in column order (x: the values of
 // columns first, first + 1, ...): a scalar head up to 16-byte alignment, 16-byte words strided over
-// the block with Loads of them loaded before any is used (one block per row must keep enough
-// bytes in flight), and a scalar tail.
+// the block, and a scalar tail. Loads go out before any value is used: the head and the tail (under
+// 16 bytes each, so one column per thread at most) with the first words, and the words Loads at a
+// time, the last group predicated, so that a row costs ceil(words / (Loads * threads)) round trips
+// to memory.
 template <int Loads, class Bits, class Visit>
 __device__ void read_own_share(const Bits* row, int64_t vocab, Visit& visit) {
   constexpr int kPer = RowSplit<Bits>::kPer;
   const RowSplit<Bits> split(row, vocab);
-  for (int64_t i = threadIdx.x; i < split.head; i += kThreads) {
-    const float x[1] = {to_float(row[i])};
-    visit.add(x, i);
-  }
+  const int64_t head_column = threadIdx.x, tail_column = split.tail + threadIdx.x;
+  bool head_pending = head_column < split.head;
+  const bool has_tail = tail_column < vocab;
+  const float head[1] = {head_pending ? to_float(row[head_column]) : 0.0f};
+  const float tail[1] = {has_tail ? to_float(row[tail_column]) : 0.0f};
   const uint4* body = reinterpret_cast<const uint4*>(row + split.head);
-  int64_t j = threadIdx.x;
-  for (; j + (Loads - 1) * kThreads < split.words; j += Loads * kThreads) {
+  for (int64_t j = threadIdx.x; j < split.words; j += Loads * kThreads) {
     uint4 w[Loads];
 #pragma unroll
-    for (int u = 0; u < Loads; ++u) w[u] = body[j + u * kThreads];
+    for (int u = 0; u < Loads; ++u)
+      if (j + u * kThreads < split.words) w[u] = body[j + u * kThreads];
+    if (head_pending) {
+      visit.add(head, head_column);
+      head_pending = false;
+    }
 #pragma unroll
     for (int u = 0; u < Loads; ++u) {
+      if (j + u * kThreads >= split.words) break;
       float x[kPer];
       unpack(w[u], x, static_cast<const Bits*>(nullptr));
       visit.add(x, split.head + (j + u * kThreads) * kPer);
     }
   }
-  for (; j < split.words; j += kThreads) {
-    float x[kPer];
-    unpack(body[j], x, static_cast<const Bits*>(nullptr));
-    visit.add(x, split.head + j * kPer);
-  }
-  for (int64_t i = split.tail + threadIdx.x; i < vocab; i += kThreads) {
-    const float x[1] = {to_float(row[i])};
-    visit.add(x, i);
-  }
+  if (head_pending) visit.add(head, head_column);
+  if (has_tail) visit.add(tail, tail_column);
 }
 
 template <class Watch>
@@ -482,7 +487,8 @@ struct LseAndWatch {
 template <class Bits, class Watch = NoWatch>
 __device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, Watch&& watch = NoWatch{}) {
   LseAndWatch<std::remove_reference_t<Watch>> visit{OnlineLse{}, watch};
-  read_own_share<kRowLoads>(row, vocab, visit);
+  constexpr bool watched = !std::is_same_v<std::remove_reference_t<Watch>, NoWatch>;
+  read_own_share<watched ? kWatchedRowLoads : kRowLoads>(row, vocab, visit);
   const OnlineLse& acc = visit.acc;
   // Combine (m, s) across the block: the block max, then the rescaled sums.
   const float M = block_max(acc.m, sh);
