@@ -385,16 +385,19 @@ def test_cuda_step__lookahead_deltas__matches_cpu_step(beams, normalize, dtype, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("normalize", ["full", "allowed"])
 @pytest.mark.parametrize("lookahead", [False, True])
-def test_cuda_step__high_fan_out_nodes__matches_cpu_step(lookahead, normalize, dtype, device):
-    # Nodes with thousands of children, as a title trie's first tokens have, where the kernel bounds
-    # the selection from one pass (over the children, or over the row with the node as a bitmap).
-    # Logits of seven values: children tie by the hundred at the cut, and the lower token must win
-    # every tie, as on the CPU. The hub's rows favour tokens outside it, which must not raise the bound.
+@pytest.mark.parametrize("hub_children", [3000, 600, 40])
+def test_cuda_step__tied_children__matches_cpu_step(hub_children, lookahead, normalize, dtype, device):
+    # A root with thousands of children, as a title trie's first tokens have, where the kernel bounds
+    # the selection from one pass (over the children, or over the row with the node as a bitmap), and
+    # a hub of thousands, hundreds or tens, which the kernel selects from in shared memory. Logits of
+    # seven values: children tie by the hundred (or by the few) at the cut, and the lower token must
+    # win every tie, as on the CPU. The hub's rows favour tokens outside it, which must not raise the
+    # bound.
     rng = random.Random(3)
     vocab, beams = 6007, 16
-    hub = 2  # a second-level node with 3,000 children
+    hub = 2  # a second-level node
     entries = {(rng.randrange(3, vocab), rng.randrange(2, vocab), EOS) for _ in range(8000)}
-    entries |= {(hub, t, EOS) for t in rng.sample(range(2, vocab), 3000)}
+    entries |= {(hub, t, EOS) for t in rng.sample(range(2, vocab), hub_children)}
     trie = fs.Trie([list(e) for e in sorted(entries)], eos_id=EOS)
     assert len(trie.children(0)[0]) > 4000
     logits, scores, _ = step_inputs(2, beams, vocab, dtype, None, seed=5)

@@ -546,8 +546,14 @@ __device__ uint32_t selection_bound(uint32_t mine, int32_t need, TopShared& sh) 
   return sh.bound;
 }
 
+// One shared atomic per group of threads staging together: a warp's items often all pass the bound
+// (every child of a small node does), and 32 atomics on one counter would serialise.
 __device__ __forceinline__ void stage(uint32_t key, int32_t item, TopShared& sh) {
-  const int32_t slot = atomicAdd(&sh.staged, 1);
+  namespace cg = cooperative_groups;
+  const cg::coalesced_group together = cg::coalesced_threads();
+  int32_t first = 0;
+  if (together.thread_rank() == 0) first = atomicAdd(&sh.staged, static_cast<int32_t>(together.size()));
+  const int32_t slot = together.shfl(first, 0) + static_cast<int32_t>(together.thread_rank());
   if (slot < kStaged) {
     sh.staged_key[slot] = key;
     sh.staged_item[slot] = item;
@@ -572,19 +578,44 @@ __device__ int32_t staged_top(const Items& items, int32_t n, int32_t want, int s
   return block_top(items, n, want, secondary_bits, sh);
 }
 
-// block_top with a shortcut: one pass finds each thread's largest key, a second stages the items at
-// or above their selection_bound, usually a few hundred, and the selection runs on those in shared
-// memory instead of each radix digit reading the items.
+// Keys a thread loads before using any in for_each_key.
+constexpr int kKeyLoads = 4;
+
+// Calls fn(key, i) for this thread's items (i = threadIdx.x, + kThreads, ...) in order, kKeyLoads
+// keys loaded before any is used: an item's key costs one or two loads from global memory, and a
+// loop that waited for each in turn would take a memory latency per item (a batch item's merge
+// runs over num_beams x 2 num_beams of them in one block).
+template <class Items, class Fn>
+__device__ __forceinline__ void for_each_key(const Items& items, int32_t n, Fn&& fn) {
+  for (int32_t i = threadIdx.x; i < n; i += kKeyLoads * kThreads) {
+    uint32_t key[kKeyLoads];
+#pragma unroll
+    for (int u = 0; u < kKeyLoads; ++u) key[u] = i + u * kThreads < n ? items.key(i + u * kThreads) : 0u;
+#pragma unroll
+    for (int u = 0; u < kKeyLoads; ++u)
+      if (i + u * kThreads < n) fn(key[u], i + u * kThreads);
+  }
+}
+
+// block_top reading each item's key once or twice instead of at every radix digit: up to kStaged
+// items are all staged in shared memory and selected there; more take a first pass for each
+// thread's largest key, stage the items at or above their selection_bound (usually a few hundred)
+// in a second, and select among those.
 template <class Items>
 __device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
-  uint32_t mine = 0;
-  for (int32_t i = threadIdx.x; i < n; i += kThreads) mine = max(mine, items.key(i));
-  const uint32_t bound = selection_bound(mine, want, sh);
+  uint32_t bound = 1;  // every item with a key
+  if (n > kStaged) {
+    uint32_t mine = 0;
+    for_each_key(items, n, [&](uint32_t key, int32_t) { mine = max(mine, key); });
+    bound = selection_bound(mine, want, sh);
+  } else {
+    if (threadIdx.x == 0) sh.staged = 0;
+    __syncthreads();
+  }
   if (bound != 0)
-    for (int32_t i = threadIdx.x; i < n; i += kThreads) {
-      const uint32_t key = items.key(i);
+    for_each_key(items, n, [&](uint32_t key, int32_t i) {
       if (key >= bound) stage(key, i, sh);
-    }
+    });
   return staged_top(items, n, want, secondary_bits, bound, sh);
 }
 
@@ -901,13 +932,7 @@ __global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p
     if (reshaped == -INFINITY) return;  // every child impossible: no mass to reshape, none follows
     items.shift = mass - reshaped;
   }
-  int32_t k;
-  if (n > kStaged) {
-    // High fan-out (the first tokens of a title trie: tens of thousands of children).
-    k = bounded_top(items, n, C, bits_below(n), sh);
-  } else {
-    k = block_top(items, n, C, bits_below(n), sh);
-  }
+  const int32_t k = bounded_top(items, n, C, bits_below(n), sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t i = sh.item[t];
     out_logprob[t] = items.value(i);

@@ -8,6 +8,8 @@ namespace cooperative_groups {
 struct coalesced_group {
   unsigned thread_rank() const { return 0; }
   unsigned size() const { return 1; }
+  template <class T>
+  T shfl(T value, unsigned) const { return value; }
 };
 
 inline coalesced_group coalesced_threads() { return {}; }
