@@ -1,8 +1,10 @@
 // The device search's bookkeeping: BeamSearchState::advance (beam_search.cpp) for every batch item
 // at once, one block per item. The block reads the item's candidates into shared memory and marks
-// the ones that end their hypotheses; thread 0 makes the item's decisions (they are sequential by
-// nature: each hypothesis insert depends on the last, and there are at most 2 * num_beams
-// candidates); the block then copies the token histories they imply.
+// the ones that end their hypotheses, with the item's kept hypotheses; thread 0 makes the item's
+// decisions on those in shared memory (they are sequential by nature: each hypothesis insert
+// depends on the last, and there are at most 2 * num_beams candidates, so a chain of dependent
+// global loads per insert would dominate); the block then writes the hypotheses back and copies the
+// token histories the decisions imply.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -43,6 +45,10 @@ struct Shared {
   float score[2 * kMaxBeams];     // candidate i's score
   uint8_t spent[2 * kMaxBeams];   // candidate i ends its hypothesis (eos, trie leaf or max_length)
   uint8_t finishes[2 * kMaxBeams];  // ... by eos or at a trie leaf
+  uint8_t parent_filler[2 * kMaxBeams];  // candidate i's parent is a filler beam
+  int32_t hyp_order[kMaxBeams];   // the kept hypotheses' slots, best first (hyp_count of them)
+  float hyp_score[kMaxBeams];     // each slot's score
+  int32_t hyp_count;
   int32_t run_cand[kMaxBeams];    // candidate each running row takes
   float run_score[kMaxBeams];     // its running score (1e9 worse when it ended)
   int32_t slot_cand[kMaxBeams];   // the candidate whose tokens a hypothesis slot takes, -1 none
@@ -55,38 +61,42 @@ struct Shared {
 // The candidates come best first, so each one's place is after the last one's: the search for it
 // starts at `from`. Returns where the next one's starts: after this one's place, or K when this one
 // was not kept (no worse one can be).
-__device__ int32_t add_hypothesis(const BeamSelectParams& p, const Half& cur, Shared& sh, int32_t b, int32_t i,
-                                  bool finished, int32_t from) {
-  const int32_t K = p.num_beams, L = p.length + 1;
-  const int64_t c = int64_t{b} * 2 * K + i;
-  const float score = sh.score[i] / at<float>(p.state, p.layout.penalty)[L];
+__device__ int32_t add_hypothesis(const BeamSelectParams& p, Shared& sh, int32_t b, int32_t i, bool finished,
+                                  float penalty, int32_t from) {
+  const int32_t K = p.num_beams;
+  const float score = sh.score[i] / penalty;
   if (!(score > kEnded)) return from;  // not a hypothesis at all
-  int32_t* count = at<int32_t>(p.state, p.layout.hyp_count) + b;
-  int32_t* order = at<int32_t>(p.state, p.layout.hyp_order) + int64_t{b} * K;
-  float* scores = at<float>(p.state, p.layout.hyp_score) + int64_t{b} * K;
-  const int32_t kept = *count;
+  const int32_t kept = sh.hyp_count;
   int32_t pos = from;  // upper bound: after every kept score >= this one
-  while (pos < kept && !(score > scores[order[pos]])) ++pos;
+  while (pos < kept && !(score > sh.hyp_score[sh.hyp_order[pos]])) ++pos;
   if (pos >= K) return K;
-  const int32_t slot = kept < K ? kept : order[K - 1];  // a free slot, else the evicted worst
+  const int32_t slot = kept < K ? kept : sh.hyp_order[K - 1];  // a free slot, else the evicted worst
   const int32_t n = kept < K ? kept + 1 : K;
-  for (int32_t q = n - 1; q > pos; --q) order[q] = order[q - 1];
-  order[pos] = slot;
-  *count = n;
-  scores[slot] = score;
-  at<int32_t>(p.state, p.layout.hyp_length)[int64_t{b} * K + slot] = L;
-  at<uint8_t>(p.state, p.layout.hyp_finished)[int64_t{b} * K + slot] = finished;
-  at<uint8_t>(p.state, p.layout.hyp_filler)[int64_t{b} * K + slot] = cur.filler[p.cand_parent[c]];
+  for (int32_t q = n - 1; q > pos; --q) sh.hyp_order[q] = sh.hyp_order[q - 1];
+  sh.hyp_order[pos] = slot;
+  sh.hyp_count = n;
+  sh.hyp_score[slot] = score;
+  const int64_t at_slot = int64_t{b} * K + slot;
+  at<int32_t>(p.state, p.layout.hyp_length)[at_slot] = p.length + 1;
+  at<uint8_t>(p.state, p.layout.hyp_finished)[at_slot] = finished;
+  at<uint8_t>(p.state, p.layout.hyp_filler)[at_slot] = sh.parent_filler[i];
   sh.slot_cand[slot] = i;
   return pos + 1;
 }
 
-// The item's candidates into shared memory (sh.score, sh.spent, sh.finishes, sh.count), by the
-// whole block.
-__device__ void read_candidates(const BeamSelectParams& p, Shared& sh, int32_t b) {
+// The item's candidates (sh.score, sh.spent, sh.finishes, sh.parent_filler, sh.count) and kept
+// hypotheses (sh.hyp_*) into shared memory, by the whole block.
+__device__ void read_candidates(const BeamSelectParams& p, const Half& cur, Shared& sh, int32_t b) {
   const int32_t K = p.num_beams;
   const int64_t base = int64_t{b} * 2 * K;
-  if (threadIdx.x == 0) sh.count = p.cand_count[b];
+  if (threadIdx.x == 0) {
+    sh.count = p.cand_count[b];
+    sh.hyp_count = at<int32_t>(p.state, p.layout.hyp_count)[b];
+  }
+  for (int32_t s = threadIdx.x; s < K; s += kThreads) {
+    sh.hyp_order[s] = at<int32_t>(p.state, p.layout.hyp_order)[int64_t{b} * K + s];
+    sh.hyp_score[s] = at<float>(p.state, p.layout.hyp_score)[int64_t{b} * K + s];
+  }
   __syncthreads();
   for (int32_t i = threadIdx.x; i < p.cand_count[b]; i += kThreads)
     if (p.cand_score[base + i] == -INFINITY) atomicMin(&sh.count, i);
@@ -100,11 +110,12 @@ __device__ void read_candidates(const BeamSelectParams& p, Shared& sh, int32_t b
     sh.score[i] = p.cand_score[base + i];
     sh.finishes[i] = finishes;
     sh.spent[i] = finishes || at_max;
+    sh.parent_filler[i] = cur.filler[p.cand_parent[base + i]];
   }
 }
 
 // Thread 0: the item's running rows (sh.run_*), hypotheses and done flag.
-__device__ void decide(const BeamSelectParams& p, const Half& cur, Shared& sh, int32_t b) {
+__device__ void decide(const BeamSelectParams& p, Shared& sh, int32_t b) {
   const int32_t K = p.num_beams, L = p.length + 1;
   const bool at_max = L == p.max_length;
   uint8_t* done = at<uint8_t>(p.state, p.layout.done) + b;
@@ -113,9 +124,10 @@ __device__ void decide(const BeamSelectParams& p, const Half& cur, Shared& sh, i
   if (sh.done) return;
 
   const int32_t count = sh.count;
+  const float* penalty = at<float>(p.state, p.layout.penalty);
   // Only the top num_beams candidates may finish; the others are backups for the beams.
   for (int32_t i = 0, from = 0; i < min(count, K) && from < K; ++i)
-    if (sh.spent[i]) from = add_hypothesis(p, cur, sh, b, i, sh.finishes[i], from);
+    if (sh.spent[i]) from = add_hypothesis(p, sh, b, i, sh.finishes[i], penalty[L], from);
 
   // The running beams: the candidates stably sorted by score, spent ones 1e9 worse. Both groups are
   // already in score order, so the sort is a merge (ties to the earlier candidate).
@@ -135,14 +147,10 @@ __device__ void decide(const BeamSelectParams& p, const Half& cur, Shared& sh, i
 
   // transformers' `_check_early_stop_heuristic` (see BeamSearchState::advance_item).
   const float lp = p.length_penalty;
-  const float* penalty = at<float>(p.state, p.layout.penalty);
   const bool never = p.early_stopping == 2;
   const float best = running ? sh.run_score[0] / penalty[(never && lp > 0.0f) ? p.max_length : L] : -INFINITY;
-  const int32_t kept = at<int32_t>(p.state, p.layout.hyp_count)[b];
-  const bool full = kept == K;
-  const float worst =
-      full ? at<float>(p.state, p.layout.hyp_score)[int64_t{b} * K + at<int32_t>(p.state, p.layout.hyp_order)[int64_t{b} * K + K - 1]]
-           : kEnded;
+  const bool full = sh.hyp_count == K;
+  const float worst = full ? sh.hyp_score[sh.hyp_order[K - 1]] : kEnded;
   uint8_t* improvable = at<uint8_t>(p.state, p.layout.improvable) + b;
   if (!(best > worst)) *improvable = 0;
   const bool stop_when_full = p.early_stopping == 1 || K == 1;
@@ -163,10 +171,15 @@ __global__ void __launch_bounds__(kThreads) beam_select_kernel(BeamSelectParams 
   const int64_t base = int64_t{b} * 2 * K;
   const Half cur = half_of(p, p.parity), next = half_of(p, 1 - p.parity);
   for (int32_t s = threadIdx.x; s < K; s += kThreads) sh.slot_cand[s] = -1;
-  read_candidates(p, sh, b);
+  read_candidates(p, cur, sh, b);
   __syncthreads();
-  if (threadIdx.x == 0) decide(p, cur, sh, b);
+  if (threadIdx.x == 0) decide(p, sh, b);
   __syncthreads();
+  if (threadIdx.x == 0) at<int32_t>(p.state, p.layout.hyp_count)[b] = sh.hyp_count;
+  for (int32_t s = threadIdx.x; s < K; s += kThreads) {
+    at<int32_t>(p.state, p.layout.hyp_order)[int64_t{b} * K + s] = sh.hyp_order[s];
+    at<float>(p.state, p.layout.hyp_score)[int64_t{b} * K + s] = sh.hyp_score[s];
+  }
 
   // Hypotheses added this step: the parent's tokens, then the candidate's.
   int32_t* hyp_tokens = at<int32_t>(p.state, p.layout.hyp_tokens) + int64_t{b} * K * W;
