@@ -672,6 +672,9 @@ struct StageFrom {
 // ThreadTop, with keys that final_key maps monotonically to the items' keys. A thread stages its
 // kept items at or above the bound, and reads its share of the row again only when its last kept
 // one is there too (it may have dropped more): the row is read once, and again in a few places.
+// Most blocks have such a thread (at 152k columns and 2K = 128, a thread's fourth best passes the
+// bound with odds of about 1 in 200), and the block waits for it: it reads with as many loads in
+// flight as a pass that only sums.
 template <class Bits, class Items, class FinalKey>
 __device__ int32_t kept_top(const Items& items, const Bits* row, int64_t vocab, int32_t want, const ThreadTop& top,
                             FinalKey final_key, TopShared& sh) {
@@ -679,7 +682,7 @@ __device__ int32_t kept_top(const Items& items, const Bits* row, int64_t vocab, 
   if (bound != 0) {
     if (top.key[kKept - 1] != 0 && final_key(top.key[kKept - 1]) >= bound) {
       StageFrom<Items> visit{items, bound, sh};
-      read_own_share<1>(row, vocab, visit);  // a few threads: registers matter more than loads in flight
+      read_own_share<kRowLoads>(row, vocab, visit);
     } else {
 #pragma unroll
       for (int j = 0; j < kKept; ++j)
