@@ -597,28 +597,6 @@ __device__ __forceinline__ void for_each_key(const Items& items, int32_t n, Fn&&
   }
 }
 
-// block_top reading each item's key once or twice instead of at every radix digit: up to kStaged
-// items are all staged in shared memory and selected there; more take a first pass for each
-// thread's largest key, stage the items at or above their selection_bound (usually a few hundred)
-// in a second, and select among those.
-template <class Items>
-__device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
-  uint32_t bound = 1;  // every item with a key
-  if (n > kStaged) {
-    uint32_t mine = 0;
-    for_each_key(items, n, [&](uint32_t key, int32_t) { mine = max(mine, key); });
-    bound = selection_bound(mine, want, sh);
-  } else {
-    if (threadIdx.x == 0) sh.staged = 0;
-    __syncthreads();
-  }
-  if (bound != 0)
-    for_each_key(items, n, [&](uint32_t key, int32_t i) {
-      if (key >= bound) stage(key, i, sh);
-    });
-  return staged_top(items, n, want, secondary_bits, bound, sh);
-}
-
 struct StagedKeys {
   const uint32_t* keys;
   __device__ uint32_t key(int32_t j) const { return keys[j]; }
@@ -652,6 +630,47 @@ __device__ uint32_t kept_bound(const ThreadTop& top, FinalKey final_key, int32_t
   return bound;
 }
 
+// After kept_bound gave `bound` (not 0): stages this thread's items at or above it, its kept ones,
+// or, when its last kept one is there too (it may have dropped more), all of its items again
+// through `reread`.
+template <class FinalKey, class Reread>
+__device__ void stage_kept(const ThreadTop& top, FinalKey final_key, uint32_t bound, TopShared& sh, Reread&& reread) {
+  if (top.key[kKept - 1] != 0 && final_key(top.key[kKept - 1]) >= bound) {
+    reread();
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < kKept; ++j)
+    if (top.key[j] != 0 && final_key(top.key[j]) >= bound) stage(final_key(top.key[j]), top.column[j], sh);
+}
+
+// block_top reading each item's key once, or in a few threads twice, instead of at every radix
+// digit: up to kStaged items are all staged in shared memory and selected there; with more, each
+// thread keeps its best few keys as it reads its items, those give the selection a bound
+// (kept_bound), and the items at or above it (usually a few hundred) are staged and selected.
+template <class Items>
+__device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int secondary_bits, TopShared& sh) {
+  const auto same = [](uint32_t key) { return key; };
+  const auto stage_from_bound = [&](uint32_t bound) {
+    for_each_key(items, n, [&](uint32_t key, int32_t i) {
+      if (key >= bound) stage(key, i, sh);
+    });
+  };
+  if (n <= kStaged) {
+    if (threadIdx.x == 0) sh.staged = 0;
+    __syncthreads();
+    stage_from_bound(1);  // every item with a key
+    return staged_top(items, n, want, secondary_bits, 1, sh);
+  }
+  ThreadTop top;
+  for_each_key(items, n, [&](uint32_t key, int32_t i) {
+    if (key > top.key[kKept - 1]) top.offer(key, i);
+  });
+  const uint32_t bound = kept_bound(top, same, want, sh);
+  if (bound != 0) stage_kept(top, same, bound, sh, [&] { stage_from_bound(bound); });
+  return staged_top(items, n, want, secondary_bits, bound, sh);
+}
+
 // Stages each column whose key (from its logit, Items::key_of) is at or above `bound`.
 template <class Items>
 struct StageFrom {
@@ -669,26 +688,20 @@ struct StageFrom {
 };
 
 // bounded_top for a row (items indexed by column) whose normaliser pass gave each thread its
-// ThreadTop, with keys that final_key maps monotonically to the items' keys. A thread stages its
-// kept items at or above the bound, and reads its share of the row again only when its last kept
-// one is there too (it may have dropped more): the row is read once, and again in a few places.
-// Most blocks have such a thread (at 152k columns and 2K = 128, a thread's fourth best passes the
-// bound with odds of about 1 in 200), and the block waits for it: it reads with as many loads in
-// flight as a pass that only sums.
+// ThreadTop, with keys that final_key maps monotonically to the items' keys: the row is read once,
+// and again by the threads that may have dropped items at or above the bound. Most blocks have such
+// a thread (at 152k columns and 2K = 128, a thread's fourth best passes the bound with odds of
+// about 1 in 200), and the block waits for it: it reads with as many loads in flight as a pass
+// that only sums.
 template <class Bits, class Items, class FinalKey>
 __device__ int32_t kept_top(const Items& items, const Bits* row, int64_t vocab, int32_t want, const ThreadTop& top,
                             FinalKey final_key, TopShared& sh) {
   const uint32_t bound = kept_bound(top, final_key, want, sh);
-  if (bound != 0) {
-    if (top.key[kKept - 1] != 0 && final_key(top.key[kKept - 1]) >= bound) {
+  if (bound != 0)
+    stage_kept(top, final_key, bound, sh, [&] {
       StageFrom<Items> visit{items, bound, sh};
       read_own_share<kRowLoads>(row, vocab, visit);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kKept; ++j)
-        if (top.key[j] != 0 && final_key(top.key[j]) >= bound) stage(final_key(top.key[j]), top.column[j], sh);
-    }
-  }
+    });
   return staged_top(items, static_cast<int32_t>(vocab), want, bits_below(vocab), bound, sh);
 }
 
