@@ -6,9 +6,9 @@
 #     OUT=gpu-results bash benchmarks/gpu_check.sh build tests     # some, in the order given
 #
 # Stages: build, tests, attention-tests, memcheck, bench-kernels, bench-attention (the d = 128 goal
-# shapes), profile-attention (where the training step's time goes), bench-generate, racecheck,
-# bench-attention-all (the whole grid). Each stage runs under
-# its own time limit and under what is left of GPU_CHECK_SECONDS (default 540) for the whole run; a
+# shapes, and L = 512, d = 64 as the training step's layers), profile-attention (where the training
+# step's time goes), bench-generate, racecheck, bench-attention-all (the whole grid). Each stage runs
+# under its own time limit and under what is left of GPU_CHECK_SECONDS (default 540) for the whole run; a
 # stage that fails does not stop the later ones, and one with under 30 s left is skipped. Results
 # go to $OUT: log.txt (every stage's output), summary.md (each stage's outcome and time, then the
 # benchmark ratio table), and one pytest-benchmark JSON per benchmark stage. Wheels under .whl are
@@ -62,8 +62,8 @@ stage_command() {
       sanitizer racecheck python_tests/test_beam_cuda.py -k "device_search or cuda_search" ;;
     bench-kernels)
       pytest_gpu benchmarks/bench_cuda.py -k "not generate" --benchmark-json="$out/cuda.json" ;;
-    bench-attention)  # the d = 128 goal shapes and the training step; the whole grid comes last
-      pytest_gpu benchmarks/bench_attention.py -k "1024-128 or 2048-128 or training_step" \
+    bench-attention)  # the d = 128 goal shapes, the training step and its layers' shape; the whole grid comes last
+      pytest_gpu benchmarks/bench_attention.py -k "1024-128 or 2048-128 or 512-64 or training_step" \
         --benchmark-json="$out/attention.json" ;;
     profile-attention)
       python3 benchmarks/profile_attention.py --out "$out/attention_profile.txt" ;;
