@@ -125,11 +125,14 @@ def _launch(which: str, block: str, L: int, H: int, tensors, strided, scalars, m
     batch, ``strided`` (among them) pass their strides too, in order."""
     kernel, fixed = _kernel(which)
     B = tensors[0].shape[0]
+    strides = [x for t in strided for x in t.stride()]
     with _on_device_of(tensors[0]):
         for rows in _batch_slices(B, H):
             grid = (lambda meta_, n=rows.stop - rows.start: (triton.cdiv(L, meta_[block]), n * H))
-            kernel[grid](*(t[rows] for t in tensors), *(x for t in strided for x in t.stride()), *scalars,
-                         **meta, **fixed)
+            # One slice (any batch under 65,536 / H rows) takes the tensors as they are: a view per
+            # tensor per launch is host time the GPU may wait for.
+            args = tensors if rows.stop - rows.start == B else [t[rows] for t in tensors]
+            kernel[grid](*args, *strides, *scalars, **meta, **fixed)
 
 
 def forward(q, k, v, prefix, seq, scale: float):
