@@ -447,6 +447,68 @@ def test_cuda_autotuned(dtype):
     check_against_reference(2, 3, 333, 64, "random", True, dtype, "cuda")
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_autotuned_launches_tune_once_per_key(monkeypatch):
+    # The first launch for a (head dim, L bucket, dtype) key goes through the autotuner; later ones
+    # for that key go to the kernel with the configuration it chose, and a new key tunes again.
+    import triton
+    from pyfastseq.attention import launch
+
+    tuned = launch._Autotuned("fwd")
+    calls = []
+    configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+               triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+               triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2)]
+    choices = iter(configs)
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                calls.append((self.name, grid, kwargs))
+                if self.name == "autotuner":
+                    self.best_config = next(choices)
+            return run
+
+    monkeypatch.setattr(tuned, "autotuner", Recorder("autotuner"))
+    monkeypatch.setattr(tuned, "kernel", Recorder("kernel"))
+    arg_count = len(launch._KERNELS["fwd"][0].arg_names) - 4  # less the constexprs passed by name
+
+    def launch_with(L_bucket, dtype):
+        args = [torch.empty(0, dtype=dtype)] + [0] * (arg_count - 1)
+        args[tuned.bucket_at] = L_bucket
+        tuned["grid"](*args, HEAD_DIM=64, IEEE=False)
+
+    for L_bucket, dtype in [(512, torch.bfloat16), (512, torch.bfloat16), (512, torch.float16),
+                            (1024, torch.bfloat16), (512, torch.bfloat16), (512, torch.float16)]:
+        launch_with(L_bucket, dtype)
+    assert [name for name, _, _ in calls] == ["autotuner", "kernel", "autotuner", "autotuner", "kernel", "kernel"]
+    assert all(grid == "grid" for _, grid, _ in calls)
+    for call, config in [(1, configs[0]), (4, configs[0]), (5, configs[1])]:
+        assert calls[call][2] == {"HEAD_DIM": 64, "IEEE": False, **config.all_kwargs()}
+
+
+@needs_cpu_kernel
+def test_interpreter_autotuned_kernel_tunes_then_launches_directly():
+    # The real autotuner (one configuration: the interpreter cannot time several) picks DELTA's
+    # configuration on the first launch; the second goes to the kernel with it. Both compute DELTA.
+    import triton
+    from pyfastseq.attention import launch
+
+    tuned = launch._Autotuned("delta")
+    B, H, L, D = 2, 3, 70, 64
+    gen = torch.Generator().manual_seed(0)
+    out, dout = torch.randn(B, H, L, D, generator=gen), torch.randn(B, H, L, D, generator=gen)
+    for launches in (1, 2):
+        delta = torch.full((B, H, L), float("nan"))
+        tuned[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)](
+            out, dout, delta, *out.stride(), *dout.stride(), H, L, launch._bucket(L), HEAD_DIM=D)
+        assert list(tuned.chosen.values()) == launch._KERNELS["delta"][1]
+        torch.testing.assert_close(delta, (out * dout).sum(-1), atol=1e-4, rtol=1e-5)
+
+
 @needs_cuda_triton
 def test_cuda_lengths_on_device():
     # Lengths that live on the GPU are used without a host round trip; new values every call.
@@ -454,7 +516,7 @@ def test_cuda_lengths_on_device():
     from pyfastseq.attention import launch
 
     def compiled_kernels():
-        caches = getattr(launch._autotuned("fwd").fn, "device_caches", {})
+        caches = getattr(launch._autotuned("fwd").kernel, "device_caches", {})
         return sum(len(entry[0]) for entry in caches.values())
 
     gen = torch.Generator().manual_seed(7)

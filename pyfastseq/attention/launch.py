@@ -12,6 +12,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 
 import torch
 import triton
@@ -63,12 +64,41 @@ INTERPRET_BLOCKS = {name: {"BLOCK_M": 32, "BLOCK_N": 32} for name in _KERNELS}
 INTERPRET_BLOCKS["delta"] = {"BLOCK_M": 32}
 
 
+class _Autotuned:
+    """A kernel autotuned on a GPU, launched as a Triton kernel is (``kernel[grid](*args, **kwargs)``).
+
+    The first launch for a key (head dim, L bucket, dtype) goes through ``triton.autotune``, which
+    times the configurations; later ones go to the kernel with the configuration it chose. The
+    autotuner's own lookup rebuilds its key from all of a launch's ~40 arguments each time: host
+    time that a training step of small layers waits on.
+    """
+
+    def __init__(self, which: str):
+        kernel, configs = _KERNELS[which]
+        # Every kernel writes all of its outputs, so the autotuner may rerun them freely.
+        prune = {"early_config_prune": _prune} if len(configs) > 1 else None
+        self.autotuner = triton.autotune(configs, key=_KEY, prune_configs_by=prune)(kernel)
+        self.kernel = kernel
+        self.bucket_at = kernel.arg_names.index("L_BUCKET")
+        self.chosen = {}
+        self.tuning = threading.Lock()  # best_config is the autotuner's last choice: one tuning launch at a time
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            key = (kwargs["HEAD_DIM"], args[self.bucket_at], args[0].dtype)
+            config = self.chosen.get(key)
+            if config is None:
+                with self.tuning:
+                    self.autotuner[grid](*args, **kwargs)
+                    self.chosen[key] = self.autotuner.best_config
+            else:
+                self.kernel[grid](*args, **kwargs, **config.all_kwargs())
+        return launch
+
+
 @functools.cache
-def _autotuned(which: str):
-    kernel, configs = _KERNELS[which]
-    # Every kernel writes all of its outputs, so the autotuner may rerun them freely.
-    prune = {"early_config_prune": _prune} if len(configs) > 1 else None
-    return triton.autotune(configs, key=_KEY, prune_configs_by=prune)(kernel)
+def _autotuned(which: str) -> _Autotuned:
+    return _Autotuned(which)
 
 
 def _kernel(which: str):
