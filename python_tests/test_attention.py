@@ -197,15 +197,20 @@ def test_ops_outputs_have_the_strides_of_their_fakes(monkeypatch):
 
 
 @needs_cpu_kernel
-def test_autograd_function_matches_public_function():
+def test_autograd_function_matches_the_custom_op():
+    # Eagerly the autograd.Function calls the ops' implementations directly; the op and its
+    # registered autograd formula must give the same outputs and gradients.
     gen = torch.Generator().manual_seed(4)
     q, k, v = make_qkv(2, 1, 37, 32, torch.float32, "cpu", gen)
     prefix, seq = torch.tensor([3, 20], dtype=torch.int32), torch.tensor([37, 30], dtype=torch.int32)
     do = torch.randn(2, 1, 37, 32, generator=gen)
     via_fn = run_and_grads(lambda *a: UniLMAttention.apply(*a, 32 ** -0.5)[0], q, k, v, prefix, seq, do)
-    via_op = run_and_grads(fs.unilm_attention, q, k, v, prefix, seq, do)
-    for a, b in zip(via_fn, via_op):
+    via_op = run_and_grads(lambda *a: torch.ops.pyfastseq.unilm_attention_fwd(*a, 32 ** -0.5)[0],
+                           q, k, v, prefix, seq, do)
+    via_public = run_and_grads(fs.unilm_attention, q, k, v, prefix, seq, do)
+    for a, b, c in zip(via_fn, via_op, via_public):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+        torch.testing.assert_close(c, b, atol=0, rtol=0)
 
 
 def test_cpu_bfloat16_takes_the_reference(monkeypatch):
@@ -241,11 +246,23 @@ def test_kernel_head_dims(device, D):
         fs.unilm_attention(*_qkv((2, 2, 8, D), device=device), [1, 2])
 
 
-def test_torch_compile_fullgraph(monkeypatch):
+@pytest.mark.parametrize("entry", ["unilm_attention", "UniLMAttention"])
+def test_torch_compile_fullgraph(entry, monkeypatch):
     monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
     gen = torch.Generator().manual_seed(5)
     q, k, v = make_qkv(2, 2, 19, 32, torch.float32, "cpu", gen)
-    compiled = torch.compile(fs.unilm_attention, backend="aot_eager", fullgraph=True, dynamic=False)
+    fn = {"unilm_attention": fs.unilm_attention,
+          "UniLMAttention": lambda q, k, v, p, s: UniLMAttention.apply(q, k, v, p.int(), s.int(), 32 ** -0.5)[0]}[entry]
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs = []
+
+    def aot_eager_recorded(gm, example_inputs):
+        graphs.append(gm.print_readable(print_output=False))
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=aot_eager_recorded, fullgraph=True, dynamic=False)
     for prefix in ([3, 0], [19, 5]):  # new lengths: same graph
         p = torch.tensor(prefix)
         s = torch.tensor([19, 12])
@@ -253,6 +270,9 @@ def test_torch_compile_fullgraph(monkeypatch):
         want = run_and_grads(unilm_attention_reference, q, k, v, p, s, torch.ones_like(q))
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # One graph, where the attention is the custom ops (opaque to the compiler), forward and backward.
+    assert len(graphs) == 1
+    assert "pyfastseq.unilm_attention_fwd" in graphs[0] and "pyfastseq.unilm_attention_bwd" in graphs[0]
 
 
 # ---- mask -----------------------------------------------------------------------------------------

@@ -119,7 +119,9 @@ MAX_GRID_Y = 65535
 
 def _head_extent(t: torch.Tensor) -> int:
     """Elements that one (batch, head) slice of a [B, H, L, D] tensor spans."""
-    return 1 + sum((n - 1) * abs(stride) for n, stride in zip(t.shape[2:], t.stride()[2:]))
+    _, _, L, D = t.shape
+    _, _, stride_l, stride_d = t.stride()
+    return 1 + (L - 1) * abs(stride_l) + (D - 1) * abs(stride_d)
 
 
 def check_launch_limits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -2,7 +2,8 @@
 
 Three layers, as in FlashAttention's interface: the custom ops ``pyfastseq::unilm_attention_fwd`` /
 ``_bwd`` (so ``torch.compile`` sees one opaque node with a fake implementation), the
-``UniLMAttention`` autograd.Function over them, and :func:`unilm_attention`, which validates.
+``UniLMAttention`` autograd.Function (the ops under ``torch.compile``, their implementations
+eagerly), and :func:`unilm_attention`, which validates.
 
 Backend, chosen per call:
 
@@ -81,9 +82,7 @@ def _laid_out_as(like: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value if value.stride() == like.stride() else torch.empty_like(like).copy_(value)
 
 
-@torch.library.custom_op("pyfastseq::unilm_attention_fwd", mutates_args=())
-def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: torch.Tensor,
-         seq_lens: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(q, k, v, prefix_lens, seq_lens, scale):
     """(out [B, H, L, D], lse [B, H, L] fp32 in the log2 domain); lengths int32 on q's device."""
     if q.numel() == 0:
         return torch.zeros_like(q), q.new_zeros(q.shape[:3], dtype=torch.float32)
@@ -95,15 +94,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: torch.T
     return out, unilm_attention_reference_lse(q, k, prefix_lens, seq_lens, scale) / _LN2
 
 
-@_fwd.register_fake
-def _(q, k, v, prefix_lens, seq_lens, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
-
-
-@torch.library.custom_op("pyfastseq::unilm_attention_bwd", mutates_args=())
-def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-         lse: torch.Tensor, prefix_lens: torch.Tensor, seq_lens: torch.Tensor,
-         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale):
     """(dq, dk, dv) for the forward that produced ``out`` and ``lse``."""
     if q.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -113,6 +104,24 @@ def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         return launch.backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale)
     dq, dk, dv = unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens, scale)
     return _laid_out_as(q, dq), _laid_out_as(k, dk), _laid_out_as(v, dv)
+
+
+@torch.library.custom_op("pyfastseq::unilm_attention_fwd", mutates_args=())
+def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: torch.Tensor,
+         seq_lens: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, prefix_lens, seq_lens, scale)
+
+
+@_fwd.register_fake
+def _(q, k, v, prefix_lens, seq_lens, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("pyfastseq::unilm_attention_bwd", mutates_args=())
+def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+         lse: torch.Tensor, prefix_lens: torch.Tensor, seq_lens: torch.Tensor,
+         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale)
 
 
 @_bwd.register_fake
@@ -128,27 +137,36 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, dout, _dlse):
+def _grads(ctx, dout, backward):
     q, k, v, out, lse, prefix_lens, seq_lens = ctx.saved_tensors
-    dq, dk, dv = _bwd(dout, q, k, v, out, lse, prefix_lens, seq_lens, ctx.scale)
+    dq, dk, dv = backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, ctx.scale)
     return dq, dk, dv, None, None, None
 
 
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+_fwd.register_autograd(lambda ctx, dout, _dlse: _grads(ctx, dout, _bwd), setup_context=_setup_context)
 
 
 class UniLMAttention(torch.autograd.Function):
-    """``UniLMAttention.apply(q, k, v, prefix_lens, seq_lens, scale) -> (out, lse)`` over the same ops.
+    """``UniLMAttention.apply(q, k, v, prefix_lens, seq_lens, scale) -> (out, lse)``.
 
-    Takes already-validated arguments: int32 length tensors on q's device and a float scale.
+    Takes already-validated arguments: int32 length tensors on q's device and a float scale. Under
+    ``torch.compile`` it runs the custom ops (one opaque node each); eagerly it calls their
+    implementations directly, since the ops' dispatch and autograd wrapper cost several times the
+    host time of the kernels' launches, which a stack of small attention layers waits on.
     """
 
+    # forward(ctx, ...) rather than a separate setup_context: Function.apply binds a signature with
+    # inspect on every call when there is one.
     @staticmethod
-    def forward(q, k, v, prefix_lens, seq_lens, scale):
-        return _fwd(q, k, v, prefix_lens, seq_lens, scale)
+    def forward(ctx, q, k, v, prefix_lens, seq_lens, scale):
+        inputs = (q, k, v, prefix_lens, seq_lens, scale)
+        output = (_fwd if torch.compiler.is_compiling() else _forward)(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward)
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        return _grads(ctx, dout, _bwd if torch.compiler.is_compiling() else _backward)
 
 
 # ---- public function -----------------------------------------------------------------------------
@@ -211,4 +229,4 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
         scale = max(D, 1) ** -0.5  # D = 0 has an empty output, whatever the scale
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
-    return _fwd(q, k, v, prefix, seq, float(scale))[0]
+    return UniLMAttention.apply(q, k, v, prefix, seq, float(scale))[0]
