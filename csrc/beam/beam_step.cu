@@ -597,6 +597,11 @@ __device__ __forceinline__ void for_each_key(const Items& items, int32_t n, Fn&&
   }
 }
 
+// The widest selection kept_bound bounds: nearer all of the kept keys, most threads would read
+// their share again and the items at or above the bound would overflow the staging area, so radix
+// passes over the items cost less.
+constexpr int32_t kMaxKeptNeed = kThreads * kKept * 3 / 4;
+
 struct StagedKeys {
   const uint32_t* keys;
   __device__ uint32_t key(int32_t j) const { return keys[j]; }
@@ -611,9 +616,7 @@ template <class FinalKey>
 __device__ uint32_t kept_bound(const ThreadTop& top, FinalKey final_key, int32_t need, TopShared& sh) {
   static_assert(kThreads * kKept <= kStaged, "every kept key must fit the staging area");
   if (need <= kThreads) return selection_bound(top.key[0] ? final_key(top.key[0]) : 0u, need, sh);
-  // Nearer all of them, most threads would read their share again and the items at or above the
-  // bound would overflow the staging area: radix passes over the row cost less.
-  if (need > kThreads * kKept * 3 / 4) return 0;
+  if (need > kMaxKeptNeed) return 0;
   if (threadIdx.x == 0) sh.staged = 0;
   __syncthreads();
 #pragma unroll
@@ -662,6 +665,7 @@ __device__ int32_t bounded_top(const Items& items, int32_t n, int32_t want, int 
     stage_from_bound(1);  // every item with a key
     return staged_top(items, n, want, secondary_bits, 1, sh);
   }
+  if (want > kMaxKeptNeed) return block_top(items, n, want, secondary_bits, sh);
   ThreadTop top;
   for_each_key(items, n, [&](uint32_t key, int32_t i) {
     if (key > top.key[kKept - 1]) top.offer(key, i);
