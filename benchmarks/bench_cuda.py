@@ -19,7 +19,9 @@
 captured once in a CUDA graph, and the graph is replayed back to back between two CUDA events, so
 neither the host's Python nor launch latency counts, for pyfastseq or for its peers. ``call_s`` is
 the public call, by CUDA events around it (its argument checks, uploads and host syncs included),
-and ``step_with_copy_s`` the search loop's step with the candidates' copy to the host. GB/s counts
+and ``step_with_copy_s`` the search loop's step with the candidates' copy to the host. The sparse
+step also records ``step_with_bookkeeping_s``: the device search's whole step (the candidates, then
+transformers' bookkeeping of finished hypotheses and the next beams), timed as ``kernel_s`` is. GB/s counts
 the logits' bytes once (rows x V x element size): every kernel here must read (step) or write (mask)
 each of them at least once. % of peak is against the HBM bandwidth of the device (H100 SXM 3.35
 TB/s, H200 4.8 TB/s).
@@ -212,6 +214,22 @@ def check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, a
            logits.shape[0] * logits.shape[1] * logits.element_size(), peers, step_with_copy_s=step_s, **info)
 
 
+def step_with_bookkeeping_s(trie, logits, scores, nodes, batch, beams, normalize, keep) -> float:
+    """GPU seconds of the device search's whole step from these beams: the candidates, then the
+    bookkeeping (finished hypotheses, length penalty, the next beams and their histories), timed as
+    graph_time times the candidates alone, after checking that the next beams are the torch
+    sequence's best ``beams`` (no candidate here ends a hypothesis)."""
+    searcher = fs.TrieBeamSearch(trie, num_beams=beams, max_length=8, normalize=normalize)
+    tries, start_nodes, eos_id, normalize_allowed = searcher._start(batch)
+    search = _cuda_search.DeviceSearch(searcher, logits, batch, tries, start_nodes, normalize_allowed, eos_id)
+    search.view("scores0", batch, beams).copy_(scores.view(batch, beams))
+    search.view("nodes0", batch, beams).copy_(nodes.view(batch, beams))
+    search.launch_step(logits, 2, 0)
+    want = torch_step(logits, scores.cuda(), keep, batch, beams, normalize == "allowed").values[:, :beams]
+    torch.testing.assert_close(search.view("scores1", batch, beams), want, rtol=0, atol=1e-4)
+    return graph_time(lambda: search.launch_step(logits, 2, 0))
+
+
 @pytest.mark.parametrize("items", ITEMS)
 @pytest.mark.parametrize("batch,beams", [(2, 70), (32, 64)])
 @pytest.mark.parametrize("normalize", ["full", "allowed"])
@@ -225,6 +243,8 @@ def test_sparse_step(benchmark, items, batch, beams, normalize):
     step = _cuda_search.CudaStep(logits, batch, beams, [trie], normalize == "allowed", -1)
     check_and_time(benchmark, step, logits, scores, nodes, keep, batch, beams, allowed=normalize == "allowed",
                    kernel=f"sparse step ({normalize})", shape=f"{rows} rows, {items:,} items, V={vocab}")
+    benchmark.extra_info["step_with_bookkeeping_s"] = step_with_bookkeeping_s(trie, logits, scores, nodes, batch,
+                                                                              beams, normalize, keep)
 
 
 @functools.cache

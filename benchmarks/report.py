@@ -8,7 +8,8 @@ paired with every peer row of the same test and parameters. A benchmark that tim
 records ``extra_info["peer"]`` and ``extra_info["peer_median_s"]`` (or ``peer_min_s``, against its own
 fastest round) instead. A GPU kernel benchmark (bench_cuda.py) records its CUDA-event time as
 ``kernel_s`` and each peer's as ``<peer>_s`` beside ``ratio_vs_<peer>``; with ``gbps`` and
-``pct_of_peak`` it also gets a row in the bandwidth table.
+``pct_of_peak`` it also gets a row in the bandwidth table, with ``step_with_bookkeeping_s`` where
+it records one.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Row:
     peer_s: float
     gbps: float | None = None
     pct_of_peak: float | None = None
+    whole_step_s: float | None = None  # a beam step with the search's bookkeeping
 
     @property
     def ratio(self) -> float:
@@ -76,7 +78,8 @@ def rows_from(files: list[Path]) -> tuple[list[Row], str]:
                 peers = [key.removeprefix("ratio_vs_") for key in extra if key.startswith("ratio_vs_")]
                 for peer in peers or [""]:
                     rows.append(Row(what, extra.get("shape", _case(bench)), peer, extra["kernel_s"],
-                                    extra.get(f"{peer}_s", float("nan")), extra.get("gbps"), extra.get("pct_of_peak")))
+                                    extra.get(f"{peer}_s", float("nan")), extra.get("gbps"), extra.get("pct_of_peak"),
+                                    extra.get("step_with_bookkeeping_s")))
                 continue
             base, impl = _split_impl(bench)
             groups[(module, base, _case(bench))][impl] = median
@@ -97,10 +100,12 @@ def markdown(rows: list[Row], machine: str) -> str:
             lines.append(f"| {r.what} | {r.case} | {r.peer} | {_fmt(r.ours_s)} | {_fmt(r.peer_s)} | {r.ratio:.1f}x |")
     kernels = {(r.what, r.case): r for r in rows if r.gbps is not None}
     if kernels:
-        lines += ["", "| kernel | shape | time | GB/s | % of peak |", "|---|---|---|---|---|"]
+        lines += ["", "| kernel | shape | time | GB/s | % of peak | with the search's bookkeeping |",
+                  "|---|---|---|---|---|---|"]
         for r in kernels.values():
             pct = "" if r.pct_of_peak is None else f"{r.pct_of_peak:.0f}%"
-            lines.append(f"| {r.what} | {r.case} | {_fmt(r.ours_s)} | {r.gbps:.0f} | {pct} |")
+            whole = "" if r.whole_step_s is None else _fmt(r.whole_step_s)
+            lines.append(f"| {r.what} | {r.case} | {_fmt(r.ours_s)} | {r.gbps:.0f} | {pct} | {whole} |")
     return "\n".join(lines) + "\n"
 
 

@@ -213,21 +213,10 @@ class DeviceSearch:
         """Search from the first step's ``logits``; ``checked`` validates what ``step_fn`` returns."""
         s, rows = self.searcher, self.batch * self.k
         tokens, beam_idx = self.view("next_tokens", rows, 1), self.view("beam_idx", rows)
-        views, cands = self.step.views, [self.step.output_ptr(i) for i in range(6)]
         lookahead, length, parity = s._uses_lookahead(), 0, 0
         deltas = self._lookahead_deltas(self._beams_to_host(parity, length)) if lookahead else None
         while True:
-            self.step.launch_at(logits, self.state.data_ptr() + self.layout[f"scores{parity}"],
-                                None if views is None else self.state.data_ptr() + self.layout[f"nodes{parity}"],
-                                s.min_length - length,
-                                deltas, self.state.data_ptr() + self.layout["halted"])
-            with torch.cuda.device(logits.device):
-                code = self.ext.beam_select(
-                    self.batch, self.k, self.width, length, s.early_stopping_code, s.length_penalty, self.eos_id, self.pad_id,
-                    s.output_token_scores, 0 if views is None else views.data_ptr(), 0 if views is None else len(views),
-                    *cands, self.step.error_ptr, self.state.data_ptr(), parity, _backend.stream_of(logits))
-            if code:
-                raise RuntimeError(f"the CUDA beam bookkeeping failed to launch (cudaError_t {code})")
+            self.launch_step(logits, length, parity, deltas)
             length, parity = length + 1, 1 - parity
             self.status.record(logits)
             if length == self.width:
@@ -250,6 +239,25 @@ class DeviceSearch:
                 deltas = self._lookahead_deltas(beams)
         self.status.wait(self.step, logits.shape[1])
         return self._results()
+
+    def launch_step(self, logits: torch.Tensor, length: int, parity: int,
+                    deltas: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Queues step ``length``: the candidates of the beams in half ``parity`` of the state, and
+        the bookkeeping that writes the next beams to the other half. The beams it reads are never
+        the ones it writes, so replaying it (in a CUDA graph) repeats the same step, as long as no
+        hypothesis finishes (the kept hypotheses and the done flags are updated in place)."""
+        s, views = self.searcher, self.step.views
+        self.step.launch_at(logits, self.state.data_ptr() + self.layout[f"scores{parity}"],
+                            None if views is None else self.state.data_ptr() + self.layout[f"nodes{parity}"],
+                            s.min_length - length, deltas, self.state.data_ptr() + self.layout["halted"])
+        with torch.cuda.device(logits.device):
+            code = self.ext.beam_select(
+                self.batch, self.k, self.width, length, s.early_stopping_code, s.length_penalty, self.eos_id, self.pad_id,
+                s.output_token_scores, 0 if views is None else views.data_ptr(), 0 if views is None else len(views),
+                *(self.step.output_ptr(i) for i in range(6)), self.step.error_ptr, self.state.data_ptr(), parity,
+                _backend.stream_of(logits))
+        if code:
+            raise RuntimeError(f"the CUDA beam bookkeeping failed to launch (cudaError_t {code})")
 
     def _beams_to_host(self, parity: int, length: int):
         """Starts copying the trie nodes and ``length`` tokens of the beams in half ``parity`` to the
