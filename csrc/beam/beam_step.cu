@@ -560,6 +560,35 @@ __device__ __forceinline__ void stage(uint32_t key, int32_t item, TopShared& sh)
   }
 }
 
+// Up to this many staged items are selected by ranked_top: its n^2 / 32 cycles or so per block
+// stay under the ~50 barriers of a radix select and a bitonic sort.
+constexpr int32_t kRanked = 320;
+
+// The best min(want, n) of n <= kRanked staged items (keys all nonzero, secondaries unique) into
+// sh.item[0..k), best first (key down, then secondary up): each item counts the items that rank
+// before it, which is its place. Every thread of the block must call it.
+template <class Items>
+__device__ int32_t ranked_top(const StagedItems<Items>& items, int32_t n, int32_t want, TopShared& sh) {
+  for (int32_t j = threadIdx.x; j < n; j += kThreads) {
+    sh.key[j] = items.key(j);
+    sh.secondary[j] = items.secondary(j);
+  }
+  __syncthreads();
+  const int32_t k = min(want, n);
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) {
+    const uint32_t key = sh.key[i];
+    const int64_t secondary = sh.secondary[i];
+    int32_t before = 0;
+    for (int32_t j = 0; j < n; ++j) {  // every lane reads the same j: a broadcast, no bank conflicts
+      const uint32_t other = sh.key[j];
+      before += other > key || (other == key && sh.secondary[j] < secondary);
+    }
+    if (before < k) sh.item[before] = i;
+  }
+  __syncthreads();
+  return k;
+}
+
 // After every item at or above `bound` was staged: the selection on those in shared memory, or,
 // without a bound or with too many of them (ties), on the items themselves.
 template <class Items>
@@ -570,7 +599,8 @@ __device__ int32_t staged_top(const Items& items, int32_t n, int32_t want, int s
   __syncthreads();
   if (bound != 0 && staged <= kStaged) {
     const StagedItems<Items> on_chip{sh.staged_key, sh.staged_item, items};
-    const int32_t k = block_top(on_chip, staged, want, secondary_bits, sh);
+    const int32_t k = staged <= kRanked ? ranked_top(on_chip, staged, want, sh)
+                                        : block_top(on_chip, staged, want, secondary_bits, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) sh.item[t] = sh.staged_item[sh.item[t]];
     __syncthreads();
     return k;
