@@ -77,15 +77,13 @@ class CudaStep:
         cands = self.batch * self.width
         # error word (2 int32), score, logprob, token, parent, node ([batch * width] each), count [batch]
         self.out = torch.empty(2 + 5 * cands + self.batch, dtype=torch.int32, device=device)
+        # Device addresses of the outputs: 0 score ... 4 node, 5 count (every launch passes them).
+        self.output_ptrs = tuple(self.out.data_ptr() + 4 * (2 + i * cands) for i in range(6))
         self.beams = None  # launch()'s uploaded scores and nodes
         self.clear_error()
 
     def clear_error(self) -> None:
         self.out[:2].fill_(-1)
-
-    def output_ptr(self, index: int) -> int:
-        """Device address of output ``index``: 0 score ... 4 node, 5 count."""
-        return self.out.data_ptr() + 4 * (2 + index * self.batch * self.width)
 
     @property
     def error_ptr(self) -> int:
@@ -129,7 +127,7 @@ class CudaStep:
             self.views.data_ptr() if constrained else 0, len(self.views) if constrained else 0,
             self.normalize_allowed, self.eos_id, self.eos_id if short_of_min > 0 else -1,
             short_of_min > 1 and constrained,
-            *(self.output_ptr(i) for i in range(6)), self.error_ptr, self.workspace.data_ptr(),
+            *self.output_ptrs, self.error_ptr, self.workspace.data_ptr(),
             _backend.stream_of(logits), *((0, 0) if deltas is None else (deltas[0].data_ptr(), deltas[1].data_ptr())),
             halted_ptr, self.wide.data_ptr() if constrained else 0,
         )
@@ -254,7 +252,7 @@ class DeviceSearch:
             code = self.ext.beam_select(
                 self.batch, self.k, self.width, length, s.early_stopping_code, s.length_penalty, self.eos_id, self.pad_id,
                 s.output_token_scores, 0 if views is None else views.data_ptr(), 0 if views is None else len(views),
-                *(self.step.output_ptr(i) for i in range(6)), self.step.error_ptr, self.state.data_ptr(), parity,
+                *self.step.output_ptrs, self.step.error_ptr, self.state.data_ptr(), parity,
                 _backend.stream_of(logits))
         if code:
             raise RuntimeError(f"the CUDA beam bookkeeping failed to launch (cudaError_t {code})")
