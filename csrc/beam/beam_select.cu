@@ -125,9 +125,11 @@ __device__ void decide(const BeamSelectParams& p, Shared& sh, int32_t b) {
 
   const int32_t count = sh.count;
   const float* penalty = at<float>(p.state, p.layout.penalty);
+  // Loaded once: each insert stores to global memory, so the compiler would reload it for each.
+  const float finished_penalty = penalty[L];
   // Only the top num_beams candidates may finish; the others are backups for the beams.
   for (int32_t i = 0, from = 0; i < min(count, K) && from < K; ++i)
-    if (sh.spent[i]) from = add_hypothesis(p, sh, b, i, sh.finishes[i], penalty[L], from);
+    if (sh.spent[i]) from = add_hypothesis(p, sh, b, i, sh.finishes[i], finished_penalty, from);
 
   // The running beams: the candidates stably sorted by score, spent ones 1e9 worse. Both groups are
   // already in score order, so the sort is a merge (ties to the earlier candidate).
