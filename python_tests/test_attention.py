@@ -411,9 +411,9 @@ CUDA_GRID = [
 @pytest.fixture
 def one_config(monkeypatch):
     """``use(D, dtype, index=None)``: launch every kernel with one configuration of its autotune list
-    (``index``, or the first that fits shared memory at ``D`` and ``dtype``; a kernel with a single
-    configuration always gets it) instead of autotuning, which compiles and times every
-    configuration for every new key. Returns False where ``index`` does not fit."""
+    (``index``, or the first that fits shared memory at ``D`` and ``dtype``) instead of autotuning,
+    which compiles and times every configuration for every new key. Returns False where ``index``
+    does not fit."""
     from pyfastseq.attention import launch
 
     def use(D, dtype, index=None):
@@ -421,7 +421,7 @@ def one_config(monkeypatch):
         chosen = {}
         for which, (kernel, configs) in launch._KERNELS.items():
             fitting = [c for c in configs if launch._fits(c, D, elem)]
-            config = fitting[0] if index is None or len(configs) == 1 else configs[index]
+            config = fitting[0] if index is None else configs[index]
             if config not in fitting:
                 return False
             chosen[which] = (kernel, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})
@@ -511,22 +511,27 @@ def test_autotuned_launches_tune_once_per_key(monkeypatch):
 
 
 @needs_cpu_kernel
-def test_interpreter_autotuned_kernel_tunes_then_launches_directly():
-    # The real autotuner (one configuration: the interpreter cannot time several) picks DELTA's
-    # configuration on the first launch; the second goes to the kernel with it. Both compute DELTA.
+def test_interpreter_autotuned_kernel_tunes_then_launches_directly(monkeypatch):
+    # The real autotuner, given one configuration (the interpreter cannot time several), picks the
+    # forward's configuration on the first launch; the second goes to the kernel with it. Both
+    # compute the attention.
     import triton
     from pyfastseq.attention import launch
 
-    tuned = launch._Autotuned("delta")
-    B, H, L, D = 2, 3, 70, 64
-    gen = torch.Generator().manual_seed(0)
-    out, dout = torch.randn(B, H, L, D, generator=gen), torch.randn(B, H, L, D, generator=gen)
+    configs = [triton.Config(launch.INTERPRET_BLOCKS["fwd"])]
+    monkeypatch.setitem(launch._KERNELS, "fwd", (launch._KERNELS["fwd"][0], configs))
+    tuned = launch._Autotuned("fwd")
+    B, H, L, D = 2, 3, 70, 32
+    q, k, v = make_qkv(B, H, L, D, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    prefix, seq = torch.tensor([10, 70], dtype=torch.int32), torch.tensor([50, 70], dtype=torch.int32)
+    want = unilm_attention_reference(q, k, v, prefix, seq)
     for launches in (1, 2):
-        delta = torch.full((B, H, L), float("nan"))
+        out, lse = torch.full_like(q, float("nan")), torch.empty(B, H, L)
         tuned[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)](
-            out, dout, delta, *out.stride(), *dout.stride(), H, L, launch._bucket(L), HEAD_DIM=D)
-        assert list(tuned.chosen.values()) == launch._KERNELS["delta"][1]
-        torch.testing.assert_close(delta, (out * dout).sum(-1), atol=1e-4, rtol=1e-5)
+            q, k, v, out, lse, prefix, seq, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            H, L, D**-0.5 * launch.LOG2E, launch._bucket(L), HEAD_DIM=D, IEEE=True)
+        assert list(tuned.chosen.values()) == configs
+        torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
 
 
 @needs_cuda_triton

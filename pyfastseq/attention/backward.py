@@ -1,7 +1,8 @@
-"""Triton backward kernels of UniLM attention: ``DELTA = rowsum(dO * O)`` (fp32, [B, H, L]) first,
-then dK/dV per key block and dQ per query block.
+"""Triton backward kernels of UniLM attention: dQ per query block first, then dK/dV per key block.
 
-Both recompute the probabilities from the forward's log2-sum-exp2 (``LSE``) and take ``DELTA``. A
+Both recompute the probabilities from the forward's log2-sum-exp2 (``LSE``) and take
+``DELTA = rowsum(dO * O)`` (fp32, [B, H, L]). The dQ kernel computes it from the rows it loads
+anyway and stores it for the dK/dV kernel: no separate pass over O and dO, one launch fewer. A
 key block of the target is seen only by queries at or after it, a prefix key block by every real
 query; query blocks outside that range are never visited, and blocks the mask leaves whole skip the
 mask arithmetic. Padded queries (``i >= n``) get zero dQ and add nothing to dK/dV.
@@ -10,27 +11,8 @@ mask arithmetic. Padded queries (``i >= n``) get zero dQ and add nothing to dK/d
 import triton
 import triton.language as tl
 
-from .tiles import batch_head, dot as _dot, head_lengths as _head_lengths, last_first_block
+from .tiles import dot as _dot, head_lengths as _head_lengths, last_first_block
 from .tiles import load_rows as _load_rows, visible as _visible
-
-
-@triton.jit
-def unilm_bwd_delta_kernel(
-    O, DO, DELTA,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_dob, stride_doh, stride_dom, stride_dod,
-    H, L, L_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    """One program: DELTA of ``BLOCK_M`` rows of one (batch, head), summed in fp32 from O and dO read
-    once in their own dtype (no fp32 copies of either)."""
-    pid_bh, b64, h64 = batch_head(H)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    in_range = rows < L
-    o = _load_rows(O + b64 * stride_ob + h64 * stride_oh, rows, stride_om, stride_od, in_range, HEAD_DIM)
-    do = _load_rows(DO + b64 * stride_dob + h64 * stride_doh, rows, stride_dom, stride_dod, in_range, HEAD_DIM)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh * L + rows, delta, mask=in_range)
 
 
 @triton.jit
@@ -124,16 +106,18 @@ def unilm_bwd_dkdv_kernel(
 
 @triton.jit
 def unilm_bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, PREFIX, SEQ,
+    Q, K, V, O, DO, DQ, LSE, DELTA, PREFIX, SEQ,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     H, L, sm_scale, qk_scale, L_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """One program: ``BLOCK_M`` queries of one (batch, head); loops over the key blocks they see."""
+    """One program: ``BLOCK_M`` queries of one (batch, head); loops over the key blocks they see.
+    Also writes those rows' DELTA, summed in fp32 from O and dO in their own dtype."""
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
     start_m = last_first_block(BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -142,7 +126,9 @@ def unilm_bwd_dq_kernel(
     q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh, rows, stride_qm, stride_qd, row_valid, HEAD_DIM)
     do = _load_rows(DO + b64 * stride_dob + h64 * stride_doh, rows, stride_dom, stride_dod, row_valid, HEAD_DIM)
     lse = tl.load(LSE + pid_bh * L + rows, mask=row_valid, other=0.0)
-    delta = tl.load(DELTA + pid_bh * L + rows, mask=row_valid, other=0.0)
+    o = _load_rows(O + b64 * stride_ob + h64 * stride_oh, rows, stride_om, stride_od, row_valid, HEAD_DIM)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # padded rows: 0, as dO loads zeros there
+    tl.store(DELTA + pid_bh * L + rows, delta, mask=rows < L)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     k_base = K + b64 * stride_kb + h64 * stride_kh

@@ -18,7 +18,7 @@ import torch
 import triton
 
 from .._validate import INT32_MAX
-from .backward import unilm_bwd_delta_kernel, unilm_bwd_dkdv_kernel, unilm_bwd_dq_kernel
+from .backward import unilm_bwd_dkdv_kernel, unilm_bwd_dq_kernel
 from .forward import unilm_fwd_kernel
 
 LOG2E = 1.4426950408889634
@@ -45,23 +45,20 @@ def _prune(configs, named_args, **kwargs):
 
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-    for bm, bn, w, st in [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
+    for bm, bn, w, st in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
     for bm, bn, w, st in [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1)]
 ]
-_DELTA_CONFIGS = [triton.Config({"BLOCK_M": 64}, num_warps=4)]  # a streaming reduction: nothing to tune
 _KEY = ["HEAD_DIM", "L_BUCKET"]
 _KERNELS = {
     "fwd": (unilm_fwd_kernel, _FWD_CONFIGS),
-    "delta": (unilm_bwd_delta_kernel, _DELTA_CONFIGS),
     "dkdv": (unilm_bwd_dkdv_kernel, _BWD_CONFIGS),
     "dq": (unilm_bwd_dq_kernel, _BWD_CONFIGS),
 }
 # Interpreter blocks: small enough to exercise multi-block paths on short test sequences.
 INTERPRET_BLOCKS = {name: {"BLOCK_M": 32, "BLOCK_N": 32} for name in _KERNELS}
-INTERPRET_BLOCKS["delta"] = {"BLOCK_M": 32}
 
 
 class _Autotuned:
@@ -76,8 +73,7 @@ class _Autotuned:
     def __init__(self, which: str):
         kernel, configs = _KERNELS[which]
         # Every kernel writes all of its outputs, so the autotuner may rerun them freely.
-        prune = {"early_config_prune": _prune} if len(configs) > 1 else None
-        self.autotuner = triton.autotune(configs, key=_KEY, prune_configs_by=prune)(kernel)
+        self.autotuner = triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": _prune})(kernel)
         self.kernel = kernel
         self.bucket_at = kernel.arg_names.index("L_BUCKET")
         self.chosen = {}
@@ -184,12 +180,12 @@ def backward(do, q, k, v, out, lse, prefix, seq, scale: float):
     prefix, seq = _contiguous_lengths(prefix, seq)
     if _head_extent(do) > INT32_MAX:  # autograd's layout, not the caller's
         do = do.contiguous()
-    delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
-    _launch("delta", "BLOCK_M", L, H, (out, do, delta), (out, do), (H, L, _bucket(L)), dict(HEAD_DIM=D))
+    delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)  # written by the dQ kernel
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     scalars = (H, L, scale, scale * LOG2E, _bucket(L))
     meta = dict(HEAD_DIM=D, IEEE=q.dtype == torch.float32)
+    _launch("dq", "BLOCK_M", L, H, (q, k, v, out, do, dq, lse, delta, prefix, seq), (q, k, v, out, do, dq),
+            scalars, meta)
     _launch("dkdv", "BLOCK_N", L, H, (q, k, v, do, dk, dv, lse, delta, prefix, seq), (q, k, v, do, dk, dv),
             scalars, meta)
-    _launch("dq", "BLOCK_M", L, H, (q, k, v, do, dq, lse, delta, prefix, seq), (q, k, v, do, dq), scalars, meta)
     return dq, dk, dv
