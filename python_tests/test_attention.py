@@ -1,6 +1,7 @@
 """UniLM attention: Triton kernels (interpreter on CPU, compiled on CUDA) vs. the dense-mask reference."""
 
 import os
+import re
 import sys
 
 import pytest
@@ -221,6 +222,35 @@ def test_cpu_bfloat16_takes_the_reference(monkeypatch):
         monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "triton")
         with pytest.raises(RuntimeError, match="bfloat16"):
             fs.unilm_attention(*_qkv(dtype=torch.bfloat16), [1, 2])
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+@pytest.mark.parametrize("triton_version,numpy_version,usable", [
+    ("3.6.0", "2.4.0", False), ("3.6.1+git1a2b", "2.5.1", False), ("3.6.0", "2.3.5", True),
+    ("3.7.0", "2.4.0", True), ("3.10.0", "3.0.0", True), ("3.6.0", "1.26.4", True),
+])
+def test_interpreter_refused_where_it_cannot_run(triton_version, numpy_version, usable, monkeypatch):
+    # Triton 3.6's interpreter fails every kernel under NumPy >= 2.4: CPU calls take the reference
+    # there, and forcing the kernels says why.
+    import numpy
+    import triton
+
+    from pyfastseq.attention import op
+
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    op._interpreter_unusable.cache_clear()
+    try:
+        assert backend_for(torch.device("cpu"), torch.float32) == ("triton" if usable else "torch")
+        monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "triton")
+        if usable:
+            assert backend_for(torch.device("cpu"), torch.float32) == "triton"
+        else:
+            with pytest.raises(RuntimeError, match=f"Triton {re.escape(triton_version)}'s interpreter"):
+                backend_for(torch.device("cpu"), torch.float32)
+    finally:
+        op._interpreter_unusable.cache_clear()
 
 
 def test_torch_backend_gradients_match_autograd(monkeypatch):

@@ -11,7 +11,8 @@ Backend, chosen per call:
 * CPU tensors run the same Triton kernels under Triton's interpreter when ``TRITON_INTERPRET=1`` is
   set (before Triton is first imported) and Triton imports; otherwise the dense-mask PyTorch
   reference of :mod:`pyfastseq.attention.reference`. bfloat16 never runs in the interpreter (its
-  ``tl.dot`` multiplies raw bf16 bits): CPU bf16 always takes the reference.
+  ``tl.dot`` multiplies raw bf16 bits): CPU bf16 always takes the reference; nor does anything
+  under Triton 3.6's interpreter with NumPy 2.4 or later, which fails on every kernel.
 * ``PYFASTSEQ_ATTENTION_BACKEND=triton|torch`` forces one (``auto``, the default, does the above).
 
 Triton is imported only when a call needs it, so ``import pyfastseq`` never requires it.
@@ -51,6 +52,24 @@ def _triton_importable() -> bool:
     return True
 
 
+def _leading_ints(version: str, count: int) -> tuple:
+    return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:count])
+
+
+@functools.cache
+def _interpreter_unusable() -> Optional[str]:
+    """Why Triton's interpreter cannot run the kernels with the installed NumPy, or None: Triton 3.6's
+    interpreter turns a loop bound, a one-element array, into an int, which NumPy 2.4 refuses, so every
+    kernel fails (Triton 3.7 reads it as a scalar)."""
+    import numpy
+    import triton
+
+    if _leading_ints(triton.__version__, 2) <= (3, 6) and _leading_ints(numpy.__version__, 2) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter cannot run with NumPy {numpy.__version__}; "
+                "install triton>=3.7 or numpy<2.4")
+    return None
+
+
 def backend_for(device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
     """``"triton"`` or ``"torch"``: which implementation a call on ``device`` runs (see module doc)."""
     forced = os.environ.get("PYFASTSEQ_ATTENTION_BACKEND", "auto")
@@ -65,11 +84,15 @@ def backend_for(device: torch.device, dtype: Optional[torch.dtype] = None) -> st
         if device.type == "cpu" and dtype == torch.bfloat16:
             raise RuntimeError("PYFASTSEQ_ATTENTION_BACKEND=triton: the Triton interpreter computes bfloat16 "
                                "dots wrongly; use float16/float32 on CPU or a GPU")
+        if device.type == "cpu" and _interpreter_unusable():
+            raise RuntimeError(f"PYFASTSEQ_ATTENTION_BACKEND=triton: {_interpreter_unusable()}")
         return "triton"
-    if forced == "torch":
+    if forced == "torch" or not _triton_importable():
         return "torch"
-    if device.type == "cuda" or (device.type == "cpu" and interpreting and dtype != torch.bfloat16):
-        return "triton" if _triton_importable() else "torch"
+    if device.type == "cuda":
+        return "triton"
+    if device.type == "cpu" and interpreting and dtype != torch.bfloat16 and not _interpreter_unusable():
+        return "triton"
     return "torch"
 
 
