@@ -28,6 +28,8 @@ log=$out/log.txt summary=$out/summary.md
 printf '# GPU check\n\n| stage | result | seconds |\n|---|---|---|\n' > "$summary"
 # PYTHONSAFEPATH: "python3 -m pytest" must not put the source tree (no compiled modules) on the path.
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONSAFEPATH=1
+# The log names each attention kernel's chosen configuration and its tuning time, per key.
+export TRITON_PRINT_AUTOTUNING=1
 deadline=$((SECONDS + ${GPU_CHECK_SECONDS:-540}))
 
 if compgen -G ".whl/*.whl" > /dev/null; then
