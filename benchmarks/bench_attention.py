@@ -88,12 +88,12 @@ def build(impl: str, prefix, seq, L: int):
     return _sdpa_mask(prefix, seq, L)
 
 
-def run(impl: str, q, k, v, meta):
+def run(impl: str, q, k, v, meta, dropout_p: float = 0.0):
     if impl == "pyfastseq":
-        return fs.unilm_attention(q, k, v, *meta)
-    if impl.startswith("flex"):
+        return fs.unilm_attention(q, k, v, *meta, dropout_p=dropout_p)
+    if impl.startswith("flex"):  # FlexAttention has no dropout
         return _flex()[1](q, k, v, block_mask=meta)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=meta)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=meta, dropout_p=dropout_p)
 
 
 def attention(impl: str, q, k, v, prefix, seq, meta=None):
@@ -160,10 +160,11 @@ def test_backward(benchmark, impl, L, D):
 STEP_D = 64
 
 
-def training_step(impl: str, L: int, sync_each_layer: bool = False):
+def training_step(impl: str, L: int, sync_each_layer: bool = False, dropout_p: float = 0.0):
     """(step, the batches' lengths): each call takes the next batch's lengths, builds the metadata or
-    mask, and runs forward + backward through STEP_LAYERS attention layers; with ``sync_each_layer``
-    the host waits for each forward layer (profile_attention.py's comparison)."""
+    mask, and runs forward + backward through STEP_LAYERS attention layers, with attention dropout
+    ``dropout_p``; with ``sync_each_layer`` the host waits for each forward layer
+    (profile_attention.py's comparison)."""
     gen = torch.Generator().manual_seed(1)
     layers = [[t.requires_grad_() for t in make_inputs(L, STEP_D, seed)[:3]] for seed in range(STEP_LAYERS)]
     do = make_inputs(L, STEP_D)[3]
@@ -175,7 +176,7 @@ def training_step(impl: str, L: int, sync_each_layer: bool = False):
         meta = build(impl, prefix, seq, L)
         outs = []
         for q, k, v in layers:
-            outs.append(run(impl, q, k, v, meta))
+            outs.append(run(impl, q, k, v, meta, dropout_p))
             if sync_each_layer:
                 torch.cuda.synchronize()
         torch.autograd.backward(outs, [do] * STEP_LAYERS)
@@ -192,3 +193,13 @@ def test_training_step(benchmark, impl, L):
     pairs = sum(unmasked_pairs(p, s, L) for p, s in batches) / len(batches)
     benchmark.extra_info.update(device=torch.cuda.get_device_name(), impl=impl, L=L, D=STEP_D, layers=STEP_LAYERS,
                                 step_tflops=14 * STEP_D * pairs * STEP_LAYERS / benchmark.stats.stats.median / 1e12)
+
+
+@pytest.mark.parametrize("impl", ("pyfastseq", "sdpa_mask"))
+@pytest.mark.parametrize("L", (512,))
+def test_training_step_dropout(benchmark, impl, L):
+    """The training step with BERT's attention dropout (0.1), which FlexAttention cannot apply."""
+    step, _ = training_step(impl, L, dropout_p=0.1)
+    benchmark(_sync(step))
+    benchmark.extra_info.update(device=torch.cuda.get_device_name(), impl=impl, L=L, D=STEP_D, layers=STEP_LAYERS,
+                                dropout_p=0.1)

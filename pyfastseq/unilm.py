@@ -30,7 +30,7 @@ class UniLM(torch.nn.Module):
 
     Switches the model to ``attn_implementation="unilm"``. Logits come from the model's LM head when
     it has one, else from the hidden states times the input embedding matrix (tied projection).
-    The model's attention-probability dropout must be 0 (the kernels have none).
+    The model's attention-probability dropout applies in training, as with its own attention.
     """
 
     def __init__(self, model: torch.nn.Module, pad_id: int = 0):

@@ -13,14 +13,29 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pyfastseq as fs
-from pyfastseq.attention import UniLMAttention, backend_for, unilm_attention_reference
+from pyfastseq.attention import UniLMAttention, backend_for, dropout, unilm_attention_reference
 
 try:
-    import triton  # noqa: F401
+    import triton
+    import triton.language as tl
 
     HAS_TRITON = True
 except ImportError:
     HAS_TRITON = False
+
+if HAS_TRITON:
+    from pyfastseq.attention.tiles import dropout_keep
+
+    @triton.jit
+    def _dropout_keep_tiles(SEED, OUT, BH0, L, start, drop_threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """``tiles.dropout_keep``'s tiles, written to a [H, L, L] int8 tensor."""
+        pid_bh = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        for start_n in range(start, L, BLOCK_N):
+            keep = dropout_keep(SEED, BH0 + pid_bh, rows, start_n, L, drop_threshold, BLOCK_N)
+            cols = start_n + tl.arange(0, BLOCK_N)
+            tl.store(OUT + pid_bh * L * L + rows[:, None] * L + cols[None, :], keep.to(tl.int8),
+                     mask=(rows[:, None] < L) & (cols[None, :] < L))
 
 CPU_KERNEL = HAS_TRITON and backend_for(torch.device("cpu")) == "triton"
 needs_cpu_kernel = pytest.mark.skipif(not CPU_KERNEL, reason="Triton interpreter not active (needs triton and TRITON_INTERPRET=1)")
@@ -53,21 +68,39 @@ def run_and_grads(fn, q, k, v, prefix, seq, do):
     return [out.detach()] + [t.grad for t in leaves]
 
 
-def check_against_reference(B, H, L, D, kind, padded, dtype, device, seed=0):
+def with_dropout(dropout_p, device, rng_seed=1234, attention=None):
+    """(call, reference): ``attention`` (default ``fs.unilm_attention`` with ``dropout_p``) under a
+    fixed RNG state, and :func:`unilm_attention_reference` dropping by the seed that call draws."""
+    attention = attention or (lambda *args: fs.unilm_attention(*args, dropout_p=dropout_p))
+    devices = [torch.device(device)] if device == "cuda" else []
+
+    def call(*args):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(rng_seed)
+            return attention(*args)
+
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(rng_seed)
+        seed = dropout.draw_seed(torch.device(device))
+    return call, lambda *args: unilm_attention_reference(*args, dropout_p=dropout_p, seed=seed)
+
+
+def check_against_reference(B, H, L, D, kind, padded, dtype, device, seed=0, dropout_p=0.0):
     """Kernel error (forward, dq, dk, dv) within 2x (+ slack) of the low-precision reference's own
-    error, both measured against the fp32 reference."""
+    error, both measured against the fp32 reference (dropping the same entries, with ``dropout_p``)."""
     gen = torch.Generator().manual_seed(seed)
     prefix, seq = make_lengths(kind, B, L, padded, gen)
     q, k, v = make_qkv(B, H, L, D, dtype, device, gen)
     do = torch.randn(B, H, L, D, generator=gen).to(device=device, dtype=dtype)
-    exact = run_and_grads(unilm_attention_reference, q.double(), k.double(), v.double(), prefix, seq, do.double())
-    got = run_and_grads(fs.unilm_attention, q, k, v, prefix, seq, do)
+    call, reference = with_dropout(dropout_p, device) if dropout_p else (fs.unilm_attention, unilm_attention_reference)
+    exact = run_and_grads(reference, q.double(), k.double(), v.double(), prefix, seq, do.double())
+    got = run_and_grads(call, q, k, v, prefix, seq, do)
     if dtype == torch.float32:
         tol = 1e-4 if device == "cpu" else 2e-3
         for name, g, e in zip(("out", "dq", "dk", "dv"), got, exact):
             torch.testing.assert_close(g.double(), e, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
     else:
-        low = run_and_grads(unilm_attention_reference, q, k, v, prefix, seq, do)
+        low = run_and_grads(reference, q, k, v, prefix, seq, do)
         for name, g, lo, e in zip(("out", "dq", "dk", "dv"), got, low, exact):
             err = (g.double() - e).abs().max().item()
             ref_err = (lo.double() - e).abs().max().item()
@@ -165,6 +198,104 @@ def test_interpreter_batch_launched_in_slices(monkeypatch):
     monkeypatch.setattr(launch, "MAX_GRID_Y", 5)
     assert [(s.start, s.stop) for s in launch._batch_slices(5, 2)] == [(0, 2), (2, 4), (4, 5)]
     check_against_reference(5, 2, 37, 32, "random", True, torch.float32, "cpu", seed=12)
+
+
+# ---- dropout ----------------------------------------------------------------------------------------
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("B,H,L,p,start", [(2, 3, 37, 0.1, 0), (1, 2, 70, 0.5, 32), (1, 1, 8, 0.9, 0),
+                                           (1, 1, 130, 0.3, 64)])
+def test_interpreter_dropout_stream_is_the_references(B, H, L, p, start):
+    # The kernels' keep tiles (any query rows, keys from any multiple of 8) against the stream
+    # written out in PyTorch, for (batch, head) rows offset as a launch over a batch slice has them.
+    seed = torch.tensor([dropout.SEED_HIGH - 12345], dtype=torch.int64)
+    want = dropout.dropout_keep_mask(seed, B, H, L, p)
+    got = torch.full((B, H, L, L), -1, dtype=torch.int8)
+    for b in range(B):  # one launch per batch row, each starting at its row's (batch, head)
+        _dropout_keep_tiles[(triton.cdiv(L, 16), H)](seed, got[b], b * H, L, start, dropout.threshold(p),
+                                                     BLOCK_M=16, BLOCK_N=32)
+    assert torch.equal(got[..., start:].bool(), want[..., start:])
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.875])
+def test_dropout_stream_statistics(p):
+    # Each entry is kept with probability 1 - threshold / 65536 (|p - threshold / 65536| <= 2**-17),
+    # the rate is the same across rows, heads and key positions within a Philox call, and the
+    # stream depends on the seed.
+    B, H, L = 2, 4, 200
+    keep = dropout.dropout_keep_mask(torch.tensor([7]), B, H, L, p)
+    rate = 1 - dropout.threshold(p) / 65536
+    assert abs(dropout.threshold(p) / 65536 - p) <= 2 ** -17
+    assert dropout.keep_scale(p) == pytest.approx(1 / rate, rel=1e-12)
+    n = keep.numel()
+    assert abs(keep.float().mean().item() - rate) < 5 * (rate * (1 - rate) / n) ** 0.5
+    for lane in range(8):  # each of the 8 halves of a Philox call
+        lane_keep = keep[..., lane::8]
+        assert abs(lane_keep.float().mean().item() - rate) < 5 * (rate * (1 - rate) / lane_keep.numel()) ** 0.5
+    other = dropout.dropout_keep_mask(torch.tensor([8]), B, H, L, p)
+    assert (keep != other).float().mean().item() > rate * (1 - rate)  # independent streams differ
+    assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0], keep[1, 0])
+
+
+def test_dropout_philox_matches_known_answer():
+    # Philox4x32-10's published test vector (Salmon et al., Random123 kat_vectors): counter
+    # (0, 0, 0, 0), key (0, 0) -> 6627e8d5 e169c58d bc57ac4c 9b00dbd8.
+    words = dropout.philox4x32(torch.tensor([0]), torch.tensor([0]))
+    assert [int(w) for w in words] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("B,H,L,D,kind,padded,p", [
+    (2, 2, 37, 32, "random", True, 0.1),
+    (1, 1, 97, 64, "1", False, 0.5),
+    (2, 1, 129, 32, "L", True, 0.25),
+])
+def test_interpreter_dropout(B, H, L, D, kind, padded, p):
+    check_against_reference(B, H, L, D, kind, padded, torch.float32, "cpu", seed=3, dropout_p=p)
+
+
+@needs_cpu_kernel
+def test_interpreter_dropout_fp16_unequal_blocks_and_slices(monkeypatch):
+    from pyfastseq.attention import launch
+
+    monkeypatch.setitem(launch.INTERPRET_BLOCKS, "fwd", dict(BLOCK_M=64, BLOCK_N=16))
+    for name in ("dkdv", "dq"):
+        monkeypatch.setitem(launch.INTERPRET_BLOCKS, name, dict(BLOCK_M=16, BLOCK_N=64))
+    check_against_reference(2, 1, 77, 32, "random", True, torch.float16, "cpu", seed=4, dropout_p=0.2)
+    monkeypatch.setattr(launch, "MAX_GRID_Y", 5)  # slices of 2 rows of 2 heads: the stream goes on across them
+    check_against_reference(5, 2, 37, 32, "random", True, torch.float32, "cpu", seed=5, dropout_p=0.3)
+
+
+def test_torch_backend_dropout_gradients_match_autograd(monkeypatch):
+    # The fallback's written-out backward with dropout against autograd through the reference.
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    check_against_reference(2, 2, 29, 32, "random", True, torch.float32, "cpu", dropout_p=0.3)
+
+
+def test_dropout_reproducible_and_unbiased(monkeypatch):
+    # The same RNG state gives the same output; new draws give new ones; the mean over draws tends
+    # to the undropped attention.
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = make_qkv(1, 2, 24, 16, torch.float32, "cpu", gen)
+    prefix, seq = [5], [20]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        first = fs.unilm_attention(q, k, v, prefix, seq, dropout_p=0.5)
+        torch.manual_seed(0)
+        assert torch.equal(first, fs.unilm_attention(q, k, v, prefix, seq, dropout_p=0.5))
+        draws = torch.stack([fs.unilm_attention(q, k, v, prefix, seq, dropout_p=0.5) for _ in range(2000)])
+    assert not torch.equal(draws[0], draws[1])
+    undropped = fs.unilm_attention(q, k, v, prefix, seq)
+    spread = draws.std(0) / 2000 ** 0.5
+    assert ((draws.mean(0) - undropped).abs() <= 5 * spread + 1e-12).all()
+
+
+@pytest.mark.parametrize("p, exc", [(1.0, ValueError), (-0.1, ValueError), (float("nan"), ValueError),
+                                    (True, TypeError), ("0.1", TypeError), (None, TypeError)])
+def test_dropout_p_checked(p, exc):
+    with pytest.raises(exc, match="dropout_p must"):
+        fs.unilm_attention(*_qkv(), [1, 2], dropout_p=p)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
@@ -303,6 +434,24 @@ def test_torch_compile_fullgraph(entry, monkeypatch):
     # One graph, where the attention is the custom ops (opaque to the compiler), forward and backward.
     assert len(graphs) == 1
     assert "pyfastseq.unilm_attention_fwd" in graphs[0] and "pyfastseq.unilm_attention_bwd" in graphs[0]
+
+
+def test_torch_compile_fullgraph_dropout(monkeypatch):
+    # Under torch.compile the seed is drawn in the graph from the same generator: the compiled call
+    # drops what the reference drops for that seed, forward and backward.
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = make_qkv(2, 2, 19, 32, torch.float32, "cpu", gen)
+    do = torch.randn(q.shape, generator=gen)
+    p, s = torch.tensor([3, 19]), torch.tensor([19, 12])
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: fs.unilm_attention(*a, dropout_p=0.25), backend="aot_eager",
+                             fullgraph=True, dynamic=False)
+    call, reference = with_dropout(0.25, "cpu", attention=compiled)
+    got = run_and_grads(call, q, k, v, p, s, do)
+    want = run_and_grads(reference, q, k, v, p, s, do)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 # ---- mask -----------------------------------------------------------------------------------------
@@ -497,10 +646,26 @@ def test_cuda_autotuned(dtype):
     check_against_reference(2, 3, 333, 64, "random", True, dtype, "cuda")
 
 
+@needs_cuda_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_cuda_dropout(dtype, one_config):
+    # The kernels drop what the reference drops for the seed drawn from the CUDA generator.
+    one_config(64, dtype)
+    check_against_reference(2, 4, 97, 64, "random", True, dtype, "cuda", dropout_p=0.2)
+
+
+@needs_cuda_triton
+@pytest.mark.parametrize("D", [64, 128])
+def test_cuda_dropout_autotuned(D):
+    # Tuned apart from the undropped kernels: at d = 128 their widest tile does not fit with dropout.
+    check_against_reference(2, 3, 333, D, "random", True, torch.bfloat16, "cuda", dropout_p=0.1)
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_autotuned_launches_tune_once_per_key(monkeypatch):
-    # The first launch for a (head dim, L bucket, dtype) key goes through the autotuner; later ones
-    # for that key go to the kernel with the configuration it chose, and a new key tunes again.
+    # The first launch for a (head dim, L bucket, dtype, dropout) key goes through the autotuner;
+    # later ones for that key go to the kernel with the configuration it chose, and a new key tunes
+    # again (dropout's variant needs more shared memory: it may not run the undropped choice).
     import triton
     from pyfastseq.attention import launch
 
@@ -508,7 +673,8 @@ def test_autotuned_launches_tune_once_per_key(monkeypatch):
     calls = []
     configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-               triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2)]
+               triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+               triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
     choices = iter(configs)
 
     class Recorder:
@@ -524,20 +690,22 @@ def test_autotuned_launches_tune_once_per_key(monkeypatch):
 
     monkeypatch.setattr(tuned, "autotuner", Recorder("autotuner"))
     monkeypatch.setattr(tuned, "kernel", Recorder("kernel"))
-    arg_count = len(launch._KERNELS["fwd"][0].arg_names) - 4  # less the constexprs passed by name
+    arg_count = launch._KERNELS["fwd"][0].arg_names.index("HEAD_DIM")  # the arguments before the constexprs
 
-    def launch_with(L_bucket, dtype):
+    def launch_with(L_bucket, dtype, drops=False):
         args = [torch.empty(0, dtype=dtype)] + [0] * (arg_count - 1)
         args[tuned.bucket_at] = L_bucket
-        tuned["grid"](*args, HEAD_DIM=64, IEEE=False)
+        tuned["grid"](*args, HEAD_DIM=64, DROPOUT=drops, IEEE=False)
 
-    for L_bucket, dtype in [(512, torch.bfloat16), (512, torch.bfloat16), (512, torch.float16),
-                            (1024, torch.bfloat16), (512, torch.bfloat16), (512, torch.float16)]:
-        launch_with(L_bucket, dtype)
-    assert [name for name, _, _ in calls] == ["autotuner", "kernel", "autotuner", "autotuner", "kernel", "kernel"]
+    for key in [(512, torch.bfloat16), (512, torch.bfloat16), (512, torch.float16), (1024, torch.bfloat16),
+                (512, torch.bfloat16), (512, torch.float16), (512, torch.bfloat16, True), (512, torch.bfloat16, True)]:
+        launch_with(*key)
+    assert [name for name, _, _ in calls] == ["autotuner", "kernel", "autotuner", "autotuner", "kernel", "kernel",
+                                              "autotuner", "kernel"]
     assert all(grid == "grid" for _, grid, _ in calls)
-    for call, config in [(1, configs[0]), (4, configs[0]), (5, configs[1])]:
-        assert calls[call][2] == {"HEAD_DIM": 64, "IEEE": False, **config.all_kwargs()}
+    for call, config, drops in [(1, configs[0], False), (4, configs[0], False), (5, configs[1], False),
+                                (7, configs[3], True)]:
+        assert calls[call][2] == {"HEAD_DIM": 64, "DROPOUT": drops, "IEEE": False, **config.all_kwargs()}
 
 
 @needs_cpu_kernel
@@ -558,8 +726,8 @@ def test_interpreter_autotuned_kernel_tunes_then_launches_directly(monkeypatch):
     for launches in (1, 2):
         out, lse = torch.full_like(q, float("nan")), torch.empty(B, H, L)
         tuned[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)](
-            q, k, v, out, lse, prefix, seq, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            H, L, D**-0.5 * launch.LOG2E, launch._bucket(L), HEAD_DIM=D, IEEE=True)
+            q, k, v, out, lse, prefix, seq, prefix, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            0, H, L, D**-0.5 * launch.LOG2E, 0, 1.0, launch._bucket(L), HEAD_DIM=D, DROPOUT=False, IEEE=True)
         assert list(tuned.chosen.values()) == configs
         torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
 

@@ -150,9 +150,34 @@ def test_bad_input():
         step(torch.ones(2, 1, dtype=torch.long), torch.arange(2))
     with pytest.raises(ValueError, match="tokens must be"):
         step(torch.ones(3, 0, dtype=torch.long), torch.arange(3))
-    dropout = fs.UniLM(BertModel(tiny_config(attention_probs_dropout_prob=0.1)).train())
-    with pytest.raises(ValueError, match="attention_probs_dropout_prob"):
-        dropout.loss(PAIRS)
+
+
+def test_attention_dropout_applies_in_training(monkeypatch):
+    # A stock config's attention-probability dropout applies in training: under one RNG state the
+    # kernels (the interpreter here, when it runs) and the PyTorch reference drop the same entries,
+    # so loss and gradients agree; another state drops others; eval mode drops nothing.
+    torch.manual_seed(0)
+    model = BertModel(tiny_config(attention_probs_dropout_prob=0.3), add_pooling_layer=False)
+    unilm = fs.UniLM(model).train()
+
+    def loss_and_grads(backend, rng_seed):
+        monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", backend)
+        model.zero_grad()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng_seed)
+            loss = unilm.loss(PAIRS)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    kernels, reference = loss_and_grads("auto", 1), loss_and_grads("torch", 1)
+    for a, b in zip(kernels, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(loss_and_grads("auto", 2)[0], kernels[0])
+
+    undropped = BertModel(tiny_config(), add_pooling_layer=False)
+    undropped.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(unilm.eval().loss(PAIRS), fs.UniLM(undropped).eval().loss(PAIRS))
 
 
 @pytest.mark.parametrize("pairs, exc, match", [

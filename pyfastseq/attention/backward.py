@@ -6,19 +6,25 @@ anyway and stores it for the dK/dV kernel: no separate pass over O and dO, one l
 key block of the target is seen only by queries at or after it, a prefix key block by every real
 query; query blocks outside that range are never visited, and blocks the mask leaves whole skip the
 mask arithmetic. Padded queries (``i >= n``) get zero dQ and add nothing to dK/dV.
+
+With ``DROPOUT`` both regenerate the forward's dropped entries from its seed (``tiles.dropout_keep``):
+dV takes the dropped, rescaled probabilities, and the gradient reaching the probabilities is dO V^T
+dropped and rescaled the same way. ``DELTA`` is unchanged in form: rowsum(dO * O) with the dropped O
+equals rowsum(P * dP).
 """
 
 import triton
 import triton.language as tl
 
-from .tiles import dot as _dot, head_lengths as _head_lengths, last_first_block
+from .tiles import dot as _dot, dropout_keep, head_lengths as _head_lengths, last_first_block
 from .tiles import load_rows as _load_rows, visible as _visible
 
 
 @triton.jit
-def _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
-                stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
+def _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+                stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, SEED, stream_bh, drop_threshold, keep_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                DROPOUT: tl.constexpr, IEEE: tl.constexpr):
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = rows < n
@@ -31,8 +37,13 @@ def _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh
     pt = tl.exp2(qkt - lse[None, :])
     if MASKED:
         pt = tl.where(_visible(rows[None, :], cols[:, None], s, n), pt, 0.0)
-    dv += _dot(pt.to(do.dtype), do, IEEE)
-    dpt = _dot(v, tl.trans(do), IEEE)  # [BLOCK_N, BLOCK_M]
+    dpt = _dot(v, tl.trans(do), IEEE)  # [BLOCK_N, BLOCK_M]: dO V^T, the gradient of the dropped probabilities
+    if DROPOUT:
+        keep = tl.trans(dropout_keep(SEED, stream_bh, rows, start_n, L, drop_threshold, BLOCK_N))
+        dv += _dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, IEEE)
+        dpt = tl.where(keep, dpt * keep_scale, 0.0)
+    else:
+        dv += _dot(pt.to(do.dtype), do, IEEE)
     dst = pt * (dpt - delta[None, :])
     dk += _dot(dst.to(qt.dtype), tl.trans(qt), IEEE)
     return dk, dv
@@ -40,7 +51,8 @@ def _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh
 
 @triton.jit
 def _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd, stride_vn, stride_vd,
-              qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
+              qk_scale, SEED, stream_bh, L, drop_threshold, keep_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr):
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     k = _load_rows(k_base, cols, stride_kn, stride_kd, cols < n, HEAD_DIM)  # [BLOCK_N, D]
@@ -51,22 +63,25 @@ def _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride
     if MASKED:
         p = tl.where(_visible(rows[:, None], cols[None, :], s, n), p, 0.0)
     dp = _dot(do, vt, IEEE)
+    if DROPOUT:
+        dp = tl.where(dropout_keep(SEED, stream_bh, rows, start_n, L, drop_threshold, BLOCK_N), dp * keep_scale, 0.0)
     ds = p * (dp - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, IEEE)
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["BH0", "drop_threshold"])
 def unilm_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, PREFIX, SEQ,
+    Q, K, V, DO, DK, DV, LSE, DELTA, PREFIX, SEQ, SEED,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    H, L, sm_scale, qk_scale, L_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    BH0, H, L, sm_scale, qk_scale, drop_threshold, keep_scale, L_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one (batch, head); loops over the query blocks that see them."""
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
@@ -88,13 +103,15 @@ def unilm_bwd_dkdv_kernel(
     mid = tl.where(start_n + BLOCK_N <= s, lo, tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M)
     mid = tl.where(start_n + BLOCK_N <= n, tl.minimum(mid, hi), hi)
     for start_m in range(lo, mid, BLOCK_M):
-        dk, dv = _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
-                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
-                             HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, MASKED=True, IEEE=IEEE)
+        dk, dv = _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, SEED, BH0 + pid_bh, drop_threshold,
+                             keep_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=True,
+                             DROPOUT=DROPOUT, IEEE=IEEE)
     for start_m in range(mid, hi, BLOCK_M):
-        dk, dv = _dkdv_block(dk, dv, k, v, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
-                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
-                             HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, MASKED=False, IEEE=IEEE)
+        dk, dv = _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, SEED, BH0 + pid_bh, drop_threshold,
+                             keep_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=False,
+                             DROPOUT=DROPOUT, IEEE=IEEE)
     dk = dk * sm_scale
 
     in_range = cols < L
@@ -104,17 +121,18 @@ def unilm_bwd_dkdv_kernel(
              dv.to(DV.dtype.element_ty), mask=in_range[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["BH0", "drop_threshold"])
 def unilm_bwd_dq_kernel(
-    Q, K, V, O, DO, DQ, LSE, DELTA, PREFIX, SEQ,
+    Q, K, V, O, DO, DQ, LSE, DELTA, PREFIX, SEQ, SEED,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    H, L, sm_scale, qk_scale, L_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    BH0, H, L, sm_scale, qk_scale, drop_threshold, keep_scale, L_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one (batch, head); loops over the key blocks they see.
     Also writes those rows' DELTA, summed in fp32 from O and dO in their own dtype."""
@@ -140,10 +158,12 @@ def unilm_bwd_dq_kernel(
     hi = tl.where(start_m < n, tl.minimum(n, tl.maximum(s, start_m + BLOCK_M)), 0)
     for start_n in range(0, full_end, BLOCK_N):
         dq = _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd,
-                       stride_vn, stride_vd, qk_scale, HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=False, IEEE=IEEE)
+                       stride_vn, stride_vd, qk_scale, SEED, BH0 + pid_bh, L, drop_threshold, keep_scale,
+                       HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=False, DROPOUT=DROPOUT, IEEE=IEEE)
     for start_n in range(full_end, hi, BLOCK_N):
         dq = _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd,
-                       stride_vn, stride_vd, qk_scale, HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=True, IEEE=IEEE)
+                       stride_vn, stride_vd, qk_scale, SEED, BH0 + pid_bh, L, drop_threshold, keep_scale,
+                       HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=True, DROPOUT=DROPOUT, IEEE=IEEE)
     dq = dq * sm_scale
 
     tl.store(DQ + b64 * stride_dqb + h64 * stride_dqh + rows[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,

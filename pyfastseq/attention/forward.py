@@ -11,7 +11,8 @@ interpreter.
 import triton
 import triton.language as tl
 
-from .tiles import dot, head_lengths as _head_lengths, last_first_block, load_rows as _load_rows, visible
+from .tiles import dot, dropout_keep, head_lengths as _head_lengths, last_first_block, load_rows as _load_rows
+from .tiles import visible
 
 # Finite "minus infinity" for the running max: a row that sees nothing keeps exp2(m_i - m_new) = 1
 # instead of exp2(-inf + inf) = NaN.
@@ -20,8 +21,8 @@ _NEG_BIG = tl.constexpr(-1.0e30)
 
 @triton.jit
 def _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d, s, n,
-                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                  MASKED: tl.constexpr, IEEE: tl.constexpr):
+                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SEED, stream_bh, L, drop_threshold,
+                  BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr):
     cols = start_n + offs_n
     kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                  mask=cols[None, :] < n, other=0.0)  # [D, BLOCK_N]
@@ -33,24 +34,31 @@ def _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, off
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     p = tl.exp2(qk - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped entries too
+    if DROPOUT:  # survivors' scale is applied once, to the output
+        p = tl.where(dropout_keep(SEED, stream_bh, offs_m, start_n, L, drop_threshold, BLOCK_N), p, 0.0)
     acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, IEEE)
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["BH0", "drop_threshold"])
 def unilm_fwd_kernel(
-    Q, K, V, O, LSE, PREFIX, SEQ,
+    Q, K, V, O, LSE, PREFIX, SEQ, SEED,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    H, L, qk_scale, L_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    BH0, H, L, qk_scale, drop_threshold, keep_scale, L_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
-    """O[b, h] = softmax(mask(Q K^T * scale)) V; LSE[b, h] = log2-sum-exp2 of the scaled scores.
+    """O[b, h] = dropout(softmax(mask(Q K^T * scale))) V; LSE[b, h] = log2-sum-exp2 of the scaled
+    scores (before dropout).
 
     ``qk_scale`` is ``scale * log2(e)``; ``L_BUCKET`` only keys the autotuner. LSE is [B, H, L] fp32.
+    With ``DROPOUT``, entries under ``drop_threshold`` in the stream seeded by ``SEED[0]`` are dropped
+    and survivors scaled by ``keep_scale`` (:mod:`pyfastseq.attention.dropout`); a launch over a slice
+    of the batch starts at (batch, head) ``BH0`` of the whole batch's stream.
     """
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
     start_m = last_first_block(BLOCK_M)
@@ -76,15 +84,18 @@ def unilm_fwd_kernel(
     for start_n in range(0, full_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                       s, n, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                      MASKED=False, IEEE=IEEE)
+                                      SEED, BH0 + pid_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=False,
+                                      DROPOUT=DROPOUT, IEEE=IEEE)
     for start_n in range(full_end, hi, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                       s, n, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                      MASKED=True, IEEE=IEEE)
+                                      SEED, BH0 + pid_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=True,
+                                      DROPOUT=DROPOUT, IEEE=IEEE)
 
     has_key = l_i > 0.0
     l_safe = tl.where(has_key, l_i, 1.0)
-    out = tl.where(row_valid[:, None] & has_key[:, None], acc / l_safe[:, None], 0.0)
+    norm = l_safe / keep_scale if DROPOUT else l_safe
+    out = tl.where(row_valid[:, None] & has_key[:, None], acc / norm[:, None], 0.0)
     in_range = offs_m < L
     o_base = O + b64 * stride_ob + h64 * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,

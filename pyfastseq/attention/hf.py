@@ -43,22 +43,21 @@ def lengths_from_segments(token_type_ids: torch.Tensor, attention_mask: torch.Te
 
 def unilm_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                             prefix_lens=None, seq_lens=None, **kwargs):
-    """transformers attention-function signature: [B, H, Lq, D] in, ([B, Lq, H, D], None) out."""
-    if dropout and module.training:
-        raise ValueError("UniLM attention has no attention-probability dropout; set the config's "
-                         "attention_probs_dropout_prob (or attention_dropout) to 0")
+    """transformers attention-function signature: [B, H, Lq, D] in, ([B, Lq, H, D], None) out.
+    ``dropout`` (the model's attention-probability dropout) applies in training only."""
+    dropout = dropout if module.training else 0.0
     Lq, Lk = query.shape[-2], key.shape[-2]
     if Lq == Lk:
         if prefix_lens is None:
             raise ValueError("attn_implementation='unilm' needs prefix_lens= (and seq_lens= for padded "
                              "batches) in the model call; see pyfastseq.attention.hf")
-        out = unilm_attention(query, key, value, prefix_lens, seq_lens, scale=scaling)
+        out = unilm_attention(query, key, value, prefix_lens, seq_lens, scale=scaling, dropout_p=dropout)
     else:
-        out = _attend_cached(query, key, value, attention_mask, scaling)
+        out = _attend_cached(query, key, value, attention_mask, scaling, dropout)
     return out.transpose(1, 2).contiguous(), None
 
 
-def _attend_cached(query, key, value, attention_mask, scaling):
+def _attend_cached(query, key, value, attention_mask, scaling, dropout):
     Lq, Lk = query.shape[-2], key.shape[-2]
     if Lq > Lk:
         raise ValueError(f"more queries ({Lq}) than keys ({Lk})")
@@ -68,7 +67,7 @@ def _attend_cached(query, key, value, attention_mask, scaling):
         if attention_mask.dtype != torch.bool or attention_mask.dim() != 4:
             raise ValueError("incremental UniLM attention takes a 4-D boolean attention_mask [B, 1, Lq, Lk]")
         visible = visible & attention_mask
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=scaling)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, dropout_p=dropout, scale=scaling)
 
 
 def register() -> None:

@@ -1,9 +1,10 @@
 """Launchers for the Triton kernels: grids, block sizes, autotuning, strides.
 
-On a GPU the kernels are autotuned, keyed on the head dim, the power-of-two bucket of L and the
-dtype, so new sequence lengths neither recompile nor re-tune (the per-row lengths are tensors). The
-Triton interpreter (``TRITON_INTERPRET=1``, CPU) cannot benchmark configurations, so there one fixed
-configuration runs.
+On a GPU the kernels are autotuned, keyed on the head dim, the power-of-two bucket of L, the dtype
+and whether dropout runs (its variant needs more registers and shared memory), so new sequence
+lengths neither recompile nor re-tune (the per-row lengths are tensors). The Triton interpreter
+(``TRITON_INTERPRET=1``, CPU) cannot benchmark configurations, so there one fixed configuration
+runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import triton
 
 from .._validate import INT32_MAX
+from . import dropout
 from .backward import unilm_bwd_dkdv_kernel, unilm_bwd_dq_kernel
 from .forward import unilm_fwd_kernel
 
@@ -51,7 +53,7 @@ _BWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
     for bm, bn, w, st in [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1)]
 ]
-_KEY = ["HEAD_DIM", "L_BUCKET"]
+_KEY = ["HEAD_DIM", "L_BUCKET", "DROPOUT"]
 _KERNELS = {
     "fwd": (unilm_fwd_kernel, _FWD_CONFIGS),
     "dkdv": (unilm_bwd_dkdv_kernel, _BWD_CONFIGS),
@@ -64,8 +66,9 @@ INTERPRET_BLOCKS = {name: {"BLOCK_M": 32, "BLOCK_N": 32} for name in _KERNELS}
 class _Autotuned:
     """A kernel autotuned on a GPU, launched as a Triton kernel is (``kernel[grid](*args, **kwargs)``).
 
-    The first launch for a key (head dim, L bucket, dtype) goes through ``triton.autotune``, which
-    times the configurations; later ones go to the kernel with the configuration it chose. The
+    The first launch for a key (head dim, L bucket, dtype, dropout or not) goes through
+    ``triton.autotune``, which times the configurations; later ones go to the kernel with the
+    configuration it chose. The
     autotuner's own lookup rebuilds its key from all of a launch's ~40 arguments each time: host
     time that a training step of small layers waits on.
     """
@@ -81,7 +84,7 @@ class _Autotuned:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            key = (kwargs["HEAD_DIM"], args[self.bucket_at], args[0].dtype)
+            key = (kwargs["HEAD_DIM"], args[self.bucket_at], args[0].dtype, kwargs["DROPOUT"])
             config = self.chosen.get(key)
             if config is None:
                 with self.tuning:
@@ -148,9 +151,11 @@ def _on_device_of(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _launch(which: str, block: str, L: int, H: int, tensors, strided, scalars, meta):
+def _launch(which: str, block: str, L: int, H: int, tensors, seed, strided, scalars, meta):
     """Runs kernel ``which`` over every batch slice; ``tensors`` are [B, ...] and sliced along the
-    batch, ``strided`` (among them) pass their strides too, in order."""
+    batch, ``seed`` (dropout's, or any tensor when there is none) is not, ``strided`` (among
+    ``tensors``) pass their strides too, in order; each slice passes its first (batch, head), then
+    ``scalars``."""
     kernel, fixed = _kernel(which)
     B = tensors[0].shape[0]
     strides = [x for t in strided for x in t.stride()]
@@ -160,32 +165,43 @@ def _launch(which: str, block: str, L: int, H: int, tensors, strided, scalars, m
             # One slice (any batch under 65,536 / H rows) takes the tensors as they are: a view per
             # tensor per launch is host time the GPU may wait for.
             args = tensors if rows.stop - rows.start == B else [t[rows] for t in tensors]
-            kernel[grid](*args, *strides, *scalars, **meta, **fixed)
+            kernel[grid](*args, seed, *strides, rows.start * H, *scalars, **meta, **fixed)
 
 
-def forward(q, k, v, prefix, seq, scale: float):
-    """(out [B, H, L, D] in q's dtype, lse [B, H, L] fp32 log2 domain)."""
+def _dropout_args(dropout_p: float, seed, fallback: torch.Tensor):
+    """(seed tensor, drop threshold, keep scale, DROPOUT) for the kernels."""
+    if dropout_p == 0.0:
+        return fallback, 0, 1.0, False
+    return seed, dropout.threshold(dropout_p), dropout.keep_scale(dropout_p), True
+
+
+def forward(q, k, v, prefix, seq, scale: float, dropout_p: float = 0.0, seed=None):
+    """(out [B, H, L, D] in q's dtype, lse [B, H, L] fp32 log2 domain); ``dropout_p`` > 0 drops
+    probabilities by the stream of ``seed`` (int64 [1] on q's device)."""
     B, H, L, D = q.shape
     prefix, seq = _contiguous_lengths(prefix, seq)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
-    _launch("fwd", "BLOCK_M", L, H, (q, k, v, out, lse, prefix, seq), (q, k, v, out),
-            (H, L, scale * LOG2E, _bucket(L)), dict(HEAD_DIM=D, IEEE=q.dtype == torch.float32))
+    seed, threshold, keep_scale, drops = _dropout_args(dropout_p, seed, prefix)
+    _launch("fwd", "BLOCK_M", L, H, (q, k, v, out, lse, prefix, seq), seed, (q, k, v, out),
+            (H, L, scale * LOG2E, threshold, keep_scale, _bucket(L)),
+            dict(HEAD_DIM=D, DROPOUT=drops, IEEE=q.dtype == torch.float32))
     return out, lse
 
 
-def backward(do, q, k, v, out, lse, prefix, seq, scale: float):
-    """(dq, dk, dv) in the inputs' dtypes."""
+def backward(do, q, k, v, out, lse, prefix, seq, scale: float, dropout_p: float = 0.0, seed=None):
+    """(dq, dk, dv) in the inputs' dtypes, for the forward with the same ``dropout_p`` and ``seed``."""
     B, H, L, D = q.shape
     prefix, seq = _contiguous_lengths(prefix, seq)
     if _head_extent(do) > INT32_MAX:  # autograd's layout, not the caller's
         do = do.contiguous()
     delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)  # written by the dQ kernel
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    scalars = (H, L, scale, scale * LOG2E, _bucket(L))
-    meta = dict(HEAD_DIM=D, IEEE=q.dtype == torch.float32)
-    _launch("dq", "BLOCK_M", L, H, (q, k, v, out, do, dq, lse, delta, prefix, seq), (q, k, v, out, do, dq),
+    seed, threshold, keep_scale, drops = _dropout_args(dropout_p, seed, prefix)
+    scalars = (H, L, scale, scale * LOG2E, threshold, keep_scale, _bucket(L))
+    meta = dict(HEAD_DIM=D, DROPOUT=drops, IEEE=q.dtype == torch.float32)
+    _launch("dq", "BLOCK_M", L, H, (q, k, v, out, do, dq, lse, delta, prefix, seq), seed, (q, k, v, out, do, dq),
             scalars, meta)
-    _launch("dkdv", "BLOCK_N", L, H, (q, k, v, do, dk, dv, lse, delta, prefix, seq), (q, k, v, do, dk, dv),
+    _launch("dkdv", "BLOCK_N", L, H, (q, k, v, do, dk, dv, lse, delta, prefix, seq), seed, (q, k, v, do, dk, dv),
             scalars, meta)
     return dq, dk, dv

@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from . import dropout
 from .reference import (
     check_lengths,
     unilm_attention_reference,
@@ -105,84 +106,89 @@ def _laid_out_as(like: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value if value.stride() == like.stride() else torch.empty_like(like).copy_(value)
 
 
-def _forward(q, k, v, prefix_lens, seq_lens, scale):
-    """(out [B, H, L, D], lse [B, H, L] fp32 in the log2 domain); lengths int32 on q's device."""
+def _forward(q, k, v, prefix_lens, seq_lens, scale, dropout_p=0.0, seed=None):
+    """(out [B, H, L, D], lse [B, H, L] fp32 in the log2 domain); lengths int32 and the dropout seed
+    (int64 [1], when ``dropout_p`` > 0) on q's device."""
     if q.numel() == 0:
         return torch.zeros_like(q), q.new_zeros(q.shape[:3], dtype=torch.float32)
     if backend_for(q.device, q.dtype) == "triton":
         from . import launch
 
-        return launch.forward(q, k, v, prefix_lens, seq_lens, scale)
-    out = _laid_out_as(q, unilm_attention_reference(q, k, v, prefix_lens, seq_lens, scale))
+        return launch.forward(q, k, v, prefix_lens, seq_lens, scale, dropout_p, seed)
+    out = _laid_out_as(q, unilm_attention_reference(q, k, v, prefix_lens, seq_lens, scale, dropout_p, seed))
     return out, unilm_attention_reference_lse(q, k, prefix_lens, seq_lens, scale) / _LN2
 
 
-def _backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale):
+def _backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale, dropout_p=0.0, seed=None):
     """(dq, dk, dv) for the forward that produced ``out`` and ``lse``."""
     if q.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     if backend_for(q.device, q.dtype) == "triton":
         from . import launch
 
-        return launch.backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale)
-    dq, dk, dv = unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens, scale)
+        return launch.backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale, dropout_p, seed)
+    dq, dk, dv = unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens, scale, dropout_p, seed)
     return _laid_out_as(q, dq), _laid_out_as(k, dk), _laid_out_as(v, dv)
 
 
 @torch.library.custom_op("pyfastseq::unilm_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: torch.Tensor,
-         seq_lens: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q, k, v, prefix_lens, seq_lens, scale)
+         seq_lens: torch.Tensor, scale: float, dropout_p: float = 0.0,
+         seed: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, prefix_lens, seq_lens, scale, dropout_p, seed)
 
 
 @_fwd.register_fake
-def _(q, k, v, prefix_lens, seq_lens, scale):
+def _(q, k, v, prefix_lens, seq_lens, scale, dropout_p=0.0, seed=None):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("pyfastseq::unilm_attention_bwd", mutates_args=())
 def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-         lse: torch.Tensor, prefix_lens: torch.Tensor, seq_lens: torch.Tensor,
-         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale)
+         lse: torch.Tensor, prefix_lens: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+         dropout_p: float = 0.0,
+         seed: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale, dropout_p, seed)
 
 
 @_bwd.register_fake
-def _(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale):
+def _(dout, q, k, v, out, lse, prefix_lens, seq_lens, scale, dropout_p=0.0, seed=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, prefix_lens, seq_lens, scale = inputs
+    q, k, v, prefix_lens, seq_lens, scale, dropout_p, seed = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, prefix_lens, seq_lens)
-    ctx.scale = scale
+    ctx.save_for_backward(q, k, v, out, lse, prefix_lens, seq_lens, seed)
+    ctx.scale, ctx.dropout_p = scale, dropout_p
     ctx.mark_non_differentiable(lse)
 
 
 def _grads(ctx, dout, backward):
-    q, k, v, out, lse, prefix_lens, seq_lens = ctx.saved_tensors
-    dq, dk, dv = backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, ctx.scale)
-    return dq, dk, dv, None, None, None
+    q, k, v, out, lse, prefix_lens, seq_lens, seed = ctx.saved_tensors
+    dq, dk, dv = backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, ctx.scale, ctx.dropout_p, seed)
+    return dq, dk, dv, None, None, None, None, None
 
 
 _fwd.register_autograd(lambda ctx, dout, _dlse: _grads(ctx, dout, _bwd), setup_context=_setup_context)
 
 
 class UniLMAttention(torch.autograd.Function):
-    """``UniLMAttention.apply(q, k, v, prefix_lens, seq_lens, scale) -> (out, lse)``.
+    """``UniLMAttention.apply(q, k, v, prefix_lens, seq_lens, scale, dropout_p=0.0, seed=None)``
+    ``-> (out, lse)``.
 
-    Takes already-validated arguments: int32 length tensors on q's device and a float scale. Under
-    ``torch.compile`` it runs the custom ops (one opaque node each); eagerly it calls their
-    implementations directly, since the ops' dispatch and autograd wrapper cost several times the
-    host time of the kernels' launches, which a stack of small attention layers waits on.
+    Takes already-validated arguments: int32 length tensors on q's device, a float scale, and with
+    ``dropout_p`` > 0 an int64 ``[1]`` seed on q's device (the backward redraws the forward's choice
+    from it). Under ``torch.compile`` it runs the custom ops (one opaque node each); eagerly it calls
+    their implementations directly, since the ops' dispatch and autograd wrapper cost several times
+    the host time of the kernels' launches, which a stack of small attention layers waits on.
     """
 
     # forward(ctx, ...) rather than a separate setup_context: Function.apply binds a signature with
     # inspect on every call when there is one.
     @staticmethod
-    def forward(ctx, q, k, v, prefix_lens, seq_lens, scale):
-        inputs = (q, k, v, prefix_lens, seq_lens, scale)
+    def forward(ctx, q, k, v, prefix_lens, seq_lens, scale, dropout_p=0.0, seed=None):
+        inputs = (q, k, v, prefix_lens, seq_lens, scale, dropout_p, seed)
         output = (_fwd if torch.compiler.is_compiling() else _forward)(*inputs)
         _setup_context(ctx, inputs, output)
         return output
@@ -220,7 +226,8 @@ def _as_lengths(values, name: str, B: int, L: int, device: torch.device) -> torc
 
 
 def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: Lengths,
-                    seq_lens: Optional[Lengths] = None, scale: Optional[float] = None) -> torch.Tensor:
+                    seq_lens: Optional[Lengths] = None, scale: Optional[float] = None,
+                    dropout_p: float = 0.0) -> torch.Tensor:
     """UniLM (prefix-LM) attention over ``[B, H, L, D]`` tensors, differentiable in q, k, v.
 
     Row ``b`` holds ``seq_lens[b]`` real tokens (default ``L``), the first ``prefix_lens[b]`` the
@@ -236,6 +243,12 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
     recompilation when they change); a prefix longer than its row makes the whole row source. CUDA
     runs Triton kernels; CPU runs them under ``TRITON_INTERPRET=1``, else a dense-mask PyTorch
     fallback (module doc).
+
+    ``dropout_p`` in ``[0, 1)`` drops attention probabilities, as
+    ``scaled_dot_product_attention(dropout_p=...)`` does (apply it in training only): survivors are
+    scaled so the expectation is unchanged, and the backward regenerates the same choice from a seed
+    drawn from q's device generator (``torch.manual_seed`` makes calls reproducible). The choice is
+    the same on every backend (:mod:`pyfastseq.attention.dropout`).
     """
     _check_qkv(q, k, v)
     B, _, L, D = q.shape
@@ -252,4 +265,11 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
         scale = max(D, 1) ** -0.5  # D = 0 has an empty output, whatever the scale
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
-    return UniLMAttention.apply(q, k, v, prefix, seq, float(scale))[0]
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p!r}")
+    if dropout_p == 0.0:
+        return UniLMAttention.apply(q, k, v, prefix, seq, float(scale))[0]
+    seed = dropout.draw_seed(q.device)
+    return UniLMAttention.apply(q, k, v, prefix, seq, float(scale), float(dropout_p), seed)[0]

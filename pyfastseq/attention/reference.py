@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from .._limits import check_memory
+from . import dropout
 
 __all__ = ["unilm_mask", "unilm_attention_probs", "unilm_attention_reference", "unilm_attention_reference_lse",
            "unilm_attention_reference_backward"]
@@ -101,16 +102,31 @@ def unilm_attention_probs(q, k, prefix_lens, seq_lens=None, scale=None) -> torch
     return torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1).masked_fill(~has_key, 0.0)
 
 
-def unilm_attention_reference(q, k, v, prefix_lens, seq_lens=None, scale=None) -> torch.Tensor:
-    """``softmax(q k^T * scale + mask) v`` over ``[B, H, L, D]`` in the inputs' dtype, with autograd.
+def _dropout_factor(q, dropout_p: float, seed) -> Optional[torch.Tensor]:
+    """What dropout multiplies the ``[B, H, L, L]`` probabilities by (0 or the keep scale), or None."""
+    if not dropout_p:
+        return None
+    B, H, L, _ = q.shape
+    keep = dropout.dropout_keep_mask(seed, B, H, L, dropout_p, device=q.device)
+    return keep.to(q.dtype) * dropout.keep_scale(dropout_p)
+
+
+def unilm_attention_reference(q, k, v, prefix_lens, seq_lens=None, scale=None, dropout_p=0.0,
+                              seed=None) -> torch.Tensor:
+    """``dropout(softmax(q k^T * scale + mask)) v`` over ``[B, H, L, D]`` in the inputs' dtype, with
+    autograd.
 
     Padded query rows (no visible key) output zeros and pass no gradient. ``scale`` defaults to
-    ``D ** -0.5``.
+    ``D ** -0.5``. ``dropout_p`` > 0 drops the probabilities the kernels drop for the int64 ``seed``
+    (:mod:`pyfastseq.attention.dropout`) and scales the rest to keep the expectation.
     """
-    return torch.matmul(unilm_attention_probs(q, k, prefix_lens, seq_lens, scale), v)
+    probs = unilm_attention_probs(q, k, prefix_lens, seq_lens, scale)
+    factor = _dropout_factor(q, dropout_p, seed)
+    return torch.matmul(probs if factor is None else probs * factor, v)
 
 
-def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None, scale=None):
+def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None, scale=None, dropout_p=0.0,
+                                       seed=None):
     """(dq, dk, dv) of :func:`unilm_attention_reference` written out, for code that runs with autograd
     off (a ``torch.library`` op's implementation). Computed in fp32 (as the kernels accumulate) and
     returned in the inputs' dtype."""
@@ -118,8 +134,11 @@ def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     dout, q, k, v = (t.float() for t in (dout, q, k, v))
     probs = unilm_attention_probs(q, k, prefix_lens, seq_lens, scale)  # [B, H, L, L]
-    dv = torch.matmul(probs.transpose(-1, -2), dout)
+    factor = _dropout_factor(q, dropout_p, seed)
+    dv = torch.matmul((probs if factor is None else probs * factor).transpose(-1, -2), dout)
     dprobs = torch.matmul(dout, v.transpose(-1, -2))
+    if factor is not None:
+        dprobs = dprobs * factor
     dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdim=True))  # softmax backward
     dq = torch.matmul(dscores, k) * scale
     dk = torch.matmul(dscores.transpose(-1, -2), q) * scale
