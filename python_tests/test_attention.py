@@ -32,7 +32,7 @@ if HAS_TRITON:
         pid_bh = tl.program_id(1).to(tl.int64)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         for start_n in range(start, L, BLOCK_N):
-            keep = dropout_keep(SEED, BH0 + pid_bh, rows, start_n, L, drop_threshold, BLOCK_N)
+            keep = dropout_keep(tl.load(SEED), BH0 + pid_bh, rows, start_n, L, drop_threshold, BLOCK_N)
             cols = start_n + tl.arange(0, BLOCK_N)
             tl.store(OUT + pid_bh * L * L + rows[:, None] * L + cols[None, :], keep.to(tl.int8),
                      mask=(rows[:, None] < L) & (cols[None, :] < L))

@@ -16,13 +16,13 @@ equals rowsum(P * dP).
 import triton
 import triton.language as tl
 
-from .tiles import dot as _dot, dropout_keep, head_lengths as _head_lengths, last_first_block
+from .tiles import dot as _dot, dropout_keep, dropout_seed, head_lengths as _head_lengths, last_first_block
 from .tiles import load_rows as _load_rows, visible as _visible
 
 
 @triton.jit
 def _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
-                stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, SEED, stream_bh, drop_threshold, keep_scale,
+                stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, seed, stream_bh, drop_threshold, keep_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                 DROPOUT: tl.constexpr, IEEE: tl.constexpr):
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -39,7 +39,7 @@ def _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELT
         pt = tl.where(_visible(rows[None, :], cols[:, None], s, n), pt, 0.0)
     dpt = _dot(v, tl.trans(do), IEEE)  # [BLOCK_N, BLOCK_M]: dO V^T, the gradient of the dropped probabilities
     if DROPOUT:
-        keep = tl.trans(dropout_keep(SEED, stream_bh, rows, start_n, L, drop_threshold, BLOCK_N))
+        keep = tl.trans(dropout_keep(seed, stream_bh, rows, start_n, L, drop_threshold, BLOCK_N))
         dv += _dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, IEEE)
         dpt = tl.where(keep, dpt * keep_scale, 0.0)
     else:
@@ -51,7 +51,7 @@ def _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELT
 
 @triton.jit
 def _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd, stride_vn, stride_vd,
-              qk_scale, SEED, stream_bh, L, drop_threshold, keep_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+              qk_scale, seed, stream_bh, L, drop_threshold, keep_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr):
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -64,7 +64,7 @@ def _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride
         p = tl.where(_visible(rows[:, None], cols[None, :], s, n), p, 0.0)
     dp = _dot(do, vt, IEEE)
     if DROPOUT:
-        dp = tl.where(dropout_keep(SEED, stream_bh, rows, start_n, L, drop_threshold, BLOCK_N), dp * keep_scale, 0.0)
+        dp = tl.where(dropout_keep(seed, stream_bh, rows, start_n, L, drop_threshold, BLOCK_N), dp * keep_scale, 0.0)
     ds = p * (dp - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, IEEE)
     return dq
@@ -85,6 +85,7 @@ def unilm_bwd_dkdv_kernel(
 ):
     """One program: ``BLOCK_N`` keys of one (batch, head); loops over the query blocks that see them."""
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
+    seed = dropout_seed(SEED, DROPOUT)
     start_n = tl.program_id(0) * BLOCK_N
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -104,12 +105,12 @@ def unilm_bwd_dkdv_kernel(
     mid = tl.where(start_n + BLOCK_N <= n, tl.minimum(mid, hi), hi)
     for start_m in range(lo, mid, BLOCK_M):
         dk, dv = _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
-                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, SEED, BH0 + pid_bh, drop_threshold,
+                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, seed, BH0 + pid_bh, drop_threshold,
                              keep_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=True,
                              DROPOUT=DROPOUT, IEEE=IEEE)
     for start_m in range(mid, hi, BLOCK_M):
         dk, dv = _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
-                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, SEED, BH0 + pid_bh, drop_threshold,
+                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, seed, BH0 + pid_bh, drop_threshold,
                              keep_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=False,
                              DROPOUT=DROPOUT, IEEE=IEEE)
     dk = dk * sm_scale
@@ -137,6 +138,7 @@ def unilm_bwd_dq_kernel(
     """One program: ``BLOCK_M`` queries of one (batch, head); loops over the key blocks they see.
     Also writes those rows' DELTA, summed in fp32 from O and dO in their own dtype."""
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
+    seed = dropout_seed(SEED, DROPOUT)
     start_m = last_first_block(BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -158,11 +160,11 @@ def unilm_bwd_dq_kernel(
     hi = tl.where(start_m < n, tl.minimum(n, tl.maximum(s, start_m + BLOCK_M)), 0)
     for start_n in range(0, full_end, BLOCK_N):
         dq = _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd,
-                       stride_vn, stride_vd, qk_scale, SEED, BH0 + pid_bh, L, drop_threshold, keep_scale,
+                       stride_vn, stride_vd, qk_scale, seed, BH0 + pid_bh, L, drop_threshold, keep_scale,
                        HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=False, DROPOUT=DROPOUT, IEEE=IEEE)
     for start_n in range(full_end, hi, BLOCK_N):
         dq = _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd,
-                       stride_vn, stride_vd, qk_scale, SEED, BH0 + pid_bh, L, drop_threshold, keep_scale,
+                       stride_vn, stride_vd, qk_scale, seed, BH0 + pid_bh, L, drop_threshold, keep_scale,
                        HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=True, DROPOUT=DROPOUT, IEEE=IEEE)
     dq = dq * sm_scale
 

@@ -11,8 +11,8 @@ interpreter.
 import triton
 import triton.language as tl
 
-from .tiles import dot, dropout_keep, head_lengths as _head_lengths, last_first_block, load_rows as _load_rows
-from .tiles import visible
+from .tiles import dot, dropout_keep, dropout_seed, head_lengths as _head_lengths, last_first_block
+from .tiles import load_rows as _load_rows, visible
 
 # Finite "minus infinity" for the running max: a row that sees nothing keeps exp2(m_i - m_new) = 1
 # instead of exp2(-inf + inf) = NaN.
@@ -21,7 +21,7 @@ _NEG_BIG = tl.constexpr(-1.0e30)
 
 @triton.jit
 def _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d, s, n,
-                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, SEED, stream_bh, L, drop_threshold,
+                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, seed, stream_bh, L, drop_threshold,
                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr):
     cols = start_n + offs_n
     kt = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd,
@@ -36,7 +36,7 @@ def _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, off
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped entries too
     if DROPOUT:  # survivors' scale is applied once, to the output
-        p = tl.where(dropout_keep(SEED, stream_bh, offs_m, start_n, L, drop_threshold, BLOCK_N), p, 0.0)
+        p = tl.where(dropout_keep(seed, stream_bh, offs_m, start_n, L, drop_threshold, BLOCK_N), p, 0.0)
     acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, IEEE)
     return acc, m_new, l_i
 
@@ -61,6 +61,7 @@ def unilm_fwd_kernel(
     of the batch starts at (batch, head) ``BH0`` of the whole batch's stream.
     """
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
+    seed = dropout_seed(SEED, DROPOUT)
     start_m = last_first_block(BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -84,12 +85,12 @@ def unilm_fwd_kernel(
     for start_n in range(0, full_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                       s, n, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                      SEED, BH0 + pid_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=False,
+                                      seed, BH0 + pid_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=False,
                                       DROPOUT=DROPOUT, IEEE=IEEE)
     for start_n in range(full_end, hi, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                       s, n, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                      SEED, BH0 + pid_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=True,
+                                      seed, BH0 + pid_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=True,
                                       DROPOUT=DROPOUT, IEEE=IEEE)
 
     has_key = l_i > 0.0

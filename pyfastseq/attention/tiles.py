@@ -53,13 +53,23 @@ def load_rows(base, idx, stride_i, stride_d, valid, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def dropout_keep(SEED, pid_bh, rows, start_n, L, drop_threshold, BLOCK_N: tl.constexpr):
+def dropout_seed(SEED, DROPOUT: tl.constexpr):
+    """The call's dropout seed, read once per program (int64 ``SEED[0]``); 0 without dropout, where
+    ``SEED`` is a placeholder that must not be read."""
+    if DROPOUT:
+        return tl.load(SEED)
+    else:
+        return 0
+
+
+@triton.jit
+def dropout_keep(seed, pid_bh, rows, start_n, L, drop_threshold, BLOCK_N: tl.constexpr):
     """``[len(rows), BLOCK_N]`` bool: which entries (query ``rows``, keys from ``start_n``, a multiple
     of 8) of this (batch, head) dropout keeps. One Philox call per eight keys; the stream and its
     layout are :mod:`pyfastseq.attention.dropout`'s."""
     groups = start_n // 8 + tl.arange(0, BLOCK_N // 8)
     offsets = (pid_bh * L + rows[:, None]) * tl.cdiv(L, 8) + groups[None, :]  # int64: pid_bh is
-    w0, w1, w2, w3 = tl.randint4x(tl.load(SEED), offsets)
+    w0, w1, w2, w3 = tl.randint4x(seed, offsets)
     # join appends its new axis last: these nest to [.., word // 2, word % 2, half], so that the
     # reshape puts key 8 * group + 2 * word + half where the stream has it.
     lows = tl.join(tl.join(w0 & 0xFFFF, w2 & 0xFFFF), tl.join(w1 & 0xFFFF, w3 & 0xFFFF))
