@@ -217,6 +217,27 @@ def test_interpreter_dropout_stream_is_the_references(B, H, L, p, start):
     assert torch.equal(got[..., start:].bool(), want[..., start:])
 
 
+@needs_cpu_kernel
+@pytest.mark.parametrize("first_bh", [2_000_000_000, 3 * 2**32 // 97])
+def test_interpreter_dropout_stream_past_32_bit_counters(first_bh):
+    # (batch, head) rows far enough into the stream that the Philox counter's high word is set:
+    # the kernels' tiles against the stream's formula written out here.
+    L, p, H = 97, 0.4, 2
+    seed = torch.tensor([123456789], dtype=torch.int64)
+    got = torch.full((H, L, L), -1, dtype=torch.int8)
+    _dropout_keep_tiles[(triton.cdiv(L, 16), H)](seed, got, first_bh, L, 0, dropout.threshold(p),
+                                                 BLOCK_M=16, BLOCK_N=32)
+    groups = (L + 7) // 8
+    rows = (first_bh + torch.arange(H)).view(H, 1, 1) * L + torch.arange(L).view(1, L, 1)
+    offsets = rows * groups + torch.arange(groups)  # [H, L, groups]
+    assert offsets.max() >= 2**32
+    words = dropout.philox4x32(seed, offsets)
+    j = torch.arange(L)
+    word = torch.stack(words, -1)[..., j // 8, (j % 8) // 2]  # [H, L, L]: each key's word
+    half = torch.where(j % 2 == 0, word & 0xFFFF, word >> 16)
+    assert torch.equal(got.bool(), half >= dropout.threshold(p))
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.875])
 def test_dropout_stream_statistics(p):
     # Each entry is kept with probability 1 - threshold / 65536 (|p - threshold / 65536| <= 2**-17),
@@ -296,6 +317,28 @@ def test_dropout_reproducible_and_unbiased(monkeypatch):
 def test_dropout_p_checked(p, exc):
     with pytest.raises(exc, match="dropout_p must"):
         fs.unilm_attention(*_qkv(), [1, 2], dropout_p=p)
+
+
+def test_dropout_p_any_real_and_below_the_stream_resolution():
+    # A NumPy float is a dropout probability too; one under 2**-17 (threshold 0) drops nothing.
+    import numpy as np
+
+    q, k, v = _qkv()
+    undropped = fs.unilm_attention(q, k, v, [1, 2])
+    assert torch.equal(fs.unilm_attention(q, k, v, [1, 2], dropout_p=1e-6), undropped)
+    assert not torch.equal(fs.unilm_attention(q, k, v, [1, 2], dropout_p=np.float32(0.5)), undropped)
+
+
+@pytest.mark.parametrize("seed, match", [
+    (None, "needs seed"), (torch.tensor([1.0]), "needs seed"), (torch.tensor([1, 2]), "needs seed"),
+    (torch.tensor([1], device="meta"), "seed must be on q's device"),
+])
+def test_dropout_seed_checked(seed, match):
+    # UniLMAttention and the ops take the seed from their caller: a missing or unreadable one is refused.
+    q, k, v = _qkv()
+    lengths = torch.tensor([1, 2], dtype=torch.int32)
+    with pytest.raises(ValueError, match=match):
+        UniLMAttention.apply(q, k, v, lengths, torch.tensor([8, 8], dtype=torch.int32), 0.5, 0.1, seed)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")

@@ -9,9 +9,10 @@ Entry ``(b, h, i, j)`` of a call's ``[B, H, L, L]`` probabilities reads Philox4x
 ``((b * H + h) * L + i) * ceil(L / 8) + j // 8``, low word first, then zeros). The four 32-bit words
 give eight 16-bit halves, entry ``j`` taking half ``j % 8`` (word ``(j % 8) // 2``, low half first),
 so one Philox call serves eight entries, as FlashAttention's dropout serves several per call. The entry
-survives iff its half is at least ``threshold = round(p * 65536)``: the dropout probability is ``p``
-to within ``2**-17``, and survivors are scaled by ``65536 / (65536 - threshold)``, the inverse of the
-exact keep probability, so the output's expectation is the undropped attention's.
+survives iff its half is at least ``threshold = min(round(p * 65536), 65535)``: the dropout
+probability is ``p`` to within ``2**-16``, and survivors are scaled by ``65536 / (65536 - threshold)``,
+the inverse of the exact keep probability, so the output's expectation is the undropped attention's.
+A ``p`` under ``2**-17`` has threshold 0 and drops nothing.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, L: int, p: float, devi
     groups = math.ceil(L / 8)
     row = torch.arange(B * H * L, device=device, dtype=torch.int64).view(B, H, L, 1)
     words = philox4x32(seed, row * groups + torch.arange(groups, device=device, dtype=torch.int64))
-    halves = torch.stack([half for word in words for half in (word & 0xFFFF, word >> 16)], dim=-1)
-    return (halves.view(B, H, L, groups * 8)[..., :L] >= threshold(p))
+    cut = threshold(p)
+    keep = torch.stack([half >= cut for word in words for half in (word & 0xFFFF, word >> 16)], dim=-1)
+    return keep.view(B, H, L, groups * 8)[..., :L]
 
 
 def draw_seed(device: torch.device) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 from typing import Optional, Sequence, Union
 
@@ -106,9 +107,19 @@ def _laid_out_as(like: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value if value.stride() == like.stride() else torch.empty_like(like).copy_(value)
 
 
+def _check_seed(seed, q: torch.Tensor) -> None:
+    """Dropout's seed, as the kernels read it: one int64 on q's device (checked without reading it)."""
+    if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.numel() != 1:
+        raise ValueError(f"dropout_p > 0 needs seed, one int64 tensor element, got {seed!r:.80}")
+    if seed.device != q.device:
+        raise ValueError(f"seed must be on q's device {q.device}, got {seed.device}")
+
+
 def _forward(q, k, v, prefix_lens, seq_lens, scale, dropout_p=0.0, seed=None):
     """(out [B, H, L, D], lse [B, H, L] fp32 in the log2 domain); lengths int32 and the dropout seed
     (int64 [1], when ``dropout_p`` > 0) on q's device."""
+    if dropout_p:
+        _check_seed(seed, q)
     if q.numel() == 0:
         return torch.zeros_like(q), q.new_zeros(q.shape[:3], dtype=torch.float32)
     if backend_for(q.device, q.dtype) == "triton":
@@ -265,11 +276,11 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
         scale = max(D, 1) ** -0.5  # D = 0 has an empty output, whatever the scale
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
         raise TypeError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p!r}")
-    if dropout_p == 0.0:
+    if dropout.threshold(dropout_p) == 0:  # under 2**-17: nothing is dropped
         return UniLMAttention.apply(q, k, v, prefix, seq, float(scale))[0]
     seed = dropout.draw_seed(q.device)
     return UniLMAttention.apply(q, k, v, prefix, seq, float(scale), float(dropout_p), seed)[0]

@@ -102,13 +102,12 @@ def unilm_attention_probs(q, k, prefix_lens, seq_lens=None, scale=None) -> torch
     return torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1).masked_fill(~has_key, 0.0)
 
 
-def _dropout_factor(q, dropout_p: float, seed) -> Optional[torch.Tensor]:
-    """What dropout multiplies the ``[B, H, L, L]`` probabilities by (0 or the keep scale), or None."""
+def _dropped(q, dropout_p: float, seed) -> Optional[torch.Tensor]:
+    """Boolean ``[B, H, L, L]``, True where dropout drops an entry; None without dropout."""
     if not dropout_p:
         return None
     B, H, L, _ = q.shape
-    keep = dropout.dropout_keep_mask(seed, B, H, L, dropout_p, device=q.device)
-    return keep.to(q.dtype) * dropout.keep_scale(dropout_p)
+    return ~dropout.dropout_keep_mask(seed, B, H, L, dropout_p, device=q.device)
 
 
 def unilm_attention_reference(q, k, v, prefix_lens, seq_lens=None, scale=None, dropout_p=0.0,
@@ -118,11 +117,14 @@ def unilm_attention_reference(q, k, v, prefix_lens, seq_lens=None, scale=None, d
 
     Padded query rows (no visible key) output zeros and pass no gradient. ``scale`` defaults to
     ``D ** -0.5``. ``dropout_p`` > 0 drops the probabilities the kernels drop for the int64 ``seed``
-    (:mod:`pyfastseq.attention.dropout`) and scales the rest to keep the expectation.
+    (:mod:`pyfastseq.attention.dropout`) and scales the output, as the kernels do, to keep the
+    expectation.
     """
     probs = unilm_attention_probs(q, k, prefix_lens, seq_lens, scale)
-    factor = _dropout_factor(q, dropout_p, seed)
-    return torch.matmul(probs if factor is None else probs * factor, v)
+    dropped = _dropped(q, dropout_p, seed)
+    if dropped is None:
+        return torch.matmul(probs, v)
+    return torch.matmul(probs.masked_fill(dropped, 0.0), v) * dropout.keep_scale(dropout_p)
 
 
 def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None, scale=None, dropout_p=0.0,
@@ -134,11 +136,14 @@ def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     dout, q, k, v = (t.float() for t in (dout, q, k, v))
     probs = unilm_attention_probs(q, k, prefix_lens, seq_lens, scale)  # [B, H, L, L]
-    factor = _dropout_factor(q, dropout_p, seed)
-    dv = torch.matmul((probs if factor is None else probs * factor).transpose(-1, -2), dout)
-    dprobs = torch.matmul(dout, v.transpose(-1, -2))
-    if factor is not None:
-        dprobs = dprobs * factor
+    dropped = _dropped(q, dropout_p, seed)
+    if dropped is None:
+        dv = torch.matmul(probs.transpose(-1, -2), dout)
+        dprobs = torch.matmul(dout, v.transpose(-1, -2))
+    else:
+        keep_scale = dropout.keep_scale(dropout_p)
+        dv = torch.matmul(probs.masked_fill(dropped, 0.0).transpose(-1, -2), dout) * keep_scale
+        dprobs = torch.matmul(dout, v.transpose(-1, -2)).masked_fill(dropped, 0.0) * keep_scale
     dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdim=True))  # softmax backward
     dq = torch.matmul(dscores, k) * scale
     dk = torch.matmul(dscores.transpose(-1, -2), q) * scale

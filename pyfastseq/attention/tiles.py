@@ -68,7 +68,7 @@ def dropout_keep(seed, pid_bh, rows, start_n, L, drop_threshold, BLOCK_N: tl.con
     of 8) of this (batch, head) dropout keeps. One Philox call per eight keys; the stream and its
     layout are :mod:`pyfastseq.attention.dropout`'s."""
     groups = start_n // 8 + tl.arange(0, BLOCK_N // 8)
-    offsets = (pid_bh * L + rows[:, None]) * tl.cdiv(L, 8) + groups[None, :]  # int64: pid_bh is
+    offsets = (pid_bh * L + rows[:, None]) * tl.cdiv(L, 8) + groups[None, :]  # int64, as pid_bh is
     w0, w1, w2, w3 = tl.randint4x(seed, offsets)
     # join appends its new axis last: these nest to [.., word // 2, word % 2, half], so that the
     # reshape puts key 8 * group + 2 * word + half where the stream has it.
