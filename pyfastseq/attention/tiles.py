@@ -63,12 +63,12 @@ def dropout_seed(SEED, DROPOUT: tl.constexpr):
 
 
 @triton.jit
-def dropout_keep(seed, pid_bh, rows, start_n, L, drop_threshold, BLOCK_N: tl.constexpr):
+def dropout_keep(seed, stream_bh, rows, start_n, L, drop_threshold, BLOCK_N: tl.constexpr):
     """``[len(rows), BLOCK_N]`` bool: which entries (query ``rows``, keys from ``start_n``, a multiple
-    of 8) of this (batch, head) dropout keeps. One Philox call per eight keys; the stream and its
-    layout are :mod:`pyfastseq.attention.dropout`'s."""
+    of 8) of (batch, head) ``stream_bh`` of the call's whole batch dropout keeps. One Philox call per
+    eight keys; the stream and its layout are :mod:`pyfastseq.attention.dropout`'s."""
     groups = start_n // 8 + tl.arange(0, BLOCK_N // 8)
-    offsets = (pid_bh * L + rows[:, None]) * tl.cdiv(L, 8) + groups[None, :]  # int64, as pid_bh is
+    offsets = (stream_bh * L + rows[:, None]) * tl.cdiv(L, 8) + groups[None, :]  # int64, as stream_bh is
     w0, w1, w2, w3 = tl.randint4x(seed, offsets)
     # join appends its new axis last: these nest to [.., word // 2, word % 2, half], so that the
     # reshape puts key 8 * group + 2 * word + half where the stream has it.
