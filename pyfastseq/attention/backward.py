@@ -21,11 +21,12 @@ from .tiles import load_rows as _load_rows, visible as _visible
 
 
 @triton.jit
-def _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+def _dkdv_block(dk, dv, k, v, start_n, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
                 stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, seed, stream_bh, drop_threshold, keep_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                 DROPOUT: tl.constexpr, IEEE: tl.constexpr):
     rows = start_m + tl.arange(0, BLOCK_M)
+    cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = rows < n
     qt = tl.load(q_base + rows[None, :] * stride_qm + offs_d[:, None] * stride_qd,
@@ -37,13 +38,14 @@ def _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELT
     pt = tl.exp2(qkt - lse[None, :])
     if MASKED:
         pt = tl.where(_visible(rows[None, :], cols[:, None], s, n), pt, 0.0)
-    dpt = _dot(v, tl.trans(do), IEEE)  # [BLOCK_N, BLOCK_M]: dO V^T, the gradient of the dropped probabilities
     if DROPOUT:
         keep = tl.trans(dropout_keep(seed, stream_bh, rows, start_n, L, drop_threshold, BLOCK_N))
         dv += _dot(tl.where(keep, pt * keep_scale, 0.0).to(do.dtype), do, IEEE)
-        dpt = tl.where(keep, dpt * keep_scale, 0.0)
     else:
         dv += _dot(pt.to(do.dtype), do, IEEE)
+    dpt = _dot(v, tl.trans(do), IEEE)  # [BLOCK_N, BLOCK_M]: dO V^T, the gradient of the dropped probabilities
+    if DROPOUT:
+        dpt = tl.where(keep, dpt * keep_scale, 0.0)
     dst = pt * (dpt - delta[None, :])
     dk += _dot(dst.to(qt.dtype), tl.trans(qt), IEEE)
     return dk, dv
@@ -85,7 +87,7 @@ def unilm_bwd_dkdv_kernel(
 ):
     """One program: ``BLOCK_N`` keys of one (batch, head); loops over the query blocks that see them."""
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
-    seed = dropout_seed(SEED, DROPOUT)
+    seed, stream_bh = dropout_seed(SEED, DROPOUT), BH0 + pid_bh  # dropout's key and row of the stream
     start_n = tl.program_id(0) * BLOCK_N
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -104,13 +106,13 @@ def unilm_bwd_dkdv_kernel(
     mid = tl.where(start_n + BLOCK_N <= s, lo, tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M)
     mid = tl.where(start_n + BLOCK_N <= n, tl.minimum(mid, hi), hi)
     for start_m in range(lo, mid, BLOCK_M):
-        dk, dv = _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
-                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, seed, BH0 + pid_bh, drop_threshold,
+        dk, dv = _dkdv_block(dk, dv, k, v, start_n, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, seed, stream_bh, drop_threshold,
                              keep_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=True,
                              DROPOUT=DROPOUT, IEEE=IEEE)
     for start_m in range(mid, hi, BLOCK_M):
-        dk, dv = _dkdv_block(dk, dv, k, v, start_n, cols, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
-                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, seed, BH0 + pid_bh, drop_threshold,
+        dk, dv = _dkdv_block(dk, dv, k, v, start_n, start_m, q_base, do_base, LSE, DELTA, pid_bh, s, n, L,
+                             stride_qm, stride_qd, stride_dom, stride_dod, qk_scale, seed, stream_bh, drop_threshold,
                              keep_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=False,
                              DROPOUT=DROPOUT, IEEE=IEEE)
     dk = dk * sm_scale
@@ -138,7 +140,7 @@ def unilm_bwd_dq_kernel(
     """One program: ``BLOCK_M`` queries of one (batch, head); loops over the key blocks they see.
     Also writes those rows' DELTA, summed in fp32 from O and dO in their own dtype."""
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
-    seed = dropout_seed(SEED, DROPOUT)
+    seed, stream_bh = dropout_seed(SEED, DROPOUT), BH0 + pid_bh  # dropout's key and row of the stream
     start_m = last_first_block(BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -160,11 +162,11 @@ def unilm_bwd_dq_kernel(
     hi = tl.where(start_m < n, tl.minimum(n, tl.maximum(s, start_m + BLOCK_M)), 0)
     for start_n in range(0, full_end, BLOCK_N):
         dq = _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd,
-                       stride_vn, stride_vd, qk_scale, seed, BH0 + pid_bh, L, drop_threshold, keep_scale,
+                       stride_vn, stride_vd, qk_scale, seed, stream_bh, L, drop_threshold, keep_scale,
                        HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=False, DROPOUT=DROPOUT, IEEE=IEEE)
     for start_n in range(full_end, hi, BLOCK_N):
         dq = _dq_block(dq, q, do, lse, delta, rows, start_n, k_base, v_base, s, n, stride_kn, stride_kd,
-                       stride_vn, stride_vd, qk_scale, seed, BH0 + pid_bh, L, drop_threshold, keep_scale,
+                       stride_vn, stride_vd, qk_scale, seed, stream_bh, L, drop_threshold, keep_scale,
                        HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, MASKED=True, DROPOUT=DROPOUT, IEEE=IEEE)
     dq = dq * sm_scale
 

@@ -61,7 +61,7 @@ def unilm_fwd_kernel(
     of the batch starts at (batch, head) ``BH0`` of the whole batch's stream.
     """
     pid_bh, b64, h64, s, n = _head_lengths(PREFIX, SEQ, H, L)
-    seed = dropout_seed(SEED, DROPOUT)
+    seed, stream_bh = dropout_seed(SEED, DROPOUT), BH0 + pid_bh  # dropout's key and row of the stream
     start_m = last_first_block(BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -85,12 +85,12 @@ def unilm_fwd_kernel(
     for start_n in range(0, full_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                       s, n, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                      seed, BH0 + pid_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=False,
+                                      seed, stream_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=False,
                                       DROPOUT=DROPOUT, IEEE=IEEE)
     for start_n in range(full_end, hi, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d,
                                       s, n, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                      seed, BH0 + pid_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=True,
+                                      seed, stream_bh, L, drop_threshold, BLOCK_N=BLOCK_N, MASKED=True,
                                       DROPOUT=DROPOUT, IEEE=IEEE)
 
     has_key = l_i > 0.0

@@ -68,9 +68,8 @@ class _Autotuned:
 
     The first launch for a key (head dim, L bucket, dtype, dropout or not) goes through
     ``triton.autotune``, which times the configurations; later ones go to the kernel with the
-    configuration it chose. The
-    autotuner's own lookup rebuilds its key from all of a launch's ~40 arguments each time: host
-    time that a training step of small layers waits on.
+    configuration it chose. The autotuner's own lookup rebuilds its key from all of a launch's ~40
+    arguments each time: host time that a training step of small layers waits on.
     """
 
     def __init__(self, which: str):
