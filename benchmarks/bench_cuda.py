@@ -103,11 +103,11 @@ def graph_time(fn, replays: int = 50) -> float:
     return float(np.median(times))
 
 
-def record(benchmark, call, kernel, nbytes: int, peers: dict, **info):
-    """pytest-benchmark times ``call`` (the public call); ``kernel`` (our launches) and each of
+def record(benchmark, call, launches, nbytes: int, peers: dict, **info):
+    """pytest-benchmark times ``call`` (the public call); ``launches`` (ours) and each of
     ``peers`` (name: its launches) are timed by graph_time, and the ratios compare those."""
     benchmark.pedantic(lambda: (call(), torch.cuda.synchronize()), rounds=20, iterations=1, warmup_rounds=2)
-    ours, call_s = graph_time(kernel), gpu_time(call)
+    ours, call_s = graph_time(launches), gpu_time(call)
     peer_s, timing = {}, {}
     for name, fn in peers.items():
         try:
