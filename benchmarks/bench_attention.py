@@ -7,8 +7,10 @@ fp32 dense-mask reference, then times it. Peers:
 * ``flex_rebuilt`` - the same, with ``create_block_mask`` inside the timing (lengths change per batch)
 * ``sdpa_mask``    - ``scaled_dot_product_attention`` with a dense boolean [B, 1, L, L] mask
 
-``extra_info`` records the device, the TFLOP/s counting only unmasked (query, key) pairs (forward
-4·D flops per pair, backward 10·D), and the mask density. Regenerate with
+pytest-benchmark times each call with a host sync after it: host time included, which at L = 512
+is most of a call. ``extra_info`` also records ``device_s``, the GPU's own time per call (its kernels'
+durations, by the CUDA profiler), the TFLOP/s on each time counting only unmasked (query, key) pairs
+(forward 4·D flops per pair, backward 10·D), and the mask density. Regenerate with
 
     PYTHONPATH=$PWD pytest benchmarks/bench_attention.py --benchmark-json=bench_attention.json
 """
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 import pyfastseq as fs
 from pyfastseq.attention import unilm_attention_reference
+from timing import device_time
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark (needs CUDA)")
 
@@ -126,11 +129,13 @@ def _sync(fn):
     return timed
 
 
-def _record(benchmark, impl, L, D, pairs, flops_per_pair):
-    median = benchmark.stats.stats.median
+def _record(benchmark, impl, L, D, pairs, flops_per_pair, call):
+    median, device_s = benchmark.stats.stats.median, device_time(call)
+    flops = flops_per_pair * D * pairs
     benchmark.extra_info.update(
         device=torch.cuda.get_device_name(), impl=impl, L=L, D=D, B=BATCH, H=HEADS, dtype="bfloat16",
-        mask_density=pairs / (HEADS * BATCH * L * L), tflops=flops_per_pair * D * pairs / median / 1e12,
+        mask_density=pairs / (HEADS * BATCH * L * L), tflops=flops / median / 1e12, device_s=device_s,
+        device_tflops=flops / device_s / 1e12,
     )
 
 
@@ -142,8 +147,9 @@ def test_forward(benchmark, impl, L, D):
     check(impl, q, k, v, prefix, seq)
     meta = build(impl, prefix, seq, L)
     with torch.no_grad():
-        benchmark(_sync(lambda: attention(impl, q, k, v, prefix, seq, meta)))
-    _record(benchmark, impl, L, D, unmasked_pairs(prefix, seq, L), 4)
+        call = _sync(lambda: attention(impl, q, k, v, prefix, seq, meta))
+        benchmark(call)
+        _record(benchmark, impl, L, D, unmasked_pairs(prefix, seq, L), 4, call)
 
 
 @pytest.mark.parametrize("impl", [i for i in IMPLS if i != "flex_rebuilt"])
@@ -153,8 +159,9 @@ def test_backward(benchmark, impl, L, D):
     q, k, v, do, prefix, seq = make_inputs(L, D)
     leaves = [t.requires_grad_() for t in (q, k, v)]
     out = attention(impl, *leaves, prefix, seq)
-    benchmark(_sync(lambda: out.backward(do, retain_graph=True)))
-    _record(benchmark, impl, L, D, unmasked_pairs(prefix, seq, L), 10)
+    call = _sync(lambda: out.backward(do, retain_graph=True))
+    benchmark(call)
+    _record(benchmark, impl, L, D, unmasked_pairs(prefix, seq, L), 10, call)
 
 
 STEP_D = 64
@@ -192,7 +199,8 @@ def test_training_step(benchmark, impl, L):
     benchmark(_sync(step))
     pairs = sum(unmasked_pairs(p, s, L) for p, s in batches) / len(batches)
     benchmark.extra_info.update(device=torch.cuda.get_device_name(), impl=impl, L=L, D=STEP_D, layers=STEP_LAYERS,
-                                step_tflops=14 * STEP_D * pairs * STEP_LAYERS / benchmark.stats.stats.median / 1e12)
+                                step_tflops=14 * STEP_D * pairs * STEP_LAYERS / benchmark.stats.stats.median / 1e12,
+                                device_s=device_time(step, calls=5))
 
 
 @pytest.mark.parametrize("impl", ("pyfastseq", "sdpa_mask"))
@@ -202,4 +210,4 @@ def test_training_step_dropout(benchmark, impl, L):
     step, _ = training_step(impl, L, dropout_p=0.1)
     benchmark(_sync(step))
     benchmark.extra_info.update(device=torch.cuda.get_device_name(), impl=impl, L=L, D=STEP_D, layers=STEP_LAYERS,
-                                dropout_p=0.1)
+                                dropout_p=0.1, device_s=device_time(step, calls=5))

@@ -9,7 +9,8 @@ records ``extra_info["peer"]`` and ``extra_info["peer_median_s"]`` (or ``peer_mi
 fastest round) instead. A GPU kernel benchmark (bench_cuda.py) records its CUDA-event time as
 ``kernel_s`` and each peer's as ``<peer>_s`` beside ``ratio_vs_<peer>``; with ``gbps`` and
 ``pct_of_peak`` it also gets a row in the bandwidth table, with ``step_with_bookkeeping_s`` where
-it records one.
+it records one. A benchmark that also records the GPU's own time per call as ``device_s`` gets a
+second row, "<test>, GPU time", comparing those.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def rows_from(files: list[Path]) -> tuple[list[Row], str]:
                 continue
             base, impl = _split_impl(bench)
             groups[(module, base, _case(bench))][impl] = median
+            if "device_s" in extra:  # the GPU's own time, beside the call's
+                groups[(module, f"{base}, GPU time", _case(bench))][impl] = extra["device_s"]
     for (module, base, case), impls in groups.items():
         if OURS not in impls:
             continue

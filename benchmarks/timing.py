@@ -15,3 +15,22 @@ def best_time(fn, rounds: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def device_time(fn, calls: int = 20) -> float:
+    """Seconds of GPU work per call of ``fn``: the durations of the kernels (and copies, fills) it
+    launches, summed by the CUDA profiler, after one warm-up. Unlike a timer around the call, host
+    time (Python, launch latency) does not count, nor do the gaps it leaves on the GPU; unlike
+    graph replay, any call can be measured (autograd's backward, a BlockMask built inside)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    busy_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return busy_us / calls / 1e6

@@ -88,9 +88,9 @@ class _Autotuned:
             if config is None:
                 with self.tuning:
                     self.autotuner[grid](*args, **kwargs)
-                    self.chosen[key] = self.autotuner.best_config
+                    self.chosen[key] = self.autotuner.best_config.all_kwargs()
             else:
-                self.kernel[grid](*args, **kwargs, **config.all_kwargs())
+                self.kernel[grid](*args, **kwargs, **config)
         return launch
 
 

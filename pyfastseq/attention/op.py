@@ -173,6 +173,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, prefix_lens, seq_lens, seed)
     ctx.scale, ctx.dropout_p = scale, dropout_p
     ctx.mark_non_differentiable(lse)
+    # lse never has a gradient (out always does when backward runs): materialising lse's would
+    # allocate and zero-fill [B, H, L] per layer.
+    ctx.set_materialize_grads(False)
 
 
 def _grads(ctx, dout, backward):
