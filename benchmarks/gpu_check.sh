@@ -80,7 +80,7 @@ stage_command() {
   esac
 }
 
-declare -A limit=([build]=240 [tests]=240 [attention-tests]=240 [memcheck]=300 [racecheck]=240
+declare -A limit=([build]=240 [tests]=240 [attention-tests]=360 [memcheck]=300 [racecheck]=240
                   [bench-kernels]=240 [bench-attention]=300 [profile-attention]=120 [bench-generate]=300
                   [bench-attention-all]=540)
 stages=("$@")

@@ -132,9 +132,19 @@ def _ids(grid):
     return [f"B{b}_H{h}_L{l}_D{d}_prefix{k}_{'pad' if p else 'full'}" for b, h, l, d, k, p in grid]
 
 
+@pytest.fixture(params=["fused", "split"])
+def backward_launch(request, monkeypatch):
+    """Runs a test with each backward: fused (one launch) and split (dQ with DELTA, then dK/dV),
+    whatever size the launcher would pick either for."""
+    from pyfastseq.attention import launch
+
+    monkeypatch.setattr(launch, "FUSED_BACKWARD_MAX_ENTRIES", 2**62 if request.param == "fused" else -1)
+    return request.param
+
+
 @needs_cpu_kernel
 @pytest.mark.parametrize("B,H,L,D,kind,padded", GRID, ids=_ids(GRID))
-def test_interpreter_fp32(B, H, L, D, kind, padded):
+def test_interpreter_fp32(B, H, L, D, kind, padded, backward_launch):
     check_against_reference(B, H, L, D, kind, padded, torch.float32, "cpu")
 
 
@@ -148,18 +158,18 @@ def test_interpreter_fp32_more(B, H, L, D, kind, padded):
 @needs_cpu_kernel
 @pytest.mark.parametrize("B,H,L,D,kind,padded", [(2, 1, 37, 32, "random", True), (2, 1, 97, 64, "random", False)],
                          ids=["B2_H1_L37_D32_random_pad", "B2_H1_L97_D64_random_full"])
-def test_interpreter_fp16(B, H, L, D, kind, padded):
+def test_interpreter_fp16(B, H, L, D, kind, padded, backward_launch):
     check_against_reference(B, H, L, D, kind, padded, torch.float16, "cpu")
 
 
 @needs_cpu_kernel
 @pytest.mark.parametrize("fwd,bwd", [((64, 16), (16, 64)), ((16, 64), (64, 16))], ids=["tall_fwd", "wide_fwd"])
-def test_interpreter_unequal_blocks(fwd, bwd, monkeypatch):
+def test_interpreter_unequal_blocks(fwd, bwd, monkeypatch, backward_launch):
     # GPU configurations pair unequal query and key blocks (e.g. 128x64 forward, 32x128 backward).
     from pyfastseq.attention import launch
 
     monkeypatch.setitem(launch.INTERPRET_BLOCKS, "fwd", dict(BLOCK_M=fwd[0], BLOCK_N=fwd[1]))
-    for name in ("dkdv", "dq"):
+    for name in ("dkdv", "dq", "bwd"):
         monkeypatch.setitem(launch.INTERPRET_BLOCKS, name, dict(BLOCK_M=bwd[0], BLOCK_N=bwd[1]))
     check_against_reference(3, 1, 101, 32, "random", True, torch.float32, "cpu", seed=11)
 
@@ -190,7 +200,7 @@ def test_interpreter_length_columns_of_one_tensor():
 
 
 @needs_cpu_kernel
-def test_interpreter_batch_launched_in_slices(monkeypatch):
+def test_interpreter_batch_launched_in_slices(monkeypatch, backward_launch):
     # CUDA allows 65,535 blocks on grid axis 1 (batch * head): bigger batches go in slices of whole
     # rows. A limit of 5 with 2 heads makes slices of 2 rows (the last one 1) out of 5.
     from pyfastseq.attention import launch
@@ -271,16 +281,16 @@ def test_dropout_philox_matches_known_answer():
     (1, 1, 97, 64, "1", False, 0.5),
     (2, 1, 129, 32, "L", True, 0.25),
 ])
-def test_interpreter_dropout(B, H, L, D, kind, padded, p):
+def test_interpreter_dropout(B, H, L, D, kind, padded, p, backward_launch):
     check_against_reference(B, H, L, D, kind, padded, torch.float32, "cpu", seed=3, dropout_p=p)
 
 
 @needs_cpu_kernel
-def test_interpreter_dropout_fp16_unequal_blocks_and_slices(monkeypatch):
+def test_interpreter_dropout_fp16_unequal_blocks_and_slices(monkeypatch, backward_launch):
     from pyfastseq.attention import launch
 
     monkeypatch.setitem(launch.INTERPRET_BLOCKS, "fwd", dict(BLOCK_M=64, BLOCK_N=16))
-    for name in ("dkdv", "dq"):
+    for name in ("dkdv", "dq", "bwd"):
         monkeypatch.setitem(launch.INTERPRET_BLOCKS, name, dict(BLOCK_M=16, BLOCK_N=64))
     check_against_reference(2, 1, 77, 32, "random", True, torch.float16, "cpu", seed=4, dropout_p=0.2)
     monkeypatch.setattr(launch, "MAX_GRID_Y", 5)  # slices of 2 rows of 2 heads: the stream goes on across them
@@ -656,7 +666,7 @@ def one_config(monkeypatch):
 @needs_cuda_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("B,H,L,D,kind,padded", CUDA_GRID, ids=_ids(CUDA_GRID))
-def test_cuda(B, H, L, D, kind, padded, dtype, one_config):
+def test_cuda(B, H, L, D, kind, padded, dtype, one_config, backward_launch):
     one_config(D, dtype)
     check_against_reference(B, H, L, D, kind, padded, dtype, "cuda")
 
@@ -668,7 +678,7 @@ def test_cuda(B, H, L, D, kind, padded, dtype, one_config):
     pytest.param("cuda", torch.float16, marks=pytest.mark.cuda, id="cuda-float16"),
     pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda, id="cuda-bfloat16"),
 ])
-def test_every_config(device, dtype, D, index, one_config):
+def test_every_config(device, dtype, D, index, one_config, backward_launch):
     # The autotuner may pick any configuration on some GPU: each must be right, at a length that
     # ends mid-block for every block size.
     if device == "cuda" and not HAS_TRITON:
@@ -691,7 +701,7 @@ def test_cuda_autotuned(dtype):
 
 @needs_cuda_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-def test_cuda_dropout(dtype, one_config):
+def test_cuda_dropout(dtype, one_config, backward_launch):
     # The kernels drop what the reference drops for the seed drawn from the CUDA generator.
     one_config(64, dtype)
     check_against_reference(2, 4, 97, 64, "random", True, dtype, "cuda", dropout_p=0.2)

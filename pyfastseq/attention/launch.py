@@ -20,7 +20,7 @@ import triton
 
 from .._validate import INT32_MAX
 from . import dropout
-from .backward import unilm_bwd_dkdv_kernel, unilm_bwd_dq_kernel
+from .backward import unilm_bwd_dkdv_kernel, unilm_bwd_dq_kernel, unilm_bwd_kernel
 from .forward import unilm_fwd_kernel
 
 LOG2E = 1.4426950408889634
@@ -58,6 +58,7 @@ _KERNELS = {
     "fwd": (unilm_fwd_kernel, _FWD_CONFIGS),
     "dkdv": (unilm_bwd_dkdv_kernel, _BWD_CONFIGS),
     "dq": (unilm_bwd_dq_kernel, _BWD_CONFIGS),
+    "bwd": (unilm_bwd_kernel, _BWD_CONFIGS),
 }
 # Interpreter blocks: small enough to exercise multi-block paths on short test sequences.
 INTERPRET_BLOCKS = {name: {"BLOCK_M": 32, "BLOCK_N": 32} for name in _KERNELS}
@@ -150,17 +151,23 @@ def _on_device_of(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def _block(meta: dict, block: str) -> int:
+    """The block size a grid axis runs over: ``meta[block]``, or with ``"BLOCK_MIN"`` the smaller of
+    BLOCK_M and BLOCK_N."""
+    return min(meta["BLOCK_M"], meta["BLOCK_N"]) if block == "BLOCK_MIN" else meta[block]
+
+
 def _launch(which: str, block: str, L: int, H: int, tensors, seed, strided, scalars, meta):
-    """Runs kernel ``which`` over every batch slice; ``tensors`` are [B, ...] and sliced along the
-    batch, ``seed`` (dropout's, or any tensor when there is none) is not, ``strided`` (among
-    ``tensors``) pass their strides too, in order; each slice passes its first (batch, head), then
-    ``scalars``."""
+    """Runs kernel ``which`` over every batch slice, one program per ``block`` (see :func:`_block`)
+    of L; ``tensors`` are [B, ...] and sliced along the batch, ``seed`` (dropout's, or any tensor
+    when there is none) is not, ``strided`` (among ``tensors``) pass their strides too, in order;
+    each slice passes its first (batch, head), then ``scalars``."""
     kernel, fixed = _kernel(which)
     B = tensors[0].shape[0]
     strides = [x for t in strided for x in t.stride()]
     with _on_device_of(tensors[0]):
         for rows in _batch_slices(B, H):
-            grid = (lambda meta_, n=rows.stop - rows.start: (triton.cdiv(L, meta_[block]), n * H))
+            grid = (lambda meta_, n=rows.stop - rows.start: (triton.cdiv(L, _block(meta_, block)), n * H))
             # One slice (any batch under 65,536 / H rows) takes the tensors as they are: a view per
             # tensor per launch is host time the GPU may wait for.
             args = tensors if rows.stop - rows.start == B else [t[rows] for t in tensors]
@@ -188,17 +195,30 @@ def forward(q, k, v, prefix, seq, scale: float, dropout_p: float = 0.0, seed=Non
     return out, lse
 
 
+# The fused backward (one launch, DELTA recomputed per visited query block) up to this many
+# (batch, head, query, key) entries, B * H * L^2: 128 heads of L = 512. Such a layer's kernels take
+# less GPU time than the host takes to launch them (an H200 runs the 128 x 512 x 512, d = 64 backward
+# in ~80 µs, and a Triton launch costs tens of µs of Python), so a launch saved is time saved; past
+# it the kernels dominate, and the split backward does no work twice.
+FUSED_BACKWARD_MAX_ENTRIES = 128 * 512 * 512
+
+
 def backward(do, q, k, v, out, lse, prefix, seq, scale: float, dropout_p: float = 0.0, seed=None):
     """(dq, dk, dv) in the inputs' dtypes, for the forward with the same ``dropout_p`` and ``seed``."""
     B, H, L, D = q.shape
     prefix, seq = _contiguous_lengths(prefix, seq)
     if _head_extent(do) > INT32_MAX:  # autograd's layout, not the caller's
         do = do.contiguous()
-    delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)  # written by the dQ kernel
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     seed, threshold, keep_scale, drops = _dropout_args(dropout_p, seed, prefix)
     scalars = (H, L, scale, scale * LOG2E, threshold, keep_scale, _bucket(L))
     meta = dict(HEAD_DIM=D, DROPOUT=drops, IEEE=q.dtype == torch.float32)
+    if B * H * L * L <= FUSED_BACKWARD_MAX_ENTRIES:
+        # Programs cover both the query and the key blocks: the grid runs over the smaller block.
+        _launch("bwd", "BLOCK_MIN", L, H, (q, k, v, out, do, dq, dk, dv, lse, prefix, seq), seed,
+                (q, k, v, out, do, dq, dk, dv), scalars, meta)
+        return dq, dk, dv
+    delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)  # written by the dQ kernel
     _launch("dq", "BLOCK_M", L, H, (q, k, v, out, do, dq, lse, delta, prefix, seq), seed, (q, k, v, out, do, dq),
             scalars, meta)
     _launch("dkdv", "BLOCK_N", L, H, (q, k, v, do, dk, dv, lse, delta, prefix, seq), seed, (q, k, v, do, dk, dv),
