@@ -7,7 +7,8 @@
 #
 # Stages: build, tests, attention-tests, memcheck, bench-kernels, bench-attention (the d = 128 goal
 # shapes, and L = 512, d = 64 as the training step's layers), profile-attention (where the training
-# step's time goes), bench-generate, racecheck, bench-attention-all (the whole grid). Each stage runs
+# step's time goes), ncu-beam (Nsight Compute on the beam step's kernels), bench-generate,
+# racecheck, bench-attention-all (the whole grid). Each stage runs
 # under its own time limit and under what is left of GPU_CHECK_SECONDS (default 540) for the whole run; a
 # stage that fails does not stop the later ones, and one with under 30 s left is skipped. Results
 # go to $OUT: log.txt (every stage's output), summary.md (each stage's outcome and time, then the
@@ -48,6 +49,19 @@ sanitizer() {
   compute-sanitizer --tool "$tool" --error-exitcode 1 python3 -m pytest -p no:cacheprovider -q -m cuda "$@"
 }
 
+# Nsight Compute on a few launches of the beam step's kernels in one bench_cuda.py case (after the
+# check's launches): throughput, occupancy and the warps' stall reasons, per kernel. Clocks are left
+# alone (--clock-control none), as for the benchmarks.
+ncu_beam() {
+  ncu --clock-control none --kernel-name regex:"beam_(rows|merge)_kernel" --launch-skip 4 --launch-count 4 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section SchedulerStats \
+    python3 -m pytest -p no:cacheprovider -q benchmarks/bench_cuda.py -k "$1" --benchmark-disable > "$2" 2>&1
+  local rc=$?
+  tail -5 "$2"
+  return $rc
+}
+
 stage_command() {
   case $1 in
     build)
@@ -71,6 +85,9 @@ stage_command() {
         [ $step_rc -eq 0 ] ;;
     profile-attention)
       python3 benchmarks/profile_attention.py --out "$out/attention_profile.txt" ;;
+    ncu-beam)  # where the beam step's kernels spend their time: dense rows, then 140 constrained rows
+      ncu_beam "dense_step and 4-64" "$out/ncu_dense_step.txt" &&
+        ncu_beam "sparse_step and full-2-70-1000000" "$out/ncu_sparse_step.txt" ;;
     bench-attention-all)
       pytest_gpu benchmarks/bench_attention.py --benchmark-json="$out/attention_all.json" ;;
     bench-generate)
@@ -80,12 +97,12 @@ stage_command() {
   esac
 }
 
-declare -A limit=([build]=240 [tests]=240 [attention-tests]=360 [memcheck]=300 [racecheck]=240
+declare -A limit=([build]=240 [tests]=240 [attention-tests]=360 [memcheck]=300 [racecheck]=240 [ncu-beam]=240
                   [bench-kernels]=240 [bench-attention]=300 [profile-attention]=120 [bench-generate]=300
                   [bench-attention-all]=540)
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build tests attention-tests memcheck bench-kernels bench-attention profile-attention
-                                   bench-generate racecheck bench-attention-all)
+                                   ncu-beam bench-generate racecheck bench-attention-all)
 
 for stage in "${stages[@]}"; do
   left=$((deadline - SECONDS))
@@ -98,7 +115,7 @@ for stage in "${stages[@]}"; do
   printf '\n==== %s (limit %ds)\n' "$stage" "$budget" | tee -a "$log"
   start=$SECONDS
   # A function cannot run under timeout(1) itself: run this script's stage in a child bash.
-  timeout --kill-after=10 "$budget" bash -c "$(declare -f pytest_gpu sanitizer stage_command); out='$out'; stage_command $stage" \
+  timeout --kill-after=10 "$budget" bash -c "$(declare -f pytest_gpu sanitizer ncu_beam stage_command); out='$out'; stage_command $stage" \
     >> "$log" 2>&1
   rc=$?
   case $rc in
