@@ -32,5 +32,9 @@ def device_time(fn, calls: int = 20) -> float:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    busy_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    # GPU-side user annotations span kernels and the gaps between them: not GPU work of their own.
+    busy_us = sum(e.time_range.elapsed_us() for e in prof.events()
+                  if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
+    if busy_us <= 0:
+        raise RuntimeError("the CUDA profiler recorded no GPU activity (CUPTI unavailable?)")
     return busy_us / calls / 1e6

@@ -398,6 +398,34 @@ def test_autograd_function_matches_the_custom_op():
         torch.testing.assert_close(c, b, atol=0, rtol=0)
 
 
+class _NoGradient(torch.autograd.Function):
+    """Identity whose backward hands back no gradient (None), as some autograd Functions do."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+@pytest.mark.parametrize("via", ["public", "op"])
+def test_backward_given_no_gradient_for_out(via):
+    # Autograd still runs the attention's backward, with no gradient for out: q, k and v get none,
+    # and a gradient reaching them another way comes through unchanged.
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (t.requires_grad_() for t in make_qkv(2, 1, 21, 32, torch.float32, "cpu", gen))
+    prefix, seq = torch.tensor([3, 9], dtype=torch.int32), torch.tensor([21, 15], dtype=torch.int32)
+    if via == "public":
+        out = fs.unilm_attention(q, k, v, prefix, seq)
+    else:
+        out = torch.ops.pyfastseq.unilm_attention_fwd(q, k, v, prefix, seq, 32 ** -0.5)[0]
+    (_NoGradient.apply(out).sum() + 2 * q.sum()).backward()
+    assert k.grad is None and v.grad is None
+    torch.testing.assert_close(q.grad, torch.full_like(q, 2.0), atol=0, rtol=0)
+
+
 def test_cpu_bfloat16_takes_the_reference(monkeypatch):
     # The interpreter's bf16 tl.dot is wrong, so CPU bf16 never goes there, and forcing it is refused.
     assert backend_for(torch.device("cpu"), torch.bfloat16) == "torch"
@@ -695,7 +723,7 @@ def test_every_config(device, dtype, D, index, one_config, backward_launch):
 
 @needs_cuda_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
-def test_cuda_autotuned(dtype):
+def test_cuda_autotuned(dtype, backward_launch):
     check_against_reference(2, 3, 333, 64, "random", True, dtype, "cuda")
 
 

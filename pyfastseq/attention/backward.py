@@ -9,8 +9,9 @@ Both recompute the probabilities from the forward's log2-sum-exp2 (``LSE``) and 
   the dK/dV of key block ``p``. The dK/dV half recomputes DELTA for each query block it visits, from
   that block's O and dO rows. This costs more GPU work, but where a layer's kernels are shorter than
   the host's time per launch (small batches and short rows) it saves a launch per layer. Early key
-  blocks and late query blocks are the heavy ones, so pairing block ``p`` with block ``p`` evens out
-  the programs.
+  blocks and late query blocks are the heavy ones, so with equal blocks pairing block ``p`` with
+  block ``p`` evens out the programs; with unequal ones the programs past the fewer blocks do one
+  half only, and autotuning weighs that.
 
 A key block of the target is seen only by queries at or after it, a prefix key block by every real
 query; query blocks outside that range are never visited, and blocks the mask leaves whole skip the

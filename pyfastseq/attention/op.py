@@ -173,12 +173,13 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, prefix_lens, seq_lens, seed)
     ctx.scale, ctx.dropout_p = scale, dropout_p
     ctx.mark_non_differentiable(lse)
-    # lse never has a gradient (out always does when backward runs): materialising lse's would
-    # allocate and zero-fill [B, H, L] per layer.
+    # lse never has a gradient: materialising one would allocate and zero-fill [B, H, L] per layer.
     ctx.set_materialize_grads(False)
 
 
 def _grads(ctx, dout, backward):
+    if dout is None:  # what used out handed back no gradient (a Function returning None for it)
+        return (None,) * 8
     q, k, v, out, lse, prefix_lens, seq_lens, seed = ctx.saved_tensors
     dq, dk, dv = backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, ctx.scale, ctx.dropout_p, seed)
     return dq, dk, dv, None, None, None, None, None
