@@ -601,6 +601,36 @@ def test_cuda_step__nan_inf_and_leaf_rows_raise(device):
         fs.BeamSearch(EOS, num_beams=2, max_length=3).search(lambda t, b: logits, batch_size=1)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("values", [
+    {700: NAN},                          # among finite logits
+    {0: NAN, 700: 1.0},                  # the first column
+    {5: -INF, 700: NAN},                 # before the row has a finite logit (all -inf until then)
+    {300: INF, 700: NAN},                # after a +inf
+    {300: NAN, 700: INF},                # before one
+    {300: INF},
+    {1001: NAN},                         # the row's tail, past its last 16-byte word
+])
+def test_cuda_step__nan_or_inf_anywhere_in_a_long_row__same_error_as_cpu(values, dtype, device):
+    # Long rows are read 16 bytes at a time, a few values per group: a special value anywhere in a
+    # group, or in the tail, is found as the CPU step finds it. In the case with a -inf, the rest of
+    # row 1 is -inf too.
+    vocab = 1002
+    logits = torch.randn(4, vocab).to(dtype)
+    if -INF in values.values():
+        logits[1] = -INF
+    for column, value in values.items():
+        logits[1, column] = value
+    with pytest.raises(ValueError) as cpu:
+        search._beam_step(logits, torch.zeros(4), 2)
+    with pytest.raises(ValueError) as gpu:
+        search._beam_step_cuda(logits.to(device), torch.zeros(4), 2)
+    assert str(gpu.value) == str(cpu.value)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("constrained", [False, True])
 def test_cuda_step__replayed_from_a_cuda_graph(constrained):

@@ -322,30 +322,47 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
   return k;
 }
 
+// 2^x, results below the normal range flushed to zero: one MUFU.EX2, where exp2f adds a rescale
+// for them. The sums it feeds hold their maximum's own term, 1, so a flushed term changes nothing.
+__device__ __forceinline__ float exp2_ftz(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
 // A running (max, sum of exp(x - max)) over one thread's share of a row.
 struct OnlineLse {
   static constexpr float kLog2e = 1.4426950408889634f;
   float m = -INFINITY, s = 0.0f;
-  bool nan = false;
+  bool nan = false;  // a NaN seen while m was infinite; with m finite, a NaN makes s NaN
 
-  // A few values at a time: one rescale per group. exp(d) is taken as exp2(d * log2(e)), one
-  // multiply before the hardware's exp2, where expf spends several instructions per value.
+  // A few values at a time: one rescale per group. exp(d) is taken as exp2(d log2(e)). Returns
+  // the group's largest value (NaNs aside), which the row's watch reuses.
   template <int N>
-  __device__ __forceinline__ void add(const float (&x)[N]) {
+  __device__ __forceinline__ float add(const float (&x)[N]) {
     float top = x[0];
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      nan |= x[j] != x[j];
-      top = fmaxf(top, x[j]);
-    }
+    for (int j = 1; j < N; ++j) top = fmaxf(top, x[j]);
     if (top > m) {
-      s = m == -INFINITY ? 0.0f : s * exp2f((m - top) * kLog2e);
+      s = m == -INFINITY ? 0.0f : s * exp2_ftz((m - top) * kLog2e);
       m = top;
     }
-    if (m == -INFINITY || m == INFINITY) return;  // nothing to sum yet / the result is +inf anyway
+    if (m == -INFINITY || m == INFINITY) {  // nothing to sum yet / the result is +inf anyway
 #pragma unroll
-    for (int j = 0; j < N; ++j) s += exp2f((x[j] - m) * kLog2e);
+      for (int j = 0; j < N; ++j) nan |= x[j] != x[j];
+      return top;
+    }
+    const float shift = m * kLog2e;  // exp2(x log2(e) - m log2(e)): one FMA a value
+#pragma unroll
+    for (int j = 0; j < N; ++j) s += exp2_ftz(fmaf(x[j], kLog2e, -shift));
+    return top;
   }
+
+  __device__ bool saw_nan() const { return nan || s != s; }
 };
 
 // 16-byte words of a row as floats.
@@ -380,7 +397,7 @@ struct RowSplit {
   }
 };
 
-constexpr int kKept = 4;
+constexpr int kKept = 8;
 
 // A thread's best kKept items of its share of a row (order key, column), best first, gathered
 // while the normaliser pass reads them; key 0 marks an empty place. Whatever the thread did not
@@ -406,17 +423,18 @@ struct ThreadTop {
 };
 
 // Watches the normaliser pass for kept_top: each item of `items` (a row's columns) that can be a
-// candidate is offered to the thread's ThreadTop, keyed by its logit.
+// candidate is offered to the thread's ThreadTop, keyed by its logit. A group whose largest value
+// ranks below the thread's kept ones, nearly every group, costs one comparison.
 template <class Items>
 struct KeepBest {
   const Items& items;
   ThreadTop top;
   template <int N>
-  __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
+  __device__ __forceinline__ void add(const float (&x)[N], int64_t first, float group_top) {
+    if (order_key(group_top) <= top.key[kKept - 1]) return;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      // The key first: nearly every value ranks below the thread's kept ones, and eligible() may
-      // read a bitmap.
+      // The key first: eligible() may read a bitmap.
       const uint32_t key = order_key(x[j]);
       if (key > top.key[kKept - 1] && items.eligible(first + j, x[j])) top.offer(key, static_cast<int32_t>(first + j));
     }
@@ -425,7 +443,7 @@ struct KeepBest {
 
 struct NoWatch {
   template <int N>
-  __device__ __forceinline__ void add(const float (&)[N], int64_t) {}
+  __device__ __forceinline__ void add(const float (&)[N], int64_t, float) {}
 };
 
 // 16-byte loads in flight per thread on a row pass: a block reads a whole row alone, and when the
@@ -477,8 +495,7 @@ struct LseAndWatch {
   Watch& watch;
   template <int N>
   __device__ __forceinline__ void add(const float (&x)[N], int64_t first) {
-    acc.add(x);
-    watch.add(x, first);
+    watch.add(x, first, acc.add(x));
   }
 };
 
@@ -492,7 +509,7 @@ __device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, Wa
   const OnlineLse& acc = visit.acc;
   // Combine (m, s) across the block: the block max, then the rescaled sums.
   const float M = block_max(acc.m, sh);
-  const bool any_nan = __syncthreads_or(acc.nan) != 0;
+  const bool any_nan = __syncthreads_or(acc.saw_nan()) != 0;
   if (any_nan) return NAN;
   if (M == -INFINITY || M == INFINITY) return M;
   const float part = acc.m == -INFINITY ? 0.0f : acc.s * expf(acc.m - M);
@@ -627,10 +644,15 @@ __device__ __forceinline__ void for_each_key(const Items& items, int32_t n, Fn&&
   }
 }
 
-// The widest selection kept_bound bounds: nearer all of the kept keys, most threads would read
+// The kept keys per thread that a selection wider than the block stages for its bound: the first
+// ones, so that every thread's fit the staging area.
+constexpr int kKeptStaged = kStaged / kThreads;
+static_assert(kKeptStaged <= kKept, "a thread stages only keys it kept");
+
+// The widest selection kept_bound bounds: nearer all of the staged keys, most threads would read
 // their share again and the items at or above the bound would overflow the staging area, so radix
 // passes over the items cost less.
-constexpr int32_t kMaxKeptNeed = kThreads * kKept * 3 / 4;
+constexpr int32_t kMaxKeptNeed = kThreads * kKeptStaged * 3 / 4;
 
 struct StagedKeys {
   const uint32_t* keys;
@@ -638,19 +660,18 @@ struct StagedKeys {
 };
 
 // selection_bound from every thread's ThreadTop (keys mapped by final_key). Up to kThreads from
-// the threads' best keys; wider selections (beam widths 129-384) from the need-th largest of all
-// their kept keys, which are distinct items too, by a radix select over them staged in shared
-// memory. 0 when there is none. Empties the staging area when it returns a bound. Every thread of
-// the block must call it.
+// the threads' best keys; wider selections (beam widths 129-384) from the need-th largest of the
+// threads' first kKeptStaged kept keys, which are distinct items too, by a radix select over them
+// staged in shared memory. 0 when there is none. Empties the staging area when it returns a bound.
+// Every thread of the block must call it.
 template <class FinalKey>
 __device__ uint32_t kept_bound(const ThreadTop& top, FinalKey final_key, int32_t need, TopShared& sh) {
-  static_assert(kThreads * kKept <= kStaged, "every kept key must fit the staging area");
   if (need <= kThreads) return selection_bound(top.key[0] ? final_key(top.key[0]) : 0u, need, sh);
   if (need > kMaxKeptNeed) return 0;
   if (threadIdx.x == 0) sh.staged = 0;
   __syncthreads();
 #pragma unroll
-  for (int j = 0; j < kKept; ++j)
+  for (int j = 0; j < kKeptStaged; ++j)
     if (top.key[j] != 0) stage(final_key(top.key[j]), 0, sh);
   __syncthreads();
   const int32_t kept = sh.staged;
