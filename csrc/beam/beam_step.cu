@@ -7,7 +7,7 @@
 //    Selection is a radix select on order-preserving float keys (four 8-bit digit histograms)
 //    followed by a bitonic sort of the at most 2048 winners, so any beam width up to 1024 takes the
 //    same path. Dense rows (beam widths up to 128) are read once: while the normaliser pass reads
-//    them each thread keeps its best four logits, which bound the selection and are its candidates,
+//    them each thread keeps its best eight logits, which bound the selection and are its candidates,
 //    and only a thread that may have dropped more reads its share again. Nodes whose children are a
 //    sixteenth of the vocabulary or more are read the same way, as a bitmap over the row
 //    (Trie._wide_nodes_on), and nothing is gathered; other nodes with over 1024 children bound the
@@ -744,10 +744,11 @@ struct StageFrom {
 
 // bounded_top for a row (items indexed by column) whose normaliser pass gave each thread its
 // ThreadTop, with keys that final_key maps monotonically to the items' keys: the row is read once,
-// and again by the threads that may have dropped items at or above the bound. Most blocks have such
-// a thread (at 152k columns and 2K = 128, a thread's fourth best passes the bound with odds of
-// about 1 in 200), and the block waits for it: it reads with as many loads in flight as a pass
-// that only sums.
+// and again by the threads that may have dropped items at or above the bound. Eight kept logits
+// make such a thread rare: at 152k columns and 2K = 128, about 0.6 of a thread's ~600 logits pass
+// the bound on average, so its eighth best does with odds of about 1 in 3 million (its fourth
+// best, with 1 in 200: most blocks would have one and wait for it). A reread goes with as many
+// loads in flight as a pass that only sums.
 template <class Bits, class Items, class FinalKey>
 __device__ int32_t kept_top(const Items& items, const Bits* row, int64_t vocab, int32_t want, const ThreadTop& top,
                             FinalKey final_key, TopShared& sh) {
