@@ -133,12 +133,14 @@ def test_cuda_step__strided_rows_and_neg_inf_logits(device):
     assert_same_candidates(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("vocab", [700, 3001])
-def test_cuda_step__all_equal_logits__lowest_tokens(vocab, device):
-    # Every logit ties: the candidates are the lowest tokens of the lowest beams, as torch.topk orders them.
-    logits, scores = torch.zeros(8, vocab), torch.zeros(8)
-    want = search._beam_step(logits, scores, 4)
-    got = search._beam_step_cuda(logits.to(device), scores, 4)
+@pytest.mark.parametrize("beams,vocab", [(4, 700), (4, 3001), (64, 700), (256, 700)])
+def test_cuda_step__all_equal_logits__lowest_tokens(beams, vocab, device):
+    # Every logit ties: the candidates are the lowest tokens of the lowest beams, as torch.topk orders
+    # them. Every beam's list ties with the others' from its first entry to its last: all are read
+    # past their heads, and at 256 beams their entries overflow the staging area.
+    logits, scores = torch.zeros(2 * beams, vocab), torch.zeros(2 * beams)
+    want = search._beam_step(logits, scores, beams)
+    got = search._beam_step_cuda(logits.to(device), scores, beams)
     for name in ("score", "token", "parent", "count"):
         np.testing.assert_array_equal(got[name].numpy(), want[name].numpy())
 

@@ -97,6 +97,8 @@ struct TopShared {
   uint32_t staged_key[kStaged];
   int32_t staged_item[kStaged];
   uint32_t thread_max[kThreads];
+  int32_t deep[kThreads];  // sorted_lists_top: the lists read past their heads
+  int32_t deep_count;
   uint32_t bound;
   int32_t staged;
   int32_t included[kWarps];
@@ -1026,6 +1028,63 @@ struct ItemLists {
   __device__ int64_t secondary(int32_t e) const { return (static_cast<int64_t>(e / C) << 32) | static_cast<uint32_t>(token[e]); }
 };
 
+// The entries of some of an item's lists past their first `skip`: entry i is entry skip + i % rest
+// of list lists[i / rest].
+struct ListTails {
+  const ItemLists& items;
+  const int32_t* lists;
+  int32_t skip, rest;
+  __device__ int32_t entry(int32_t i) const { return lists[i / rest] * items.C + skip + i % rest; }
+  __device__ uint32_t key(int32_t i) const { return items.key(entry(i)); }
+};
+
+// bounded_top over a batch item's lists when they are at most one per thread. Each list is sorted
+// best first (the rows kernel's order, and beam score + logprob keeps it), so a list's first few
+// entries are its best keys and give the selection a bound without reading the rest; only the
+// lists whose heads all pass the bound ("deep" ones, usually a few) are read further, by the
+// whole block. Every thread of the block must call it.
+__device__ int32_t sorted_lists_top(const ItemLists& items, int32_t lists, int32_t want, int secondary_bits,
+                                    TopShared& sh) {
+  const int tid = threadIdx.x;
+  const int32_t C = items.C;
+  const int32_t head = min(kKept, min(kStaged / lists, C));  // every list's head fits the staging area
+  uint32_t key[kKept], last = 0;  // last: the key of the head's last entry
+  int32_t count = 0;
+  if (tid < lists) count = items.count[tid];
+#pragma unroll
+  for (int i = 0; i < kKept; ++i) {
+    key[i] = tid < lists && i < head && i < count ? items.key(tid * C + i) : 0u;
+    if (i == head - 1) last = key[i];  // static indices: the keys stay in registers
+  }
+  if (tid == 0) sh.staged = 0;
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kKept; ++i)
+    if (key[i] != 0) stage(key[i], 0, sh);
+  __syncthreads();
+  const int32_t kept = sh.staged;
+  __syncthreads();
+  // With fewer heads than wanted, every entry counts: the bound is the least key.
+  uint32_t bound = 1;
+  int32_t remaining = 0, equal = 0;
+  if (kept >= want) kth_key(StagedKeys{sh.staged_key}, kept, want, sh, &bound, &remaining, &equal);
+  if (tid == 0) {
+    sh.staged = 0;
+    sh.deep_count = 0;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kKept; ++i)
+    if (key[i] >= bound) stage(key[i], tid * C + i, sh);  // key 0 (none) is below every bound
+  if (count > head && last >= bound) sh.deep[atomicAdd(&sh.deep_count, 1)] = tid;
+  __syncthreads();
+  const ListTails tails{items, sh.deep, head, C - head};
+  for_each_key(tails, sh.deep_count * tails.rest, [&](uint32_t k, int32_t i) {
+    if (k >= bound) stage(k, tails.entry(i), sh);
+  });
+  return staged_top(items, lists * C, want, secondary_bits, bound, sh);
+}
+
 __global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
   __shared__ TopShared sh;
   // A failed row makes the whole step an error: skip the work (the host raises).
@@ -1034,7 +1093,9 @@ __global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, 
   const int32_t C = p.num_candidates;
   const ItemLists items{p.beam_scores + first, pool.logprob + first * C, pool.token + first * C, pool.count + first, C};
   const int32_t n = p.num_beams * C;
-  const int32_t k = bounded_top(items, n, C, 32 + bits_below(p.num_beams), sh);
+  const int secondary_bits = 32 + bits_below(p.num_beams);
+  const int32_t k = p.num_beams <= kThreads ? sorted_lists_top(items, p.num_beams, C, secondary_bits, sh)
+                                            : bounded_top(items, n, C, secondary_bits, sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t e = sh.item[t];
     const int64_t o = b * C + t;
