@@ -72,7 +72,8 @@ class CudaStep:
                 wide.append([nodes.data_ptr(), bits.data_ptr(), len(nodes), words])
             self.views = torch.tensor(packed, dtype=torch.int64).to(device)
             self.wide = torch.tensor(wide, dtype=torch.int64).to(device)
-        self.workspace = torch.empty(self.ext.beam_step_workspace_bytes(self.rows, self.width), dtype=torch.uint8,
+        # Zeroed: it holds counters that each launch leaves at zero for the next.
+        self.workspace = torch.zeros(self.ext.beam_step_workspace_bytes(self.rows, self.width), dtype=torch.uint8,
                                      device=device)
         cands = self.batch * self.width
         # error word (2 int32), score, logprob, token, parent, node ([batch * width] each), count [batch]

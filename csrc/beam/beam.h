@@ -107,9 +107,11 @@ enum class BeamStepError : int32_t {
   kInfinite = 7,       // a +inf logit: no log-prob of the row is defined
 };
 
+// The workspace must be zeroed before its first launch (it holds counters that every launch leaves
+// at zero again), and a launch must not run concurrently with another on the same workspace.
 size_t beam_step_cuda_workspace_bytes(int64_t rows, int32_t num_candidates);
 size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates);
-// Launches the two kernels on `stream`; returns the cudaError_t of the launches.
+// Launches the step's kernel on `stream`; returns the cudaError_t of the launch.
 int run_beam_step_cuda(const BeamStepParams& params, void* workspace, unsigned long long* error, void* stream);
 
 }  // namespace pyfastseq

@@ -1,4 +1,4 @@
-// CUDA beam step: the same candidates as run_beam_step_cpu, in two launches and no host sync.
+// CUDA beam step: the same candidates as run_beam_step_cpu, in one launch and no host sync.
 //
 // 1. One block per row: the log-softmax normaliser in one online (max, sum-exp) pass over the row
 //    (skipped under normalize_allowed, which reads only the children), then the row's best
@@ -12,8 +12,8 @@
 //    sixteenth of the vocabulary or more are read the same way, as a bitmap over the row
 //    (Trie._wide_nodes_on), and nothing is gathered; other nodes with over 1024 children bound the
 //    selection from one pass over their children.
-// 2. One block per batch item: the same selection over its beams' lists by accumulated score
-//    (narrowed the same way, from one pass over the lists).
+// 2. Per batch item, by the block that finishes the item's last row: the same selection over its
+//    beams' lists by accumulated score. The lists are sorted, so their first entries bound it.
 //
 // Ordering matches the CPU step exactly: higher value first, ties to the lower token (rows) and to
 // the lower (beam, token) (items); a tie at the k-th place is settled by a second radix select on
@@ -38,8 +38,9 @@ struct Pool {
   float* logprob;   // [rows, C]
   int32_t* token;   // [rows, C]
   int32_t* node;    // [rows, C]
-  int32_t* count;   // [rows]
-  int32_t* detail;  // [rows] error detail
+  int32_t* count;    // [rows]
+  int32_t* detail;   // [rows] error detail
+  int32_t* arrived;  // [batch] the item's rows done in this launch; zero between launches
 };
 
 size_t align_up(size_t n) { return (n + 255) & ~size_t{255}; }
@@ -56,8 +57,14 @@ Pool pool_of(void* workspace, int64_t rows, int32_t c) {
   base += align_up(entries * sizeof(int32_t));
   p.count = reinterpret_cast<int32_t*>(base);
   p.detail = reinterpret_cast<int32_t*>(static_cast<char*>(workspace) + beam_step_error_detail_offset(rows, c));
+  p.arrived = p.detail + align_up(rows * sizeof(int32_t)) / sizeof(int32_t);
   return p;
 }
+
+// A load from L2, past the SM's L1: for lists other blocks of this launch wrote (L1 is not
+// coherent between SMs, and a line of them may sit there from an earlier read).
+template <class T>
+__device__ __forceinline__ T load_cg(const T* p) { return __ldcg(p); }
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 struct Half { uint16_t bits; };
@@ -881,25 +888,32 @@ __device__ const int32_t* row_deltas(const BeamStepParams& p, int64_t r, int32_t
   return any_positive && n > 1 ? p.deltas + begin : nullptr;
 }
 
-// Three blocks per SM: registers for the row pass's loads in flight, with next to no spilling.
+// Row blockIdx.x's candidates into the pool, best first. Returns false, having done nothing, when an
+// earlier launch failed (*p.halted).
 template <class Bits>
-__global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
-  __shared__ TopShared sh;
-  if (p.halted && *p.halted != kNoBeamStepError) return;  // written by an earlier launch: no block races it
+__device__ bool row_candidates(const BeamStepParams& p, Pool pool, unsigned long long* error, TopShared& sh) {
   const int64_t r = blockIdx.x;
+  // The row's first loads go out together, ahead of any branch on them: each is a round trip to
+  // memory, and a row at a small node costs a chain of a few more (its children, their logits).
+  const unsigned long long halted = p.halted ? *p.halted : kNoBeamStepError;
+  const float beam_score = p.beam_scores[r];
+  const int64_t trie_index = p.num_tries == 1 ? 0 : r / p.num_beams;
+  const int32_t node = p.nodes ? p.nodes[r] : 0;
+  const TrieView trie = p.nodes ? p.tries[trie_index] : TrieView{};
+  if (halted != kNoBeamStepError) return false;  // written by an earlier launch: no block races it
   const int32_t C = p.num_candidates;
   float* out_logprob = pool.logprob + r * C;
   int32_t* out_token = pool.token + r * C;
   int32_t* out_node = pool.node + r * C;
   if (threadIdx.x == 0) pool.count[r] = 0;
-  if (p.beam_scores[r] == -INFINITY) return;
+  if (beam_score == -INFINITY) return true;
   const Bits* logits = static_cast<const Bits*>(p.logits) + r * p.row_stride;
 
   if (!p.nodes) {
     const DenseRow<Bits> items{logits, p.blocked_token};
     KeepBest<DenseRow<Bits>> seen{items};
     const float lse = row_logsumexp(logits, p.vocab, sh, seen);
-    if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return;  // -inf: no token can follow
+    if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return true;  // -inf: no token can follow
     const int32_t k = kept_top(items, logits, p.vocab, C, seen.top, [](uint32_t raw) { return raw; }, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
       out_logprob[t] = items.value(sh.item[t]) - lse;
@@ -907,25 +921,22 @@ __global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p
       out_node[t] = -1;
     }
     if (threadIdx.x == 0) pool.count[r] = k;
-    return;
+    return true;
   }
 
-  const int64_t trie_index = p.num_tries == 1 ? 0 : r / p.num_beams;
-  const TrieView trie = p.tries[trie_index];
-  const int32_t node = p.nodes[r];
   if (node == kSpentNode) {
     // An ended hypothesis continues with eos alone (and has no children for lookahead deltas).
     if (p.delta_offsets && p.delta_offsets[r + 1] != p.delta_offsets[r]) {
       if (threadIdx.x == 0)
         record_error(error, pool, r, BeamStepError::kDeltaCount,
                      static_cast<int32_t>(p.delta_offsets[r + 1] - p.delta_offsets[r]));
-      return;
+      return true;
     }
-    if (p.eos_id < 0 || p.eos_id >= p.vocab || p.eos_id == p.blocked_token) return;
+    if (p.eos_id < 0 || p.eos_id >= p.vocab || p.eos_id == p.blocked_token) return true;
     float logprob = 0.0f;
     if (!p.normalize_allowed) {
       const float lse = row_logsumexp(logits, p.vocab, sh);
-      if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return;
+      if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return true;
       logprob = to_float(logits[p.eos_id]) - lse;
     }
     if (threadIdx.x == 0) {
@@ -934,16 +945,16 @@ __global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p
       out_node[0] = kSpentNode;
       pool.count[r] = 1;
     }
-    return;
+    return true;
   }
   if (node < 0 || node >= trie.num_nodes) {
     if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kBadNode, node);
-    return;
+    return true;
   }
   const uint32_t lo = trie.child_begin[node], hi = trie.child_begin[node + 1];
   if (lo == hi) {
     if (threadIdx.x == 0) record_error(error, pool, r, BeamStepError::kNoChildren, node);
-    return;
+    return true;
   }
   const int32_t n = static_cast<int32_t>(hi - lo);
 
@@ -956,7 +967,7 @@ __global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p
       const int32_t k = wide_node_top(p, r, logits, trie, lo, hi, bits, wide.words, pool, error, sh, out_logprob,
                                       out_token, out_node);
       if (threadIdx.x == 0) pool.count[r] = k;
-      return;
+      return true;
     }
   }
 
@@ -985,17 +996,17 @@ __global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p
       else if (child_flag == 1) record_error(error, pool, r, BeamStepError::kInfinite, 0);
       else record_error(error, pool, r, BeamStepError::kTokenOutOfVocab, bad_token);
     }
-    return;
+    return true;
   }
 
   bool failed;
   const int32_t* deltas = row_deltas(p, r, n, pool, error, sh, &failed);
-  if (failed) return;
+  if (failed) return true;
   ChildRow<Bits> items{logits, trie, lo, 0.0f, p.blocked_token, p.block_leaves, nullptr, 0.0f};
   const float lse = p.normalize_allowed && !deltas ? children_logsumexp(items, n, sh) : row_logsumexp(logits, p.vocab, sh);
   // Every logit the normaliser covers is -inf: no child can follow (rather than -inf - -inf = NaN,
   // which would rank first on the device), as on the CPU.
-  if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return;
+  if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return true;
   items.lse = lse;
   if (deltas) {
     // The children keep the mass they had: 1 under normalize_allowed, their share of the row under
@@ -1003,7 +1014,7 @@ __global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p
     const float mass = p.normalize_allowed ? 0.0f : children_logsumexp(items, n, sh);
     items.deltas = deltas;
     const float reshaped = children_logsumexp(items, n, sh);
-    if (reshaped == -INFINITY) return;  // every child impossible: no mass to reshape, none follows
+    if (reshaped == -INFINITY) return true;  // every child impossible: no mass to reshape, none follows
     items.shift = mass - reshaped;
   }
   const int32_t k = bounded_top(items, n, C, bits_below(n), sh);
@@ -1014,6 +1025,7 @@ __global__ void __launch_bounds__(kThreads, 3) beam_rows_kernel(BeamStepParams p
     out_node[t] = static_cast<int32_t>(lo + i) + 1;
   }
   if (threadIdx.x == 0) pool.count[r] = k;
+  return true;
 }
 
 // A batch item's candidates: entry i of beam j's list is item j * C + i.
@@ -1023,9 +1035,11 @@ struct ItemLists {
   const int32_t* token;
   const int32_t* count;
   int32_t C;
-  __device__ float score(int32_t e) const { return beam_scores[e / C] + logprob[e]; }
-  __device__ uint32_t key(int32_t e) const { return e % C < count[e / C] ? order_key(score(e)) : 0u; }
-  __device__ int64_t secondary(int32_t e) const { return (static_cast<int64_t>(e / C) << 32) | static_cast<uint32_t>(token[e]); }
+  __device__ float score(int32_t e) const { return beam_scores[e / C] + load_cg(logprob + e); }
+  __device__ uint32_t key(int32_t e) const { return e % C < load_cg(count + e / C) ? order_key(score(e)) : 0u; }
+  __device__ int64_t secondary(int32_t e) const {
+    return (static_cast<int64_t>(e / C) << 32) | static_cast<uint32_t>(load_cg(token + e));
+  }
 };
 
 // The entries of some of an item's lists past their first `skip`: entry i is entry skip + i % rest
@@ -1050,7 +1064,7 @@ __device__ int32_t sorted_lists_top(const ItemLists& items, int32_t lists, int32
   const int32_t head = min(kKept, min(kStaged / lists, C));  // every list's head fits the staging area
   uint32_t key[kKept], last = 0;  // last: the key of the head's last entry
   int32_t count = 0;
-  if (tid < lists) count = items.count[tid];
+  if (tid < lists) count = load_cg(items.count + tid);
 #pragma unroll
   for (int i = 0; i < kKept; ++i) {
     key[i] = tid < lists && i < head && i < count ? items.key(tid * C + i) : 0u;
@@ -1085,11 +1099,9 @@ __device__ int32_t sorted_lists_top(const ItemLists& items, int32_t lists, int32
   return staged_top(items, lists * C, want, secondary_bits, bound, sh);
 }
 
-__global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
-  __shared__ TopShared sh;
-  // A failed row makes the whole step an error: skip the work (the host raises).
-  if (*error != kNoBeamStepError) return;
-  const int64_t b = blockIdx.x, first = b * p.num_beams;
+// Batch item b's candidates from its rows' lists.
+__device__ void merge_item(const BeamStepParams& p, Pool pool, int64_t b, TopShared& sh) {
+  const int64_t first = b * p.num_beams;
   const int32_t C = p.num_candidates;
   const ItemLists items{p.beam_scores + first, pool.logprob + first * C, pool.token + first * C, pool.count + first, C};
   const int32_t n = p.num_beams * C;
@@ -1100,12 +1112,35 @@ __global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, 
     const int32_t e = sh.item[t];
     const int64_t o = b * C + t;
     p.cand_score[o] = items.score(e);
-    p.cand_logprob[o] = items.logprob[e];
-    p.cand_token[o] = items.token[e];
+    p.cand_logprob[o] = load_cg(items.logprob + e);
+    p.cand_token[o] = load_cg(items.token + e);
     p.cand_parent[o] = static_cast<int32_t>(first + e / C);
-    p.cand_node[o] = pool.node[first * C + e];
+    p.cand_node[o] = load_cg(pool.node + first * C + e);
   }
   if (threadIdx.x == 0) p.cand_count[b] = k;
+}
+
+// One block per row; the block that finishes an item's last row also merges the item, so that the
+// step is one launch and an item's merge overlaps other items' rows. Each row's block announces its
+// list on the item's arrival count after a fence; the block that completes the count resets it
+// for the next launch. Three blocks per SM: registers for the row pass's loads in flight, with next
+// to no spilling.
+template <class Bits>
+__global__ void __launch_bounds__(kThreads, 3) beam_step_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
+  __shared__ TopShared sh;
+  if (!row_candidates<Bits>(p, pool, error, sh)) return;
+  const int64_t b = blockIdx.x / p.num_beams;
+  __threadfence();  // this thread's writes to the row's list, before the arrival
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const bool last = atomicAdd(&pool.arrived[b], 1) == p.num_beams - 1;
+    __threadfence();  // the other rows' lists, after their arrivals
+    if (last) pool.arrived[b] = 0;
+    // A failed row makes the whole step an error: skip the work (the host raises).
+    sh.flag = last && load_cg(error) == kNoBeamStepError;
+  }
+  __syncthreads();
+  if (sh.flag) merge_item(p, pool, b, sh);
 }
 
 }  // namespace
@@ -1113,7 +1148,7 @@ __global__ void __launch_bounds__(kThreads) beam_merge_kernel(BeamStepParams p, 
 size_t beam_step_cuda_workspace_bytes(int64_t rows, int32_t num_candidates) {
   const size_t entries = static_cast<size_t>(rows) * num_candidates;
   return align_up(entries * sizeof(float)) + 2 * align_up(entries * sizeof(int32_t)) +
-         2 * align_up(rows * sizeof(int32_t));
+         3 * align_up(rows * sizeof(int32_t));
 }
 
 size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates) {
@@ -1129,13 +1164,12 @@ int run_beam_step_cuda(const BeamStepParams& p, void* workspace, unsigned long l
   if (rows == 0) return 0;
   const Pool pool = pool_of(workspace, rows, p.num_candidates);
   auto s = static_cast<cudaStream_t>(stream);
-  const unsigned row_blocks = static_cast<unsigned>(rows), items = static_cast<unsigned>(p.batch_size);
+  const unsigned blocks = static_cast<unsigned>(rows);
   switch (p.dtype) {
-    case LogitsDtype::kFloat32: beam_rows_kernel<float><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
-    case LogitsDtype::kFloat16: beam_rows_kernel<Half><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
-    case LogitsDtype::kBFloat16: beam_rows_kernel<BHalf><<<row_blocks, kThreads, 0, s>>>(p, pool, error); break;
+    case LogitsDtype::kFloat32: beam_step_kernel<float><<<blocks, kThreads, 0, s>>>(p, pool, error); break;
+    case LogitsDtype::kFloat16: beam_step_kernel<Half><<<blocks, kThreads, 0, s>>>(p, pool, error); break;
+    case LogitsDtype::kBFloat16: beam_step_kernel<BHalf><<<blocks, kThreads, 0, s>>>(p, pool, error); break;
   }
-  beam_merge_kernel<<<items, kThreads, 0, s>>>(p, pool, error);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -284,6 +284,13 @@ inline unsigned __ballot_sync(unsigned, int predicate) {
 
 inline int __popc(unsigned bits) { return __builtin_popcount(bits); }
 
+// Blocks run one after another, and a thread's writes are seen at once: no fence or cache to pass.
+inline void __threadfence() {}
+template <class T>
+T __ldcg(const T* address) {
+  return *address;
+}
+
 // Fibers switch only at barriers, so a read-modify-write is atomic as it stands.
 template <class T, class Update>
 T atomic_update(T* address, Update update) {
