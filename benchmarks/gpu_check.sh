@@ -7,7 +7,7 @@
 #
 # Stages, in their default order: build, tests, bench-attention (the training step, then the d = 128
 # goal shapes and L = 512, d = 64 as the step's layers), profile-attention (where the training step's
-# time goes), ncu-beam (Nsight Compute on the beam step's kernels), bench-kernels, attention-tests,
+# time goes), ncu-beam (Nsight Compute on the beam step's kernel), bench-kernels, attention-tests,
 # memcheck, bench-generate, racecheck, bench-attention-all (the whole grid). Each stage runs
 # under its own time limit and under what is left of GPU_CHECK_SECONDS (default 540) for the whole run; a
 # stage that fails does not stop the later ones, and one with under 30 s left is skipped. Results
@@ -49,11 +49,11 @@ sanitizer() {
   compute-sanitizer --tool "$tool" --error-exitcode 1 python3 -m pytest -p no:cacheprovider -q -m cuda "$@"
 }
 
-# Nsight Compute on a few launches of the beam step's kernels in one bench_cuda.py case (after the
+# Nsight Compute on a few launches of the beam step's kernel in one bench_cuda.py case (after the
 # check's launches): throughput, occupancy and the warps' stall reasons, per kernel. Clocks are left
 # alone (--clock-control none), as for the benchmarks.
 ncu_beam() {
-  ncu --clock-control none --kernel-name regex:"beam_(rows|merge)_kernel" --launch-skip 4 --launch-count 4 \
+  ncu --clock-control none --kernel-name regex:"beam_step_kernel" --launch-skip 4 --launch-count 4 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section SchedulerStats \
     python3 -m pytest -p no:cacheprovider -q benchmarks/bench_cuda.py -k "$1" --benchmark-disable > "$2" 2>&1
@@ -85,7 +85,7 @@ stage_command() {
         [ $step_rc -eq 0 ] ;;
     profile-attention)
       python3 benchmarks/profile_attention.py --out "$out/attention_profile.txt" ;;
-    ncu-beam)  # where the beam step's kernels spend their time: dense rows, then 140 constrained rows
+    ncu-beam)  # where the beam step's kernel spends its time: dense rows, then 140 constrained rows
       ncu_beam "dense_step and 4-64]" "$out/ncu_dense_step.txt"
       local dense_rc=$?
       ncu_beam "sparse_step and full-2-70-1000000]" "$out/ncu_sparse_step.txt" && [ $dense_rc -eq 0 ] ;;
