@@ -27,6 +27,7 @@ import torch
 import datasets
 from timing import best_time
 import pyfastseq as fs
+from pyfastseq._generate import model_step_fn
 from pyfastseq.reference.trie import DictTrie
 from pyfastseq.search import _beam_step
 
@@ -138,12 +139,29 @@ def check_and_time_generate(benchmark, kind, num_beams, device):
 
     expected = [[row[: row.index(datasets.EOS) + 1] if datasets.EOS in row else row]
                 for row in peer()[:, prompt.shape[1]:].tolist()]
+    calls = []
+    counting = model.register_forward_pre_hook(lambda module, args: calls.append(None))
     assert ours().sequences == expected
+    counting.remove()
+    rows = prompt.shape[0] * num_beams
+
+    def model_alone():
+        # The model calls ours() made, through the same step function (cache reorders included),
+        # with no search: the floor under generate().
+        step = model_step_fn(model, prompt, None, num_beams, {})
+        with torch.no_grad():
+            logits = step(torch.zeros(rows, 0, dtype=torch.long), torch.arange(rows))
+            for _ in range(len(calls) - 1):
+                logits = step(torch.full((rows, 1), 2, device=device), torch.arange(rows, device=device))
+        return logits.cpu()
+
     peer_s = best_time(peer, rounds=5)
+    model_s = best_time(model_alone, rounds=5)
     benchmark.pedantic(ours, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(
         kind=kind, num_beams=num_beams, batch=2, items=len(trie), new_tokens=new_tokens,
         model=f"GPT-2 2x64, vocab {vocab}", device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         peer="transformers generate + prefix_allowed_tokens_fn (dict trie)",
         peer_min_s=peer_s, speedup=peer_s / benchmark.stats.stats.min,
+        model_calls=len(calls), model_alone_s=model_s,
     )

@@ -73,6 +73,9 @@ def rows_from(files: list[Path]) -> tuple[list[Row], str]:
                 ours, peer_s = ((median, extra["peer_median_s"]) if "peer_median_s" in extra
                                 else (bench["stats"]["min"], extra["peer_min_s"]))
                 rows.append(Row(what, _case(bench), extra.get("peer", "peer"), ours, peer_s))
+                if "model_alone_s" in extra:  # the model's calls alone: the ceiling on the ratio
+                    rows.append(Row(f"{what}, its model calls alone", _case(bench), extra.get("peer", "peer"),
+                                    extra["model_alone_s"], peer_s))
                 continue
             if "kernel_s" in extra:
                 what = f"{module}: {extra.get('kernel', what)}"
