@@ -633,6 +633,25 @@ def test_cuda_step__nan_or_inf_anywhere_in_a_long_row__same_error_as_cpu(values,
     assert str(gpu.value) == str(cpu.value)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask", [-1e10, -1e20, "lowest"])
+@pytest.mark.parametrize("constrained", [False, True])
+def test_cuda_step__logits_masked_with_huge_negatives__matches_cpu_step(constrained, mask, dtype, device):
+    # Masking logits with a huge finite negative (-1e10, the dtype's lowest) is common. Threads whose
+    # share of a row is all masked sum around a max of that size, where any rounding of the max's
+    # own term overflows. Constrained rows sit at the root, read as a bitmap over the row.
+    batch, beams, vocab = 2, 4, 3001
+    trie = random_trie(random.Random(5), vocab, 2000, 2) if constrained else None
+    logits, scores, nodes = step_inputs(batch, beams, vocab, dtype, trie, seed=5)
+    fill = torch.finfo(dtype).min if mask == "lowest" else mask
+    logits[:, 40:] = fill
+    if constrained:
+        nodes[:] = 0
+    want = search._beam_step(logits, scores, beams, trie, nodes)
+    got = search._beam_step_cuda(logits.to(device), scores, beams, trie, nodes)
+    assert_same_candidates(got, want, atol=1e-5)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("constrained", [False, True])
 def test_cuda_step__replayed_from_a_cuda_graph(constrained):

@@ -333,6 +333,7 @@ __device__ int32_t block_top(const Items& items, int32_t n, int32_t want, int se
 
 // 2^x, results below the normal range flushed to zero: one MUFU.EX2, where exp2f adds a rescale
 // for them. The sums it feeds hold their maximum's own term, 1, so a flushed term changes nothing.
+// (The emulator's exp2f does not flush: the CPU tests cannot tell the two apart.)
 __device__ __forceinline__ float exp2_ftz(float x) {
 #if defined(__CUDA_ARCH__)
   float y;
@@ -365,9 +366,11 @@ struct OnlineLse {
       for (int j = 0; j < N; ++j) nan |= x[j] != x[j];
       return top;
     }
-    const float shift = m * kLog2e;  // exp2(x log2(e) - m log2(e)): one FMA a value
+    // x - m first (exact near the max, whose own term is then exactly 1): an FMA of x log2(e) with
+    // a rounded m log2(e) would be off by that rounding, which overflows the sum at |m| ~ 1e10
+    // (logits masked with -1e10 or the dtype's lowest value).
 #pragma unroll
-    for (int j = 0; j < N; ++j) s += exp2_ftz(fmaf(x[j], kLog2e, -shift));
+    for (int j = 0; j < N; ++j) s += exp2_ftz((x[j] - m) * kLog2e);
     return top;
   }
 
@@ -1123,12 +1126,14 @@ __device__ void merge_item(const BeamStepParams& p, Pool pool, int64_t b, TopSha
 // One block per row; the block that finishes an item's last row also merges the item, so that the
 // step is one launch and an item's merge overlaps other items' rows. Each row's block announces its
 // list on the item's arrival count after a fence; the block that completes the count resets it
-// for the next launch. Three blocks per SM: registers for the row pass's loads in flight, with next
-// to no spilling.
+// for the next launch. Three blocks per SM, so 80 registers: the sm_90 build spills a few hundred
+// bytes, none of it in the loops of the dense pass or of the sums, and a few words an iteration in
+// the wide-node pass's loop.
 template <class Bits>
 __global__ void __launch_bounds__(kThreads, 3) beam_step_kernel(BeamStepParams p, Pool pool, unsigned long long* error) {
   __shared__ TopShared sh;
-  if (!row_candidates<Bits>(p, pool, error, sh)) return;
+  // Every block arrives, halted or not, so that the counts end at zero whatever happened.
+  const bool ran = row_candidates<Bits>(p, pool, error, sh);
   const int64_t b = blockIdx.x / p.num_beams;
   __threadfence();  // this thread's writes to the row's list, before the arrival
   __syncthreads();
@@ -1137,7 +1142,7 @@ __global__ void __launch_bounds__(kThreads, 3) beam_step_kernel(BeamStepParams p
     __threadfence();  // the other rows' lists, after their arrivals
     if (last) pool.arrived[b] = 0;
     // A failed row makes the whole step an error: skip the work (the host raises).
-    sh.flag = last && load_cg(error) == kNoBeamStepError;
+    sh.flag = last && ran && load_cg(error) == kNoBeamStepError;
   }
   __syncthreads();
   if (sh.flag) merge_item(p, pool, b, sh);

@@ -78,9 +78,10 @@ void bind_beam_cuda(py::module_& m) {
       "Launch the fused beam step on device pointers (nodes_ptr 0: unconstrained; tries_ptr: int64 [num_tries, 4]\n"
       "device views; delta_offsets_ptr: 0, or int64 [rows + 1] offsets into int32 lookahead deltas;\n"
       "halted_ptr: 0, or a uint64 that skips the step unless all ones; wide_ptr: 0, or int64 [num_tries, 4]\n"
-      "wide-node bitmaps per trie).\n"
+      "wide-node bitmaps per trie; workspace_ptr: beam_step_workspace_bytes bytes, zeroed before its\n"
+      "first launch, each launch leaving them so).\n"
       "*error_ptr (uint64, preset to all ones) ends as row * 256 + code of the first failing row.\n"
-      "Returns the cudaError_t code of the launches.");
+      "Returns the cudaError_t code of the launch.");
   m.def(
       "beam_state_layout",
       [](int32_t batch_size, int32_t num_beams, int32_t max_length, bool record_token_scores) {
