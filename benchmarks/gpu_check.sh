@@ -5,10 +5,10 @@
 #     OUT=gpu-results bash benchmarks/gpu_check.sh                 # every stage
 #     OUT=gpu-results bash benchmarks/gpu_check.sh build tests     # some, in the order given
 #
-# Stages, in their default order: build, tests, bench-attention (the training step, then the d = 128
-# goal shapes and L = 512, d = 64 as the step's layers), profile-attention (where the training step's
-# time goes), ncu-beam (Nsight Compute on the beam step's kernel), bench-kernels, attention-tests,
-# memcheck, bench-generate, racecheck, bench-attention-all (the whole grid). Each stage runs
+# Stages, in their default order: build, tests, bench-kernels, bench-attention (the training step,
+# then the d = 128 goal shapes and L = 512, d = 64 as the step's layers), ncu-beam (Nsight Compute on
+# the beam step's kernel), profile-attention (where the training step's time goes), racecheck,
+# memcheck, bench-generate, attention-tests, bench-attention-all (the whole grid). Each stage runs
 # under its own time limit and under what is left of GPU_CHECK_SECONDS (default 540) for the whole run; a
 # stage that fails does not stop the later ones, and one with under 30 s left is skipped. Results
 # go to $OUT: log.txt (every stage's output), summary.md (each stage's outcome and time, then the
@@ -103,8 +103,8 @@ declare -A limit=([build]=240 [tests]=240 [attention-tests]=360 [memcheck]=300 [
                   [bench-attention-all]=540)
 stages=("$@")
 # The benchmarks check each case before timing it, so they come before the longer test stages.
-[ ${#stages[@]} -eq 0 ] && stages=(build tests bench-attention profile-attention ncu-beam bench-kernels attention-tests
-                                   memcheck bench-generate racecheck bench-attention-all)
+[ ${#stages[@]} -eq 0 ] && stages=(build tests bench-kernels bench-attention ncu-beam profile-attention racecheck
+                                   memcheck bench-generate attention-tests bench-attention-all)
 
 for stage in "${stages[@]}"; do
   left=$((deadline - SECONDS))
