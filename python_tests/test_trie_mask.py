@@ -115,8 +115,9 @@ def test_high_fan_out_nodes(device, dtype, request):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_children_at_store_boundaries(device, dtype, request):
     # Children on either side of every boundary the CUDA kernel's stores meet: 16-byte chunks (4 or 8
-    # columns), a warp's 4 KB span (1024 or 2048 columns), a block's 32 KB; rows starting at every
-    # offset from a 16-byte boundary, so the boundaries shift against the columns.
+    # columns), a warp's 8 KB span (2048 or 4096 columns), a block's 64 KB (16384 fp32 columns);
+    # rows starting at every offset from a 16-byte boundary, so the boundaries shift against the
+    # columns.
     device = torch_device(device, request)
     vocab = 16500
     edges = [0, 4, 8, 1024, 2048, 4096, 8192, 16384]
