@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <ucontext.h>
 #include <type_traits>
 #include <vector>
@@ -188,55 +189,63 @@ struct Launch {
   }  // returns to uc_link, the scheduler
 };
 
+inline uint64_t launches_so_far = 0;
+
 // Runs body() as each thread of each block (1-D blocks: the kernels use no other), the blocks one
-// after another. A block's threads run one at a time, each until it waits at a barrier or
-// finishes; successive rounds go in opposite orders, so a read that misses a barrier after
-// another thread's write sees the old value in one of them. Deterministic, and a barrier that
-// some thread never reaches aborts instead of hanging.
+// after another, in an order shuffled afresh for each launch (a GPU runs them in any order, and a
+// kernel whose blocks hand work to each other, like the beam step's merge, must not depend on
+// it). A block's threads run one at a time, each until it waits at a barrier or finishes;
+// successive rounds go in opposite orders, so a read that misses a barrier after another thread's
+// write sees the old value in one of them. Deterministic (the shuffles follow a fixed sequence),
+// and a barrier that some thread never reaches aborts instead of hanging.
 template <class Body>
 void launch(dim3 grid, dim3 block, Body body) {
   gridDim = grid;
   blockDim = block;
   const int threads = static_cast<int>(block.x);
   std::vector<Fiber> team(threads);
+  std::vector<dim3> order;
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block shared(threads);
-        current_block = &shared;
-        blockIdx = dim3(bx, by, bz);
-        std::vector<Launch<Body>> launches(threads);
-        for (int t = 0; t < threads; ++t) {
-          Fiber& f = team[t];
-          f.index = static_cast<unsigned>(t);
-          f.done = false;
-          getcontext(&f.context);
-          f.context.uc_stack.ss_sp = f.stack.get();
-          f.context.uc_stack.ss_size = kStackBytes;
-          f.context.uc_link = &scheduler.context;
-          launches[t] = {&body, &shared, &f};
-          const auto address = reinterpret_cast<uintptr_t>(&launches[t]);
-          makecontext(&f.context, reinterpret_cast<void (*)()>(&Launch<Body>::run), 2,
-                      static_cast<int>(address & 0xffffffffu), static_cast<int>(address >> 32));
-        }
-        for (int round = 0, left = threads; left > 0; ++round) {
-          const uint64_t before = scheduler.progress;
-          left = 0;
-          for (int k = 0; k < threads; ++k) {
-            Fiber& f = team[round % 2 ? threads - 1 - k : k];
-            if (f.done) continue;
-            threadIdx = dim3(f.index);
-            scheduler.running = &f;
-            resume(f);
-            left += !f.done;
-          }
-          if (left > 0 && scheduler.progress == before) {
-            std::fprintf(stderr, "cuda emulator: block (%u, %u, %u) is stuck at a barrier that some thread "
-                         "never reaches (a divergent __syncthreads or __syncwarp?)\n", bx, by, bz);
-            std::abort();
-          }
-        }
+      for (unsigned bx = 0; bx < grid.x; ++bx) order.emplace_back(bx, by, bz);
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(launches_so_far++));
+  for (const dim3& at : order) {
+    const unsigned bx = at.x, by = at.y, bz = at.z;
+    Block shared(threads);
+    current_block = &shared;
+    blockIdx = dim3(bx, by, bz);
+    std::vector<Launch<Body>> launches(threads);
+    for (int t = 0; t < threads; ++t) {
+      Fiber& f = team[t];
+      f.index = static_cast<unsigned>(t);
+      f.done = false;
+      getcontext(&f.context);
+      f.context.uc_stack.ss_sp = f.stack.get();
+      f.context.uc_stack.ss_size = kStackBytes;
+      f.context.uc_link = &scheduler.context;
+      launches[t] = {&body, &shared, &f};
+      const auto address = reinterpret_cast<uintptr_t>(&launches[t]);
+      makecontext(&f.context, reinterpret_cast<void (*)()>(&Launch<Body>::run), 2,
+                  static_cast<int>(address & 0xffffffffu), static_cast<int>(address >> 32));
+    }
+    for (int round = 0, left = threads; left > 0; ++round) {
+      const uint64_t before = scheduler.progress;
+      left = 0;
+      for (int k = 0; k < threads; ++k) {
+        Fiber& f = team[round % 2 ? threads - 1 - k : k];
+        if (f.done) continue;
+        threadIdx = dim3(f.index);
+        scheduler.running = &f;
+        resume(f);
+        left += !f.done;
       }
+      if (left > 0 && scheduler.progress == before) {
+        std::fprintf(stderr, "cuda emulator: block (%u, %u, %u) is stuck at a barrier that some thread "
+                     "never reaches (a divergent __syncthreads or __syncwarp?)\n", bx, by, bz);
+        std::abort();
+      }
+    }
+  }
 }
 
 }  // namespace cuda_emulator
