@@ -360,7 +360,7 @@ struct ListTails {
 };
 
 // bounded_top over a batch item's lists when they are at most one per thread. Each list is sorted
-// best first (the rows kernel's order, and beam score + logprob keeps it), so a list's first few
+// best first (as its row's block writes it, and beam score + logprob keeps it), so a list's first few
 // entries are its best keys and give the selection a bound without reading the rest; only the
 // lists whose heads all pass the bound ("deep" ones, usually a few) are read further, by the
 // whole block. Every thread of the block must call it.
@@ -451,7 +451,6 @@ __global__ void __launch_bounds__(kThreads, 3) beam_step_kernel(BeamStepParams p
   __syncthreads();
   if (sh.flag) merge_item(p, pool, b, sh);
 }
-
 
 }  // namespace
 
