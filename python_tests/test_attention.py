@@ -836,6 +836,31 @@ def test_cuda_lengths_on_device():
     assert sizes[0] == sizes[1] == sizes[2]
 
 
+@needs_cuda_triton
+@pytest.mark.parametrize("lengths", ["list", "cpu tensor", "default seq_lens"])
+def test_cuda_lengths_from_the_host__queue_behind_the_gpu(lengths):
+    # Lengths from the host (a list, a CPU tensor, or seq_lens left out) reach the GPU without the
+    # host waiting for the work already queued there: a copy from pageable memory would first
+    # synchronise the stream. An event recorded behind a long sleep must still be pending when the
+    # call returns.
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = make_qkv(2, 2, 96, 64, torch.float16, "cuda", gen)
+    prefix, seq = [30, 60], [96, 80]
+    args = {"list": (prefix, seq), "cpu tensor": (torch.tensor(prefix), torch.tensor(seq)),
+            "default seq_lens": (prefix, None)}[lengths]
+    fs.unilm_attention(q, k, v, *args)  # compiles and tunes the kernels first
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU time
+    queued = torch.cuda.Event()
+    queued.record()
+    out = fs.unilm_attention(q, k, v, *args)
+    assert not queued.query(), "the call waited for the GPU's earlier work"
+    torch.cuda.synchronize()
+    seq_t = torch.tensor(args[1] if args[1] is not None else [96, 96])
+    ref = unilm_attention_reference(q.float(), k.float(), v.float(), torch.tensor(prefix), seq_t)
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
 def test_benchmark_module_imports(monkeypatch):
     # The GPU benchmark must at least import (and skip) on a CPU-only machine.
     import importlib.util

@@ -233,11 +233,19 @@ def _check_qkv(q, k, v) -> None:
 
 
 def _as_lengths(values, name: str, B: int, L: int, device: torch.device) -> torch.Tensor:
-    """``values`` as int32 [B] on ``device``, checked by :func:`check_lengths`."""
+    """``values`` as int32 [B] on ``device``, checked by :func:`check_lengths`.
+
+    CPU lengths for a GPU go through pinned memory: a copy from pageable memory would first
+    synchronise the stream (the host waiting for every layer queued before), where a pinned one
+    queues behind that work.
+    """
     t = check_lengths(values, name, L, B, L_name="q.shape[2]")
     if t.device.type != "cpu" and t.device != device:
         raise ValueError(f"{name} must be on the CPU or on q's device {device}, got {t.device}")
-    return t.to(device=device, dtype=torch.int32, non_blocking=True)
+    t = t.to(dtype=torch.int32)
+    if t.device != device and device.type == "cuda" and not torch.compiler.is_compiling():
+        t = t.pin_memory()
+    return t.to(device=device, non_blocking=True)
 
 
 def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_lens: Lengths,
