@@ -856,7 +856,7 @@ def test_cuda_lengths_from_the_host__queue_behind_the_gpu(lengths):
     out = fs.unilm_attention(q, k, v, *args)
     assert not queued.query(), "the call waited for the GPU's earlier work"
     torch.cuda.synchronize()
-    seq_t = torch.tensor(args[1] if args[1] is not None else [96, 96], device="cuda")
+    seq_t = torch.tensor([96, 96] if lengths == "default seq_lens" else seq, device="cuda")
     ref = unilm_attention_reference(q.float(), k.float(), v.float(), torch.tensor(prefix, device="cuda"), seq_t)
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
 
