@@ -58,11 +58,6 @@ Pool pool_of(void* workspace, int64_t rows, int32_t c) {
   return p;
 }
 
-// A load from L2, past the SM's L1: for lists other blocks of this launch wrote (L1 is not
-// coherent between SMs, and a line of them may sit there from an earlier read).
-template <class T>
-__device__ __forceinline__ T load_cg(const T* p) { return __ldcg(p); }
-
 __device__ __forceinline__ void record_error(unsigned long long* error, Pool pool, int64_t row, BeamStepError code,
                                              int32_t detail) {
   pool.detail[row] = detail;
@@ -335,17 +330,19 @@ __device__ bool row_candidates(const BeamStepParams& p, Pool pool, unsigned long
   return true;
 }
 
-// A batch item's candidates: entry i of beam j's list is item j * C + i.
+// A batch item's candidates: entry i of beam j's list is item j * C + i. Other blocks of this launch
+// wrote the lists (and the nodes and the error), so the merge reads them with __ldcg, from L2 past
+// the SM's L1: L1 is not coherent between SMs, and a line of them may sit there from an earlier read.
 struct ItemLists {
   const float* beam_scores;  // the item's K rows
   const float* logprob;
   const int32_t* token;
   const int32_t* count;
   int32_t C;
-  __device__ float score(int32_t e) const { return beam_scores[e / C] + load_cg(logprob + e); }
-  __device__ uint32_t key(int32_t e) const { return e % C < load_cg(count + e / C) ? order_key(score(e)) : 0u; }
+  __device__ float score(int32_t e) const { return beam_scores[e / C] + __ldcg(logprob + e); }
+  __device__ uint32_t key(int32_t e) const { return e % C < __ldcg(count + e / C) ? order_key(score(e)) : 0u; }
   __device__ int64_t secondary(int32_t e) const {
-    return (static_cast<int64_t>(e / C) << 32) | static_cast<uint32_t>(load_cg(token + e));
+    return (static_cast<int64_t>(e / C) << 32) | static_cast<uint32_t>(__ldcg(token + e));
   }
 };
 
@@ -371,29 +368,15 @@ __device__ int32_t sorted_lists_top(const ItemLists& items, int32_t lists, int32
   const int32_t head = min(kKept, min(kStaged / lists, C));  // every list's head fits the staging area
   uint32_t key[kKept], last = 0;  // last: the key of the head's last entry
   int32_t count = 0;
-  if (tid < lists) count = load_cg(items.count + tid);
+  if (tid < lists) count = __ldcg(items.count + tid);
 #pragma unroll
   for (int i = 0; i < kKept; ++i) {
     key[i] = tid < lists && i < head && i < count ? items.key(tid * C + i) : 0u;
     if (i == head - 1) last = key[i];  // static indices: the keys stay in registers
   }
-  if (tid == 0) sh.staged = 0;
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < kKept; ++i)
-    if (key[i] != 0) stage(key[i], 0, sh);
-  __syncthreads();
-  const int32_t kept = sh.staged;
-  __syncthreads();
+  if (tid == 0) sh.deep_count = 0;  // ordered before its use by kth_staged_key's barriers
   // With fewer heads than wanted, every entry counts: the bound is the least key.
-  uint32_t bound = 1;
-  int32_t remaining = 0, equal = 0;
-  if (kept >= want) kth_key(StagedKeys{sh.staged_key}, kept, want, sh, &bound, &remaining, &equal);
-  if (tid == 0) {
-    sh.staged = 0;
-    sh.deep_count = 0;
-  }
-  __syncthreads();
+  const uint32_t bound = kth_staged_key(key, want, 1u, sh);
 #pragma unroll
   for (int i = 0; i < kKept; ++i)
     if (key[i] >= bound) stage(key[i], tid * C + i, sh);  // key 0 (none) is below every bound
@@ -419,10 +402,10 @@ __device__ void merge_item(const BeamStepParams& p, Pool pool, int64_t b, TopSha
     const int32_t e = sh.item[t];
     const int64_t o = b * C + t;
     p.cand_score[o] = items.score(e);
-    p.cand_logprob[o] = load_cg(items.logprob + e);
-    p.cand_token[o] = load_cg(items.token + e);
+    p.cand_logprob[o] = __ldcg(items.logprob + e);
+    p.cand_token[o] = __ldcg(items.token + e);
     p.cand_parent[o] = static_cast<int32_t>(first + e / C);
-    p.cand_node[o] = load_cg(pool.node + first * C + e);
+    p.cand_node[o] = __ldcg(pool.node + first * C + e);
   }
   if (threadIdx.x == 0) p.cand_count[b] = k;
 }
@@ -446,7 +429,7 @@ __global__ void __launch_bounds__(kThreads, 3) beam_step_kernel(BeamStepParams p
     __threadfence();  // the other rows' lists, after their arrivals
     if (last) pool.arrived[b] = 0;
     // A failed row makes the whole step an error: skip the work (the host raises).
-    sh.flag = last && ran && load_cg(error) == kNoBeamStepError;
+    sh.flag = last && ran && __ldcg(error) == kNoBeamStepError;
   }
   __syncthreads();
   if (sh.flag) merge_item(p, pool, b, sh);

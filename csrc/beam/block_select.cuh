@@ -416,6 +416,27 @@ struct StagedKeys {
   __device__ uint32_t key(int32_t j) const { return keys[j]; }
 };
 
+// The need-th largest of the nonzero keys the block's threads pass in (distinct items), by a radix
+// select over them staged in shared memory; `fewer` when they are fewer than need. Leaves the
+// staging area empty. Every thread of the block must call it.
+template <int N>
+__device__ uint32_t kth_staged_key(const uint32_t (&keys)[N], int32_t need, uint32_t fewer, TopShared& sh) {
+  if (threadIdx.x == 0) sh.staged = 0;
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+    if (keys[j] != 0) stage(keys[j], 0, sh);
+  __syncthreads();
+  const int32_t held = sh.staged;
+  __syncthreads();  // read by every thread before it is reset below
+  uint32_t bound = fewer;
+  int32_t remaining = 0, equal = 0;
+  if (held >= need) kth_key(StagedKeys{sh.staged_key}, held, need, sh, &bound, &remaining, &equal);
+  if (threadIdx.x == 0) sh.staged = 0;
+  __syncthreads();
+  return bound;
+}
+
 // selection_bound from every thread's ThreadTop (keys mapped by final_key). Up to kThreads from
 // the threads' best keys; wider selections (beam widths 129-384) from the need-th largest of the
 // threads' first kKeptStaged kept keys, which are distinct items too, by a radix select over them
@@ -425,20 +446,10 @@ template <class FinalKey>
 __device__ uint32_t kept_bound(const ThreadTop& top, FinalKey final_key, int32_t need, TopShared& sh) {
   if (need <= kThreads) return selection_bound(top.key[0] ? final_key(top.key[0]) : 0u, need, sh);
   if (need > kMaxKeptNeed) return 0;
-  if (threadIdx.x == 0) sh.staged = 0;
-  __syncthreads();
+  uint32_t keys[kKeptStaged];
 #pragma unroll
-  for (int j = 0; j < kKeptStaged; ++j)
-    if (top.key[j] != 0) stage(final_key(top.key[j]), 0, sh);
-  __syncthreads();
-  const int32_t kept = sh.staged;
-  __syncthreads();  // read by every thread before it is reset below
-  uint32_t bound = 0;
-  int32_t remaining = 0, equal = 0;
-  if (kept >= need) kth_key(StagedKeys{sh.staged_key}, kept, need, sh, &bound, &remaining, &equal);
-  if (threadIdx.x == 0) sh.staged = 0;
-  __syncthreads();
-  return bound;
+  for (int j = 0; j < kKeptStaged; ++j) keys[j] = top.key[j] ? final_key(top.key[j]) : 0u;
+  return kth_staged_key(keys, need, 0u, sh);
 }
 
 // After kept_bound gave `bound` (not 0): stages this thread's items at or above it, its kept ones,
