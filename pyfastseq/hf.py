@@ -37,14 +37,23 @@ class TrieLogitsProcessor(LogitsProcessor):
 
             - ``None``: at column 0, so the trie's entries include whatever ``input_ids`` starts with
               (GENRE-style tries for encoder-decoders begin with ``decoder_start_token_id``).
-            - an int: a fixed prompt length (with left padding every row of a batch has the same one).
+            - an int: a fixed prompt length (with left padding every row of a batch has the same one);
+              ``input_ids`` narrower than it raise ``ValueError``.
             - ``"auto"``: the width of ``input_ids`` at the first call of a generation. For a
               decoder-only model that is the prompt; for an encoder-decoder it is the one
-              ``decoder_start_token_id`` column, so the trie holds the target tokens only. A call whose
-              width is not one more than the previous call's, or whose row count or prompt columns
-              changed, starts a new generation, so one processor can serve successive ``generate()``
-              calls; :meth:`reset` forces it. This follows greedy, sampling and beam search, which
-              grow ``input_ids`` one column per call; with assisted decoding pass an int.
+              ``decoder_start_token_id`` column, so the trie holds the target tokens only. A call starts
+              a new generation when its width is not one more than the previous call's, when its row
+              count or prompt columns changed, when a row past the prompt does not extend one of
+              the previous call's rows of its batch item (its parent beam), or, with
+              ``num_beams=1``, when every row holds the trie's ``eos_id`` past the prompt (greedy
+              search and sampling stop once every row has ended; build the trie with the model's
+              eos). So one processor serves successive ``generate()`` calls, most outputs fed back
+              as prompts included; one that extends the previous generation's last rows by a token
+              cannot be told from that generation's next step (a beam search's best sequence that
+              ran to the last step, or a ``generate()`` cut by ``max_new_tokens``): :meth:`reset`
+              between them, or pass an int.
+              This follows greedy, sampling and beam search, which grow ``input_ids`` one column per
+              call; with assisted decoding pass an int.
         num_beams: the ``num_beams`` given to ``generate()``. Like ``PrefixConstrainedLogitsProcessor`` it
             groups the rows of one batch item for the unsatisfiable fallback below.
         inplace: write into ``scores`` instead of a new tensor. Saves allocating (and, above ~32 MB,
@@ -107,11 +116,12 @@ class TrieLogitsProcessor(LogitsProcessor):
         self._auto_start: int | None = None
         self._last_len = -1
         self._prompt: torch.Tensor | None = None
+        self._row_hashes: torch.Tensor | None = None  # of the last call's rows past the prompt
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """``input_ids [N, cur_len]``, ``scores [N, V]`` -> constrained scores ``[N, V]``."""
         self._check(input_ids, scores)
-        nodes = self._walk(input_ids)
+        nodes = self._walk(_on_host(input_ids))
         if scores.device.type == "cpu":
             out, unsatisfiable = self._constrain_cpu(scores, nodes)
         else:
@@ -125,14 +135,15 @@ class TrieLogitsProcessor(LogitsProcessor):
     def nodes(self, input_ids: torch.Tensor) -> np.ndarray:
         """int32 ``[N]``: each row's trie node after its constrained part (-1 where it left the trie)."""
         _check_ids(input_ids)
-        return self._walk(input_ids).numpy()
+        return self._walk(_on_host(input_ids)).numpy()
 
     def _walk(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Each row's node, for ``input_ids`` on the host."""
         # Host arrays as tensors: data_ptr() costs a tenth of numpy's ctypes.data, which counts at 80 rows.
         start = self._start(input_ids)
         ids = input_ids[:, start:]
-        if ids.device.type != "cpu" or ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
-            ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
+        if ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
+            ids = ids.to(dtype=torch.int64).contiguous()
         nodes = torch.empty(ids.shape[0], dtype=torch.int32, device="cpu")
         if ids.shape[0]:
             _C.trie_walk(self.trie._native, ids.data_ptr(), ids.shape[0], ids.stride(0), 0, ids.shape[1],
@@ -140,16 +151,36 @@ class TrieLogitsProcessor(LogitsProcessor):
         return nodes
 
     def _start(self, input_ids: torch.Tensor) -> int:
-        if self.prompt_len != "auto":
-            return self.prompt_len or 0
         rows, cur_len = input_ids.shape
+        if self.prompt_len != "auto":
+            if self.prompt_len and self.prompt_len > cur_len:
+                raise ValueError(f"prompt_len={self.prompt_len} but input_ids has only {cur_len} columns: the "
+                                 "prompt is part of input_ids")
+            return self.prompt_len or 0
         start = self._auto_start
         if (start is None or cur_len != self._last_len + 1 or rows != self._prompt.shape[0]
-                or not torch.equal(input_ids[:, :start].cpu(), self._prompt)):
+                or not torch.equal(input_ids[:, :start], self._prompt) or not self._continues(input_ids[:, start:])):
             start = self._auto_start = cur_len
-            self._prompt = input_ids.cpu().clone()
+            self._prompt = input_ids.clone()
         self._last_len = cur_len
+        self._row_hashes = _row_hashes(input_ids[:, start:])
         return start
+
+    def _continues(self, generated: torch.Tensor) -> bool:
+        """Whether rows whose tokens past the prompt are ``generated`` can be the next step of the
+        last call's rows. Each row of a step continues a row of the step before in its batch item
+        (greedy and sampling: the same row; beam search: its parent); and greedy and sampling stop
+        once every row holds eos."""
+        rows, eos = generated.shape[0], self.trie.eos_id
+        if not rows:
+            return True
+        if self.num_beams == 1 and eos is not None and bool((generated == eos).any(dim=1).all()):
+            return False
+        # Hashes of the rows: equal rows hash equal, so a real next step always passes.
+        group = self.num_beams if rows % self.num_beams == 0 else rows
+        parents = _row_hashes(generated[:, :-1]).view(-1, group)
+        last = self._row_hashes.view(-1, group)
+        return bool((parents[:, :, None] == last[:, None, :]).any(dim=2).all())
 
     def _check(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
         _check_ids(input_ids)
@@ -296,6 +327,22 @@ def _check_ids(input_ids: object) -> None:
         raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
     if input_ids.is_meta:
         raise ValueError("input_ids are on the meta device, which holds no values")
+
+
+_HASH_WEIGHTS = torch.from_numpy(np.random.default_rng(0).integers(-2**62, 2**62, size=64))
+
+
+def _row_hashes(ids: torch.Tensor) -> torch.Tensor:
+    """int64 ``[N]``: a hash of each row of host ``ids`` (a weighted sum, wrapping around)."""
+    global _HASH_WEIGHTS
+    if ids.shape[1] > len(_HASH_WEIGHTS):  # one weight per column, as many as the longest row needs
+        _HASH_WEIGHTS = torch.from_numpy(np.random.default_rng(0).integers(-2**62, 2**62, size=2 * ids.shape[1]))
+    return (ids.to(torch.int64) * _HASH_WEIGHTS[:ids.shape[1]]).sum(dim=1)
+
+
+def _on_host(input_ids: torch.Tensor) -> torch.Tensor:
+    """``input_ids`` on the CPU: the walk reads every row there (one copy from a GPU)."""
+    return input_ids if input_ids.device.type == "cpu" else input_ids.cpu()
 
 
 def _is_int(value: object) -> bool:

@@ -337,6 +337,34 @@ def test_auto_prompt_len_follows_each_generation():
     assert step([[9, 9, 9, 3], [9, 9, 9, 5]]) == [root, root]  # more rows: a new generation
     proc.reset()
     assert step([[9, 9, 9, 3, 4], [9, 9, 9, 5, 1]]) == [root, root]
+    assert step([[9, 9, 9, 3, 4, EOS], [9, 9, 9, 5, 1, 5]]) == [-1, trie.walk([5])]  # a row runs on
+    assert step([[9, 9, 9, 3, 4, EOS, 0], [9, 9, 9, 5, 1, 5, 0]]) == [-1, -1]
+    # Every row ended: transformers would have stopped, so this is a new generation's prompt.
+    assert step([[9, 9, 9, 3, 4, EOS, 0, 0], [9, 9, 9, 5, 1, 5, 0, EOS]]) == [root, root]
+    a, b = [9, 9, 9, 3, 4, EOS, 0, 0], [9, 9, 9, 5, 1, 5, 0, EOS]
+    assert step([a + [3], b + [5]]) == [node3, trie.walk([5])]
+    assert step([a + [5, 1], b + [3, 4]]) == [root, root]  # rows swapped: greedy rows keep their places
+
+
+def test_auto_prompt_len_follows_beams_through_their_parents():
+    trie = fs.Trie([[3, 4], [3, 5], [6]], eos_id=EOS)
+    proc = fs.hf.TrieLogitsProcessor(trie, prompt_len="auto", num_beams=2)
+    step = lambda ids: proc.nodes(torch.tensor(ids)).tolist()  # noqa: E731
+    root = trie.root
+    assert step([[7], [7], [8], [8]]) == [root] * 4
+    assert step([[7, 3], [7, 6], [8, 6], [8, 3]]) == [trie.walk([3]), trie.walk([6]), trie.walk([6]), trie.walk([3])]
+    # Both beams of each item from one parent, in another order: the same generation.
+    assert step([[7, 3, 5], [7, 3, 4], [8, 3, 4], [8, 6, EOS]]) == [trie.walk([3, 5]), trie.walk([3, 4]),
+                                                                   trie.walk([3, 4]), trie.walk([6, EOS])]
+    # The first item's second row extends no beam of its item (8, 6 was the second item's).
+    assert step([[7, 3, 5, 1], [7, 6, EOS, 1], [8, 3, 4, 1], [8, 3, 4, 1]]) == [root] * 4
+
+
+def test_fixed_prompt_len_longer_than_input_ids_raises():
+    proc = fs.hf.TrieLogitsProcessor(fs.Trie([[3, 4]]), prompt_len=4)
+    assert proc.nodes(torch.tensor([[7, 7, 7, 7]])).tolist() == [0]
+    with pytest.raises(ValueError, match="prompt_len=4 but input_ids has only 3 columns"):
+        proc(torch.tensor([[7, 7, 3]]), torch.zeros(1, 8))
 
 
 def test_constrain_binding_checks_previous_nodes():
@@ -383,7 +411,7 @@ def test_bad_prompt_len__prompt_len(prompt_len):
         fs.hf.TrieLogitsProcessor(fs.Trie([[3, 4]]), prompt_len=prompt_len)
 
 
-@pytest.mark.parametrize("prompt_len", [None, 0, 2, np.int64(2), 2**64, "auto", np.str_("auto")])
+@pytest.mark.parametrize("prompt_len", [None, 0, 2, np.int64(2), 3, "auto", np.str_("auto")])
 def test_good_prompt_len__prompt_len(prompt_len):
     trie = fs.Trie([[3, 4]])
     proc = fs.hf.TrieLogitsProcessor(trie, prompt_len=prompt_len)
@@ -508,6 +536,26 @@ def test_bart_generate_matches_prefix_allowed_fn__beams__mode(bart, num_beams, n
     else:  # "auto" takes the decoder_start column as the prompt
         expected, got = generate_both(bart, inputs, 1, "auto", seqs, num_beams, nrs, mode)
     assert_same_generation(expected, got)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_auto_processor_reused_on_its_own_output_matches_a_fresh_one(gpt2, num_beams):
+    # The second prompt is the first call's output: one column wider than the first generation's
+    # last input, and starting with its prompt, but with every row ended (greedy), or rows that
+    # extend none of the last step's beams (hypotheses that finished before the last step).
+    seqs = catalogue(9)
+    trie = fs.Trie(seqs, eos_id=EOS)
+    common = dict(max_new_tokens=7, num_beams=num_beams, pad_token_id=PAD, eos_token_id=EOS)
+    reused = fs.hf.TrieLogitsProcessor(trie, prompt_len="auto", num_beams=num_beams)
+    first = gpt2.generate(torch.randint(3, VOCAB, (3, 3), generator=torch.Generator().manual_seed(9)),
+                          logits_processor=[reused], **common)
+    assert (first[:, 3:] == EOS).any(dim=1).all()
+    expected = gpt2.generate(first, logits_processor=[fs.hf.TrieLogitsProcessor(trie, "auto", num_beams)], **common)
+    got = gpt2.generate(first, logits_processor=[reused], **common)
+    assert torch.equal(got, expected)
+    dict_trie = DictTrie(seqs, eos_id=EOS)
+    for row in got[:, first.shape[1]:].tolist():
+        assert dict_trie.node(row[: row.index(EOS) + 1] if EOS in row else row) is not None
 
 
 @pytest.mark.parametrize("seqs", [[[5], [6]], [[5], [6, 7], [8, 9, 10]]])
