@@ -300,7 +300,7 @@ def test_generate_lookahead(benchmark, num_beams):
     prompt = torch.randint(2, vocab, (2, 8), generator=gen).cuda()
     query = torch.randint(2, 200, (24,), generator=gen)  # frequent (low Zipf rank) title tokens
     searcher = fs.TrieBeamSearch(trie, num_beams=num_beams, max_length=GENERATE_CASES["titles"],
-                                 lookahead=fs.LCSLookahead(query))
+                                 lookahead=fs.LCSLookahead(query, max_nodes=100_000))  # walks from the root
 
     def run(logits_to_host):
         step = model_step_fn(model, prompt, None, num_beams, {})
