@@ -21,16 +21,42 @@ def model_step_fn(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     config = getattr(model, "config", None)
     if config is None or not callable(model):
         raise TypeError("model must be a transformers-style model with a .config and a forward call")
+    _check_input_ids(input_ids, _vocab_size(model))
     device = _device_of(model, input_ids)
     input_ids = input_ids.to(device)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    elif not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
     elif attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
     attention_mask = attention_mask.to(device)
     if getattr(config, "is_encoder_decoder", False):
         return _EncoderDecoderStep(model, input_ids, attention_mask, num_beams, model_kwargs, device)
     return _DecoderOnlyStep(model, input_ids, attention_mask, num_beams, model_kwargs, device)
+
+
+def _vocab_size(model: Any) -> int | None:
+    """Rows of the model's input embedding (else ``config.vocab_size``; None when neither says)."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError, NotImplementedError):
+        size = getattr(model.config, "vocab_size", None)
+        return size if isinstance(size, int) else None
+
+
+def _check_input_ids(input_ids: Any, vocab: int | None) -> None:
+    """A 2-D integer tensor with a column at least, its ids in ``[0, vocab)`` (read back once)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError("input_ids must be a 2-D [batch, length] tensor of token ids")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+    if input_ids.shape[1] == 0 and input_ids.shape[0]:
+        raise ValueError("input_ids must have at least one column: the prompt (or source) the model starts from")
+    if input_ids.numel():
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or vocab is not None and hi >= vocab:
+            raise ValueError(f"input_ids must lie in [0, {vocab}) (the model's vocabulary), got {lo if lo < 0 else hi}")
 
 
 def _device_of(model: Any, input_ids: torch.Tensor) -> torch.device:

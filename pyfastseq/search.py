@@ -154,8 +154,6 @@ class _BeamSearchBase:
         """
         from ._generate import model_step_fn
 
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError("input_ids must be a 2-D [batch, length] tensor of token ids")
         step_fn = model_step_fn(model, input_ids, attention_mask, self.num_beams, model_kwargs)
         with torch.no_grad():
             return self.search(step_fn, input_ids.shape[0])
@@ -243,7 +241,11 @@ class TrieBeamSearch(_BeamSearchBase):
             over the vocabulary).
         min_length: transformers' ``min_new_tokens``: eos is blocked until ``min_length`` tokens
             have been generated; an entry of a trie built without eos, which ends with the token
-            that reaches its leaf, needs ``min_length`` tokens counting that one.
+            that reaches its leaf, needs ``min_length`` tokens counting that one. The block holds
+            even where it leaves every beam of a batch item with nothing to pick (each can only
+            end): the item keeps the hypotheses it has, possibly none. transformers 5 instead gives
+            such beams their allowed tokens at log-prob 0 (``PrefixConstrainedLogitsProcessor``'s
+            fallback), so there it returns an entry shorter than ``min_new_tokens``.
         prefix: tokens consumed from the trie's root before decoding (e.g. a decoder start token that
             the trie entries begin with); the generated tokens continue from that node.
         output_token_scores: also return the log-prob each token added.

@@ -214,10 +214,25 @@ def test_generate__bart_unconstrained__matches_transformers(bart, k):
     assert_same(ours, seqs, scores, False)
 
 
-def test_generate__bad_input_ids(gpt2):
-    with pytest.raises(ValueError, match="input_ids"):
-        fs.BeamSearch(EOS).generate(gpt2, torch.tensor([1, 2, 3]))
+@pytest.mark.parametrize("input_ids,error,message", [
+    (torch.tensor([1, 2, 3]), ValueError, "input_ids must be a 2-D"),
+    ([[1, 2, 3]], ValueError, "input_ids must be a 2-D"),
+    (torch.tensor([[4.0, 5.0]]), TypeError, "input_ids must hold integer token ids, got torch.float32"),
+    (torch.tensor([[True, False]]), TypeError, "input_ids must hold integer"),
+    (torch.zeros(2, 0, dtype=torch.long), ValueError, "input_ids must have at least one column"),
+    (torch.tensor([[4, VOCAB]]), ValueError, rf"input_ids must lie in \[0, {VOCAB}\) .*, got {VOCAB}$"),
+    (torch.tensor([[-1, 5]]), ValueError, r"input_ids must lie in .*, got -1$"),
+])
+@pytest.mark.parametrize("model", ["gpt2", "bart"])
+def test_generate__bad_input_ids__model(model, input_ids, error, message, request):
+    with pytest.raises(error, match=message):
+        fs.BeamSearch(EOS, num_beams=2).generate(request.getfixturevalue(model), input_ids)
+
+
+def test_generate__bad_attention_mask_and_model(gpt2):
     with pytest.raises(ValueError, match="attention_mask"):
         fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=torch.ones(1, 3))
+    with pytest.raises(TypeError, match="attention_mask must be a tensor or None, got list"):
+        fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=[[1, 1]])
     with pytest.raises(TypeError, match="model"):
         fs.BeamSearch(EOS).generate(object(), torch.tensor([[4, 5]]))
