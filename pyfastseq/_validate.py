@@ -24,6 +24,8 @@ def as_array(values: Any, name: str) -> np.ndarray:
 
 def as_token_array(values: Any, name: str) -> np.ndarray:
     """A 1-D int32 array of non-negative token ids."""
+    if isinstance(values, (str, bytes)):  # NumPy would make it one string element
+        raise TypeError(f"{name} must hold integer token ids, not a string")
     arr = as_array(values, name)
     if arr.size == 0:
         return np.zeros(0, dtype=np.int32)

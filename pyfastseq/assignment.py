@@ -88,7 +88,7 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
         raise ValueError("row_lens and col_lens apply to a batched (3-D) cost only")
     row_ind, col_ind, status = _C.assign_matrix(matrix, maximize)
     if status:
-        raise ValueError(_MESSAGES[status])  # SciPy's exact message
+        raise ValueError(_MESSAGES[status])  # SciPy's wording, naming the argument
     return row_ind, col_ind
 
 

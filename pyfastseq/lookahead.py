@@ -7,6 +7,7 @@ word-op group and no string is ever enumerated.
 
 from __future__ import annotations
 
+import numbers
 import threading
 import weakref
 from typing import Any
@@ -29,7 +30,7 @@ def lcs_length(a: Any, b: Any) -> int:
         >>> lcs_length([1, 2, 3, 4], [2, 4, 5])
         2
     """
-    a_arr, b_arr = _tokens(a, "a"), _tokens(b, "b")
+    a_arr, b_arr = as_token_array(a, "a"), as_token_array(b, "b")
     # The bit row spans the shorter sequence.
     short, text, name = (a_arr, b_arr, "a") if len(a_arr) <= len(b_arr) else (b_arr, a_arr, "b")
     return int(_pattern(short, name).lengths(text, np.array([0, len(text)], dtype=np.int64))[0])
@@ -51,7 +52,7 @@ def lcs_lengths(query: Any, candidates: Any, offsets: Any = None) -> np.ndarray:
         >>> lcs_lengths([1, 2, 3], [[1, 3], [4], [3, 2, 1]]).tolist()
         [2, 0, 1]
     """
-    pattern = _pattern(_tokens(query, "query"), "query")
+    pattern = _pattern(as_token_array(query, "query"), "query")
     if offsets is not None and _is_int32_vector(candidates):
         # Fast path: the kernel itself rejects negative ids, so a flat int32 buffer is not scanned here.
         tokens = np.ascontiguousarray(as_array(candidates, "candidates"))
@@ -134,7 +135,8 @@ class LCSLookahead:
         Args:
             trie: the :class:`~pyfastseq.Trie` being decoded.
             nodes: ``[N]`` trie node of each row; -1 marks a dead row (no children).
-            generated: ``[N, t]`` tokens each row generated so far: exactly its path from the root.
+            generated: ``[N, t]`` tokens each row generated so far: exactly its path from the root
+                (``ValueError`` otherwise, for every row whose node has children).
             batch_index: ``[N]`` batch item of each row, selecting its query; may be None with a
                 single query.
 
@@ -162,6 +164,7 @@ class LCSLookahead:
                 raise ValueError(f"batch_index must have one entry per row ({rows}), got shape {pattern_of_row.shape}")
             if not self.per_item:
                 pattern_of_row = np.zeros(rows, dtype=np.int64)
+        _check_paths(trie, node_arr, gen)
         row_offsets, deltas = self._native_deltas(trie, node_arr, gen, pattern_of_row, applying_only=False)
         if device is None:
             return row_offsets, deltas
@@ -187,6 +190,25 @@ class LCSLookahead:
         return row_offsets, deltas
 
 
+def _check_paths(trie: Trie, nodes: np.ndarray, generated: np.ndarray) -> None:
+    """Every row with a child to choose must stand where its generated tokens lead from the root
+    (Δ compares the path so far with the completions below the node)."""
+    child_begin = trie._native.arrays()[0]
+    in_range = (nodes >= 0) & (nodes < trie.num_nodes)  # the native call reports the others
+    node = np.where(in_range, nodes, 0)
+    rows = np.flatnonzero(in_range & (child_begin[node + 1] > child_begin[node]))
+    if not len(rows):
+        return
+    ids = np.ascontiguousarray(generated[rows], dtype=np.int64)
+    reached = np.empty(len(rows), dtype=np.int32)
+    _C.trie_walk(trie._native, ids.ctypes.data, len(rows), ids.shape[1], 0, ids.shape[1], reached.ctypes.data)
+    wrong = np.flatnonzero(reached != nodes[rows])
+    if len(wrong):
+        r = rows[wrong[0]]
+        raise ValueError(f"generated[{r}] leads from the root to trie node {reached[wrong[0]]}, not to nodes[{r}] = "
+                         f"{nodes[r]}: each row's generated tokens must be its path to its node")
+
+
 def _pattern(query: np.ndarray, name: str) -> Any:
     """The native match table of ``query``: one ceil(m / 64)-word mask per distinct token, so a
     long query of distinct tokens costs m^2 / 8 bytes; checked against the memory cap first."""
@@ -195,12 +217,6 @@ def _pattern(query: np.ndarray, name: str) -> Any:
         what = f"the LCS match table of {name} ({len(query)} tokens)"
         check_memory(8 * words * (len(np.unique(query)) + 1), what)
     return _C.LcsPattern(query)
-
-
-def _tokens(values: Any, name: str) -> np.ndarray:
-    if isinstance(values, (str, bytes)):
-        raise TypeError(f"{name} must hold integer token ids, not a string")
-    return as_token_array(values, name)
 
 
 def _is_int32_vector(values: Any) -> bool:
@@ -228,17 +244,18 @@ def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:
     if isinstance(query_tokens, (torch.Tensor, np.ndarray)):
         arr = as_array(query_tokens, "query_tokens")
         if arr.ndim == 2:
-            return [_tokens(row, f"query_tokens[{i}]") for i, row in enumerate(arr)], True
-        return [_tokens(arr, "query_tokens")], False
+            return [as_token_array(row, f"query_tokens[{i}]") for i, row in enumerate(arr)], True
+        return [as_token_array(arr, "query_tokens")], False
     if isinstance(query_tokens, (str, bytes)):
-        return [_tokens(query_tokens, "query_tokens")], False
+        return [as_token_array(query_tokens, "query_tokens")], False
     if isinstance(query_tokens, (set, frozenset, dict)) or not hasattr(query_tokens, "__iter__"):
         raise TypeError(f"query_tokens must be a sequence of token ids or a list of them, got "
                         f"{type(query_tokens).__name__}")
     items = list(query_tokens)
-    if items and all(not isinstance(q, (int, np.integer)) for q in items):
-        return [_tokens(q, f"query_tokens[{i}]") for i, q in enumerate(items)], True
-    return [_tokens(items, "query_tokens")], False
+    # A list of sequences is one query per batch item; a list holding any scalar is one query.
+    if items and not any(isinstance(q, (numbers.Number, np.generic)) for q in items):
+        return [as_token_array(q, f"query_tokens[{i}]") for i, q in enumerate(items)], True
+    return [as_token_array(items, "query_tokens")], False
 
 
 def _optional_int(value: Any, name: str, high: int) -> int | None:

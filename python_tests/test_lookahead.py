@@ -237,8 +237,12 @@ def test_reference_segment():
         (lambda: fs.LCSLookahead(None), TypeError, r"query_tokens must be a sequence"),
         (lambda: fs.LCSLookahead(7), TypeError, r"query_tokens must be a sequence"),
         (lambda: fs.LCSLookahead({4, 5}), TypeError, r"query_tokens must be a sequence"),
+        (lambda: fs.LCSLookahead([1.5]), TypeError, r"query_tokens must hold integer token ids, got dtype float64"),
+        (lambda: fs.LCSLookahead([4, 2.5]), TypeError, r"query_tokens must hold integer token ids"),
+        (lambda: fs.LCSLookahead([[4], "ab"]), TypeError, r"query_tokens\[1\] must hold integer token ids, not a"),
     ],
-    ids=["string", "negative_query", "start_after", "max_nodes", "max_nodes_float", "none", "int", "set"],
+    ids=["string", "negative_query", "start_after", "max_nodes", "max_nodes_float", "none", "int", "set", "float",
+         "mixed", "string_query"],
 )
 def test_bad_construction__raises_naming_argument(make, error, match):
     with pytest.raises(error, match=match):
@@ -249,16 +253,19 @@ def test_bad_construction__raises_naming_argument(make, error, match):
     "args, error, match",
     [
         (([5000], [[1]], [0]), ValueError, r"nodes\[0\] must be -1 or a node id in \[0, \d+\), got 5000"),
-        (([0], [[1]], [2]), ValueError, r"batch_index\[0\] must be in \[0, 2\)"),
+        (([1], [[1]], [2]), ValueError, r"batch_index\[0\] must be in \[0, 2\)"),
         (([0], [[1]], None), ValueError, r"batch_index is required"),
         (([0], [1], [0]), ValueError, r"generated must be 2-D"),
         (([0, 0], [[1]], [0, 0]), ValueError, r"generated must have one row per node"),
         (([0], [[1]], [0, 1]), ValueError, r"batch_index must have one entry per row"),
         (([0.5], [[1]], [0]), TypeError, r"nodes must hold integers"),
         (([0], [[2**40]], [0]), ValueError, r"generated holds a value outside the int32 range"),
+        (([0, 1], [[1], [3]], [0, 1]), ValueError, r"generated\[0\] leads from the root to trie node 1, not to "
+                                                  r"nodes\[0\] = 0"),
+        (([1], [[-7]], [0]), ValueError, r"generated\[0\] leads from the root to trie node -1, not to nodes\[0\] = 1"),
     ],
     ids=["node_range", "batch_range", "batch_missing", "generated_1d", "generated_rows", "batch_rows", "nodes_float",
-         "generated_range"],
+         "generated_range", "generated_path", "generated_negative"],
 )
 def test_bad_deltas_call__raises_naming_argument(args, error, match):
     trie = fs.Trie([[1, 2], [1, 3]])

@@ -106,6 +106,11 @@ def test_extreme_ids_and_lengths():
     assert trie.contains([0] * 1000) and not trie.contains([0] * 999)
     assert trie.depth == 1000 and trie.max_token == top
     assert trie.walk([2**31]) == -1 and trie.walk([-1]) == -1
+    for seq, error, match in (("ab", TypeError, "seq must hold integer token ids, not a string"),
+                              ([1.5], TypeError, "seq must hold integer token ids, got dtype float64"),
+                              (7, ValueError, r"seq must be 1-D, got shape \(\)")):
+        with pytest.raises(error, match=match):
+            trie.walk(seq)
     single = fs.Trie([[7]])
     assert single.num_nodes == 2 and single.children(single.root)[0].tolist() == [7]
 
