@@ -4,6 +4,7 @@ import os
 import re
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -495,14 +496,16 @@ def test_torch_compile_fullgraph(entry, monkeypatch):
     q, k, v = make_qkv(2, 2, 19, 32, torch.float32, "cpu", gen)
     fn = {"unilm_attention": fs.unilm_attention,
           "UniLMAttention": lambda q, k, v, p, s: UniLMAttention.apply(q, k, v, p.int(), s.int(), 32 ** -0.5)[0]}[entry]
-    from torch._dynamo.backends.registry import lookup_backend
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
 
     graphs = []
 
-    def aot_eager_recorded(gm, example_inputs):
+    def recorded(gm, example_inputs):
         graphs.append(gm.print_readable(print_output=False))
-        return lookup_backend("aot_eager")(gm, example_inputs)
+        return make_boxed_func(gm.forward)
 
+    aot_eager_recorded = aot_autograd(fw_compiler=recorded, bw_compiler=recorded)
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend=aot_eager_recorded, fullgraph=True, dynamic=False)
     for prefix in ([3, 0], [19, 5]):  # new lengths: same graph
@@ -512,9 +515,26 @@ def test_torch_compile_fullgraph(entry, monkeypatch):
         want = run_and_grads(unilm_attention_reference, q, k, v, p, s, torch.ones_like(q))
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # One graph, where the attention is the custom ops (opaque to the compiler), forward and backward.
-    assert len(graphs) == 1
-    assert "pyfastseq.unilm_attention_fwd" in graphs[0] and "pyfastseq.unilm_attention_bwd" in graphs[0]
+    # One forward and one backward graph, where the attention is the custom ops (opaque to the compiler).
+    assert len(graphs) == 2
+    assert "pyfastseq.unilm_attention_fwd" in graphs[0] and "pyfastseq.unilm_attention_bwd" in graphs[1]
+
+
+def test_torch_compile_fullgraph_self_attention(monkeypatch):
+    # q, k and v one tensor: the compiled call goes through the op, which Dynamo traces with one
+    # tensor in several places (an autograd.Function it cannot).
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    x = torch.randn(2, 2, 19, 32, generator=torch.Generator().manual_seed(6))
+    p, s = torch.tensor([3, 19]), torch.tensor([19, 12])
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: fs.unilm_attention(t, t, t, p, s), backend="aot_eager", fullgraph=True)
+    got, want = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = compiled(got)
+    out.backward(torch.ones_like(out))
+    expected = unilm_attention_reference(want, want, want, p, s)
+    expected.backward(torch.ones_like(expected))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-5)
 
 
 def test_torch_compile_fullgraph_dropout(monkeypatch):
@@ -579,6 +599,19 @@ def test_prefix_past_the_row_makes_the_whole_row_source():
 def test_unilm_mask_bad_input(args, exc, match):
     with pytest.raises(exc, match=match):
         fs.unilm_mask(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.int16, np.uint32])
+def test_lengths_of_any_integer_dtype__dtype(dtype):
+    prefix, seq = [2, 0], [5, 3]
+    as_dtype = (lambda x: np.array(x, dtype=dtype)) if dtype is np.uint32 else (lambda x: torch.tensor(x, dtype=dtype))
+    assert torch.equal(fs.unilm_mask(as_dtype(prefix), as_dtype(seq), 6), fs.unilm_mask(prefix, seq, 6))
+    q, k, v = _qkv()
+    torch.testing.assert_close(fs.unilm_attention(q, k, v, as_dtype(prefix), as_dtype(seq)),
+                               unilm_attention_reference(q, k, v, torch.tensor(prefix), torch.tensor(seq)),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"seq_lens must lie in \[0, L\] = \[0, 6\], got 7"):
+        fs.unilm_mask(as_dtype(prefix), as_dtype([7, 1]), 6)
 
 
 def test_unilm_mask_memory_limit():

@@ -292,7 +292,10 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
         raise TypeError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p!r}")
+    # Compiled, the op itself (its autograd registered): Dynamo cannot trace an autograd.Function
+    # handed one tensor twice, as self-attention's q = k = v is.
+    attention = _fwd if torch.compiler.is_compiling() else UniLMAttention.apply
     if dropout.threshold(dropout_p) == 0:  # under 2**-17: nothing is dropped
-        return UniLMAttention.apply(q, k, v, prefix, seq, float(scale))[0]
+        return attention(q, k, v, prefix, seq, float(scale))[0]
     seed = dropout.draw_seed(q.device)
-    return UniLMAttention.apply(q, k, v, prefix, seq, float(scale), float(dropout_p), seed)[0]
+    return attention(q, k, v, prefix, seq, float(scale), float(dropout_p), seed)[0]

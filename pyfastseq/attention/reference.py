@@ -27,6 +27,9 @@ __all__ = ["unilm_mask", "unilm_attention_probs", "unilm_attention_reference", "
            "unilm_attention_reference_backward"]
 
 
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
 def check_lengths(values, name: str, L: int, B: Optional[int] = None, L_name: str = "L") -> torch.Tensor:
     """``values`` (a tensor, array or sequence of ``[B]`` integers; any ``B`` when None) as an integer
     tensor on its own device, each in ``[0, L]`` (``L_name`` says what ``L`` is in messages).
@@ -49,6 +52,8 @@ def check_lengths(values, name: str, L: int, B: Optional[int] = None, L_name: st
         raise ValueError(f"{name} must be 1-D [B], got shape {tuple(t.shape)}")
     if B is not None and t.shape != (B,):
         raise ValueError(f"{name} must have shape ({B},) (one entry per batch row), got {tuple(t.shape)}")
+    if t.dtype in _WIDE_UNSIGNED:  # few ops take them (min, max, comparisons): as int64 (2**63 and up wrap)
+        t = t.to(torch.int64)
     if t.device.type == "cpu" and t.numel() and not torch.compiler.is_compiling():
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi > L:
