@@ -43,17 +43,16 @@ class TrieLogitsProcessor(LogitsProcessor):
               decoder-only model that is the prompt; for an encoder-decoder it is the one
               ``decoder_start_token_id`` column, so the trie holds the target tokens only. A call starts
               a new generation when its width is not one more than the previous call's, when its row
-              count or prompt columns changed, when a row past the prompt does not extend one of
-              the previous call's rows of its batch item (its parent beam), or, with
+              count or prompt columns changed, when a batch item's first row does not extend one
+              of the previous call's rows of that item (as a beam extends its parent), or, with
               ``num_beams=1``, when every row holds the trie's ``eos_id`` past the prompt (greedy
               search and sampling stop once every row has ended; build the trie with the model's
               eos). So one processor serves successive ``generate()`` calls, most outputs fed back
               as prompts included; one that extends the previous generation's last rows by a token
               cannot be told from that generation's next step (a beam search's best sequence that
               ran to the last step, or a ``generate()`` cut by ``max_new_tokens``): :meth:`reset`
-              between them, or pass an int.
-              This follows greedy, sampling and beam search, which grow ``input_ids`` one column per
-              call; with assisted decoding pass an int.
+              between them, or pass an int. This follows greedy, sampling and beam search, which
+              grow ``input_ids`` one column per call; with assisted decoding pass an int.
         num_beams: the ``num_beams`` given to ``generate()``. Like ``PrefixConstrainedLogitsProcessor`` it
             groups the rows of one batch item for the unsatisfiable fallback below.
         inplace: write into ``scores`` instead of a new tensor. Saves allocating (and, above ~32 MB,
@@ -115,13 +114,13 @@ class TrieLogitsProcessor(LogitsProcessor):
         self._outputs = _OutputPool()
         self._auto_start: int | None = None
         self._last_len = -1
-        self._prompt: torch.Tensor | None = None
-        self._row_hashes: torch.Tensor | None = None  # of the last call's rows past the prompt
+        self._prompt: np.ndarray | None = None
+        self._row_hashes: np.ndarray | None = None  # of the last call's rows past the prompt
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """``input_ids [N, cur_len]``, ``scores [N, V]`` -> constrained scores ``[N, V]``."""
         self._check(input_ids, scores)
-        nodes = self._walk(_on_host(input_ids))
+        nodes = self._walk(input_ids)
         if scores.device.type == "cpu":
             out, unsatisfiable = self._constrain_cpu(scores, nodes)
         else:
@@ -135,15 +134,14 @@ class TrieLogitsProcessor(LogitsProcessor):
     def nodes(self, input_ids: torch.Tensor) -> np.ndarray:
         """int32 ``[N]``: each row's trie node after its constrained part (-1 where it left the trie)."""
         _check_ids(input_ids)
-        return self._walk(_on_host(input_ids)).numpy()
+        return self._walk(input_ids).numpy()
 
     def _walk(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Each row's node, for ``input_ids`` on the host."""
         # Host arrays as tensors: data_ptr() costs a tenth of numpy's ctypes.data, which counts at 80 rows.
         start = self._start(input_ids)
         ids = input_ids[:, start:]
-        if ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
-            ids = ids.to(dtype=torch.int64).contiguous()
+        if ids.device.type != "cpu" or ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
+            ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
         nodes = torch.empty(ids.shape[0], dtype=torch.int32, device="cpu")
         if ids.shape[0]:
             _C.trie_walk(self.trie._native, ids.data_ptr(), ids.shape[0], ids.stride(0), 0, ids.shape[1],
@@ -157,16 +155,17 @@ class TrieLogitsProcessor(LogitsProcessor):
                 raise ValueError(f"prompt_len={self.prompt_len} but input_ids has only {cur_len} columns: the "
                                  "prompt is part of input_ids")
             return self.prompt_len or 0
-        start = self._auto_start
+        # NumPy: these arrays are small, and a torch op's own cost would be most of the time.
+        ids, start = _on_host(input_ids).numpy(), self._auto_start
         if (start is None or cur_len != self._last_len + 1 or rows != self._prompt.shape[0]
-                or not torch.equal(input_ids[:, :start], self._prompt) or not self._continues(input_ids[:, start:])):
+                or not np.array_equal(ids[:, :start], self._prompt) or not self._continues(ids[:, start:])):
             start = self._auto_start = cur_len
-            self._prompt = input_ids.clone()
+            self._prompt = ids.copy()
         self._last_len = cur_len
-        self._row_hashes = _row_hashes(input_ids[:, start:])
+        self._row_hashes = _row_hashes(ids[:, start:])
         return start
 
-    def _continues(self, generated: torch.Tensor) -> bool:
+    def _continues(self, generated: np.ndarray) -> bool:
         """Whether rows whose tokens past the prompt are ``generated`` can be the next step of the
         last call's rows. Each row of a step continues a row of the step before in its batch item
         (greedy and sampling: the same row; beam search: its parent); and greedy and sampling stop
@@ -174,13 +173,13 @@ class TrieLogitsProcessor(LogitsProcessor):
         rows, eos = generated.shape[0], self.trie.eos_id
         if not rows:
             return True
-        if self.num_beams == 1 and eos is not None and bool((generated == eos).any(dim=1).all()):
+        if self.num_beams == 1 and eos is not None and (generated == eos).any(axis=1).all():
             return False
-        # Hashes of the rows: equal rows hash equal, so a real next step always passes.
+        # Each item's first row, by hashes (equal rows hash equal, so a real next step always
+        # passes): a prompt repeats one sequence over its item's beams, so one row tells as much.
         group = self.num_beams if rows % self.num_beams == 0 else rows
-        parents = _row_hashes(generated[:, :-1]).view(-1, group)
-        last = self._row_hashes.view(-1, group)
-        return bool((parents[:, :, None] == last[:, None, :]).any(dim=2).all())
+        first_parents = _row_hashes(generated[::group, :-1])
+        return bool((self._row_hashes.reshape(-1, group) == first_parents[:, None]).any(axis=1).all())
 
     def _check(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
         _check_ids(input_ids)
@@ -329,19 +328,19 @@ def _check_ids(input_ids: object) -> None:
         raise ValueError("input_ids are on the meta device, which holds no values")
 
 
-_HASH_WEIGHTS = torch.from_numpy(np.random.default_rng(0).integers(-2**62, 2**62, size=64))
+_HASH_WEIGHTS = np.random.default_rng(0).integers(-2**62, 2**62, size=64)
 
 
-def _row_hashes(ids: torch.Tensor) -> torch.Tensor:
-    """int64 ``[N]``: a hash of each row of host ``ids`` (a weighted sum, wrapping around)."""
+def _row_hashes(ids: np.ndarray) -> np.ndarray:
+    """int64 ``[N]``: a hash of each row of ``ids`` (a weighted sum, wrapping around)."""
     global _HASH_WEIGHTS
     if ids.shape[1] > len(_HASH_WEIGHTS):  # one weight per column, as many as the longest row needs
-        _HASH_WEIGHTS = torch.from_numpy(np.random.default_rng(0).integers(-2**62, 2**62, size=2 * ids.shape[1]))
-    return (ids.to(torch.int64) * _HASH_WEIGHTS[:ids.shape[1]]).sum(dim=1)
+        _HASH_WEIGHTS = np.random.default_rng(0).integers(-2**62, 2**62, size=2 * ids.shape[1])
+    return (ids.astype(np.int64, copy=False) * _HASH_WEIGHTS[:ids.shape[1]]).sum(axis=1)
 
 
 def _on_host(input_ids: torch.Tensor) -> torch.Tensor:
-    """``input_ids`` on the CPU: the walk reads every row there (one copy from a GPU)."""
+    """``input_ids`` on the CPU (a copy from a GPU)."""
     return input_ids if input_ids.device.type == "cpu" else input_ids.cpu()
 
 

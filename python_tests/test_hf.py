@@ -356,8 +356,8 @@ def test_auto_prompt_len_follows_beams_through_their_parents():
     # Both beams of each item from one parent, in another order: the same generation.
     assert step([[7, 3, 5], [7, 3, 4], [8, 3, 4], [8, 6, EOS]]) == [trie.walk([3, 5]), trie.walk([3, 4]),
                                                                    trie.walk([3, 4]), trie.walk([6, EOS])]
-    # The first item's second row extends no beam of its item (8, 6 was the second item's).
-    assert step([[7, 3, 5, 1], [7, 6, EOS, 1], [8, 3, 4, 1], [8, 3, 4, 1]]) == [root] * 4
+    # The first item's first row extends no beam of its item (6, EOS was the second item's).
+    assert step([[7, 6, EOS, 1], [7, 3, 5, 1], [8, 3, 4, 1], [8, 3, 4, 1]]) == [root] * 4
 
 
 def test_fixed_prompt_len_longer_than_input_ids_raises():
