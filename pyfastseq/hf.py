@@ -137,16 +137,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         return self._walk(input_ids).numpy()
 
     def _walk(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # Host arrays as tensors: data_ptr() costs a tenth of numpy's ctypes.data, which counts at 80 rows.
-        start = self._start(input_ids)
-        ids = input_ids[:, start:]
-        if ids.device.type != "cpu" or ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
-            ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
-        nodes = torch.empty(ids.shape[0], dtype=torch.int32, device="cpu")
-        if ids.shape[0]:
-            _C.trie_walk(self.trie._native, ids.data_ptr(), ids.shape[0], ids.stride(0), 0, ids.shape[1],
-                         nodes.data_ptr())
-        return nodes
+        return self.trie._walk_rows(input_ids[:, self._start(input_ids):])
 
     def _start(self, input_ids: torch.Tensor) -> int:
         rows, cur_len = input_ids.shape
@@ -156,7 +147,7 @@ class TrieLogitsProcessor(LogitsProcessor):
                                  "prompt is part of input_ids")
             return self.prompt_len or 0
         # NumPy: these arrays are small, and a torch op's own cost would be most of the time.
-        ids, start = _on_host(input_ids).numpy(), self._auto_start
+        ids, start = input_ids.cpu().numpy(), self._auto_start
         if (start is None or cur_len != self._last_len + 1 or rows != self._prompt.shape[0]
                 or not np.array_equal(ids[:, :start], self._prompt) or not self._continues(ids[:, start:])):
             start = self._auto_start = cur_len
@@ -221,17 +212,12 @@ class TrieLogitsProcessor(LogitsProcessor):
     def _constrain_torch(self, scores: torch.Tensor, nodes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         # Off the CPU the walk stays native (a few ids per row come back to the host); the masking is
         # the device kernel of Trie.mask_logits.
-        open_rows = torch.from_numpy(self._has_children(nodes)).to(scores.device)
+        open_rows = torch.from_numpy(self.trie._has_children(nodes)).to(scores.device)
         src = scores.detach()  # the result records no gradient, as on the CPU
         out = torch.where(open_rows[:, None], self.trie.mask_logits(src.clone(), torch.from_numpy(nodes)), src)
         if self.inplace:
             out = scores.copy_(out)
         return out, out.amax(dim=1).isneginf().cpu().numpy()
-
-    def _has_children(self, nodes: np.ndarray) -> np.ndarray:
-        child_begin = self.trie._native.arrays()[0]
-        node = np.maximum(nodes, 0)
-        return (nodes >= 0) & (child_begin[node + 1] > child_begin[node])
 
     def _force_allowed(self, out: torch.Tensor, nodes: np.ndarray, unsatisfiable: np.ndarray) -> None:
         """Rows of batch items where no row has a finite allowed score: 0 on allowed, -inf elsewhere."""
@@ -240,7 +226,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         if not len(rows):
             return
         forced = torch.zeros((len(rows), out.shape[1]), dtype=out.dtype, device=out.device)
-        masked = self._has_children(nodes[rows])  # rows without a continuation allow every token
+        masked = self.trie._has_children(nodes[rows])  # rows without a continuation allow every token
         if masked.any():
             forced[masked] = self.trie.mask_logits(forced[masked], torch.from_numpy(nodes[rows][masked]))
         out[torch.from_numpy(rows).to(out.device)] = forced
@@ -337,11 +323,6 @@ def _row_hashes(ids: np.ndarray) -> np.ndarray:
     if ids.shape[1] > len(_HASH_WEIGHTS):  # one weight per column, as many as the longest row needs
         _HASH_WEIGHTS = np.random.default_rng(0).integers(-2**62, 2**62, size=2 * ids.shape[1])
     return (ids.astype(np.int64, copy=False) * _HASH_WEIGHTS[:ids.shape[1]]).sum(axis=1)
-
-
-def _on_host(input_ids: torch.Tensor) -> torch.Tensor:
-    """``input_ids`` on the CPU (a copy from a GPU)."""
-    return input_ids if input_ids.device.type == "cpu" else input_ids.cpu()
 
 
 def _is_int(value: object) -> bool:

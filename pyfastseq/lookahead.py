@@ -193,15 +193,10 @@ class LCSLookahead:
 def _check_paths(trie: Trie, nodes: np.ndarray, generated: np.ndarray) -> None:
     """Every row with a child to choose must stand where its generated tokens lead from the root
     (Δ compares the path so far with the completions below the node)."""
-    child_begin = trie._native.arrays()[0]
-    in_range = (nodes >= 0) & (nodes < trie.num_nodes)  # the native call reports the others
-    node = np.where(in_range, nodes, 0)
-    rows = np.flatnonzero(in_range & (child_begin[node + 1] > child_begin[node]))
+    rows = np.flatnonzero(trie._has_children(nodes))  # the native call reports ids out of range
     if not len(rows):
         return
-    ids = np.ascontiguousarray(generated[rows], dtype=np.int64)
-    reached = np.empty(len(rows), dtype=np.int32)
-    _C.trie_walk(trie._native, ids.ctypes.data, len(rows), ids.shape[1], 0, ids.shape[1], reached.ctypes.data)
+    reached = trie._walk_rows(torch.from_numpy(generated[rows])).numpy()
     wrong = np.flatnonzero(reached != nodes[rows])
     if len(wrong):
         r = rows[wrong[0]]
