@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ._hf_cache import cache_kwarg, cache_of
+from ._validate import check_integer_dtype
 
 
 def model_step_fn(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_beams: int,
@@ -49,8 +50,7 @@ def _check_input_ids(input_ids: Any, vocab: int | None) -> None:
     """A 2-D integer tensor with a column at least, its ids in ``[0, vocab)`` (read back once)."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError("input_ids must be a 2-D [batch, length] tensor of token ids")
-    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+    check_integer_dtype(input_ids.dtype, "input_ids", "integer token ids")
     if input_ids.shape[1] == 0 and input_ids.shape[0]:
         raise ValueError("input_ids must have at least one column: the prompt (or source) the model starts from")
     if input_ids.numel():

@@ -22,6 +22,16 @@ def as_array(values: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a rectangular array-like of numbers ({exc})") from None
 
 
+def check_integer_dtype(dtype: Any, name: str, what: str = "integers") -> None:
+    """``TypeError`` unless ``dtype`` (torch's or NumPy's) holds integers; bool does not count."""
+    if isinstance(dtype, torch.dtype):
+        integer = not (dtype == torch.bool or dtype.is_floating_point or dtype.is_complex)
+    else:
+        integer = dtype != np.bool_ and np.issubdtype(dtype, np.integer)
+    if not integer:
+        raise TypeError(f"{name} must hold {what}, got dtype {dtype}")
+
+
 def as_token_array(values: Any, name: str) -> np.ndarray:
     """A 1-D int32 array of non-negative token ids."""
     if isinstance(values, (str, bytes)):  # NumPy would make it one string element
@@ -36,8 +46,8 @@ def as_token_array(values: Any, name: str) -> np.ndarray:
 
 def _checked_int32(arr: np.ndarray, name: str) -> np.ndarray:
     is_int32 = arr.dtype == np.int32  # the common case: one reduction, no dtype queries
-    if not is_int32 and (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+    if not is_int32:
+        check_integer_dtype(arr.dtype, name, "integer token ids")
     if arr.size:
         low = arr.min()
         high = INT32_MAX if is_int32 else arr.max()

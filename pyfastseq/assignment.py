@@ -17,7 +17,7 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import as_array
+from ._validate import as_array, check_integer_dtype
 
 __all__ = ["linear_sum_assignment"]
 
@@ -123,8 +123,7 @@ def _lengths(lens: Any, batch: int, limit: int, name: str) -> np.ndarray | None:
     if lens is None:
         return None
     arr = as_array(lens, name)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    check_integer_dtype(arr.dtype, name)
     if arr.shape != (batch,):
         raise ValueError(f"{name} must have shape [{batch}] (one length per problem), got {tuple(arr.shape)}")
     if batch and (arr.min() < 0 or arr.max() > limit):

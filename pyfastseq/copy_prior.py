@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._limits import check_memory
-from ._validate import INT32_MAX
+from ._validate import INT32_MAX, check_integer_dtype
 
 __all__ = ["CopyPrior"]
 
@@ -57,8 +57,7 @@ class CopyPrior(nn.Module):
         """chi: float ``[B, V]``, 1 where the vocabulary id occurs among the (unmasked) ``source_ids [B, S]``."""
         if not isinstance(source_ids, torch.Tensor) or source_ids.dim() != 2:
             raise ValueError(f"source_ids must be a 2-D tensor [B, S], got {_shape(source_ids)}")
-        if source_ids.dtype.is_floating_point or source_ids.dtype == torch.bool:
-            raise TypeError(f"source_ids must hold integer token ids, got {source_ids.dtype}")
+        check_integer_dtype(source_ids.dtype, "source_ids", "integer token ids")
         if source_ids.is_meta:
             raise ValueError("source_ids are on the meta device, which holds no values")
         if source_mask is None:
@@ -164,8 +163,7 @@ def _beam_rows(beam_idx: Any, row_source: torch.Tensor) -> torch.Tensor:
     """``beam_idx`` as an index into ``row_source`` (the previous call's rows), on its device."""
     if not isinstance(beam_idx, torch.Tensor) or beam_idx.dim() != 1:
         raise ValueError(f"beam_idx must be a 1-D tensor, got {_shape(beam_idx)}")
-    if beam_idx.is_floating_point() or beam_idx.dtype == torch.bool:
-        raise TypeError(f"beam_idx must hold integer row indices, got {beam_idx.dtype}")
+    check_integer_dtype(beam_idx.dtype, "beam_idx", "integer row indices")
     # Checked on the CPU only: on a GPU, reading the range would make every step wait for the search's kernels.
     if beam_idx.device.type == "cpu" and len(beam_idx):
         low, high = int(beam_idx.min()), int(beam_idx.max())

@@ -14,6 +14,7 @@ from transformers import LogitsProcessor
 
 from . import _backend
 from ._backend import _C
+from ._validate import check_integer_dtype
 from .trie import Trie, _overlapping
 
 __all__ = ["TrieLogitsProcessor"]
@@ -308,8 +309,7 @@ def _check_ids(input_ids: object) -> None:
         raise TypeError(f"input_ids must be a 2-D tensor [N, cur_len], got {type(input_ids).__name__}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a 2-D tensor [N, cur_len], got shape {tuple(input_ids.shape)}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+    check_integer_dtype(input_ids.dtype, "input_ids", "integer token ids")
     if input_ids.is_meta:
         raise ValueError("input_ids are on the meta device, which holds no values")
 

@@ -17,7 +17,7 @@ import torch
 
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, as_token_array, flatten_sequences
+from ._validate import INT32_MAX, as_array, as_token_array, check_integer_dtype, flatten_sequences
 from .trie import Trie
 
 __all__ = ["LCSLookahead", "lcs_length", "lcs_lengths"]
@@ -226,8 +226,8 @@ def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(arr.shape)}")
     if arr.dtype == dtype:
         return np.ascontiguousarray(arr)
-    if arr.dtype == np.bool_ or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.size:  # an empty list is NumPy's float64
+        check_integer_dtype(arr.dtype, name)
     info = np.iinfo(dtype)
     if arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise ValueError(f"{name} holds a value outside the {np.dtype(dtype).name} range")

@@ -12,7 +12,7 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, as_eos_id, as_token_array, flatten_sequences
+from ._validate import INT32_MAX, as_array, as_eos_id, as_token_array, check_integer_dtype, flatten_sequences
 
 __all__ = ["Trie"]
 
@@ -320,8 +320,7 @@ def _as_int32(values: Any, name: str) -> np.ndarray:
     arr = as_array(values, name)
     if arr.size == 0:
         return np.zeros(arr.shape, dtype=np.int32)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    check_integer_dtype(arr.dtype, name)
     if arr.size and (arr.min() < -(2**31) or arr.max() > INT32_MAX):
         raise ValueError(f"{name} holds a value outside the int32 range")
     return arr.astype(np.int32, order="C", copy=False)  # keeps a 0-d shape (ascontiguousarray would not)

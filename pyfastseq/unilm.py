@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ._hf_cache import cache_kwarg
-from ._validate import as_token_array
+from ._validate import as_token_array, check_integer_dtype
 from .attention import hf
 
 __all__ = ["UniLM", "UniLMStep"]
@@ -236,8 +236,7 @@ def _check_ids(values: Any, name: str, bound: int) -> None:
     back: the searches keep them there so that no step waits for the host."""
     if not isinstance(values, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
-    if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:
-        raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
+    check_integer_dtype(values.dtype, name)
     if values.device.type == "cpu" and values.numel():
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= bound:

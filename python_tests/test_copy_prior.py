@@ -130,8 +130,9 @@ def test_bad_arguments():
         prior(torch.zeros(1, V), torch.tensor([[11]]))
     with pytest.raises(ValueError, match="source_ids"):
         prior(torch.zeros(1, V), torch.tensor([1, 2]))
-    with pytest.raises(TypeError, match="source_ids"):
-        prior(torch.zeros(1, V), torch.tensor([[1.0]]))
+    for dtype in (torch.float32, torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match=f"source_ids must hold integer token ids, got dtype {dtype}"):
+            prior(torch.zeros(1, V), torch.ones(1, 1, dtype=dtype))
     with pytest.raises(ValueError, match="logits"):
         prior(torch.zeros(1, V + 1), torch.tensor([[1]]))
     with pytest.raises(ValueError, match="rows"):
@@ -173,8 +174,9 @@ def test_step_fn_wrapper_rejects_a_bad_beam_idx():
         wrapped(tokens, torch.tensor([0, 1, 2, 4]))
     with pytest.raises(ValueError, match=r"beam_idx .* got values in \[-1, 2\]"):
         wrapped(tokens, torch.tensor([-1, 0, 1, 2]))
-    with pytest.raises(TypeError, match="beam_idx must hold integer row indices"):
-        wrapped(tokens, torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    for dtype in (torch.float32, torch.complex64):
+        with pytest.raises(TypeError, match=f"beam_idx must hold integer row indices, got dtype {dtype}"):
+            wrapped(tokens, torch.arange(4).to(dtype))
     with pytest.raises(ValueError, match="beam_idx must be a 1-D tensor"):
         wrapped(tokens, torch.arange(4).view(2, 2))
     # the rejected calls left the rows' sources as they were

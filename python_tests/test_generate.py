@@ -217,7 +217,7 @@ def test_generate__bart_unconstrained__matches_transformers(bart, k):
 @pytest.mark.parametrize("input_ids,error,message", [
     (torch.tensor([1, 2, 3]), ValueError, "input_ids must be a 2-D"),
     ([[1, 2, 3]], ValueError, "input_ids must be a 2-D"),
-    (torch.tensor([[4.0, 5.0]]), TypeError, "input_ids must hold integer token ids, got torch.float32"),
+    (torch.tensor([[4.0, 5.0]]), TypeError, "input_ids must hold integer token ids, got dtype torch.float32"),
     (torch.tensor([[True, False]]), TypeError, "input_ids must hold integer"),
     (torch.zeros(2, 0, dtype=torch.long), ValueError, "input_ids must have at least one column"),
     (torch.tensor([[4, VOCAB]]), ValueError, rf"input_ids must lie in \[0, {VOCAB}\) .*, got {VOCAB}$"),

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from .._limits import check_memory
+from .._validate import check_integer_dtype
 from . import dropout
 
 __all__ = ["unilm_mask", "unilm_attention_probs", "unilm_attention_reference", "unilm_attention_reference_lse",
@@ -46,8 +47,7 @@ def check_lengths(values, name: str, L: int, B: Optional[int] = None, L_name: st
             raise TypeError(f"{name} must be a [B] tensor or sequence of integers, got {values!r:.60}") from None
         if t.numel() == 0:
             t = t.long()  # an empty list has no dtype of its own (torch makes it float32)
-    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
-        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+    check_integer_dtype(t.dtype, name)
     if B is None and t.dim() != 1:
         raise ValueError(f"{name} must be 1-D [B], got shape {tuple(t.shape)}")
     if B is not None and t.shape != (B,):
