@@ -44,10 +44,12 @@ class BeamSearchOutput:
     added.
 
     A batch item lists fewer hypotheses (possibly none) when:
-    - the trie allows fewer distinct continuations, or ``min_length`` rules out its shorter entries;
+    - the trie allows fewer distinct continuations, or ``min_length`` rules out its shorter entries
+      (while some beam of the item can go on: see ``min_length`` in :class:`TrieBeamSearch`);
     - the logits rule some out: a continuation whose logit is -inf scores -inf, and a beam whose
       allowed tokens are all at -inf under ``normalize="allowed"`` (or whose whole row is -inf)
-      goes on with nothing, like a dead one, rather than with NaN scores;
+      goes on with nothing, like a dead one, rather than with NaN scores (unless no beam of its
+      item has a finite one);
     - filler hypotheses took the slots. Where an item has fewer than ``num_beams`` live
       continuations, transformers' beam search fills the beams with copies penalised by -1e9, and
       those can finish and fill hypothesis slots; with ``early_stopping=True`` a full set of
@@ -241,11 +243,12 @@ class TrieBeamSearch(_BeamSearchBase):
             over the vocabulary).
         min_length: transformers' ``min_new_tokens``: eos is blocked until ``min_length`` tokens
             have been generated; an entry of a trie built without eos, which ends with the token
-            that reaches its leaf, needs ``min_length`` tokens counting that one. The block holds
-            even where it leaves every beam of a batch item with nothing to pick (each can only
-            end): the item keeps the hypotheses it has, possibly none. transformers 5 instead gives
-            such beams their allowed tokens at log-prob 0 (``PrefixConstrainedLogitsProcessor``'s
-            fallback), so there it returns an entry shorter than ``min_new_tokens``.
+            that reaches its leaf, needs ``min_length`` tokens counting that one. Where no live beam
+            of a batch item has an allowed token with a finite log-prob (the block leaves each able
+            only to end, or the logits put every allowed token at -inf), every live beam's allowed
+            tokens, eos and leaves included, get log-prob 0, as transformers'
+            ``PrefixConstrainedLogitsProcessor`` does: the item then ends with entries shorter than
+            ``min_length``, as transformers returns them.
         prefix: tokens consumed from the trie's root before decoding (e.g. a decoder start token that
             the trie entries begin with); the generated tokens continue from that node.
         output_token_scores: also return the log-prob each token added.

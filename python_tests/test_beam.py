@@ -290,6 +290,20 @@ def test_trie_beam__min_length_blocks_early_finish():
     assert out.sequences[0] == [[2, 3, 4, 5, EOS]]
 
 
+@pytest.mark.parametrize("lp", [0.0, 1.0])
+def test_trie_beam__min_length_past_every_way_on__allowed_tokens_forced(lp):
+    # [2] and [3] can only end (eos is blocked) while [4] goes on: they drop. Then [4, 5] can only end
+    # and no beam has another way on, so, as transformers' PrefixConstrainedLogitsProcessor, its
+    # allowed tokens (eos) get log-prob 0 and it ends two tokens short of min_length.
+    trie = fs.Trie([[2], [3], [4, 5]], eos_id=EOS)
+    out = fs.TrieBeamSearch(trie, num_beams=3, max_length=6, min_length=5, length_penalty=lp,
+                            num_return_sequences=3, output_token_scores=True).search(PrefixModel(8, 5), 1)
+    logprob, token_scores = entry_logprob([4, 5], 8, 5)
+    assert out.sequences == [[[4, 5, EOS]]] and out.finished == [[True]]
+    assert out.scores[0][0] == pytest.approx(logprob / 3**lp, abs=1e-5)
+    np.testing.assert_allclose(out.token_scores[0][0], token_scores + [0.0], atol=1e-5)
+
+
 @pytest.mark.parametrize("with_eos", [True, False])
 @pytest.mark.parametrize("min_length", range(6))
 def test_trie_beam__min_length_counts_tokens_before_eos(min_length, with_eos):

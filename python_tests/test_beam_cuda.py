@@ -145,6 +145,43 @@ def test_cuda_step__all_equal_logits__lowest_tokens(beams, vocab, device):
         np.testing.assert_array_equal(got[name].numpy(), want[name].numpy())
 
 
+def forced_candidates(trie, scores, nodes, beams, item):
+    """transformers' fallback where no live beam of ``item`` has a finite allowed token: the live
+    beams by score (ties to the lower), each with its allowed tokens ascending at log-prob 0."""
+    rows = sorted((r for r in range(item * beams, (item + 1) * beams) if scores[r] != -float("inf")),
+                  key=lambda r: (-float(scores[r]), r))
+    out = []
+    for r in rows:
+        if int(nodes[r]) == -2:  # an ended hypothesis: eos alone
+            out.append((float(scores[r]), EOS, r, -2))
+        else:
+            tokens, children = trie.children(int(nodes[r]))
+            out += [(float(scores[r]), int(t), r, int(c)) for t, c in zip(tokens, children)]
+    return out[:2 * beams]
+
+
+@pytest.mark.parametrize("beams", [4, 300])
+def test_cuda_step__no_finite_allowed_token__allowed_tokens_forced(beams, device):
+    # Item 0's rows have every allowed token at -inf (token 0, in no entry, keeps the normaliser
+    # finite); item 1 is an ordinary step. Beam scores tie, so the beams' order is tested too; 300
+    # beams are more than one per thread.
+    vocab = 700
+    trie = random_trie(random.Random(beams), vocab, 40 * beams, 4)
+    logits, scores, nodes = step_inputs(2, beams, vocab, torch.float32, trie, seed=beams)
+    logits[:beams, 1:] = -float("inf")
+    scores[:beams] = scores[:beams].round()
+    want = search._beam_step(logits, scores, beams, trie, nodes)
+    got = search._beam_step_cuda(logits.to(device), scores, beams, trie, nodes)
+    expected = forced_candidates(trie, scores, nodes, beams, 0)
+    for result in (want, got):
+        n = int(result["count"][0])
+        assert n == len(expected)
+        assert list(zip(result["score"][0, :n].tolist(), result["token"][0, :n].tolist(),
+                        result["parent"][0, :n].tolist(), result["node"][0, :n].tolist())) == expected
+        assert result["logprob"][0, :n].eq(0).all()
+    assert_same_candidates(got, want, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("constrained", [False, True])
 def test_cuda_search__same_as_cpu_logits(constrained, dtype, device):
@@ -295,9 +332,10 @@ def finite_candidates(cands):
 
 @pytest.mark.parametrize("kind", ["dense", "full", "allowed", "wide", "lookahead-full", "lookahead-allowed"])
 def test_cuda_step__rows_where_nothing_can_follow__same_as_dead_rows(kind, device):
-    # Some live rows have every child at -inf, others a whole row of -inf (every live row of item 1,
-    # and an ended row under "full"): they continue with nothing, exactly as if they were dead, on
-    # the CPU and the device.
+    # Some live rows have every child at -inf, others a whole row of -inf (unconstrained, every live
+    # row of item 1; constrained, all but one, since an item with no finite allowed token anywhere
+    # takes transformers' fallback; and an ended row under "full"): they continue with nothing,
+    # exactly as if they were dead, on the CPU and the device.
     batch, beams, vocab = 2, 8, 3001
     trie = nodes = deltas = None
     if kind == "wide":  # every token a child of the root: read as a bitmap on the device
@@ -309,7 +347,7 @@ def test_cuda_step__rows_where_nothing_can_follow__same_as_dead_rows(kind, devic
         nodes = torch.zeros(batch * beams, dtype=torch.int32)
     live = [r for r in range(batch * beams) if scores[r] > -float("inf") and (nodes is None or nodes[r] >= 0)]
     first = [r for r in live if r < beams]
-    no_children, no_row = first[::3], first[1::3] + [r for r in live if r >= beams]
+    no_children, no_row = first[::3], first[1::3] + [r for r in live if r >= beams][trie is not None:]
     for r in no_children if trie is not None else []:
         logits[r, torch.from_numpy(trie.children(int(nodes[r]))[0]).long()] = -float("inf")
     logits[no_row] = -float("inf")

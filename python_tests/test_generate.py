@@ -168,6 +168,31 @@ def test_generate__min_length_is_min_new_tokens(eos_eager_gpt2, min_length, k, s
         assert all(item[0] == item[0][:min_length] + [EOS] for item in ours.sequences)
 
 
+@pytest.mark.parametrize("k,nrs", [(1, 1), (4, 2), (8, 3)])
+@pytest.mark.parametrize("min_length", [2, 4])
+def test_generate__min_length_past_the_entries__allowed_tokens_forced_as_transformers(gpt2, k, nrs, min_length,
+                                                                                     search_route):
+    # Entries of 1-3 tokens + eos: min_length leaves beams whose only way on is the blocked eos. Where
+    # that is every beam of an item, transformers' PrefixConstrainedLogitsProcessor gives each beam's
+    # allowed tokens log-prob 0 (eos included), and so the entries end short of min_length.
+    rng = random.Random(k + min_length)
+    trie = fs.Trie([[rng.randrange(3, VOCAB) for _ in range(rng.randint(1, 3))] for _ in range(12)], eos_id=EOS)
+    prompt = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(k))
+    ours = fs.TrieBeamSearch(trie, num_beams=k, max_length=6, min_length=min_length,
+                             num_return_sequences=nrs).generate(gpt2, prompt)
+    out = gpt2.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=k, max_new_tokens=6,
+                        min_new_tokens=min_length, num_return_sequences=nrs, do_sample=False,
+                        prefix_allowed_tokens_fn=allowed_fn(trie, 5), return_dict_in_generate=True,
+                        output_scores=True, pad_token_id=PAD)
+    # transformers' greedy scores do not see the processors, so they are compared with beams only
+    seqs, scores = hf_results(out.sequences, None if k == 1 else out.sequences_scores, 2, nrs, 5)
+    assert_same(ours, seqs, scores, False)
+    lengths = [len(s) for item in ours.sequences for s in item]
+    assert lengths and all(n <= 4 for n in lengths)
+    if min_length == 4:  # every entry ends with the blocked eos
+        assert all(trie.contains(s) for item in ours.sequences for s in item)
+
+
 def test_generate__gpt2_left_padded_prompts_and_per_item_tries(gpt2):
     tries = [make_trie("unequal", 20), make_trie("unequal", 21)]
     prompt = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))

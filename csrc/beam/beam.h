@@ -38,7 +38,10 @@ struct BeamStepParams {
   bool normalize_allowed = false;      // log-softmax over the allowed children, not the vocabulary
   int32_t eos_id = -1;
 
-  // min_length: continuations that would finish a hypothesis are dropped.
+  // min_length: continuations that would finish a hypothesis are dropped. A constrained batch item
+  // whose live rows are left with no allowed token of finite log-prob (so also by -inf logits) gets
+  // every allowed token of those rows at log-prob 0, eos and leaves included, as transformers'
+  // PrefixConstrainedLogitsProcessor does.
   int32_t blocked_token = -1;          // the eos id while finishing is blocked, else -1
   bool block_leaves = false;           // also drop children that are trie leaves
 

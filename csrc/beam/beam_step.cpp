@@ -225,6 +225,40 @@ void merge_item(const BeamStepParams& p, const std::vector<RowCandidate>& pool,
   p.cand_count[b] = static_cast<int32_t>(keep);
 }
 
+// transformers' PrefixConstrainedLogitsProcessor where no beam of item b has an allowed token with a
+// finite log-prob (min_length blocks every way to end, or the model gives them all -inf): each live
+// beam's allowed tokens, eos and leaves included, at log-prob 0. So the candidates are the beams by
+// score (ties to the lower beam), each with its children in token order, eos alone for an ended
+// hypothesis. The nodes were checked by the row pass.
+void force_allowed(const BeamStepParams& p, int64_t b) {
+  const TrieView& trie = p.tries[p.num_tries == 1 ? 0 : b];
+  const int64_t first = b * p.num_beams;
+  std::vector<int64_t> beams;
+  for (int64_t r = first; r < first + p.num_beams; ++r)
+    if (p.beam_scores[r] != -INFINITY) beams.push_back(r);
+  std::stable_sort(beams.begin(), beams.end(),
+                   [&](int64_t x, int64_t y) { return p.beam_scores[x] > p.beam_scores[y]; });
+  int32_t n = 0;
+  const auto emit = [&](int64_t r, int32_t token, int32_t node) {
+    const int64_t o = b * p.num_candidates + n++;
+    p.cand_score[o] = p.beam_scores[r];
+    p.cand_logprob[o] = 0.0f;
+    p.cand_token[o] = token;
+    p.cand_parent[o] = static_cast<int32_t>(r);
+    p.cand_node[o] = node;
+  };
+  for (const int64_t r : beams) {
+    const int32_t node = p.nodes[r];
+    if (node == kSpentNode) {
+      if (p.eos_id >= 0 && p.eos_id < p.vocab && n < p.num_candidates) emit(r, p.eos_id, kSpentNode);
+      continue;
+    }
+    for (uint32_t e = trie.child_begin[node]; e < trie.child_begin[node + 1] && n < p.num_candidates; ++e)
+      emit(r, trie.child_token[e], static_cast<int32_t>(e) + 1);
+  }
+  p.cand_count[b] = n;
+}
+
 [[noreturn]] void report(int64_t row, const RowResult& e, const BeamStepParams& p) {
   switch (e.status) {
     case RowStatus::kNaN: fail("logits row ", row, " contains NaN");
@@ -272,6 +306,9 @@ void step(const BeamStepParams& p) {
     if (results[r].status != RowStatus::kOk) report(r, results[r], p);
   parallel_for(p.batch_size, int64_t{p.num_beams} * p.num_candidates * 16,
                [&](int64_t b) { merge_item(p, pool, pool_count, b); });
+  if (p.nodes)
+    for (int64_t b = 0; b < p.batch_size; ++b)
+      if (p.cand_count[b] == 0 || p.cand_score[b * p.num_candidates] == -INFINITY) force_allowed(p, b);
 }
 
 }  // namespace

@@ -389,6 +389,48 @@ __device__ int32_t sorted_lists_top(const ItemLists& items, int32_t lists, int32
   return staged_top(items, lists * C, want, secondary_bits, bound, sh);
 }
 
+// transformers' PrefixConstrainedLogitsProcessor where no beam of item b has an allowed token with a
+// finite log-prob: each live beam's allowed tokens at log-prob 0, the beams by score (ties to the
+// lower beam), each with its children in token order, eos alone for an ended hypothesis, as the CPU
+// step's force_allowed. The threads rank the beams; thread 0 writes the candidates (a rare path).
+__device__ void force_allowed(const BeamStepParams& p, int64_t b, TopShared& sh) {
+  const int64_t first = b * p.num_beams;
+  const int32_t K = p.num_beams, C = p.num_candidates;
+  const float* scores = p.beam_scores + first;
+  for (int32_t j = threadIdx.x; j < K; j += kThreads) {
+    const float s = scores[j];
+    if (s == -INFINITY) continue;
+    int32_t rank = 0;  // dead beams (-inf) never rank above a live one
+    for (int32_t i = 0; i < K; ++i) rank += scores[i] > s || (scores[i] == s && i < j);
+    sh.item[rank] = j;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  const TrieView trie = p.tries[p.num_tries == 1 ? 0 : b];
+  int32_t live = 0;
+  for (int32_t j = 0; j < K; ++j) live += scores[j] != -INFINITY;
+  int32_t n = 0;
+  const auto emit = [&](int32_t j, int32_t token, int32_t node) {
+    const int64_t o = b * C + n++;
+    p.cand_score[o] = scores[j];
+    p.cand_logprob[o] = 0.0f;
+    p.cand_token[o] = token;
+    p.cand_parent[o] = static_cast<int32_t>(first + j);
+    p.cand_node[o] = node;
+  };
+  for (int32_t q = 0; q < live && n < C; ++q) {
+    const int32_t j = sh.item[q];
+    const int32_t node = p.nodes[first + j];
+    if (node == kSpentNode) {
+      if (p.eos_id >= 0 && p.eos_id < p.vocab) emit(j, p.eos_id, kSpentNode);
+      continue;
+    }
+    for (uint32_t e = trie.child_begin[node]; e < trie.child_begin[node + 1] && n < C; ++e)
+      emit(j, trie.child_token[e], static_cast<int32_t>(e) + 1);
+  }
+  p.cand_count[b] = n;
+}
+
 // Batch item b's candidates from its rows' lists.
 __device__ void merge_item(const BeamStepParams& p, Pool pool, int64_t b, TopShared& sh) {
   const int64_t first = b * p.num_beams;
@@ -398,6 +440,11 @@ __device__ void merge_item(const BeamStepParams& p, Pool pool, int64_t b, TopSha
   const int secondary_bits = 32 + bits_below(p.num_beams);
   const int32_t k = p.num_beams <= kThreads ? sorted_lists_top(items, p.num_beams, C, secondary_bits, sh)
                                             : bounded_top(items, n, C, secondary_bits, sh);
+  if (p.nodes && (k == 0 || items.score(sh.item[0]) == -INFINITY)) {
+    __syncthreads();  // every thread has read sh.item[0]
+    force_allowed(p, b, sh);
+    return;
+  }
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t e = sh.item[t];
     const int64_t o = b * C + t;
