@@ -8,7 +8,7 @@ reproducible and do not depend on threading. Python only calls the model once pe
 
 from __future__ import annotations
 
-import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -21,6 +21,8 @@ from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _check_search_size, _
 from .trie import Trie, check_eos_ends_entries
 
 __all__ = ["SampleOutput", "Sampler"]
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Sampler:
     """Top-k then top-p sampling with a temperature, seeded and batched in native code.
 
     Args:
-        top_k: keep the ``top_k`` largest logits (0: all).
+        top_k: keep the ``top_k`` largest logits, and every logit equal to the ``top_k``-th, as
+            transformers' ``TopKLogitsWarper`` does (0: all).
         top_p: then keep the shortest prefix, in descending order of probability, whose probability
             under the top-k-renormalised distribution reaches ``top_p`` (1.0: no cut). Probabilities
             within 1e-6 of ``top_p`` count as reaching it, so that ``[.5, .3, .15, .05]``
@@ -73,13 +76,15 @@ class Sampler:
         if not 0 <= top_k <= 2**31 - 1:
             raise ValueError(f"top_k must be >= 0 (0: no top-k cut), got {top_k}")
         self.top_k = int(top_k)
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
         self.top_p = float(top_p)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0
+        # The kernel divides in float32: a temperature past its largest value would be inf there.
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
+            0 < temperature <= FLOAT32_MAX
         ):
-            raise ValueError(f"temperature must be a finite number > 0 (top_k=1 for greedy), got {temperature!r}")
+            raise ValueError(f"temperature must be a number in (0, {FLOAT32_MAX:.4g}] (top_k=1 for greedy), got "
+                             f"{temperature!r}")
         self.temperature = float(temperature)
         is_int = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
         if seed is not None and not (is_int and 0 <= seed < 2**64):

@@ -1,6 +1,8 @@
 """fs.Sampler: empirical distributions against the reference (chi-square), the seed's top-p example,
 greedy, reproducibility, trie constraints, min_ends, model log-prob scores, and bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -181,6 +183,42 @@ def test_vanishing_top_p_or_temperature_is_greedy(kwargs):
     assert [seq for item in out.sequences for seq in item] == greedy
 
 
+def test_top_k_keeps_every_logit_tied_with_the_kth_as_transformers():
+    from transformers.generation.logits_process import TopKLogitsWarper
+
+    rng = np.random.default_rng(4)
+    logits = torch.from_numpy(np.round(rng.normal(0, 2, 8000))).float()  # integers: many ties
+    for top_k in (5, 50, 300):
+        kept = torch.isfinite(TopKLogitsWarper(top_k=top_k)(None, logits[None].clone())[0])
+        assert kept.sum() > top_k  # the k-th logit is tied
+        probs = sampling_probs(logits[None], top_k=top_k)[0]
+        assert torch.equal(probs > 0, kept)
+        assert_matches(draw_once(logits, 20000, top_k=top_k, seed=top_k), probs)
+    trie = fs.Trie([[t] for t in range(8000)])
+    probs = sampling_probs(logits[None], top_k=50)[0]
+    assert_matches(draw_once(logits, 20000, top_k=50, seed=2, trie=trie), probs)
+
+
+def test_whole_row_draw_reaches_the_tail_and_never_a_masked_token():
+    # One token of weight 1 and 65,534 below half a float32 ulp of it: a float32 running sum beside
+    # the 1 drops that tail's mass, which would leave the last tokens out of reach. Token V - 2 has
+    # probability 2e-4; token V - 1 is masked.
+    V = 65536
+    logits = torch.full((V,), math.log(5.5e-8))
+    logits[0], logits[V - 2], logits[V - 1] = 0.0, math.log(2e-4), -float("inf")
+    tokens = draw_once(logits, 40000, seed=3)
+    assert (tokens == V - 1).sum() == 0
+    expected = 40000 * float(sampling_probs(logits[None])[0, V - 2])  # about 8
+    assert 1 <= (tokens == V - 2).sum() <= 3 * expected
+    tail = (tokens >= V // 2).sum()  # the second half of the tail: about 7 draws in 1,000
+    assert stats.binomtest(int(tail), 40000, float(sampling_probs(logits[None])[0, V // 2:].sum())).pvalue > 1e-3
+
+
+def test_numpy_scalars_are_numbers():
+    sampler = fs.Sampler(top_k=np.int64(3), top_p=np.float32(0.5), temperature=np.float64(0.7))
+    assert (sampler.top_k, sampler.top_p, sampler.temperature) == (3, float(np.float32(0.5)), 0.7)
+
+
 def test_nan_and_bad_logits():
     sampler = fs.Sampler(max_length=2)
     nan = torch.zeros(2, 5)
@@ -207,8 +245,10 @@ def test_nan_and_bad_logits():
         (dict(top_k=1.5), TypeError, "top_k must be an int"),
         (dict(top_p=0.0), ValueError, r"top_p must be a number in \(0, 1\]"),
         (dict(top_p=1.5), ValueError, "top_p"),
-        (dict(temperature=0.0), ValueError, "temperature must be a finite number > 0"),
+        (dict(temperature=0.0), ValueError, r"temperature must be a number in \(0, 3.403e\+38\]"),
         (dict(temperature=float("nan")), ValueError, "temperature"),
+        (dict(temperature=1e39), ValueError, "temperature"),  # past float32: inf in the kernel
+        (dict(temperature=float("inf")), ValueError, "temperature"),
         (dict(seed=-1), ValueError, "seed must be None or an int"),
         (dict(eos_id=-2), ValueError, "eos_id"),
         (dict(max_length=0), ValueError, "max_length must be >= 1"),

@@ -70,13 +70,14 @@ int64_t collect_logits_above(const typename Loader::Bits* row, int64_t begin, in
 
 // The best `keep` logits of a NaN-free row and their columns, column `blocked` excluded (-1: none),
 // in column order in logits[0, n) and tokens[0, n); returns n, below `keep` only when fewer logits
-// are finite. Ties go to the lower column. The scan collects logits above a threshold; whenever its
-// buffer fills, and at the end, the best `keep` stay and the threshold rises to the worst of them.
-// Columns arrive in ascending order, so one that only ties the threshold ranks below it.
+// are finite. Ties go to the lower column, or `with_ties` keeps every logit equal to the keep-th
+// too. The scan collects logits above a threshold; whenever its buffer fills, and at the end, the
+// best `keep` stay and the threshold rises to the worst of them. Columns arrive in ascending order,
+// so one that only ties the threshold ranks below it (or, with ties, is collected as well).
 template <class Loader>
 int32_t top_logits(const typename Loader::Bits* row, int64_t vocab, int32_t keep, int64_t blocked,
-                   std::vector<float>& logits, std::vector<int32_t>& tokens) {
-  const int32_t room = keep + 128;  // small enough that the threshold rises early in the row
+                   std::vector<float>& logits, std::vector<int32_t>& tokens, bool with_ties = false) {
+  int32_t room = keep + 128;  // small enough that the threshold rises early in the row
   logits.resize(room);
   tokens.resize(room);
   thread_local std::vector<float> selection;
@@ -94,15 +95,21 @@ int32_t top_logits(const typename Loader::Bits* row, int64_t vocab, int32_t keep
     if (n <= keep) continue;
     selection.assign(logits.begin(), logits.begin() + n);
     std::nth_element(selection.begin(), selection.begin() + (keep - 1), selection.end(), std::greater<float>());
-    threshold = selection[keep - 1];
-    int32_t ties = keep;  // how many logits equal to the threshold stay: the first ones
-    for (int32_t i = 0; i < n; ++i) ties -= logits[i] > threshold;
+    const float kth = selection[keep - 1];
+    int32_t ties = with_ties ? n : keep;  // how many logits equal to the k-th stay: the first ones
+    for (int32_t i = 0; i < n; ++i) ties -= logits[i] > kth;
     count = 0;
     for (int32_t i = 0; i < n; ++i)
-      if (logits[i] > threshold || (logits[i] == threshold && ties-- > 0)) {
+      if (logits[i] > kth || (logits[i] == kth && ties-- > 0)) {
         logits[count] = logits[i];
         tokens[count++] = tokens[i];
       }
+    threshold = with_ties ? std::nextafter(kth, -INFINITY) : kth;
+    if (count + 4 * kLanes + 128 > room) {  // ties fill the buffer: collect_above needs 4 vectors' room
+      room = count + 4 * kLanes + 128;
+      logits.resize(room);
+      tokens.resize(room);
+    }
   }
   return count;
 }

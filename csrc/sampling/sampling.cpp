@@ -102,7 +102,9 @@ class SampleKernel {
       if (gathered.status != RowStatus::kOk) return gathered;
       if (p_.top_k > 0 && p_.top_k < static_cast<int64_t>(cands.size())) {
         std::partial_sort(cands.begin(), cands.begin() + p_.top_k, cands.end(), better);
-        cands.resize(p_.top_k);
+        const float kth = cands[p_.top_k - 1].x;  // its ties stay too
+        const auto end = std::partition(cands.begin() + p_.top_k, cands.end(), [&](const Cand& c) { return c.x == kth; });
+        cands.resize(end - cands.begin());
       }
     } else {
       top_k_of_row(logits, cands);
@@ -140,11 +142,13 @@ class SampleKernel {
     return {};
   }
 
-  // The top_k logits of the row, ties to the lower token (-inf ones never: they weigh nothing).
+  // The top_k logits of the row and every logit equal to the top_k-th, as transformers'
+  // TopKLogitsWarper keeps (-inf ones never: they weigh nothing).
   void top_k_of_row(const Bits* logits, std::vector<Cand>& cands) const {
     thread_local std::vector<float> values;
     thread_local std::vector<int32_t> tokens;
-    const int32_t n = top_logits<Loader>(logits, p_.vocab, static_cast<int32_t>(p_.top_k), -1, values, tokens);
+    const int32_t n =
+        top_logits<Loader>(logits, p_.vocab, static_cast<int32_t>(p_.top_k), -1, values, tokens, /*with_ties=*/true);
     cands.resize(n);
     for (int32_t i = 0; i < n; ++i) {
       cands[i].x = values[i];
@@ -187,11 +191,13 @@ class SampleKernel {
     for (int b = 0; b < kBins; ++b)
       for (int j = 1; j < kWays; ++j) mass[b] += mass[j * kBins + b];
     const double goal = (static_cast<double>(p_.top_p) - kTopPSlack) * total;
+    int lightest = 0;  // the lowest bin with a weight: the cut goes no lower, so it holds a token
+    while (mass[lightest] == 0.0) ++lightest;
     double kept_mass = 0.0;
     int cut = kBins - 1;
     // Empty bins are passed even when the goal is already met (top_p within the slack of 0), so
     // the cut's bin holds at least the heaviest weight.
-    for (; cut > 0 && (mass[cut] == 0.0 || kept_mass + mass[cut] < goal); --cut) kept_mass += mass[cut];
+    for (; cut > lightest && (mass[cut] == 0.0 || kept_mass + mass[cut] < goal); --cut) kept_mass += mass[cut];
     // Bins follow the weights' bits, so a bin is a range of weights: the cut's is [at_cut, above_cut).
     const float at_cut = bits_to_float(static_cast<uint32_t>(cut) << 20);
     const float above_cut = bits_to_float(static_cast<uint32_t>(cut + 1) << 20);

@@ -17,12 +17,12 @@ def sampling_probs(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, tem
     x = logits.double()  # [N, V]
     if allowed is not None:
         x = x.masked_fill(~allowed, float("-inf"))
-    # top-k by logit, ties to the lower token id: a stable descending sort.
+    # Best first; top-k keeps every logit equal to the k-th as well (transformers' TopKLogitsWarper).
     order = torch.sort(x, dim=-1, descending=True, stable=True).indices  # [N, V]
     ranked = x.gather(-1, order)  # [N, V] best first
     keep = torch.isfinite(ranked)  # [N, V]
-    if top_k > 0:
-        keep[:, top_k:] = False
+    if 0 < top_k < x.shape[-1]:
+        keep &= ranked >= ranked[:, top_k - 1:top_k]
     probs = torch.softmax((ranked / temperature).masked_fill(~keep, float("-inf")), dim=-1)  # [N, V]
     if top_p < 1.0:
         before = probs.cumsum(-1) - probs  # [N, V] mass strictly before each rank
