@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import numbers
 from typing import Any
 
 import torch
@@ -22,19 +23,51 @@ def model_step_fn(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     config = getattr(model, "config", None)
     if config is None or not callable(model):
         raise TypeError("model must be a transformers-style model with a .config and a forward call")
-    _check_input_ids(input_ids, _vocab_size(model))
+    vocab = _vocab_size(model)
+    _check_input_ids(input_ids, vocab)
     device = _device_of(model, input_ids)
-    input_ids = input_ids.to(device)
+    input_ids = input_ids.to(device, torch.long)  # embeddings take int32 or int64 ids only
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    _check_model_kwargs(model, model_kwargs, encoder_decoder)
     if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+        attention_mask = _inferred_attention_mask(model, input_ids)
     elif not isinstance(attention_mask, torch.Tensor):
         raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
     elif attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
     attention_mask = attention_mask.to(device)
-    if getattr(config, "is_encoder_decoder", False):
-        return _EncoderDecoderStep(model, input_ids, attention_mask, num_beams, model_kwargs, device)
+    if encoder_decoder:
+        return _EncoderDecoderStep(model, input_ids, attention_mask, num_beams, model_kwargs, device, vocab)
     return _DecoderOnlyStep(model, input_ids, attention_mask, num_beams, model_kwargs, device)
+
+
+def _inferred_attention_mask(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """transformers' mask where none is given: 0 at the pad token where it occurs in ``input_ids`` and is
+    not an eos token (left-padded prompts), else all ones."""
+    pad, eos = (getattr(getattr(model, "generation_config", None), name, None) for name in ("pad_token_id", "eos_token_id"))
+    if pad is None:
+        pad = getattr(model.config, "pad_token_id", None)
+    eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    if isinstance(pad, numbers.Integral) and pad not in eos and bool((input_ids == pad).any()):
+        return (input_ids != pad).long()
+    return torch.ones_like(input_ids)
+
+
+def _check_model_kwargs(model: Any, kwargs: dict[str, Any], encoder_decoder: bool) -> None:
+    """Keyword arguments must be named by the forward they go to (the encoder's for an encoder-decoder),
+    or be transformers' model-agnostic ones, as transformers' generate checks: a typo is an error."""
+    forward = model.get_encoder().forward if encoder_decoder else model.forward
+    named = set(inspect.signature(forward).parameters) | {"decoder_start_token_id"}
+    try:
+        from transformers.utils import TransformersKwargs
+
+        named |= set(TransformersKwargs.__optional_keys__)
+    except ImportError:
+        pass
+    unused = sorted(k for k, v in kwargs.items() if v is not None and k not in named)
+    if unused:
+        raise ValueError(f"model_kwargs {unused} are not arguments of {type(model).__name__}'s "
+                         f"{'encoder' if encoder_decoder else 'forward'} (check for typos)")
 
 
 def _vocab_size(model: Any) -> int | None:
@@ -100,6 +133,9 @@ class _DecoderOnlyStep(_ModelStep):
         # Left-padded prompts: positions count real tokens only, as transformers' generate does.
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.cache, self.cache_name = None, cache_kwarg(model)
+        # As transformers: every new token takes the segment of its row's last prompt token.
+        types = model_kwargs.get("token_type_ids")
+        self.step_kwargs = {} if types is None else {"token_type_ids": types[:, -1:].to(device)}
         # Only the last position's logits are needed from the prompt (saves the LM head on the rest).
         if "logits_to_keep" in inspect.signature(model.forward).parameters:
             self.kwargs = {"logits_to_keep": 1, **self.kwargs}
@@ -112,26 +148,29 @@ class _DecoderOnlyStep(_ModelStep):
             self.cache = _reorder(self.model, cache_of(out), expand)
             self.mask = self.mask[expand]
             self.next_position = self.positions[expand, -1:] + 1
+            self.step_kwargs = {name: value[expand] for name, value in self.step_kwargs.items()}
             # index_select, not advanced indexing: the latter copies a [rows, V] expansion 4x slower.
             return out.logits[:, -1, :].index_select(0, expand)
         self.cache = _reorder(self.model, self.cache, beam_idx.to(self.device))
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         out = self.model(input_ids=tokens.to(self.device), attention_mask=self.mask, position_ids=self.next_position,
-                         use_cache=True, **{self.cache_name: self.cache})
+                         use_cache=True, **self.step_kwargs, **{self.cache_name: self.cache})
         self.cache = cache_of(out)
         self.next_position = self.next_position + 1
         return out.logits[:, -1, :]
 
     def fork(self, index: torch.Tensor) -> "_DecoderOnlyStep":
         fork = super().fork(index)
-        fork.next_position = self.next_position[index.to(self.device)]
+        index = index.to(self.device)
+        fork.next_position = self.next_position[index]
+        fork.step_kwargs = {name: value[index] for name, value in self.step_kwargs.items()}
         return fork
 
 
 class _EncoderDecoderStep(_ModelStep):
     """BART/T5 style: the encoder runs once per batch item; the decoder starts from its start token."""
 
-    def __init__(self, model, input_ids, attention_mask, num_beams, model_kwargs, device):
+    def __init__(self, model, input_ids, attention_mask, num_beams, model_kwargs, device, vocab):
         kwargs = dict(model_kwargs)
         start = kwargs.pop("decoder_start_token_id", None)
         if start is None:
@@ -140,6 +179,8 @@ class _EncoderDecoderStep(_ModelStep):
             start = getattr(model.config, "decoder_start_token_id", None)
         if start is None:
             raise ValueError("the model has no decoder_start_token_id: pass decoder_start_token_id=...")
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 <= start < (vocab or 2**63):
+            raise ValueError(f"decoder_start_token_id must be a token id in [0, {vocab}), got {start!r}")
         encoder = model.get_encoder()
         encoded = encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         expand = torch.arange(input_ids.shape[0], device=device).repeat_interleave(num_beams)

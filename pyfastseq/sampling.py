@@ -124,8 +124,8 @@ class Sampler:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a 2-D [batch, length] tensor of token ids")
         num_samples = _positive_int(num_samples, "num_samples")
-        step_fn = model_step_fn(model, input_ids, attention_mask, num_samples, model_kwargs)
         with torch.no_grad():
+            step_fn = model_step_fn(model, input_ids, attention_mask, num_samples, model_kwargs)
             return self.search(step_fn, input_ids.shape[0], max_length, num_samples)
 
     def _run(self, step_fn: StepFn, batch_size: int, max_length: int | None, num_samples: int,

@@ -152,12 +152,16 @@ class _BeamSearchBase:
         token per row and reorders the model's KV cache by ``beam_idx``. Constraints and lengths
         apply to the generated tokens only. Encoder-decoder models start the decoder from
         ``decoder_start_token_id`` (pass ``decoder_start_token_id=`` to override). ``model_kwargs``
-        go to the first forward call (the encoder for encoder-decoder models).
+        go to the first forward call (the encoder for encoder-decoder models) and must be named by that
+        forward, as transformers checks; a decoder-only model's ``token_type_ids`` go on with every new
+        token taking its row's last segment. Without ``attention_mask``, the pad token is masked where
+        the prompts hold it (and it is not an eos token), as transformers infers it. No gradients are
+        kept, for the encoder or the prompt either.
         """
         from ._generate import model_step_fn
 
-        step_fn = model_step_fn(model, input_ids, attention_mask, self.num_beams, model_kwargs)
-        with torch.no_grad():
+        with torch.no_grad():  # the encoder and the prompt too: no graph is kept for them
+            step_fn = model_step_fn(model, input_ids, attention_mask, self.num_beams, model_kwargs)
             return self.search(step_fn, input_ids.shape[0])
 
     # -- hooks and helpers -------------------------------------------------------------------

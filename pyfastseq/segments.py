@@ -112,8 +112,8 @@ class SegmentDecoder:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a 2-D [batch, length] tensor of token ids")
         num_samples = _positive_int(num_samples, "num_samples")
-        step_fn = _generate.model_step_fn(model, input_ids, attention_mask, num_samples, model_kwargs)
         with torch.no_grad():
+            step_fn = _generate.model_step_fn(model, input_ids, attention_mask, num_samples, model_kwargs)
             return self.search(step_fn, input_ids.shape[0], num_samples)
 
 

@@ -261,3 +261,64 @@ def test_generate__bad_attention_mask_and_model(gpt2):
         fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=[[1, 1]])
     with pytest.raises(TypeError, match="model"):
         fs.BeamSearch(EOS).generate(object(), torch.tensor([[4, 5]]))
+
+
+def test_generate__pad_in_prompts_without_mask__mask_inferred_as_transformers(gpt2):
+    prompt = torch.randint(3, VOCAB, (3, 6), generator=torch.Generator().manual_seed(6))
+    prompt[0, :2], prompt[2, :1] = PAD, PAD
+    ours = fs.BeamSearch(EOS, num_beams=4, max_length=6, num_return_sequences=2).generate(gpt2, prompt)
+    out = gpt2.generate(prompt, num_beams=4, max_new_tokens=6, num_return_sequences=2, early_stopping=True,
+                        do_sample=False, return_dict_in_generate=True, output_scores=True, pad_token_id=PAD)
+    assert_same(ours, *hf_results(out.sequences, out.sequences_scores, 3, 2, 6), False)
+    masked = fs.BeamSearch(EOS, num_beams=4, max_length=6, num_return_sequences=2).generate(
+        gpt2, prompt, attention_mask=(prompt != PAD).long())
+    assert masked.sequences == ours.sequences
+
+
+def test_generate__decoder_only_token_type_ids__carried_as_transformers(gpt2):
+    prompt = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(7))
+    types = torch.tensor([[5, 5, 6, 6, 6], [5, 5, 5, 5, 7]])  # GPT-2 embeds segment ids with its token table
+    ours = fs.BeamSearch(EOS, num_beams=3, max_length=5, num_return_sequences=3).generate(
+        gpt2, prompt, token_type_ids=types)
+    out = gpt2.generate(prompt, attention_mask=torch.ones_like(prompt), token_type_ids=types, num_beams=3,
+                        max_new_tokens=5, num_return_sequences=3, early_stopping=True, do_sample=False,
+                        return_dict_in_generate=True, output_scores=True, pad_token_id=PAD)
+    assert_same(ours, *hf_results(out.sequences, out.sequences_scores, 2, 3, 5), False)
+    plain = fs.BeamSearch(EOS, num_beams=3, max_length=5, num_return_sequences=3).generate(gpt2, prompt)
+    assert plain.scores != ours.scores  # the segments do reach the model
+
+
+def test_generate__narrow_integer_input_ids__same_as_int64(gpt2):
+    prompt = torch.randint(3, VOCAB, (2, 4), generator=torch.Generator().manual_seed(8))
+    search = fs.BeamSearch(EOS, num_beams=2, max_length=4)
+    want = search.generate(gpt2, prompt)
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        assert search.generate(gpt2, prompt.to(dtype)).sequences == want.sequences
+
+
+def test_generate__encoder_and_prompt_run_without_grad(bart, gpt2):
+    seen = []
+    hooks = [bart.get_encoder().register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled())),
+             gpt2.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))]
+    try:
+        source = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(9))
+        fs.BeamSearch(EOS, num_beams=2, max_length=3).generate(bart, source)
+        fs.BeamSearch(EOS, num_beams=2, max_length=3).generate(gpt2, source)
+        fs.Sampler(eos_id=EOS, max_length=3, seed=0).generate(gpt2, source)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) > 3 and not any(seen)
+
+
+@pytest.mark.parametrize("model", ["gpt2", "bart"])
+def test_generate__unknown_model_kwarg__value_error(model, request):
+    with pytest.raises(ValueError, match=r"model_kwargs \['atention_mask'\] are not arguments"):
+        fs.BeamSearch(EOS).generate(request.getfixturevalue(model), torch.tensor([[4, 5]]),
+                                    atention_mask=torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("start", [VOCAB, -1, "2", 2.0, True])
+def test_generate__bad_decoder_start_token_id(bart, start):
+    with pytest.raises(ValueError, match=rf"decoder_start_token_id must be a token id in \[0, {VOCAB}\)"):
+        fs.BeamSearch(EOS).generate(bart, torch.tensor([[4, 5]]), decoder_start_token_id=start)
