@@ -10,6 +10,7 @@ e.g. ``[CLS] source [SEP]`` and ``target [SEP]``.
 from __future__ import annotations
 
 import copy
+import inspect
 import numbers
 from typing import Any, Sequence
 
@@ -31,15 +32,39 @@ class UniLM(torch.nn.Module):
     Switches the model to ``attn_implementation="unilm"``. Logits come from the model's LM head when
     it has one, else from the hidden states times the input embedding matrix (tied projection).
     The model's attention-probability dropout applies in training, as with its own attention.
+    The model must take ``token_type_ids`` with at least two segments (``type_vocab_size`` >= 2).
+    RoBERTa-style models, whose positions start past their padding index, decode at the positions
+    they train at. ``pad_id`` fills the batch past each row's end (those positions are masked out).
     """
 
     def __init__(self, model: torch.nn.Module, pad_id: int = 0):
         super().__init__()
+        config = model.config
+        if "token_type_ids" not in inspect.signature(model.forward).parameters:
+            raise ValueError(f"UniLM needs a model that takes token_type_ids (segment ids); "
+                             f"{type(model).__name__} does not")
+        if getattr(config, "type_vocab_size", 2) < 2:
+            raise ValueError(f"UniLM needs two segment embeddings (source 0, target 1); the model's "
+                             f"config.type_vocab_size is {config.type_vocab_size}")
         hf.register()
         model.set_attn_implementation(hf.NAME)
         self.model = model
+        if isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral) or not 0 <= pad_id < self.vocab_size:
+            raise ValueError(f"pad_id must be a token id in [0, {self.vocab_size}), got {pad_id!r}")
         self.pad_id = int(pad_id)
         self.has_head = model.get_output_embeddings() is not None
+        width, hidden = model.get_input_embeddings().embedding_dim, getattr(config, "hidden_size", None)
+        if not self.has_head and hidden is not None and hidden != width:
+            raise ValueError(f"{type(model).__name__} has no LM head, and its hidden states ({hidden} wide) cannot "
+                             f"be projected onto its {width}-wide embeddings: use the model with its LM head "
+                             "(a ...ForMaskedLM class)")
+        # RoBERTa numbers real tokens from its padding index + 1 when it is not given position ids.
+        embeddings = getattr(model.base_model, "embeddings", None)
+        padding_idx = getattr(embeddings, "padding_idx", None)
+        numbered_past_padding = hasattr(embeddings, "create_position_ids_from_input_ids")
+        self.first_position = padding_idx + 1 if numbered_past_padding and isinstance(padding_idx, int) else 0
+        max_positions = getattr(config, "max_position_embeddings", None)
+        self.max_tokens = None if max_positions is None else max_positions - self.first_position
 
     def batch(self, pairs: Sequence[Pair], device=None) -> dict:
         """Right-padded ``input_ids``, ``token_type_ids``, ``prefix_lens``, ``seq_lens`` (all int64).
@@ -68,13 +93,12 @@ class UniLM(torch.nn.Module):
 
     def _encode(self, rows: list[tuple[list[int], list[int]]], device, name: str) -> dict:
         """:meth:`batch` of checked (source, target) id lists; ``name[b]`` labels row ``b`` in messages."""
-        max_len = getattr(self.model.config, "max_position_embeddings", None)
         for b, (source, target) in enumerate(rows):
             if not source:
                 raise ValueError(f"{name}[{b}] has an empty source")
-            if max_len is not None and len(source) + len(target) > max_len:
+            if self.max_tokens is not None and len(source) + len(target) > self.max_tokens:
                 raise ValueError(f"{name}[{b}] has {len(source) + len(target)} tokens, more than the model's "
-                                 f"max_position_embeddings ({max_len})")
+                                 f"max_position_embeddings allows ({self.max_tokens})")
         L = max(len(s) + len(t) for s, t in rows)
         input_ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(rows), L), dtype=torch.long)
@@ -96,7 +120,7 @@ class UniLM(torch.nn.Module):
     def logits(self, outputs) -> torch.Tensor:
         """[..., V] logits from a model output."""
         if self.has_head:
-            return outputs.logits
+            return _head_logits(outputs)
         return outputs.last_hidden_state @ self.model.get_input_embeddings().weight.T
 
     def forward(self, input_ids, token_type_ids, prefix_lens, seq_lens, **kwargs) -> torch.Tensor:
@@ -124,7 +148,7 @@ class UniLM(torch.nn.Module):
         pos = torch.arange(1, L, device=device)
         is_target = (pos >= enc["prefix_lens"][:, None]) & (pos < enc["seq_lens"][:, None])  # [B, L-1]
         if self.has_head:
-            logits = outputs.logits[:, :-1][is_target]  # [T, V]
+            logits = _head_logits(outputs)[:, :-1][is_target]  # [T, V]
         else:
             logits = outputs.last_hidden_state[:, :-1][is_target] @ self.model.get_input_embeddings().weight.T
         return F.cross_entropy(logits, enc["input_ids"][:, 1:][is_target])
@@ -154,7 +178,6 @@ class UniLMStep:
         self.device = unilm.model.get_input_embeddings().weight.device
         self.encoded = unilm._encode(rows, self.device, "sources")
         self.longest_source = max(len(s) for s, _ in rows)
-        self.max_positions = getattr(unilm.model.config, "max_position_embeddings", None)
         self.num_beams = int(num_beams)
         self.source_lens = self.encoded["prefix_lens"].repeat_interleave(self.num_beams)  # [N]
         self.num_rows = self.source_lens.numel()
@@ -173,9 +196,10 @@ class UniLMStep:
             return self.prefill()
         if self.cache is None:
             raise ValueError("the first call must pass tokens of shape [N, 0]")
-        if self.max_positions is not None and self.longest_source + self.steps >= self.max_positions:
-            raise ValueError(f"tokens would take position {self.longest_source + self.steps}, past the model's "
-                             f"max_position_embeddings ({self.max_positions})")
+        unilm = self.unilm
+        if unilm.max_tokens is not None and self.longest_source + self.steps >= unilm.max_tokens:
+            raise ValueError(f"tokens would take position {unilm.first_position + self.longest_source + self.steps}, "
+                             f"past the model's max_position_embeddings ({unilm.first_position + unilm.max_tokens})")
         self.cache.reorder_cache(beam_idx.to(self.device, torch.long))
         return self.extend(tokens)
 
@@ -214,12 +238,17 @@ class UniLMStep:
         outputs = self.unilm.model(
             input_ids=tokens.to(self.device, torch.long),
             token_type_ids=torch.ones_like(tokens, dtype=torch.long, device=self.device),
-            position_ids=(self.source_lens + self.steps)[:, None],
+            position_ids=(self.unilm.first_position + self.source_lens + self.steps)[:, None],
             attention_mask=visible[:, None, None, :],
             **{self.cache_name: self.cache},
         )
         self.steps += 1
         return self.unilm.logits(outputs)[:, -1]
+
+
+def _head_logits(outputs) -> torch.Tensor:
+    """The LM head's logits: ``logits``, or ``prediction_logits`` for a pre-training model (MLM + NSP)."""
+    return outputs["logits"] if "logits" in outputs else outputs["prediction_logits"]
 
 
 def _nonempty_list(values: Any, name: str, item: str) -> list:

@@ -427,6 +427,59 @@ def test_backward_given_no_gradient_for_out(via):
     torch.testing.assert_close(q.grad, torch.full_like(q, 2.0), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("via", ["public", "op"])
+def test_double_backward_raises(via):
+    # The backward is not differentiable itself: a second-order gradient must fail, not come out short.
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 1, 21, 32, torch.float32, "cpu", gen))
+    if via == "public":
+        out = fs.unilm_attention(q, k, v, [5])
+    else:
+        out = torch.ops.pyfastseq.unilm_attention_fwd(q, k, v, torch.tensor([5], dtype=torch.int32),
+                                                      torch.tensor([21], dtype=torch.int32), 32 ** -0.5)[0]
+    dq, = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        (dq.square().sum() + out.sum()).backward()
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_cpu_kernel), "torch", "autograd"])
+def test_nan_in_padding_reaches_nothing(backend, monkeypatch):
+    # Padded rows of q, k, v and of the output gradient are never read: NaN there changes nothing.
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = make_qkv(2, 2, 40, 32, torch.float32, "cpu", gen)
+    do = torch.randn(q.shape, generator=gen)
+    prefix, seq = torch.tensor([3, 10]), torch.tensor([40, 29])
+    poisoned = [t.clone() for t in (q, k, v, do)]
+    for t in poisoned:
+        t[1, :, 29:] = float("nan")
+    if backend == "autograd":
+        fn = unilm_attention_reference
+    else:
+        monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", backend)
+        fn = fs.unilm_attention
+    got = run_and_grads(fn, *poisoned[:3], prefix, seq, poisoned[3])
+    clean = [t.clone() for t in (q, k, v, do)]
+    for t in clean:
+        t[1, :, 29:] = 0.0
+    want = run_and_grads(unilm_attention_reference, *clean[:3], prefix, seq, clean[3])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@needs_cpu_kernel
+def test_interpreter_concurrent_calls():
+    # The interpreter patches triton.language while a kernel runs: calls from several threads take turns.
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = torch.Generator().manual_seed(9)
+    jobs = [make_qkv(2, 1, 37, 32, torch.float32, "cpu", gen) for _ in range(4)]
+    prefix, seq = torch.tensor([3, 20]), torch.tensor([37, 30])
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda qkv: fs.unilm_attention(*qkv, prefix, seq), jobs))
+    for (q, k, v), out in zip(jobs, outs):
+        torch.testing.assert_close(out, unilm_attention_reference(q, k, v, prefix, seq), atol=1e-5, rtol=1e-5)
+
+
 def test_cpu_bfloat16_takes_the_reference(monkeypatch):
     # The interpreter's bf16 tl.dot is wrong, so CPU bf16 never goes there, and forcing it is refused.
     assert backend_for(torch.device("cpu"), torch.bfloat16) == "torch"
@@ -553,6 +606,17 @@ def test_torch_compile_fullgraph_dropout(monkeypatch):
     want = run_and_grads(reference, q, k, v, p, s, do)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", [[3, 20], (3, -1), np.array([3, 20])], ids=["list", "tuple", "array"])
+def test_torch_compile_checks_host_lengths(lengths, monkeypatch):
+    # Lengths the host holds are range-checked under torch.compile too (tensors' values are not read).
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    q, k, v = make_qkv(2, 1, 19, 32, torch.float32, "cpu", torch.Generator().manual_seed(10))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: fs.unilm_attention(q, k, v, lengths), backend="aot_eager")
+    with pytest.raises(ValueError, match=r"prefix_lens must lie in \[0, q.shape\[2\]\] = \[0, 19\]"):
+        compiled(q, k, v)
 
 
 # ---- mask -----------------------------------------------------------------------------------------

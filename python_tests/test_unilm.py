@@ -92,10 +92,24 @@ def reference_next_logits(unilm, sources, histories, num_beams):
     return logits[torch.arange(len(histories)), enc["seq_lens"] - 1]
 
 
-@pytest.mark.parametrize("model_cls", [BertModel, BertForMaskedLM], ids=["BertModel", "BertForMaskedLM"])
-def test_step_fn_matches_full_recomputation(model_cls):
+def roberta_config(**overrides):
+    """RoBERTa numbers positions from its padding index + 1; UniLM needs its second segment embedding."""
+    return transformers.RobertaConfig(**{**tiny_config().to_dict(), "type_vocab_size": 2, "pad_token_id": 1,
+                                         **overrides})
+
+
+MODELS = {
+    "BertModel": lambda: BertModel(tiny_config()),
+    "BertForMaskedLM": lambda: BertForMaskedLM(tiny_config()),
+    "BertForPreTraining": lambda: transformers.BertForPreTraining(tiny_config()),
+    "RobertaForMaskedLM": lambda: transformers.RobertaForMaskedLM(roberta_config()),
+}
+
+
+@pytest.mark.parametrize("make_model", MODELS.values(), ids=MODELS.keys())
+def test_step_fn_matches_full_recomputation(make_model):
     torch.manual_seed(2)
-    unilm = fs.UniLM(model_cls(tiny_config()).eval())
+    unilm = fs.UniLM(make_model().eval())
     sources, num_beams = [[2, 5, 6, 3], [2, 7, 8, 9, 10, 11, 3], [2, 12, 3]], 3
     N = len(sources) * num_beams
     step = unilm.step_fn(sources, num_beams)
@@ -108,7 +122,7 @@ def test_step_fn_matches_full_recomputation(model_cls):
                                    atol=1e-5, rtol=1e-5)
         # Each row continues a random beam of its own batch item, with a random token.
         beam_idx = (torch.arange(N) // num_beams) * num_beams + torch.randint(num_beams, (N,), generator=gen)
-        tokens = torch.randint(VOCAB, (N, 1), generator=gen)
+        tokens = torch.randint(2, VOCAB, (N, 1), generator=gen)  # not RoBERTa's padding token, 1
         histories = [histories[int(beam_idx[r])] + [int(tokens[r])] for r in range(N)]
         logits = step(tokens, beam_idx)
 
@@ -273,6 +287,40 @@ def test_step_past_max_positions():
     # A fork that keeps only the shorter row still has room.
     fork = step.fork(torch.tensor([1, 1]))
     assert fork(torch.ones(2, 1, dtype=torch.long), torch.arange(2)).shape == (2, VOCAB)
+
+
+def test_roberta_positions_past_the_padding_index():
+    # 10 position embeddings, the first two RoBERTa's padding: 8 tokens a row, as in training.
+    unilm = fs.UniLM(transformers.RobertaModel(roberta_config(max_position_embeddings=10)).eval())
+    assert unilm.batch([([2] * 5, [4] * 3)])["input_ids"].shape == (1, 8)
+    with pytest.raises(ValueError, match=r"has 9 tokens, more than the model's max_position_embeddings allows \(8\)"):
+        unilm.batch([([2] * 5, [4] * 4)])
+    step = unilm.step_fn([[2, 5, 6, 7, 3]])
+    step(torch.zeros(1, 0, dtype=torch.long), torch.arange(1))
+    for _ in range(3):
+        step(torch.ones(1, 1, dtype=torch.long), torch.arange(1))
+    with pytest.raises(ValueError, match=r"tokens would take position 10, past the model's max_position_embeddings \(10\)"):
+        step(torch.ones(1, 1, dtype=torch.long), torch.arange(1))
+
+
+@pytest.mark.parametrize("make_model, match", [
+    (lambda: transformers.DistilBertModel(transformers.DistilBertConfig(vocab_size=VOCAB, dim=64, n_layers=1,
+                                                                         n_heads=2, hidden_dim=64)),
+     "UniLM needs a model that takes token_type_ids .* DistilBertModel does not"),
+    (lambda: transformers.RobertaModel(roberta_config(type_vocab_size=1)),
+     "UniLM needs two segment embeddings .* config.type_vocab_size is 1"),
+    (lambda: transformers.AlbertModel(transformers.AlbertConfig(**{**tiny_config().to_dict(), "embedding_size": 32})),
+     "AlbertModel has no LM head, and its hidden states .64 wide. cannot be projected onto its 32-wide embeddings"),
+], ids=["no_segments", "one_segment", "narrow_embeddings"])
+def test_models_unilm_cannot_run(make_model, match):
+    with pytest.raises(ValueError, match=match):
+        fs.UniLM(make_model())
+
+
+@pytest.mark.parametrize("pad_id", [-1, VOCAB, "0", True, 1.0])
+def test_bad_pad_id(pad_id):
+    with pytest.raises(ValueError, match=rf"pad_id must be a token id in \[0, {VOCAB}\), got {pad_id!r}"):
+        fs.UniLM(BertModel(tiny_config()), pad_id=pad_id)
 
 
 def test_cached_chunk_of_target_tokens_is_causal():

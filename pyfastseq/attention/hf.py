@@ -50,7 +50,8 @@ def unilm_attention_forward(module, query, key, value, attention_mask, scaling=N
     if Lq == Lk:
         if prefix_lens is None:
             raise ValueError("attn_implementation='unilm' needs prefix_lens= (and seq_lens= for padded "
-                             "batches) in the model call; see pyfastseq.attention.hf")
+                             "batches) in the model call, and a model whose forward hands its keyword "
+                             "arguments down to its attention layers; see pyfastseq.attention.hf")
         out = unilm_attention(query, key, value, prefix_lens, seq_lens, scale=scaling, dropout_p=dropout)
     else:
         out = _attend_cached(query, key, value, attention_mask, scaling, dropout)

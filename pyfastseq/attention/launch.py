@@ -100,10 +100,27 @@ def _autotuned(which: str) -> _Autotuned:
     return _Autotuned(which)
 
 
+class _Interpreted:
+    """A kernel run by Triton's interpreter, one launch at a time: the interpreter patches
+    ``triton.language`` module-wide for the length of a launch, so launches from two threads would
+    undo each other's patches."""
+
+    lock = threading.Lock()
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            with self.lock:
+                self.kernel[grid](*args, **kwargs)
+        return launch
+
+
 def _kernel(which: str):
     """(launchable kernel, block-size kwargs): autotuned on a GPU, fixed blocks in the interpreter."""
     if interpreting():
-        return _KERNELS[which][0], INTERPRET_BLOCKS[which]
+        return _Interpreted(_KERNELS[which][0]), INTERPRET_BLOCKS[which]
     return _autotuned(which), {}
 
 

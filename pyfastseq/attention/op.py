@@ -27,6 +27,7 @@ import os
 from typing import Optional, Sequence, Union
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import dropout
 from .reference import (
@@ -185,7 +186,10 @@ def _grads(ctx, dout, backward):
     return dq, dk, dv, None, None, None, None, None
 
 
-_fwd.register_autograd(lambda ctx, dout, _dlse: _grads(ctx, dout, _bwd), setup_context=_setup_context)
+# The backward is not itself differentiable: once_differentiable makes a double backward (create_graph=True,
+# a gradient penalty) raise, rather than drop the second-order terms.
+_fwd.register_autograd(once_differentiable(lambda ctx, dout, _dlse: _grads(ctx, dout, _bwd)),
+                       setup_context=_setup_context)
 
 
 class UniLMAttention(torch.autograd.Function):
@@ -209,6 +213,7 @@ class UniLMAttention(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout, _dlse):
         return _grads(ctx, dout, _bwd if torch.compiler.is_compiling() else _backward)
 

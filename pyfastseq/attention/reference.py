@@ -35,8 +35,9 @@ def check_lengths(values, name: str, L: int, B: Optional[int] = None, L_name: st
     """``values`` (a tensor, array or sequence of ``[B]`` integers; any ``B`` when None) as an integer
     tensor on its own device, each in ``[0, L]`` (``L_name`` says what ``L`` is in messages).
 
-    Lengths on a GPU are not read back (that would synchronise the stream): the kernels clamp them
-    into [0, L], and the mask's formula treats them as clamped too.
+    Python sequences and arrays are always range-checked; tensors on a GPU, and any tensor under
+    ``torch.compile``, are not read back (that would synchronise the stream, or break the graph): the
+    kernels clamp them into [0, L], and the mask's formula treats them as clamped too.
     """
     if isinstance(values, torch.Tensor):
         t = values
@@ -54,10 +55,17 @@ def check_lengths(values, name: str, L: int, B: Optional[int] = None, L_name: st
         raise ValueError(f"{name} must have shape ({B},) (one entry per batch row), got {tuple(t.shape)}")
     if t.dtype in _WIDE_UNSIGNED:  # few ops take them (min, max, comparisons): as int64 (2**63 and up wrap)
         t = t.to(torch.int64)
-    if t.device.type == "cpu" and t.numel() and not torch.compiler.is_compiling():
+    if not t.numel():
+        return t
+    if not isinstance(values, torch.Tensor):
+        items = [int(x) for x in values]  # host values: readable under torch.compile as well
+        lo, hi = min(items), max(items)
+    elif t.device.type == "cpu" and not torch.compiler.is_compiling():
         lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi > L:
-            raise ValueError(f"{name} must lie in [0, {L_name}] = [0, {L}], got {lo if lo < 0 else hi}")
+    else:
+        return t
+    if lo < 0 or hi > L:
+        raise ValueError(f"{name} must lie in [0, {L_name}] = [0, {L}], got {lo if lo < 0 else hi}")
     return t
 
 
@@ -95,6 +103,7 @@ def _masked_scores(q, k, prefix_lens, seq_lens, scale):
     L = q.shape[-2]
     mask = _mask(prefix_lens.to(q.device), None if seq_lens is None else seq_lens.to(q.device), L)[:, None]  # [B, 1, L, L]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k = _real_rows(q, seq_lens), _real_rows(k, seq_lens)  # else their gradients pick up padding's NaN
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, L, L]
     return scores.masked_fill(~mask, float("-inf")), mask
 
@@ -105,6 +114,16 @@ def unilm_attention_probs(q, k, prefix_lens, seq_lens=None, scale=None) -> torch
     has_key = mask.any(-1, keepdim=True)  # [B, 1, L, 1]
     # A row with no visible key would softmax to NaN (and NaN gradients): give it zeros instead.
     return torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1).masked_fill(~has_key, 0.0)
+
+
+def _real_rows(t: torch.Tensor, seq_lens) -> torch.Tensor:
+    """``t`` [B, H, L, D] with the rows at and past each ``seq_lens[b]`` zeroed: padding meets only
+    zero probabilities, but 0 * NaN would still be NaN. The kernels never load those rows."""
+    if seq_lens is None:
+        return t
+    L = t.shape[-2]
+    padded = torch.arange(L, device=t.device) >= seq_lens.to(t.device).view(-1, 1)  # [B, L]
+    return t.masked_fill(padded.view(-1, 1, L, 1), 0.0)
 
 
 def _dropped(q, dropout_p: float, seed) -> Optional[torch.Tensor]:
@@ -127,9 +146,12 @@ def unilm_attention_reference(q, k, v, prefix_lens, seq_lens=None, scale=None, d
     """
     probs = unilm_attention_probs(q, k, prefix_lens, seq_lens, scale)
     dropped = _dropped(q, dropout_p, seed)
+    v = _real_rows(v, seq_lens)
     if dropped is None:
-        return torch.matmul(probs, v)
-    return torch.matmul(probs.masked_fill(dropped, 0.0), v) * dropout.keep_scale(dropout_p)
+        out = torch.matmul(probs, v)
+    else:
+        out = torch.matmul(probs.masked_fill(dropped, 0.0), v) * dropout.keep_scale(dropout_p)
+    return _real_rows(out, seq_lens)  # zeros already; this stops padded rows' gradients
 
 
 def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None, scale=None, dropout_p=0.0,
@@ -139,7 +161,7 @@ def unilm_attention_reference_backward(dout, q, k, v, prefix_lens, seq_lens=None
     returned in the inputs' dtype."""
     dtype = q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    dout, q, k, v = (t.float() for t in (dout, q, k, v))
+    dout, q, k, v = (_real_rows(t.float(), seq_lens) for t in (dout, q, k, v))
     probs = unilm_attention_probs(q, k, prefix_lens, seq_lens, scale)  # [B, H, L, L]
     dropped = _dropped(q, dropout_p, seed)
     if dropped is None:
