@@ -13,6 +13,7 @@ for transformers' ``generate()``, :meth:`CopyPrior.wrap_step_fn` for pyfastseq's
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -39,10 +40,12 @@ class CopyPrior(nn.Module):
 
     def __init__(self, vocab_size: int, pad_id: int | None = None):
         super().__init__()
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= INT32_MAX + 1:
+        if (isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral)
+                or not 1 <= vocab_size <= INT32_MAX + 1):
             raise ValueError(f"vocab_size must be an int in [1, 2**31], got {vocab_size!r}")
-        if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int)):
+        if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral)):
             raise TypeError(f"pad_id must be an int or None, got {type(pad_id).__name__}")
+        vocab_size, pad_id = int(vocab_size), None if pad_id is None else int(pad_id)
         check_memory(2 * vocab_size * torch.finfo(torch.get_default_dtype()).bits // 8,
                      f"CopyPrior's s and t over a vocabulary of {vocab_size}")
         self.vocab_size = vocab_size
@@ -146,6 +149,8 @@ class CopyPriorLogitsProcessor:
 def _average(logits: torch.Tensor, prior: torch.Tensor, vocab_size: int) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3) or logits.shape[-1] != vocab_size:
         raise ValueError(f"logits must be [B, {vocab_size}] or [B, T, {vocab_size}], got {_shape(logits)}")
+    if not logits.is_floating_point():  # (integer logits + prior) / 2 would come out as a float anyway
+        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if logits.shape[0] != prior.shape[0]:
         raise ValueError(f"logits has {logits.shape[0]} rows but source_ids has {prior.shape[0]}")
     if logits.dim() == 3:

@@ -1,5 +1,6 @@
 """fs.CopyPrior (seed 003) against a hand computation, in training and as a decoding hook."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,12 +136,24 @@ def test_bad_arguments():
             prior(torch.zeros(1, V), torch.ones(1, 1, dtype=dtype))
     with pytest.raises(ValueError, match="logits"):
         prior(torch.zeros(1, V + 1), torch.tensor([[1]]))
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match=f"logits must be a floating-point tensor, got dtype {dtype}"):
+            prior(torch.zeros(1, V, dtype=dtype), torch.tensor([[1]]))
     with pytest.raises(ValueError, match="rows"):
         prior(torch.zeros(2, V), torch.tensor([[1]]))
     with pytest.raises(ValueError, match="source_mask"):
         prior.indicator(torch.tensor([[1, 2]]), torch.tensor([[True]]))
     # a masked position may hold any id (e.g. -100 labels)
     assert prior.indicator(torch.tensor([[-100, 3]]), torch.tensor([[False, True]]))[0, 3] == 1
+
+
+def test_numpy_integers_for_vocab_size_and_pad_id():
+    prior = fs.CopyPrior(np.int64(V), pad_id=np.int32(0))
+    assert (prior.vocab_size, prior.pad_id) == (V, 0) and type(prior.vocab_size) is int
+    torch.testing.assert_close(prior.indicator(torch.tensor([[0, 3]])), fs.CopyPrior(V, pad_id=0).indicator(
+        torch.tensor([[0, 3]])))
+    with pytest.raises(TypeError, match="pad_id must be an int or None, got float"):
+        fs.CopyPrior(V, pad_id=0.0)
 
 
 def test_vocab_size_too_large_for_token_ids_or_the_memory_cap():
