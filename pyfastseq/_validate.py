@@ -15,11 +15,23 @@ def as_array(values: Any, name: str) -> np.ndarray:
     """``values`` as a NumPy array (a tensor's values on the CPU); a ragged or unconvertible nest is
     reported by argument name rather than by NumPy's own message."""
     if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
+        check_dense(values, name)
+        if values.is_meta:
+            raise ValueError(f"{name} is on the meta device, which holds no values")
+        try:
+            return values.detach().cpu().numpy()
+        except TypeError:  # bfloat16, float8: no NumPy dtype holds them
+            raise TypeError(f"{name} must hold numbers NumPy can hold, got dtype {values.dtype}") from None
     try:
         return np.asarray(values)
     except (ValueError, TypeError, OverflowError) as exc:
         raise TypeError(f"{name} must be a rectangular array-like of numbers ({exc})") from None
+
+
+def check_dense(t: torch.Tensor, name: str) -> None:
+    """``TypeError`` unless ``t`` is a dense (strided) tensor, not a sparse or other layout."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
 
 
 def check_integer_dtype(dtype: Any, name: str, what: str = "integers") -> None:
@@ -37,6 +49,8 @@ def as_token_array(values: Any, name: str) -> np.ndarray:
     if isinstance(values, (str, bytes)):  # NumPy would make it one string element
         raise TypeError(f"{name} must hold integer token ids, not a string")
     arr = as_array(values, name)
+    if arr.ndim == 0:  # a lone number, None, a generator: NumPy wraps it as one element
+        raise TypeError(f"{name} must be a sequence of integer token ids, got {type(values).__name__}")
     if arr.size == 0:
         return np.zeros(0, dtype=np.int32)
     if arr.ndim != 1:
@@ -46,6 +60,10 @@ def as_token_array(values: Any, name: str) -> np.ndarray:
 
 def _checked_int32(arr: np.ndarray, name: str) -> np.ndarray:
     is_int32 = arr.dtype == np.int32  # the common case: one reduction, no dtype queries
+    if arr.dtype == object and arr.size and all(_is_integer(v) for v in arr.flat):
+        # Integers beyond int64/uint64 (NumPy keeps them as objects): never token ids.
+        outside = next(int(v) for v in arr.flat if not 0 <= v <= INT32_MAX)
+        raise ValueError(f"{name} holds token id {outside} outside [0, 2**31 - 1]")
     if not is_int32:
         check_integer_dtype(arr.dtype, name, "integer token ids")
     if arr.size:
@@ -65,7 +83,7 @@ def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> 
         tokens = as_token_array(sequences, name)
         return tokens, np.ascontiguousarray(offs, dtype=np.int64)
     if isinstance(sequences, torch.Tensor):
-        sequences = sequences.detach().cpu().numpy()
+        sequences = as_array(sequences, name)
     if isinstance(sequences, np.ndarray):
         if sequences.ndim != 2:
             raise ValueError(f"{name} as an array must be 2-D [num_sequences, length], got shape {sequences.shape}")
@@ -92,6 +110,10 @@ def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> 
     if flat.ndim != 1:
         raise TypeError(f"{name} must hold flat sequences of integer token ids")
     return _checked_int32(flat, name), offs
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def as_eos_id(eos_id: Any) -> int:

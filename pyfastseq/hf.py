@@ -14,7 +14,7 @@ from transformers import LogitsProcessor
 
 from . import _backend
 from ._backend import _C
-from ._validate import check_integer_dtype
+from ._validate import check_dense, check_integer_dtype
 from .trie import Trie, _overlapping
 
 __all__ = ["TrieLogitsProcessor"]
@@ -177,6 +177,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         _check_ids(input_ids)
         if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
             raise ValueError(f"scores must be a 2-D tensor [N, V] with N = {input_ids.shape[0]}, got {_shape(scores)}")
+        check_dense(scores, "scores")
         if scores.dtype not in _backend.ELEM_BYTES:
             raise TypeError(f"scores must be float32, float16 or bfloat16, got {scores.dtype}")
         if scores.is_meta:
@@ -310,6 +311,7 @@ def _check_ids(input_ids: object) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a 2-D tensor [N, cur_len], got shape {tuple(input_ids.shape)}")
     check_integer_dtype(input_ids.dtype, "input_ids", "integer token ids")
+    check_dense(input_ids, "input_ids")
     if input_ids.is_meta:
         raise ValueError("input_ids are on the meta device, which holds no values")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, as_eos_id, as_token_array, check_integer_dtype, flatten_sequences
+from ._validate import (INT32_MAX, as_array, as_eos_id, as_token_array, check_dense, check_integer_dtype,
+                        flatten_sequences)
 
 __all__ = ["Trie"]
 
@@ -56,6 +58,7 @@ class Trie:
             cpu = (torch.from_numpy(child_begin.view(np.int32)), torch.from_numpy(child_token))
         # CSR child offsets (as int32) and tokens per device; CPU ones share the trie's memory.
         self._device_arrays: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {torch.device("cpu"): cpu}
+        self._allow_masking_with(cpu)
         self._wide_nodes: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._paths_after: dict[tuple[int, int], list[int] | None] = {}  # _path_continuing_after's answers
 
@@ -67,10 +70,10 @@ class Trie:
         in place while the trie lives: the pages are read from it on demand (a truncated mapping
         ends the process with SIGBUS, as any mmap does). Write a new file and rename it over the
         old one instead."""
-        path = os.fspath(path)
+        path = _file_path(path)
         try:
             size = os.stat(path).st_size
-        except (OSError, ValueError):
+        except OSError:
             size = 0  # the native loader reports a missing or unreadable file by name
         # Mapped or read, the arrays' pages are the trie's working set once it is searched.
         check_memory(size, f"loading the trie file {path!r}")
@@ -81,7 +84,7 @@ class Trie:
     def save(self, path: str | os.PathLike) -> None:
         """Write the versioned binary format that :meth:`load` reads, its header and arrays
         checksummed."""
-        self._native.save(os.fspath(path))
+        self._native.save(_file_path(path))
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -155,7 +158,7 @@ class Trie:
         try:
             tokens = as_token_array(seq, "seq")
         except ValueError:
-            if np.asarray(seq).ndim == 1:  # an id outside [0, 2**31) cannot be on any path
+            if as_array(seq, "seq").ndim == 1:  # an id outside [0, 2**31) cannot be on any path
                 return -1
             raise
         return self._native.walk(tokens)
@@ -232,6 +235,7 @@ class Trie:
         """
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        check_dense(logits, "logits")
         if logits.dtype not in _backend.ELEM_BYTES:
             raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
         if logits.dim() != 2:
@@ -248,10 +252,15 @@ class Trie:
         if logits.stride(1) != 1:
             what = "mask_logits on logits with strided columns (a contiguous copy)"
             check_memory(logits.numel() * logits.element_size(), what)
-        if isinstance(fill, torch.Tensor) and fill.numel() == 1 and not fill.is_meta:
+        if isinstance(fill, torch.Tensor) and fill.numel() == 1 and not fill.is_meta \
+                or isinstance(fill, np.ndarray) and fill.size == 1:
             fill = fill.item()
         if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
             raise TypeError(f"fill must be a number, got {type(fill).__name__}")
+        try:
+            fill = float(fill)
+        except OverflowError:
+            raise ValueError(f"fill must be a number a float can hold, got {fill}") from None
         if logits.requires_grad and torch.is_grad_enabled():
             raise ValueError(
                 "logits requires grad: mask_logits writes in place and records no gradient. Mask under "
@@ -259,7 +268,7 @@ class Trie:
             )
         node_tensor = _node_tensor(nodes, logits.shape[0], logits.device)
         child_begin, child_token = self._arrays_on(logits.device)
-        torch.ops.pyfastseq.trie_mask_(logits, node_tensor, child_begin, child_token, float(fill))
+        torch.ops.pyfastseq.trie_mask_(logits, node_tensor, child_begin, child_token, fill)
         return logits
 
     def _arrays_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,7 +277,16 @@ class Trie:
         if arrays is None:
             arrays = tuple(a.to(device) for a in self._device_arrays[torch.device("cpu")])
             self._device_arrays[device] = arrays
+            self._allow_masking_with(arrays)
         return arrays
+
+    def _allow_masking_with(self, arrays: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Let the mask op take ``arrays`` (this trie's, on some device) for as long as they live:
+        tied to the tensors, not to the trie, since a copy of the trie shares them."""
+        key = _arrays_key(*arrays)
+        _MASKABLE[key] = self.max_token
+        for array in arrays:
+            weakref.finalize(array, _MASKABLE.pop, key, None)
 
     def _wide_nodes_on(self, device: torch.device, vocab: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """For the CUDA beam step on ``vocab``-wide logits: the nodes with at least ``vocab / 16``
@@ -326,11 +344,19 @@ def _as_int32(values: Any, name: str) -> np.ndarray:
     return arr.astype(np.int32, order="C", copy=False)  # keeps a 0-d shape (ascontiguousarray would not)
 
 
+def _file_path(path: str | os.PathLike) -> str | bytes:
+    path = os.fspath(path)
+    if ("\0" if isinstance(path, str) else b"\0") in path:  # the OS would read it as the path's end
+        raise ValueError(f"path must not contain a NUL character, got {path!r}")
+    return path
+
+
 _NODE_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _node_tensor(nodes: Any, rows: int, device: torch.device) -> torch.Tensor:
     if isinstance(nodes, torch.Tensor):
+        check_dense(nodes, "nodes")
         if nodes.dtype not in _NODE_DTYPES:
             raise TypeError(f"nodes must be an integer tensor (int8/16/32/64 or uint8), got {nodes.dtype}")
         if nodes.device.type == "meta":
@@ -348,10 +374,36 @@ def _node_tensor(nodes: Any, rows: int, device: torch.device) -> torch.Tensor:
     return tensor.to(device=device, dtype=torch.int32).contiguous()
 
 
+# The mask kernels trust the CSR arrays they are handed (a node's slice of child_token, each token a
+# column), so the op takes only a live Trie's own arrays, known by their memory (never read: no
+# device sync), with the trie's largest token: a direct call of torch.ops.pyfastseq.trie_mask_ with
+# other tensors, or with logits too narrow for the trie, is an error rather than a wild write.
+_MASKABLE: dict[tuple, int] = {}
+
+
+def _arrays_key(child_begin: torch.Tensor, child_token: torch.Tensor) -> tuple:
+    return tuple((t.device, t.dtype, t.data_ptr(), t.shape, t.stride()) for t in (child_begin, child_token))
+
+
+def _check_mask_op_args(logits: torch.Tensor, nodes: torch.Tensor, child_begin: torch.Tensor,
+                        child_token: torch.Tensor) -> None:
+    max_token = _MASKABLE.get(_arrays_key(child_begin, child_token))
+    if max_token is None:
+        raise ValueError("child_begin and child_token must be a Trie's own arrays: mask with Trie.mask_logits")
+    if logits.dim() != 2 or logits.dtype not in _backend.ELEM_BYTES or logits.device != child_begin.device:
+        raise ValueError(f"logits must be a 2-D float32/float16/bfloat16 tensor on {child_begin.device}")
+    if logits.shape[1] <= max_token:
+        raise ValueError(f"the trie holds token id {max_token} but logits has only {logits.shape[1]} columns")
+    if nodes.dtype != torch.int32 or nodes.shape != logits.shape[:1] or not nodes.is_contiguous() \
+            or nodes.device != logits.device:
+        raise ValueError(f"nodes must be a contiguous int32 [{logits.shape[0]}] tensor on logits' device")
+
+
 @torch.library.custom_op("pyfastseq::trie_mask_", mutates_args=("logits",), device_types=("cpu", "cuda"))
 def _trie_mask_op(
     logits: torch.Tensor, nodes: torch.Tensor, child_begin: torch.Tensor, child_token: torch.Tensor, fill: float
 ) -> None:
+    _check_mask_op_args(logits, nodes, child_begin, child_token)
     target = logits if logits.stride(1) == 1 else logits.contiguous()
     rows, vocab = target.shape
     if rows and vocab:

@@ -108,9 +108,20 @@ def test_extreme_ids_and_lengths():
     assert trie.walk([2**31]) == -1 and trie.walk([-1]) == -1
     for seq, error, match in (("ab", TypeError, "seq must hold integer token ids, not a string"),
                               ([1.5], TypeError, "seq must hold integer token ids, got dtype float64"),
-                              (7, ValueError, r"seq must be 1-D, got shape \(\)")):
+                              (7, TypeError, "seq must be a sequence of integer token ids, got int"),
+                              (None, TypeError, "seq must be a sequence of integer token ids, got NoneType"),
+                              (iter([0]), TypeError, "seq must be a sequence of integer token ids, got list_iterator"),
+                              ({0}, TypeError, "seq must be a sequence of integer token ids, got set"),
+                              ([[0]], ValueError, r"seq must be 1-D, got shape \(1, 1\)")):
         with pytest.raises(error, match=match):
             trie.walk(seq)
+        with pytest.raises(error, match=match):
+            seq in trie
+    # Integers past int64 (NumPy keeps them as objects) are ids outside the range like any other.
+    for seq in ([2**64], [0, 2**64], [-(2**70)], np.array([2**64, 1], dtype=object)):
+        assert trie.walk(seq) == -1 and seq not in trie
+    with pytest.raises(ValueError, match="sequences holds token id 18446744073709551616 outside"):
+        fs.Trie([[1, 2**64]])
     single = fs.Trie([[7]])
     assert single.num_nodes == 2 and single.children(single.root)[0].tolist() == [7]
 
@@ -162,6 +173,20 @@ def test_bad_lookups():
         trie.step([0, 0], [1])
     with pytest.raises(TypeError, match="nodes must hold integers"):
         trie.step([0.5], [1])
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda trie, x: fs.Trie(x[None]), "sequences"), (lambda trie, x: trie.walk(x), "seq"),
+    (lambda trie, x: trie.contains(x), "seq"), (lambda trie, x: trie.step([0, 0], x), "tokens"),
+], ids=["Trie", "walk", "contains", "step"])
+@pytest.mark.parametrize("tensor, error, match", [
+    (torch.tensor([1, 2], dtype=torch.bfloat16), TypeError, "must hold numbers NumPy can hold, got dtype torch.bfloat16"),
+    (torch.tensor([1, 2], device="meta"), ValueError, "is on the meta device, which holds no values"),
+    (torch.tensor([[1, 2]]).to_sparse()[0], TypeError, r"must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+], ids=["bfloat16", "meta", "sparse"])
+def test_tensors_numpy_cannot_read__named_errors(call, name, tensor, error, match):
+    with pytest.raises(error, match=f"{name} {match}"):
+        call(fs.Trie([[1, 2]]), tensor)
 
 
 def test_native_stub_lists_every_binding():

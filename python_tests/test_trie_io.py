@@ -1,5 +1,6 @@
 """Trie files: round trips, and every kind of damage rejected with ValueError."""
 
+import os
 import struct
 
 import numpy as np
@@ -217,6 +218,29 @@ def test_missing_and_non_regular_files(tmp_path):
         fs.Trie.load(tmp_path)
     with pytest.raises(ValueError, match="cannot open"):
         fs.Trie([[1]]).save(tmp_path / "no" / "such" / "dir.trie")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):  # at once: no wait for a writer
+        fs.Trie.load(fifo)
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_paths_with_a_nul_character(tmp_path, as_bytes):
+    # The OS would stop at the NUL and use the file named by what precedes it.
+    trie = fs.Trie([[1, 2]])
+    trie.save(tmp_path / "a")
+    path = str(tmp_path / "a") + "\0.trie"
+    path = path.encode() if as_bytes else path
+    with pytest.raises(ValueError, match="path must not contain a NUL character"):
+        fs.Trie.load(path)
+    with pytest.raises(ValueError, match="path must not contain a NUL character"):
+        trie.save(path)
+    from pyfastseq import _C
+
+    with pytest.raises(ValueError, match="path must not contain a NUL character"):
+        _C.Trie.load("a\0b", True)
+    with pytest.raises(ValueError, match="path must not contain a NUL character"):
+        trie._native.save("a\0b")
 
 
 def test_mapped_trie_outlives_views(tmp_path, trie):

@@ -1,5 +1,7 @@
 """Trie.mask_logits against a masked_fill reference, over dtypes, strides, devices and bad input."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -200,11 +202,59 @@ def test_bad_arguments():
         trie.mask_logits(logits, [0.0, 1.0])
     with pytest.raises(ValueError, match="nodes is on the meta device"):
         trie.mask_logits(logits, torch.zeros(2, dtype=torch.int32, device="meta"))
+    with pytest.raises(TypeError, match=r"logits must be a dense \(strided\) tensor, got layout torch.sparse_coo"):
+        trie.mask_logits(logits.to_sparse(), [0, 0])
     with pytest.raises(TypeError, match="fill must be a number"):
         trie.mask_logits(logits, [0, 0], fill="x")
     with pytest.raises(TypeError, match="fill must be a number"):
         trie.mask_logits(logits, [0, 0], fill=torch.zeros(2))
+    with pytest.raises(TypeError, match="fill must be a number"):
+        trie.mask_logits(logits, [0, 0], fill=np.array([True]))
+    with pytest.raises(ValueError, match="fill must be a number a float can hold, got 1000000000000"):
+        trie.mask_logits(logits, [0, 0], fill=10**400)
     assert torch.equal(logits, torch.zeros(2, 5))  # nothing written on any failure
+
+
+@pytest.mark.parametrize("fill", [np.float32(-7.0), np.array(-7.0), np.array([-7]), torch.tensor([-7.0]), -7])
+def test_fill_of_any_one_number_form(fill):
+    trie = fs.Trie([[1, 2], [3]])
+    nodes = [trie.root, trie.walk([1])]
+    got = trie.mask_logits(torch.zeros(2, 5), nodes, fill=fill)
+    assert torch.equal(got, reference_mask(torch.zeros(2, 5), [[1, 3], [2]], -7.0))
+
+
+def test_mask_op_called_directly__takes_only_a_live_tries_arrays():
+    # The op trusts the CSR arrays it masks with: anything else is refused, never read.
+    trie = fs.Trie([[5, 10**6]])
+    begin, tokens = trie._arrays_on(torch.device("cpu"))
+    nodes = torch.tensor([trie.walk([5])], dtype=torch.int32)
+    op = torch.ops.pyfastseq.trie_mask_
+    with pytest.raises(ValueError, match="trie holds token id 1000000 but logits has only 8 columns"):
+        op(torch.zeros(1, 8), nodes, begin, tokens, float("-inf"))
+    forged = torch.tensor([0, 10**9, 10**9 + 1, 10**9 + 2], dtype=torch.int32)
+    with pytest.raises(ValueError, match="child_begin and child_token must be a Trie's own arrays"):
+        op(torch.zeros(1, 8), nodes, forged, tokens, float("-inf"))
+    wide = torch.zeros(3, 10**6 + 1)
+    for bad in (nodes.long(), nodes[:0], torch.tensor([1, 1, 1], dtype=torch.int32)[::2]):
+        with pytest.raises(ValueError, match=r"nodes must be a contiguous int32 \[3\] tensor"):
+            op(wide, bad, begin, tokens, float("-inf"))
+    op(wide[:1], nodes, begin, tokens, float("-inf"))
+    assert torch.isinf(wide[0]).sum() == wide.shape[1] - 1 and wide[0, 10**6] == 0
+
+
+def test_mask_op_forgets_a_trie_that_is_gone():
+    from pyfastseq import trie as trie_module
+
+    before = len(trie_module._MASKABLE)
+    tries = [fs.Trie([[1, i]]) for i in range(50)]
+    assert len(trie_module._MASKABLE) == before + 50
+    copies = [copy.copy(t) for t in tries]  # a copy shares its original's arrays
+    del tries
+    assert len(trie_module._MASKABLE) == before + 50
+    for i, c in enumerate(copies):
+        assert c.mask_logits(torch.zeros(1, 51), [c.walk([1])]).argmax().item() == i
+    del copies, c
+    assert len(trie_module._MASKABLE) == before
 
 
 @pytest.mark.parametrize("node", [2**31, 2**32, 2**32 + 1, 2**40, -(2**32) + 1, -(2**31) - 1])

@@ -57,6 +57,11 @@ struct Layout {
   uint64_t total() const { return begin_bytes + token_bytes + terminal_bytes; }
 };
 
+// The OS reads a NUL as the path's end: such a path would name another file.
+void check_path(const std::string& path) {
+  if (path.find('\0') != std::string::npos) fail("path must not contain a NUL character");
+}
+
 // A word-at-a-time multiplicative hash (`bytes` a multiple of 8) continuing from h: catches flipped
 // bits and truncation; not cryptographic.
 uint64_t hash_words(uint64_t h, const void* data, uint64_t bytes) {
@@ -139,6 +144,7 @@ void Trie::compute_depth() {
 }
 
 void Trie::save(const std::string& path) const {
+  check_path(path);
   const uint64_t n = static_cast<uint64_t>(view_.num_nodes);
   const Layout layout(n);
   std::vector<uint8_t> payload(layout.total(), 0);
@@ -163,7 +169,9 @@ void Trie::save(const std::string& path) const {
 }
 
 std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  check_path(path);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer before the check below rejects it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail("path: cannot open '", path, "'");
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
