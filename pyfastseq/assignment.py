@@ -17,7 +17,7 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import as_array, check_integer_dtype
+from ._validate import INT32_MAX, as_array, check_integer_dtype
 
 __all__ = ["linear_sum_assignment"]
 
@@ -78,6 +78,8 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
         matrix = cost
     else:
         matrix = _as_float64(cost)
+    if any(stride % 8 for stride in matrix.strides):  # a packed record's field: the solver steps in float64s
+        matrix = np.ascontiguousarray(matrix)
     if matrix.ndim == 3:
         return _solve_batch(matrix, maximize, row_lens, col_lens)
     if matrix.ndim != 2:
@@ -111,7 +113,11 @@ def _as_float64(cost: Any) -> np.ndarray:
 
 def _check_size(shape: tuple) -> None:
     """Cap check for a float64 copy of the costs (cast, or transposed for a tall matrix), the
-    solver's per-problem vectors and the output, before any of them is allocated."""
+    solver's per-problem vectors and the output, before any of them is allocated; and the solver's
+    bound: it indexes rows and columns with 32-bit ints."""
+    if len(shape) >= 2 and max(shape[-2:]) > INT32_MAX:
+        raise ValueError(f"cost has {max(shape[-2:])} {'rows' if shape[-2] > INT32_MAX else 'columns'}; "
+                         f"linear_sum_assignment solves at most {INT32_MAX} of each")
     cells = int(np.prod(shape, dtype=np.float64))
     rows = int(np.prod(shape[:-1], dtype=np.float64)) if shape else 0
     nbytes = 8 * cells + 48 * rows + 48 * (shape[-1] if shape else 0)

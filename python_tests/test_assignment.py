@@ -156,6 +156,35 @@ def test_strided_views():
         assert_same_as_scipy(view)
 
 
+
+def test_float64_fields_of_packed_records():
+    # Strides that are not whole float64s (a field of a packed structured array): SciPy takes them.
+    rng = np.random.default_rng(6)
+    records = np.zeros((7, 9), dtype=[("flag", "u1"), ("cost", "f8")])
+    records["cost"] = rng.random((7, 9))
+    assert records["cost"].strides[1] % 8
+    assert_same_as_scipy(records["cost"])
+    assert_same_as_scipy(records["cost"].T)
+    batch = np.zeros((3, 4, 5), dtype=[("flag", "u1"), ("cost", "f8")])
+    batch["cost"] = rng.random((3, 4, 5))
+    np.testing.assert_array_equal(fs.linear_sum_assignment(batch["cost"]),
+                                  fs.linear_sum_assignment(np.ascontiguousarray(batch["cost"])))
+
+
+@pytest.mark.parametrize("shape", [(1, 2**31 + 10), (2**31 + 10, 1), (2, 1, 2**31), (2, 2**31, 3)])
+def test_sides_beyond_int32__raise_before_solving(shape):
+    # Broadcast views: no memory behind them, but a solver indexing with int would truncate.
+    side = "rows" if shape[-2] > 2**31 - 1 else "columns"
+    for cost in (np.broadcast_to(1.0, shape), torch.ones(1, dtype=torch.float64).expand(shape)):
+        with pytest.raises(ValueError, match=rf"cost has {max(shape[-2:])} {side}; .* at most 2147483647"):
+            fs.linear_sum_assignment(cost)
+    from pyfastseq import _C
+
+    entry = _C.assign_matrix if len(shape) == 2 else _C.assign
+    with pytest.raises(ValueError, match="cost has more than 2147483647 rows or columns"):
+        entry(np.broadcast_to(1.0, shape), False)
+
+
 # -- hypothesis ---------------------------------------------------------------------------------
 
 cells = st.one_of(st.integers(-5, 5).map(float), st.floats(-1e3, 1e3), st.just(np.inf))

@@ -2,6 +2,8 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "assign/assign.h"
@@ -38,6 +40,9 @@ AssignParams params_of(const py::array_t<double>& cost, int ndim, bool maximize)
   p.batch_stride = ndim == 3 ? cost.strides(0) / 8 : 0;
   p.rows = cost.shape(first);
   p.cols = cost.shape(first + 1);
+  // The solver indexes rows and columns with int.
+  constexpr int64_t kMaxSide = std::numeric_limits<int32_t>::max();
+  if (p.rows > kMaxSide || p.cols > kMaxSide) fail("cost has more than ", kMaxSide, " rows or columns");
   p.row_stride = cost.strides(first) / 8;
   p.col_stride = cost.strides(first + 1) / 8;
   p.maximize = maximize;
