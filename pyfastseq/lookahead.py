@@ -23,8 +23,14 @@ from .trie import Trie
 __all__ = ["LCSLookahead", "lcs_length", "lcs_lengths"]
 
 
+# The largest match table a query may have: about 32k tokens when all of them are distinct.
+MAX_MATCH_TABLE_BYTES = 128 << 20
+
+
 def lcs_length(a: Any, b: Any) -> int:
-    """Length of the longest common subsequence of two int token sequences.
+    """Length of the longest common subsequence of two int token sequences. The shorter one's
+    match table (``ceil(m / 64)`` words per distinct token) may take up to 128 MiB: a sequence of
+    up to about 32k distinct tokens; a longer one raises ``ValueError`` naming it.
 
     Example:
         >>> lcs_length([1, 2, 3, 4], [2, 4, 5])
@@ -40,7 +46,8 @@ def lcs_lengths(query: Any, candidates: Any, offsets: Any = None) -> np.ndarray:
     """LCS length of ``query`` with every candidate, as ``np.ndarray[int32]``.
 
     Args:
-        query: one int token sequence; its match table is built once.
+        query: one int token sequence; its match table is built once (at most 128 MiB: up to
+            about 32k distinct tokens).
         candidates: a list of int sequences, a 2-D int array (one candidate per row), or, with
             ``offsets``, a flat int32 array of all candidate tokens (the fast path: no copy).
         offsets: int64 ``[num_candidates + 1]``, starting at 0 and ending at ``len(candidates)``;
@@ -209,8 +216,12 @@ def _pattern(query: np.ndarray, name: str) -> Any:
     long query of distinct tokens costs m^2 / 8 bytes; checked against the memory cap first."""
     words = -(-len(query) // 64)
     if 8 * words * (len(query) + 1) > 1 << 20:  # small tables skip counting the distinct tokens
-        what = f"the LCS match table of {name} ({len(query)} tokens)"
-        check_memory(8 * words * (len(np.unique(query)) + 1), what)
+        distinct = len(np.unique(query))
+        table_bytes = 8 * words * (distinct + 1)
+        if table_bytes > MAX_MATCH_TABLE_BYTES:  # the native bound, checked here to name the argument
+            raise ValueError(f"{name} is too long ({len(query)} tokens, {distinct} distinct): its LCS match "
+                             f"table would exceed {MAX_MATCH_TABLE_BYTES >> 20} MiB")
+        check_memory(table_bytes, f"the LCS match table of {name} ({len(query)} tokens)")
     return _C.LcsPattern(query)
 
 

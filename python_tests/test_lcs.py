@@ -93,6 +93,9 @@ def test_lcs_length__hypothesis_large_ids(query, other, random):
         (lambda: fs.lcs_length([1], [2**31]), ValueError, r"b holds token id 2147483648"),
         (lambda: fs.lcs_length("abc", [1]), TypeError, r"a must hold integer"),
         (lambda: fs.lcs_length([[1, 2]], [1]), ValueError, r"a must be 1-D"),
+        (lambda: fs.lcs_length({1, 2}, [1]), TypeError, r"a must be a sequence of integer token ids, got set"),
+        (lambda: fs.lcs_length([1], None), TypeError, r"b must be a sequence of integer token ids, got NoneType"),
+        (lambda: fs.lcs_length([1], [2**64]), ValueError, r"b holds token id 18446744073709551616 outside"),
         (lambda: fs.lcs_lengths([1.5], [[1]]), TypeError, r"query must hold integer"),
         (lambda: fs.lcs_lengths([1], [[1], [-3]]), ValueError, r"candidates holds token id -3"),
         (lambda: fs.lcs_lengths([1], np.array([1, -3], np.int32), [0, 1, 2]), ValueError, r"candidates\[1\] holds a negative token id \(-3\)"),
@@ -101,9 +104,12 @@ def test_lcs_length__hypothesis_large_ids(query, other, random):
         (lambda: fs.lcs_lengths([1], np.array([1, 2], np.int32), []), ValueError, r"offsets must be a 1-D"),
         (lambda: fs.lcs_lengths([1], "ab"), TypeError, r"candidates must be an iterable"),
         (lambda: fs.lcs_lengths(np.arange(40_000), [[1]]), ValueError, r"query is too long"),
+        (lambda: fs.lcs_length(np.arange(40_000), np.arange(40_001)), ValueError, r"a is too long \(40000 tokens"),
+        (lambda: fs.lcs_length(np.arange(40_001), np.arange(40_000)), ValueError, r"b is too long \(40000 tokens"),
     ],
-    ids=["negative", "over_int32", "string", "2d", "float_query", "negative_list", "negative_flat", "offsets_end",
-         "offsets_order", "offsets_empty", "string_candidates", "huge_query"],
+    ids=["negative", "over_int32", "string", "2d", "set", "none", "over_int64", "float_query", "negative_list",
+         "negative_flat", "offsets_end", "offsets_order", "offsets_empty", "string_candidates", "huge_query",
+         "huge_a", "huge_b"],
 )
 def test_bad_input__raises_naming_argument(call, error, match):
     with pytest.raises(error, match=match):

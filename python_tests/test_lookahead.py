@@ -84,6 +84,19 @@ def test_deltas__deeper_than_255__height_bound_stays_exact():
         assert deltas.tolist() == lookahead_deltas(dict_trie, prefix, query)
 
 
+
+def test_deltas__gain_further_than_255_tokens_down__stays_exact():
+    # The second sequence reaches its 300-token gain only after 300 tokens that match nothing: a
+    # subtree height read as 255 would prune it below the first sequence's 255.
+    query = list(range(100, 400))
+    seqs = [[5] + query[:255], [5] + list(range(1000, 1300)) + query, [6], [5] + query[:40] + [7] * 400]
+    trie, dict_trie = fs.Trie(seqs), DictTrie(seqs)
+    for prefix in ([], [5], [5, 1000]):
+        nodes, generated, batch = rows_of(trie, [prefix], [0])
+        row_offsets, deltas = fs.LCSLookahead(query, max_nodes=None).deltas(trie, nodes, generated, batch)
+        assert deltas.tolist() == lookahead_deltas(dict_trie, prefix, query)
+
+
 @given(st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=6), min_size=1, max_size=10),
        st.lists(st.integers(0, 5), max_size=8), st.sampled_from([None, 0, 1]))
 def test_deltas__hypothesis(seqs, query, start_after):

@@ -138,8 +138,10 @@ void lookahead_row_offsets(const LookaheadParams& p, bool applying_only, int64_t
 // Throws InvalidArgument for a pattern index outside [0, num_patterns).
 LookaheadStats run_lookahead(const LookaheadParams& p);
 
-// heights[n] = length of the longest path from node n down to a leaf, saturated at 255 (still a
-// valid bound: the prune only needs an upper bound).
+// heights[n] = length of the longest path from node n down to a leaf, saturated at
+// kSaturatedHeight, which stands for "that many or more" (one byte a node keeps the walk's
+// heights in cache).
+constexpr int32_t kSaturatedHeight = 255;
 void run_subtree_heights(const TrieView& trie, uint8_t* heights);
 
 }  // namespace pyfastseq

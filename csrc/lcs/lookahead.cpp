@@ -18,7 +18,7 @@ void run_subtree_heights(const TrieView& trie, uint8_t* heights) {
   for (int32_t n = trie.num_nodes - 1; n >= 0; --n) {
     int32_t h = 0;
     for (uint32_t e = trie.child_begin[n]; e < trie.child_begin[n + 1]; ++e) h = std::max<int32_t>(h, heights[e + 1] + 1);
-    heights[n] = static_cast<uint8_t>(std::min(h, 255));
+    heights[n] = static_cast<uint8_t>(std::min(h, kSaturatedHeight));
   }
 }
 
@@ -87,9 +87,11 @@ struct RowJob {
 };
 
 // The bound of a node with LCS l, bit row `row` and subtree height h, when it can beat `best`;
-// otherwise 0. min(m, l + h) settles most nodes before the exact bound's popcount.
+// otherwise 0. min(m, l + h) settles most nodes before the exact bound's popcount. A saturated
+// height stands for any height: as many more symbols as the query has bound the gain.
 template <int kWords>
 int32_t bound_above(const uint64_t* row, int32_t words, int64_t m, int32_t l, int32_t h, int32_t best) {
+  if (h == kSaturatedHeight) h = static_cast<int32_t>(std::clamp<int64_t>(m, h, std::numeric_limits<int32_t>::max()));
   if (h == 0 || l + h <= best || m <= best) return 0;
   const int32_t b = bitrow::bound<kWords>(row, words, m, h);
   return b > best ? b : 0;
