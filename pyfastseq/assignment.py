@@ -53,7 +53,9 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
         ValueError: a shape other than 2-D or 3-D ("expected a matrix"), invalid entries ("cost matrix
             contains invalid numeric entries"), no assignment avoiding forbidden cells ("cost matrix
             is infeasible"); batched messages name the problem. Bad ``row_lens``/``col_lens``.
-        TypeError: a dtype that cannot be cast safely to float64 (strings, complex, objects).
+        TypeError: an array or tensor whose dtype cannot be cast safely to float64 (strings, complex,
+            objects). Like SciPy, other input converts element by element as ``float()`` does: a
+            ragged nest or a non-numeric string is a ``ValueError``, ``None`` or a complex a ``TypeError``.
 
     Example (seed 002, CHID): a passage has 3 blanks and 4 candidate idioms; ``logp[i, j]`` is the
     model's log-probability of idiom ``j`` in blank ``i``. Per-blank argmax may use one idiom twice;
@@ -95,13 +97,21 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
 
 
 def _as_float64(cost: Any) -> np.ndarray:
-    """``cost`` as a float64 array, under SciPy's rule: only safe casts (no strings, complex, objects)."""
+    """``cost`` as a float64 array under SciPy's rules: an array casts only safely (no strings,
+    complex, objects); anything else converts element by element as ``float()`` does."""
     if isinstance(cost, torch.Tensor):
         cost = cost.detach().cpu()
         if cost.dtype.is_complex:
             raise TypeError(f"Cannot cast cost from {cost.dtype} to float64 according to the rule 'safe'")
         _check_size(tuple(cost.shape))
         cost = cost.to(torch.float64).numpy()
+    if not isinstance(cost, np.ndarray):
+        try:
+            arr = np.asarray(cost, dtype=np.float64)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"cost must be an array-like of real numbers: {exc}") from None
+        _check_size(arr.shape)
+        return arr
     arr = as_array(cost, "cost")
     if not np.can_cast(arr.dtype, np.float64, "safe"):
         raise TypeError(
