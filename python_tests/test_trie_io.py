@@ -172,6 +172,8 @@ def section_offsets(num_nodes):
         ("eos", "bad eos_id"),
         ("eos_not_a_token", "bad eos_id"),
         ("reserved", "reserved header bytes"),
+        ("root_terminal", "the root is terminal"),
+        ("terminal_without_eos", "node 1 is terminal but not entered by eos_id"),
     ],
 )
 def test_structurally_invalid_file_with_valid_checksum(tmp_path, trie, damage, match):
@@ -206,6 +208,10 @@ def test_structurally_invalid_file_with_valid_checksum(tmp_path, trie, damage, m
         struct.pack_into("<i", data, 32, 7)
     elif damage == "reserved":
         struct.pack_into("<Q", data, 56, 1)
+    elif damage in ("root_terminal", "terminal_without_eos"):  # node 1 is entered by token 2
+        word = struct.unpack_from("<Q", data, terminal)[0]
+        struct.pack_into("<Q", data, terminal, word | (1 if damage == "root_terminal" else 2))
+        struct.pack_into("<Q", data, 24, len(trie) + 1)  # the item count agrees
     write_patched(path, data, fix_checksum=True)
     with pytest.raises(ValueError, match=match):
         fs.Trie.load(path)

@@ -100,9 +100,13 @@ void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload
   const auto* token = reinterpret_cast<const int32_t*>(payload + layout.begin_bytes);
   const auto* terminal = reinterpret_cast<const uint64_t*>(payload + layout.begin_bytes + layout.token_bytes);
   if (begin[0] != 0 || begin[n] != n - 1) fail("trie file is corrupt: bad child offsets");
+  const auto terminal_at = [terminal](uint64_t node) { return ((terminal[node >> 6] >> (node & 63)) & 1u) != 0; };
+  // No stored sequence is empty, and with an eos every one ends with it.
+  if (terminal_at(0)) fail("trie file is corrupt: the root is terminal");
   uint64_t items = 0;
   int32_t max_token = -1;
   bool eos_seen = false;
+  uint64_t entered_otherwise = 0;  // the first terminal node entered by a token other than eos_id
   for (uint64_t node = 0; node < n; ++node) {
     const uint32_t lo = begin[node], hi = begin[node + 1];
     if (hi < lo) fail("trie file is corrupt: child offsets decrease at node ", node);
@@ -112,8 +116,10 @@ void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload
         fail("trie file is corrupt: child tokens of node ", node, " are not ascending and non-negative");
       max_token = std::max(max_token, token[e]);
       eos_seen |= token[e] == header.eos_id;
+      if (header.eos_id >= 0 && token[e] != header.eos_id && terminal_at(e + 1) && !entered_otherwise)
+        entered_otherwise = e + 1;
     }
-    const bool is_terminal = (terminal[node >> 6] >> (node & 63)) & 1u;
+    const bool is_terminal = terminal_at(node);
     if (hi == lo && !is_terminal) fail("trie file is corrupt: leaf ", node, " is not terminal");
     items += is_terminal;
   }
@@ -122,6 +128,8 @@ void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload
   if (max_token != header.max_token) fail("trie file is corrupt: max token mismatch");
   // Every entry of a trie with an eos ends with it, so a non-empty one holds it as a token.
   if (header.eos_id < -1 || (header.eos_id >= 0 && items > 0 && !eos_seen)) fail("trie file is corrupt: bad eos_id");
+  if (entered_otherwise)
+    fail("trie file is corrupt: node ", entered_otherwise, " is terminal but not entered by eos_id");
 }
 
 }  // namespace
