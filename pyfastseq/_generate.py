@@ -53,6 +53,13 @@ def _inferred_attention_mask(model: Any, input_ids: torch.Tensor) -> torch.Tenso
     return torch.ones_like(input_ids)
 
 
+_SET_BY_GENERATE = frozenset({"position_ids", "cache_position", "use_cache", "cache", "past_key_values", "cache_params"})
+
+# transformers drops the attention mask on these models' cached steps (prepare_inputs_for_generation):
+# their state-space layers would otherwise scale a one-token step by the whole mask.
+_NO_MASK_ON_CACHED_STEPS = frozenset({"mamba", "falcon_mamba", "mamba2"})
+
+
 def _check_model_kwargs(model: Any, kwargs: dict[str, Any], encoder_decoder: bool) -> None:
     """Keyword arguments must be named by the forward they go to (the encoder's for an encoder-decoder),
     or be transformers' model-agnostic ones, as transformers' generate checks: a typo is an error."""
@@ -64,6 +71,10 @@ def _check_model_kwargs(model: Any, kwargs: dict[str, Any], encoder_decoder: boo
         named |= set(TransformersKwargs.__optional_keys__)
     except ImportError:
         pass
+    reserved = sorted(k for k, v in kwargs.items() if v is not None and k in _SET_BY_GENERATE)
+    if reserved:
+        raise ValueError(f"model_kwargs {reserved} are set by generate() itself: positions follow attention_mask, "
+                         f"and the cache is the one generate() reorders")
     unused = sorted(k for k, v in kwargs.items() if v is not None and k not in named)
     if unused:
         raise ValueError(f"model_kwargs {unused} are not arguments of {type(model).__name__}'s "
@@ -97,6 +108,14 @@ def _device_of(model: Any, input_ids: torch.Tensor) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
         return input_ids.device
+
+
+def _cache_of(model: Any, output: Any) -> Any:
+    cache = cache_of(output)
+    if cache is None:
+        raise TypeError(f"{type(model).__name__} returned no cache: generate() feeds one token a step against a "
+                        f"cache it reorders, and this model keeps none")
+    return cache
 
 
 def _reorder(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
@@ -135,7 +154,11 @@ class _DecoderOnlyStep(_ModelStep):
         self.cache, self.cache_name = None, cache_kwarg(model)
         # As transformers: every new token takes the segment of its row's last prompt token.
         types = model_kwargs.get("token_type_ids")
+        if types is not None and (not isinstance(types, torch.Tensor) or types.shape != input_ids.shape):
+            raise ValueError(f"token_type_ids must be a tensor with the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(types.shape) if isinstance(types, torch.Tensor) else type(types).__name__}")
         self.step_kwargs = {} if types is None else {"token_type_ids": types[:, -1:].to(device)}
+        self.mask_steps = getattr(model.config, "model_type", None) not in _NO_MASK_ON_CACHED_STEPS
         # Only the last position's logits are needed from the prompt (saves the LM head on the rest).
         if "logits_to_keep" in inspect.signature(model.forward).parameters:
             self.kwargs = {"logits_to_keep": 1, **self.kwargs}
@@ -145,7 +168,7 @@ class _DecoderOnlyStep(_ModelStep):
             out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
                              use_cache=True, **self.kwargs)
             expand = torch.arange(self.input_ids.shape[0], device=self.device).repeat_interleave(self.k)
-            self.cache = _reorder(self.model, cache_of(out), expand)
+            self.cache = _reorder(self.model, _cache_of(self.model, out), expand)
             self.mask = self.mask[expand]
             self.next_position = self.positions[expand, -1:] + 1
             self.step_kwargs = {name: value[expand] for name, value in self.step_kwargs.items()}
@@ -153,9 +176,10 @@ class _DecoderOnlyStep(_ModelStep):
             return out.logits[:, -1, :].index_select(0, expand)
         self.cache = _reorder(self.model, self.cache, beam_idx.to(self.device))
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        out = self.model(input_ids=tokens.to(self.device), attention_mask=self.mask, position_ids=self.next_position,
-                         use_cache=True, **self.step_kwargs, **{self.cache_name: self.cache})
-        self.cache = cache_of(out)
+        out = self.model(input_ids=tokens.to(self.device), attention_mask=self.mask if self.mask_steps else None,
+                         position_ids=self.next_position, use_cache=True, **self.step_kwargs,
+                         **{self.cache_name: self.cache})
+        self.cache = _cache_of(self.model, out)
         self.next_position = self.next_position + 1
         return out.logits[:, -1, :]
 
@@ -198,7 +222,7 @@ class _EncoderDecoderStep(_ModelStep):
             decoder_input_ids = tokens.to(self.device)
         out = self.model(encoder_outputs=self.encoded, attention_mask=self.mask, decoder_input_ids=decoder_input_ids,
                          use_cache=True, **{self.cache_name: self.cache})
-        self.cache = cache_of(out)
+        self.cache = _cache_of(self.model, out)
         return out.logits[:, -1, :]
 
     def fork(self, index: torch.Tensor) -> "_EncoderDecoderStep":

@@ -28,5 +28,5 @@ def cache_kwarg(model: Any) -> str:
 
 
 def cache_of(output: Any) -> Any:
-    """The cache a forward call returned."""
-    return getattr(output, library_cache_name())
+    """The cache a forward call returned (None when it returned none)."""
+    return getattr(output, library_cache_name(), None)

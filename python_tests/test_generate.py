@@ -322,3 +322,61 @@ def test_generate__unknown_model_kwarg__value_error(model, request):
 def test_generate__bad_decoder_start_token_id(bart, start):
     with pytest.raises(ValueError, match=rf"decoder_start_token_id must be a token id in \[0, {VOCAB}\)"):
         fs.BeamSearch(EOS).generate(bart, torch.tensor([[4, 5]]), decoder_start_token_id=start)
+
+
+def _state_space_model(kind: str):
+    torch.manual_seed(2)
+    if kind == "mamba2":
+        config = transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=32, state_size=8, num_heads=4, head_dim=16,
+                                           n_groups=1, expand=2, num_hidden_layers=1, chunk_size=16,
+                                           bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD)
+        model = transformers.Mamba2ForCausalLM(config)
+    else:
+        config_class, model_class = {"mamba": (transformers.MambaConfig, transformers.MambaForCausalLM),
+                                     "falcon_mamba": (transformers.FalconMambaConfig,
+                                                      transformers.FalconMambaForCausalLM)}[kind]
+        model = model_class(config_class(vocab_size=VOCAB, hidden_size=32, state_size=4, num_hidden_layers=1,
+                                         bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD))
+    with torch.no_grad():  # sharper logits than the initialisation's: every step's scores tell
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(4)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["mamba", "falcon_mamba", "mamba2"])
+def test_generate__state_space_models__match_transformers(kind):
+    # Their cached steps take no attention mask in transformers' generate: a full-length one would
+    # stretch the one-token step.
+    model = _state_space_model(kind)
+    trie = make_trie("unequal", 40)
+    prompt = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(10))
+    ours = fs.TrieBeamSearch(trie, num_beams=3, max_length=6, num_return_sequences=2).generate(model, prompt)
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=3, max_new_tokens=6,
+                         num_return_sequences=2, early_stopping=True, do_sample=False,
+                         prefix_allowed_tokens_fn=allowed_fn(trie, 5), return_dict_in_generate=True,
+                         output_scores=True, pad_token_id=PAD)
+    assert_same(ours, *hf_results(out.sequences, out.sequences_scores, 2, 2, 5), False)
+
+
+def test_generate__model_without_a_cache__type_error():
+    torch.manual_seed(3)
+    config = transformers.RwkvConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
+                                     intermediate_size=64, context_length=64, bos_token_id=EOS, eos_token_id=EOS,
+                                     pad_token_id=PAD)
+    with pytest.raises(TypeError, match="RwkvForCausalLM returned no cache"):
+        fs.BeamSearch(EOS, num_beams=2, max_length=3).generate(transformers.RwkvForCausalLM(config).eval(),
+                                                               torch.tensor([[4, 5, 6]]))
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"token_type_ids": torch.tensor([1, 1, 1])}, ValueError,
+     r"token_type_ids must be a tensor with the shape of input_ids \(1, 3\), got \(3,\)"),
+    ({"token_type_ids": torch.tensor([[1, 1]])}, ValueError, r"token_type_ids must be .*, got \(1, 2\)"),
+    ({"token_type_ids": [[1, 1, 1]]}, ValueError, r"token_type_ids must be .*, got list"),
+    ({"position_ids": torch.tensor([[0, 1, 2]])}, ValueError, r"model_kwargs \['position_ids'\] are set by generate"),
+    ({"use_cache": False}, ValueError, r"model_kwargs \['use_cache'\] are set by generate"),
+])
+def test_generate__model_kwargs_generate_sets_or_cannot_carry(gpt2, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        fs.BeamSearch(EOS, num_beams=2, max_length=3).generate(gpt2, torch.tensor([[4, 5, 6]]), **kwargs)
