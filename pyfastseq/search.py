@@ -10,6 +10,7 @@ once per step. With CUDA logits the search runs on the GPU, state included (``_c
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -75,9 +76,12 @@ class _BeamSearchBase:
         if min_length > self.max_length:
             raise ValueError(f"min_length ({min_length}) must not exceed max_length ({self.max_length})")
         self.min_length = int(min_length)
-        if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
+        if isinstance(length_penalty, (bool, np.bool_)) or not isinstance(length_penalty, numbers.Real) \
+                or not math.isfinite(length_penalty):
             raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
         self.length_penalty = float(length_penalty)
+        if isinstance(early_stopping, np.bool_):
+            early_stopping = bool(early_stopping)
         if not any(early_stopping is key or (isinstance(key, str) and early_stopping == key) for key in _EARLY_STOPPING_CODES):
             raise ValueError(f'early_stopping must be True, False or "never", got {early_stopping!r}')
         self.early_stopping = early_stopping
@@ -155,8 +159,9 @@ class _BeamSearchBase:
         go to the first forward call (the encoder for encoder-decoder models) and must be named by that
         forward, as transformers checks; a decoder-only model's ``token_type_ids`` go on with every new
         token taking its row's last segment. Without ``attention_mask``, the pad token is masked where
-        the prompts hold it (and it is not an eos token), as transformers infers it. No gradients are
-        kept, for the encoder or the prompt either.
+        the prompts hold it (and it is not an eos token), as transformers infers it; an encoder-decoder's
+        source too, as transformers 4.x does (5.x leaves source pads unmasked: pass ``attention_mask``
+        to choose). No gradients are kept, for the encoder or the prompt either.
         """
         from ._generate import model_step_fn
 

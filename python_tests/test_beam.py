@@ -357,6 +357,18 @@ def test_trie_beam__bad_arguments(kwargs, error, match):
         fs.TrieBeamSearch(TRIE, **kwargs)
 
 
+def test_trie_beam__numpy_scalars_as_arguments():
+    trie = fs.Trie([[2, 3], [4, 5, 6], [4, 7]], eos_id=EOS)
+    plain = dict(num_beams=3, max_length=4, length_penalty=0.5, early_stopping=False, num_return_sequences=2)
+    numpy = dict(num_beams=np.int64(3), max_length=np.int32(4), length_penalty=np.float32(0.5),
+                 early_stopping=np.False_, num_return_sequences=np.int64(2))
+    expected = fs.TrieBeamSearch(trie, **plain).search(PrefixModel(8, 0), 2)
+    assert fs.TrieBeamSearch(trie, **numpy).search(PrefixModel(8, 0), 2) == expected
+    for bad in (np.True_, np.float64(np.inf)):
+        with pytest.raises(ValueError, match="length_penalty"):
+            fs.TrieBeamSearch(trie, length_penalty=bad)
+
+
 def test_trie_beam__bad_trie_argument():
     with pytest.raises(TypeError, match="trie"):
         fs.TrieBeamSearch([[2, 3]])
