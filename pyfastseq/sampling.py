@@ -54,9 +54,12 @@ class Sampler:
         top_p: then keep the shortest prefix, in descending order of probability, whose probability
             under the top-k-renormalised distribution reaches ``top_p`` (1.0: no cut). Probabilities
             within 1e-6 of ``top_p`` count as reaching it, so that ``[.5, .3, .15, .05]``
-            given as logits keeps ``{0, 1}`` at ``top_p=0.8``.
+            given as logits keeps ``{0, 1}`` at ``top_p=0.8``. Among tokens tied in probability the
+            lower ids come first (transformers' stable ascending sort keeps the higher ones: the
+            same mass, other tokens).
         temperature: logits are divided by it before the cuts' probabilities are taken (> 0; the
-            top-k set does not depend on it). ``top_k=1`` is greedy argmax.
+            top-k set does not depend on it). ``top_k=1`` is greedy argmax, up to ties: a row whose
+            largest logit is tied draws among the tied tokens, as transformers' sampling does.
         seed: the generator's key; None draws one from ``torch``'s global generator at each
             :meth:`search`, so ``torch.manual_seed`` makes runs repeatable.
         eos_id: a row ends at its ``min_ends``-th ``eos_id`` (None: rows run to ``max_length``); with a
@@ -143,7 +146,7 @@ class Sampler:
         pad = pad_id_of(self.eos_id)
         temperature = np.full(rows, self.temperature, dtype=np.float32)
         natives = [t._native for t in self.tries]
-        child_begin = [t._native.arrays()[0].astype(np.int64) for t in self.tries]
+        child_begin = [t._native.arrays()[0] for t in self.tries]  # views: no copy of a large trie
         nodes = np.zeros(rows, dtype=np.int32) if self.tries else None
 
         out = np.full((rows, max_length), pad, dtype=np.int64)
@@ -203,9 +206,12 @@ def _as_tries(trie: Any) -> list[Trie]:
 
 
 def _is_leaf(child_begin: list[np.ndarray], nodes: np.ndarray, rows_per_trie: int) -> np.ndarray:
-    """Rows whose node has no children, each read in its own trie."""
+    """Rows whose node has no children, each read in its own trie (one item's rows are contiguous)."""
     if len(child_begin) == 1:
         cb = child_begin[0]
         return cb[nodes + 1] == cb[nodes]
-    item = np.arange(len(nodes)) // rows_per_trie
-    return np.array([child_begin[i][n + 1] == child_begin[i][n] for i, n in zip(item, nodes)], dtype=bool)
+    leaf = np.empty(len(nodes), dtype=bool)
+    for item, cb in enumerate(child_begin):
+        rows = slice(item * rows_per_trie, (item + 1) * rows_per_trie)
+        leaf[rows] = cb[nodes[rows] + 1] == cb[nodes[rows]]
+    return leaf
