@@ -23,10 +23,14 @@ from pyfastseq.reference.sampling import sampling_probs
 from pyfastseq.sampling import _sample_step
 
 VOCAB = 32_000
+# (top_k, top_p, temperature, live columns: the rest are masked with a finite fill, None: all live)
 SETTINGS = {
-    "top_k=50,top_p=0.9,T=0.8": (50, 0.9, 0.8),
-    "top_p=0.9": (0, 0.9, 1.0),
-    "plain": (0, 1.0, 1.0),
+    "top_k=50,top_p=0.9,T=0.8": (50, 0.9, 0.8, None),
+    "top_p=0.9": (0, 0.9, 1.0, None),
+    "plain": (0, 1.0, 1.0, None),
+    # A constrained row masked with -1e9 rather than -inf: fewer live tokens than top_k, so the
+    # k-th logit ties with the whole masked rest of the row.
+    "top_k=50,10_live,fill=-1e9": (50, 1.0, 1.0, 10),
 }
 
 
@@ -46,8 +50,10 @@ def torch_sample(logits: torch.Tensor, top_k: int, top_p: float, temperature: fl
 @pytest.mark.parametrize("rows", [80, 800])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_sample_step(benchmark, rows, setting):
-    top_k, top_p, temperature = SETTINGS[setting]
+    top_k, top_p, temperature, live = SETTINGS[setting]
     logits = torch.randn(rows, VOCAB, generator=torch.Generator().manual_seed(0)) * 3
+    if live is not None:
+        logits[:, live:] = -1e9
     temps = np.full(rows, temperature, dtype=np.float32)
     gen = torch.Generator().manual_seed(1)
 

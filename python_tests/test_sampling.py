@@ -199,6 +199,24 @@ def test_top_k_keeps_every_logit_tied_with_the_kth_as_transformers():
     assert_matches(draw_once(logits, 20000, top_k=50, seed=2, trie=trie), probs)
 
 
+@pytest.mark.parametrize("temperature", [1e-3, 1.0, 1e7, 1e12])
+def test_top_k_over_a_row_masked_with_a_finite_fill(temperature):
+    # Fewer live tokens than top_k: the k-th logit ties the whole masked rest, which weighs nothing at
+    # usual temperatures and nearly as much as the live tokens at huge ones.
+    logits = torch.full((300,), -1e9)
+    logits[:10] = torch.randn(10, generator=torch.Generator().manual_seed(5)) * 3
+    probs = sampling_probs(logits[None], top_k=50, temperature=temperature)[0]
+    assert_matches(draw_once(logits, 20000, top_k=50, temperature=temperature, seed=6), probs)
+
+
+@pytest.mark.parametrize("fill", [0.0, -1e9, 3e4])
+def test_top_k_1_over_a_row_of_equal_logits_draws_all_of_them(fill):
+    logits = torch.full((64,), fill)
+    probs = sampling_probs(logits[None], top_k=1)[0]
+    assert (probs > 0).all()
+    assert_matches(draw_once(logits, 20000, top_k=1, seed=7), probs)
+
+
 def test_whole_row_draw_reaches_the_tail_and_never_a_masked_token():
     # One token of weight 1 and 65,534 below half a float32 ulp of it: a float32 running sum beside
     # the 1 drops that tail's mass, which would leave the last tokens out of reach. Token V - 2 has

@@ -70,19 +70,20 @@ int64_t collect_logits_above(const typename Loader::Bits* row, int64_t begin, in
 
 // The best `keep` logits of a NaN-free row and their columns, column `blocked` excluded (-1: none),
 // in column order in logits[0, n) and tokens[0, n); returns n, below `keep` only when fewer logits
-// are finite. Ties go to the lower column, or `with_ties` keeps every logit equal to the keep-th
-// too. The scan collects logits above a threshold; whenever its buffer fills, and at the end, the
+// lie above `floor`. Ties go to the lower column, or `with_ties` keeps every logit equal to the
+// keep-th too. The scan collects logits above a threshold; whenever its buffer fills, and at the end, the
 // best `keep` stay and the threshold rises to the worst of them. Columns arrive in ascending order,
 // so one that only ties the threshold ranks below it (or, with ties, is collected as well).
 template <class Loader>
 int32_t top_logits(const typename Loader::Bits* row, int64_t vocab, int32_t keep, int64_t blocked,
-                   std::vector<float>& logits, std::vector<int32_t>& tokens, bool with_ties = false) {
+                   std::vector<float>& logits, std::vector<int32_t>& tokens, bool with_ties = false,
+                   float floor = -INFINITY) {
   int32_t room = keep + 128;  // small enough that the threshold rises early in the row
   logits.resize(room);
   tokens.resize(room);
   thread_local std::vector<float> selection;
   int32_t count = 0;
-  float threshold = -INFINITY;
+  float threshold = floor;
   for (int64_t at = 0; at < vocab;) {
     at = collect_logits_above<Loader>(row, at, vocab, threshold, logits.data(), tokens.data(), room, &count);
     int32_t n = 0;

@@ -107,7 +107,7 @@ class SampleKernel {
         cands.resize(end - cands.begin());
       }
     } else {
-      top_k_of_row(logits, cands);
+      top_k_of_row(logits, zero_weight_below(lse, inv_t), cands);
     }
     float m = -INFINITY;
     for (const Cand& c : cands) m = std::max(m, c.x);
@@ -142,13 +142,23 @@ class SampleKernel {
     return {};
   }
 
+  // A logit at or below this weighs exactly 0 in the draw, exp((x - max) * inv_t) in double, which
+  // underflows below -745: the row's max is at least lse - log(vocab), and the floor lies a further
+  // 760 / inv_t below, less a margin for lse's rounding that also keeps the max above it when every
+  // logit is equal. Such logits never need collecting: a row masked with a finite fill (-1e9)
+  // would otherwise tie its whole masked rest with a k-th logit.
+  float zero_weight_below(float lse, float inv_t) const {
+    const double floor = lse - std::log(static_cast<double>(p_.vocab)) - (1.0 + 1e-4 * std::fabs(lse)) - 760.0 / inv_t;
+    return floor < -FLT_MAX ? -INFINITY : std::nextafter(static_cast<float>(floor), -INFINITY);
+  }
+
   // The top_k logits of the row and every logit equal to the top_k-th, as transformers'
-  // TopKLogitsWarper keeps (-inf ones never: they weigh nothing).
-  void top_k_of_row(const Bits* logits, std::vector<Cand>& cands) const {
+  // TopKLogitsWarper keeps, less those that weigh nothing (at or below `floor`, -inf always).
+  void top_k_of_row(const Bits* logits, float floor, std::vector<Cand>& cands) const {
     thread_local std::vector<float> values;
     thread_local std::vector<int32_t> tokens;
-    const int32_t n =
-        top_logits<Loader>(logits, p_.vocab, static_cast<int32_t>(p_.top_k), -1, values, tokens, /*with_ties=*/true);
+    const int32_t n = top_logits<Loader>(logits, p_.vocab, static_cast<int32_t>(p_.top_k), -1, values, tokens,
+                                         /*with_ties=*/true, floor);
     cands.resize(n);
     for (int32_t i = 0; i < n; ++i) {
       cands[i].x = values[i];
