@@ -27,7 +27,8 @@ Pair = tuple[Sequence[int], Sequence[int]]
 
 
 class UniLM(torch.nn.Module):
-    """Seq2seq view of a transformers encoder (``BertModel``, ``BertForMaskedLM``, ...).
+    """Seq2seq view of a transformers encoder: a base model (``BertModel``, ...) or one with an LM
+    head (``BertForMaskedLM``, ``BertForPreTraining``, ...).
 
     Switches the model to ``attn_implementation="unilm"``. Logits come from the model's LM head when
     it has one, else from the hidden states times the input embedding matrix (tied projection).
@@ -39,6 +40,10 @@ class UniLM(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, pad_id: int = 0):
         super().__init__()
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config") \
+                or not hasattr(model, "get_input_embeddings"):
+            raise TypeError(f"model must be a transformers model (BertModel, BertForMaskedLM, ...), "
+                            f"got {type(model).__name__}")
         config = model.config
         if "token_type_ids" not in inspect.signature(model.forward).parameters:
             raise ValueError(f"UniLM needs a model that takes token_type_ids (segment ids); "
@@ -53,6 +58,9 @@ class UniLM(torch.nn.Module):
             raise ValueError(f"pad_id must be a token id in [0, {self.vocab_size}), got {pad_id!r}")
         self.pad_id = int(pad_id)
         self.has_head = model.get_output_embeddings() is not None
+        if not self.has_head and getattr(model, "base_model", model) is not model:
+            raise ValueError(f"{type(model).__name__} has a head other than an LM head: give UniLM the base model "
+                             f"or the ...ForMaskedLM class")
         width, hidden = model.get_input_embeddings().embedding_dim, getattr(config, "hidden_size", None)
         if not self.has_head and hidden is not None and hidden != width:
             raise ValueError(f"{type(model).__name__} has no LM head, and its hidden states ({hidden} wide) cannot "
@@ -126,8 +134,13 @@ class UniLM(torch.nn.Module):
     def forward(self, input_ids, token_type_ids, prefix_lens, seq_lens, **kwargs) -> torch.Tensor:
         """[B, L, V] logits; position ``p`` predicts the token at ``p + 1``."""
         outputs = self.model(input_ids=input_ids, token_type_ids=token_type_ids, prefix_lens=prefix_lens,
-                             seq_lens=seq_lens, **kwargs)
+                             seq_lens=seq_lens, **{"position_ids": self._position_ids(input_ids), **kwargs})
         return self.logits(outputs)
+
+    def _position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[1, L] position ids as the incremental decode numbers them: a RoBERTa-style model left to
+        itself would skip every occurrence of its padding id, in the source and target too."""
+        return torch.arange(input_ids.shape[1], device=input_ids.device)[None] + self.first_position
 
     def loss(self, pairs: Sequence[Pair]) -> torch.Tensor:
         """Mean cross-entropy over the target tokens (each predicted from the position before it).
@@ -143,7 +156,7 @@ class UniLM(torch.nn.Module):
             raise ValueError("pairs hold no target tokens: there is nothing to compute a loss over")
         device = self.model.get_input_embeddings().weight.device
         enc = self._encode(rows, device, "pairs")
-        outputs = self.model(**enc)
+        outputs = self.model(**enc, position_ids=self._position_ids(enc["input_ids"]))
         L = enc["input_ids"].shape[1]
         pos = torch.arange(1, L, device=device)
         is_target = (pos >= enc["prefix_lens"][:, None]) & (pos < enc["seq_lens"][:, None])  # [B, L-1]
@@ -200,7 +213,9 @@ class UniLMStep:
         if unilm.max_tokens is not None and self.longest_source + self.steps >= unilm.max_tokens:
             raise ValueError(f"tokens would take position {unilm.first_position + self.longest_source + self.steps}, "
                              f"past the model's max_position_embeddings ({unilm.first_position + unilm.max_tokens})")
-        self.cache.reorder_cache(beam_idx.to(self.device, torch.long))
+        beam_idx = beam_idx.to(self.device, torch.long)
+        self.cache.reorder_cache(beam_idx)
+        self.source_lens = self.source_lens[beam_idx]  # a row may continue one of another item
         return self.extend(tokens)
 
     def fork(self, index: torch.Tensor) -> "UniLMStep":

@@ -82,10 +82,10 @@ def test_output_projection_tied_or_head(monkeypatch):
     torch.testing.assert_close(mlm(**enc), mlm.model(**enc).logits)
 
 
-def reference_next_logits(unilm, sources, histories, num_beams):
+def reference_next_logits(unilm, row_sources, histories):
     """Logits for each row's next token by re-running the whole (source, target so far) sequence,
     through the dense-mask fallback."""
-    enc = unilm.batch([(sources[r // num_beams], h) for r, h in enumerate(histories)])
+    enc = unilm.batch(list(zip(row_sources, histories)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
         logits = unilm(**enc)
@@ -110,19 +110,21 @@ MODELS = {
 def test_step_fn_matches_full_recomputation(make_model):
     torch.manual_seed(2)
     unilm = fs.UniLM(make_model().eval())
-    sources, num_beams = [[2, 5, 6, 3], [2, 7, 8, 9, 10, 11, 3], [2, 12, 3]], 3
+    # Token 1 is RoBERTa's padding id: in a source (as a tokenizer's padding=True leaves it) and
+    # drawn as a target token, it must take a position like any other.
+    sources, num_beams = [[2, 5, 6, 3], [2, 7, 8, 9, 10, 11, 3, 1], [2, 1, 3]], 3
     N = len(sources) * num_beams
     step = unilm.step_fn(sources, num_beams)
     gen = torch.Generator().manual_seed(0)
-    histories = [[] for _ in range(N)]
+    row_sources, histories = [sources[r // num_beams] for r in range(N)], [[] for _ in range(N)]
     logits = step(torch.zeros(N, 0, dtype=torch.long), torch.arange(N))
     for _ in range(4):
         assert logits.shape == (N, VOCAB)
-        torch.testing.assert_close(logits, reference_next_logits(unilm, sources, histories, num_beams),
-                                   atol=1e-5, rtol=1e-5)
-        # Each row continues a random beam of its own batch item, with a random token.
-        beam_idx = (torch.arange(N) // num_beams) * num_beams + torch.randint(num_beams, (N,), generator=gen)
-        tokens = torch.randint(2, VOCAB, (N, 1), generator=gen)  # not RoBERTa's padding token, 1
+        torch.testing.assert_close(logits, reference_next_logits(unilm, row_sources, histories), atol=1e-5, rtol=1e-5)
+        # Each row continues a random row, of any batch item, with a random token.
+        beam_idx = torch.randint(N, (N,), generator=gen)
+        tokens = torch.randint(1, VOCAB, (N, 1), generator=gen)
+        row_sources = [row_sources[int(b)] for b in beam_idx]
         histories = [histories[int(beam_idx[r])] + [int(tokens[r])] for r in range(N)]
         logits = step(tokens, beam_idx)
 
@@ -143,7 +145,7 @@ def test_greedy_decode_equals_full_recomputation():
     histories = [[], []]
     with torch.no_grad():
         for _ in range(5):
-            nxt = reference_next_logits(unilm, sources, histories, 1).argmax(-1)
+            nxt = reference_next_logits(unilm, sources, histories).argmax(-1)
             histories = [h + [int(t)] for h, t in zip(histories, nxt)]
     assert incremental == histories
 
@@ -317,6 +319,14 @@ def test_models_unilm_cannot_run(make_model, match):
         fs.UniLM(make_model())
 
 
+def test_not_a_model_or_not_a_language_model():
+    for model in (None, torch.nn.Linear(2, 2), "bert-base-uncased"):
+        with pytest.raises(TypeError, match="model must be a transformers model"):
+            fs.UniLM(model)
+    with pytest.raises(ValueError, match="BertForSequenceClassification has a head other than an LM head"):
+        fs.UniLM(transformers.BertForSequenceClassification(tiny_config()))
+
+
 @pytest.mark.parametrize("pad_id", [-1, VOCAB, "0", True, 1.0])
 def test_bad_pad_id(pad_id):
     with pytest.raises(ValueError, match=rf"pad_id must be a token id in \[0, {VOCAB}\), got {pad_id!r}"):
@@ -340,3 +350,23 @@ def test_cached_chunk_of_target_tokens_is_causal():
             attention_mask=torch.ones(1, 1, 3, len(source) + 3, dtype=torch.bool), **{cache_kwarg(unilm.model): cache}))
     torch.testing.assert_close(chunk[0, :-1], full[1:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(unilm(**unilm.batch([(source, [])]))[0, -1], full[0], atol=1e-5, rtol=1e-5)
+
+
+def test_roberta_loss_and_forward_number_positions_alike_with_padding_ids_inside():
+    # RoBERTa left to itself skips its padding id (1) when numbering positions; a pair may hold it.
+    torch.manual_seed(4)
+    unilm = fs.UniLM(transformers.RobertaForMaskedLM(roberta_config()).eval())
+    pairs = [([0, 5, 6, 2, 1, 1], [7, 1, 8, 2]), ([0, 9, 2], [1, 10, 2])]
+    enc = unilm.batch(pairs)
+    with torch.no_grad():
+        logits = unilm(**enc)
+        want = torch.cat([logits[b, len(s) - 1: len(s) + len(t) - 1] for b, (s, t) in enumerate(pairs)])
+        labels = torch.tensor([tok for _, t in pairs for tok in t])
+        torch.testing.assert_close(unilm.loss(pairs), torch.nn.functional.cross_entropy(want, labels))
+        step = unilm.step_fn([s for s, _ in pairs])
+        got = [step(torch.zeros(2, 0, dtype=torch.long), torch.arange(2))]
+        for i in range(2):
+            got.append(step(torch.tensor([[pairs[0][1][i]], [pairs[1][1][i]]]), torch.arange(2)))
+    for b, (s, _) in enumerate(pairs):
+        torch.testing.assert_close(torch.stack([g[b] for g in got]), logits[b, len(s) - 1: len(s) + 2],
+                                   atol=1e-5, rtol=1e-5)

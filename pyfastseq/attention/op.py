@@ -267,8 +267,10 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
 
     ``q, k, v``: same shape, dtype (fp16/bf16/fp32) and device; any L and any strides; head dim 32,
     64 or 128 on the Triton kernels, any on the PyTorch fallback. ``prefix_lens``/``seq_lens``:
-    ``[B]`` integers in ``[0, L]`` on the CPU or on q's device (O(B) metadata: no mask tensor, no
-    recompilation when they change); a prefix longer than its row makes the whole row source. CUDA
+    ``[B]`` integers in ``[0, L]`` on the CPU or on q's device (O(B) metadata: no mask tensor, and as
+    tensors no recompilation when they change; under ``torch.compile`` a Python sequence's values
+    are constants of the graph, as Dynamo treats Python ints, so pass tensors there); a prefix
+    longer than its row makes the whole row source. CUDA
     runs Triton kernels; CPU runs them under ``TRITON_INTERPRET=1``, else a dense-mask PyTorch
     fallback (module doc).
 
