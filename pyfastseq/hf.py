@@ -55,7 +55,8 @@ class TrieLogitsProcessor(LogitsProcessor):
               between them, or pass an int. This follows greedy, sampling and beam search, which
               grow ``input_ids`` one column per call; with assisted decoding pass an int.
         num_beams: the ``num_beams`` given to ``generate()``. Like ``PrefixConstrainedLogitsProcessor`` it
-            groups the rows of one batch item for the unsatisfiable fallback below.
+            groups the rows of one batch item for the unsatisfiable fallback below. ``"auto"`` follows a
+            beam search whether or not it is given (left at 1, any row may be any earlier row's child).
         inplace: write into ``scores`` instead of a new tensor. Saves allocating (and, above ~32 MB,
             page-faulting in, on Linux in 2 MB pages) an ``[N, V]`` tensor per step: 5x faster at
             800 x 32k fp32. Safe in beam search, whose processors get fresh log-probabilities; not
@@ -121,7 +122,7 @@ class TrieLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """``input_ids [N, cur_len]``, ``scores [N, V]`` -> constrained scores ``[N, V]``."""
         self._check(input_ids, scores)
-        nodes = self._walk(input_ids)
+        nodes = self._walk(input_ids, commit=True)
         if scores.device.type == "cpu":
             out, unsatisfiable = self._constrain_cpu(scores, nodes)
         else:
@@ -133,14 +134,17 @@ class TrieLogitsProcessor(LogitsProcessor):
         return out
 
     def nodes(self, input_ids: torch.Tensor) -> np.ndarray:
-        """int32 ``[N]``: each row's trie node after its constrained part (-1 where it left the trie)."""
+        """int32 ``[N]``: each row's trie node after its constrained part (-1 where it left the trie).
+        A read: with ``prompt_len="auto"`` it finds the prompt as a call would, and leaves the
+        processor's view of the generation as it was (a stopping criterion may call it)."""
         _check_ids(input_ids)
-        return self._walk(input_ids).numpy()
+        return self._walk(input_ids, commit=False).numpy()
 
-    def _walk(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.trie._walk_rows(input_ids[:, self._start(input_ids):])
+    def _walk(self, input_ids: torch.Tensor, commit: bool) -> torch.Tensor:
+        return self.trie._walk_rows(input_ids[:, self._start(input_ids, commit):])
 
-    def _start(self, input_ids: torch.Tensor) -> int:
+    def _start(self, input_ids: torch.Tensor, commit: bool) -> int:
+        """The first constrained column; with ``commit``, ``input_ids`` becomes the generation's last step."""
         rows, cur_len = input_ids.shape
         if self.prompt_len != "auto":
             if self.prompt_len and self.prompt_len > cur_len:
@@ -149,12 +153,19 @@ class TrieLogitsProcessor(LogitsProcessor):
             return self.prompt_len or 0
         # NumPy: these arrays are small, and a torch op's own cost would be most of the time.
         ids, start = input_ids.cpu().numpy(), self._auto_start
-        if (start is None or cur_len != self._last_len + 1 or rows != self._prompt.shape[0]
-                or not np.array_equal(ids[:, :start], self._prompt) or not self._continues(ids[:, start:])):
-            start = self._auto_start = cur_len
-            self._prompt = ids.copy()
-        self._last_len = cur_len
-        self._row_hashes = _row_hashes(ids[:, start:])
+        same_prompt = start is not None and rows == self._prompt.shape[0] and np.array_equal(ids[:, :start], self._prompt)
+        next_step = same_prompt and cur_len == self._last_len + 1 and self._continues(ids[:, start:])
+        # A read of the rows the last call was given (after it, as a stopping criterion sees them).
+        last_step = same_prompt and not commit and cur_len == self._last_len \
+            and np.array_equal(_row_hashes(ids[:, start:]), self._row_hashes)
+        new = not (next_step or last_step)
+        if new:
+            start = cur_len
+        if commit:
+            if new:
+                self._auto_start, self._prompt = start, ids.copy()
+            self._last_len = cur_len
+            self._row_hashes = _row_hashes(ids[:, start:])
         return start
 
     def _continues(self, generated: np.ndarray) -> bool:
@@ -167,6 +178,9 @@ class TrieLogitsProcessor(LogitsProcessor):
             return True
         if self.num_beams == 1 and eos is not None and (generated == eos).any(axis=1).all():
             return False
+        if self.num_beams == 1:
+            # Any row of the last call may be the parent: a beam search given no num_beams reorders rows.
+            return bool(np.isin(_row_hashes(generated[:, :-1]), self._row_hashes).all())
         # Each item's first row, by hashes (equal rows hash equal, so a real next step always
         # passes): a prompt repeats one sequence over its item's beams, so one row tells as much.
         group = self.num_beams if rows % self.num_beams == 0 else rows

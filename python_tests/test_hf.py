@@ -1,5 +1,7 @@
 """fs.hf.TrieLogitsProcessor against transformers' PrefixConstrainedLogitsProcessor + a dict trie."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -323,10 +325,17 @@ def test_nodes_and_bad_ids_never_raise():
     assert torch.isfinite(out[0]).sum() == 1 and torch.isfinite(out[3]).tolist() == [False, True] + [False] * 6
 
 
+def call_then_read_nodes(proc, ids):
+    """One processor call on ``ids``, then its nodes read back as a stopping criterion would."""
+    ids = torch.tensor(ids)
+    proc(ids, torch.zeros(ids.shape[0], 10))
+    return proc.nodes(ids).tolist()
+
+
 def test_auto_prompt_len_follows_each_generation():
     trie = fs.Trie([[3, 4], [5]], eos_id=EOS)
     proc = fs.hf.TrieLogitsProcessor(trie, prompt_len="auto")
-    step = lambda ids: proc.nodes(torch.tensor(ids)).tolist()  # noqa: E731
+    step = functools.partial(call_then_read_nodes, proc)
     root, node3 = trie.root, trie.walk([3])
     assert step([[7, 7]]) == [root]
     assert step([[7, 7, 3]]) == [node3]
@@ -343,13 +352,17 @@ def test_auto_prompt_len_follows_each_generation():
     assert step([[9, 9, 9, 3, 4, EOS, 0, 0], [9, 9, 9, 5, 1, 5, 0, EOS]]) == [root, root]
     a, b = [9, 9, 9, 3, 4, EOS, 0, 0], [9, 9, 9, 5, 1, 5, 0, EOS]
     assert step([a + [3], b + [5]]) == [node3, trie.walk([5])]
-    assert step([a + [5, 1], b + [3, 4]]) == [root, root]  # rows swapped: greedy rows keep their places
+    # Each row extends one of the last call's rows, if not its own: a beam search whose num_beams the
+    # processor was not given reorders its rows so.
+    assert step([a + [5, 1], b + [3, 4]]) == [trie.walk([5, EOS]), trie.walk([3, 4])]
+    assert step([a + [5, 1, 0], b + [3, 4, 9]]) == [-1, -1]
+    assert step([a + [5, 1, 0, 7], b + [3, 4, 3, 7]]) == [root, root]  # [3, 4, 3] was no row
 
 
 def test_auto_prompt_len_follows_beams_through_their_parents():
     trie = fs.Trie([[3, 4], [3, 5], [6]], eos_id=EOS)
     proc = fs.hf.TrieLogitsProcessor(trie, prompt_len="auto", num_beams=2)
-    step = lambda ids: proc.nodes(torch.tensor(ids)).tolist()  # noqa: E731
+    step = functools.partial(call_then_read_nodes, proc)
     root = trie.root
     assert step([[7], [7], [8], [8]]) == [root] * 4
     assert step([[7, 3], [7, 6], [8, 6], [8, 3]]) == [trie.walk([3]), trie.walk([6]), trie.walk([6]), trie.walk([3])]
@@ -555,6 +568,32 @@ def test_auto_processor_reused_on_its_own_output_matches_a_fresh_one(gpt2, num_b
     assert torch.equal(got, expected)
     dict_trie = DictTrie(seqs, eos_id=EOS)
     for row in got[:, first.shape[1]:].tolist():
+        assert dict_trie.node(row[: row.index(EOS) + 1] if EOS in row else row) is not None
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_auto_processor_read_by_a_stopping_criterion_and_left_at_one_beam(gpt2, num_beams):
+    # nodes() from a stopping criterion is a read; and "auto" follows a beam search it was not told of.
+    seqs = catalogue(10)
+    trie = fs.Trie(seqs, eos_id=EOS)
+    prompt = torch.randint(3, VOCAB, (2, 3), generator=torch.Generator().manual_seed(10))
+    common = dict(max_new_tokens=7, num_beams=num_beams, num_return_sequences=num_beams, pad_token_id=PAD,
+                  eos_token_id=EOS)
+    expected = gpt2.generate(prompt, logits_processor=[fs.hf.TrieLogitsProcessor(trie, 3, num_beams)], **common)
+    processor = fs.hf.TrieLogitsProcessor(trie, prompt_len="auto")  # num_beams left at 1
+    read = []
+
+    class ReadNodes(transformers.StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            read.append(processor.nodes(input_ids))
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    got = gpt2.generate(prompt, logits_processor=[processor],
+                        stopping_criteria=transformers.StoppingCriteriaList([ReadNodes()]), **common)
+    assert torch.equal(got, expected)
+    assert len(read) > 1 and all((nodes >= 0).any() for nodes in read[:-1])
+    dict_trie = DictTrie(seqs, eos_id=EOS)
+    for row in got[:, 3:].tolist():
         assert dict_trie.node(row[: row.index(EOS) + 1] if EOS in row else row) is not None
 
 
