@@ -61,9 +61,12 @@ def as_token_array(values: Any, name: str) -> np.ndarray:
 def _checked_int32(arr: np.ndarray, name: str) -> np.ndarray:
     is_int32 = arr.dtype == np.int32  # the common case: one reduction, no dtype queries
     if arr.dtype == object and arr.size and all(_is_integer(v) for v in arr.flat):
-        # Integers beyond int64/uint64 (NumPy keeps them as objects): never token ids.
-        outside = next(int(v) for v in arr.flat if not 0 <= v <= INT32_MAX)
-        raise ValueError(f"{name} holds token id {outside} outside [0, 2**31 - 1]")
+        # Python ints, past int64/uint64 when NumPy itself chose objects (never token ids then).
+        outside = next((int(v) for v in arr.flat if not 0 <= v <= INT32_MAX), None)
+        if outside is not None:
+            raise ValueError(f"{name} holds token id {outside} outside [0, 2**31 - 1]")
+        arr = arr.astype(np.int64)
+        is_int32 = False
     if not is_int32:
         check_integer_dtype(arr.dtype, name, "integer token ids")
     if arr.size:

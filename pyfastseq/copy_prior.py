@@ -104,16 +104,17 @@ class CopyPrior(nn.Module):
                      source_mask: torch.Tensor | None = None) -> StepFn:
         """``step_fn(tokens, beam_idx) -> logits`` biased by the prior, for pyfastseq's searchers.
 
-        Rows start batch-major (``N // B`` rows per source) and each row follows ``beam_idx`` to the row
-        it continues, so the source of every row stays right however the search reorders them.
+        Rows start batch-major (``N // B`` rows per source) at every search's first call (``tokens``
+        ``[N, 0]``), and each row follows ``beam_idx`` to the row it continues, so the source of every
+        row stays right however the search reorders them, search after search.
         """
         prior = self._decoding_prior(source_ids, source_mask)
         row_source: list[torch.Tensor] = []
 
         def biased_step(tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
             logits = step_fn(tokens, beam_idx)
-            if not row_source:
-                row_source.append(_row_sources(logits.shape[0], prior.shape[0], logits.device))
+            if tokens.shape[1] == 0 or not row_source:
+                row_source[:] = [_row_sources(logits.shape[0], prior.shape[0], logits.device)]
             else:
                 row_source[0] = row_source[0][_beam_rows(beam_idx, row_source[0])]
             return _average(logits, prior.to(logits.device)[row_source[0]], self.vocab_size)

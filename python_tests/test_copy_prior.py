@@ -123,6 +123,24 @@ def test_step_fn_wrapper_follows_beam_idx():
     torch.testing.assert_close(third, (base + chis[[1, 0, 0, 1]]) / 2)
 
 
+@pytest.mark.parametrize("beams", [(4, 2), (2, 4), (3, 3)])
+def test_step_fn_wrapper_serves_search_after_search(beams):
+    # Each search starts its rows over, batch-major, whatever the last one left.
+    prior = trained_prior()
+    sources = torch.tensor([[3], [5]])
+
+    def step_fn(tokens, beam_idx):  # flat logits, then eos after one token
+        logits = torch.zeros(len(beam_idx), V)
+        logits[:, 0] = -100.0 if tokens.shape[1] == 0 else 100.0
+        return logits
+
+    wrapped = prior.wrap_step_fn(step_fn, sources)
+    chis = prior.prior(sources).detach()
+    expected = [[[int(chis[b, 1:].argmax()) + 1, 0]] for b in range(2)]  # each item copies its own source
+    for num_beams in beams:
+        assert fs.BeamSearch(0, num_beams=num_beams, max_length=3).search(wrapped, 2).sequences == expected
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="vocab_size"):
         fs.CopyPrior(0)

@@ -122,6 +122,9 @@ def test_extreme_ids_and_lengths():
         assert trie.walk(seq) == -1 and seq not in trie
     with pytest.raises(ValueError, match="sequences holds token id 18446744073709551616 outside"):
         fs.Trie([[1, 2**64]])
+    # Object arrays of ids in range (a pandas column's values) are ids like any others.
+    assert trie.walk(np.array([top, 0], dtype=object)) == trie.walk([top, 0]) >= 0
+    assert fs.lcs_length(np.array([3, 1, 2], dtype=object), [1, 2]) == 2
     single = fs.Trie([[7]])
     assert single.num_nodes == 2 and single.children(single.root)[0].tolist() == [7]
 
