@@ -336,9 +336,11 @@ _HASH_WEIGHTS = np.random.default_rng(0).integers(-2**62, 2**62, size=64)
 def _row_hashes(ids: np.ndarray) -> np.ndarray:
     """int64 ``[N]``: a hash of each row of ``ids`` (a weighted sum, wrapping around)."""
     global _HASH_WEIGHTS
-    if ids.shape[1] > len(_HASH_WEIGHTS):  # one weight per column, as many as the longest row needs
-        _HASH_WEIGHTS = np.random.default_rng(0).integers(-2**62, 2**62, size=2 * ids.shape[1])
-    return (ids.astype(np.int64, copy=False) * _HASH_WEIGHTS[:ids.shape[1]]).sum(axis=1)
+    weights = _HASH_WEIGHTS  # this call's own reference: another thread may grow the table meanwhile
+    if ids.shape[1] > len(weights):  # one weight per column, as many as the longest row needs
+        # The same seed: a longer table starts with the shorter one's weights, so hashes keep.
+        weights = _HASH_WEIGHTS = np.random.default_rng(0).integers(-2**62, 2**62, size=2 * ids.shape[1])
+    return (ids.astype(np.int64, copy=False) * weights[:ids.shape[1]]).sum(axis=1)
 
 
 def _is_int(value: object) -> bool:
