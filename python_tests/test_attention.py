@@ -722,7 +722,9 @@ def _qkv(shape=(2, 2, 8, 32), dtype=torch.float32, device="cpu"):
     (lambda a: a.update(seq_lens=[]), ValueError, r"seq_lens must have shape \(2,\)"),
     (lambda a: a.update(seq_lens=torch.tensor([True, False])), TypeError, "seq_lens must hold integers"),
     (lambda a: a.update(scale="big"), TypeError, "scale must be a finite float"),
-    (lambda a: a.update(scale=float("nan")), TypeError, "scale must be a finite float"),
+    (lambda a: a.update(scale=float("nan")), ValueError, "scale must be a finite float"),
+    (lambda a: a.update(scale=np.float64(np.inf)), ValueError, "scale must be a finite float"),
+    (lambda a: a.update(scale=np.True_), TypeError, "scale must be a finite float"),
 ])
 def test_bad_input(mutate, exc, match):
     q, k, v = _qkv()
@@ -730,6 +732,12 @@ def test_bad_input(mutate, exc, match):
     mutate(args)
     with pytest.raises(exc, match=match):
         fs.unilm_attention(**args)
+
+
+def test_numpy_scale_is_a_number():
+    q, k, v = _qkv()
+    torch.testing.assert_close(fs.unilm_attention(q, k, v, [1, 2], scale=np.float32(0.125)),
+                               fs.unilm_attention(q, k, v, [1, 2], scale=0.125), rtol=0, atol=0)
 
 
 def test_bad_backend_variable(monkeypatch):

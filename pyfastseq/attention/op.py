@@ -293,8 +293,11 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
     seq = _as_lengths(torch.full((B,), L) if seq_lens is None else seq_lens, "seq_lens", B, L, q.device)
     if scale is None:
         scale = max(D, 1) ** -0.5  # D = 0 has an empty output, whatever the scale
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float or None, got {scale!r}")
+    scale = float(scale)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
         raise TypeError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
     if not 0.0 <= dropout_p < 1.0:
