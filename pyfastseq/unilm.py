@@ -190,10 +190,8 @@ class UniLMStep:
         self.unilm = unilm
         self.device = unilm.model.get_input_embeddings().weight.device
         self.encoded = unilm._encode(rows, self.device, "sources")
-        self.longest_source = max(len(s) for s, _ in rows)
         self.num_beams = int(num_beams)
-        self.source_lens = self.encoded["prefix_lens"].repeat_interleave(self.num_beams)  # [N]
-        self.num_rows = self.source_lens.numel()
+        self._restart_rows()
         self.cache, self.cache_name = None, cache_kwarg(unilm.model)
         self.steps = 0
 
@@ -231,6 +229,13 @@ class UniLMStep:
         fork.num_rows = index.numel()
         return fork
 
+    def _restart_rows(self) -> None:
+        """Rows batch-major, ``num_beams`` per source, each with its own source's length."""
+        source_lens = self.encoded["prefix_lens"]
+        self.source_lens = source_lens.repeat_interleave(self.num_beams)  # [N]
+        self.num_rows = self.source_lens.numel()
+        self.longest_source = int(source_lens.max())
+
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
         """Encode the sources into a fresh cache; [N, V] logits for the first target token."""
@@ -238,6 +243,7 @@ class UniLMStep:
 
         self.cache = DynamicCache(config=self.unilm.model.config)
         self.steps = 0
+        self._restart_rows()  # a search before this one may have moved rows across items
         logits = self.unilm(**self.encoded, **{self.cache_name: self.cache})  # [B, S, V]
         last = self.encoded["prefix_lens"] - 1
         logits = logits[torch.arange(logits.shape[0], device=self.device), last]  # [B, V]

@@ -127,6 +127,12 @@ def test_step_fn_matches_full_recomputation(make_model):
         row_sources = [row_sources[int(b)] for b in beam_idx]
         histories = [histories[int(beam_idx[r])] + [int(tokens[r])] for r in range(N)]
         logits = step(tokens, beam_idx)
+    # A second search on the same step function starts its rows over, each on its own source.
+    row_sources = [sources[r // num_beams] for r in range(N)]
+    step(torch.zeros(N, 0, dtype=torch.long), torch.arange(N))
+    tokens = torch.randint(1, VOCAB, (N, 1), generator=gen)
+    torch.testing.assert_close(step(tokens, torch.arange(N)),
+                               reference_next_logits(unilm, row_sources, tokens.tolist()), atol=1e-5, rtol=1e-5)
 
 
 def test_greedy_decode_equals_full_recomputation():
