@@ -163,6 +163,7 @@ def section_offsets(num_nodes):
     [
         ("begin_first", "bad child offsets"),
         ("begin_decrease", "child offsets decrease|child numbered before"),
+        ("begin_past_the_tokens", "child offsets decrease at node 0"),
         ("token_order", "not ascending"),
         ("token_negative", "not ascending and non-negative"),
         ("leaf_not_terminal", "is not terminal"),
@@ -187,6 +188,8 @@ def test_structurally_invalid_file_with_valid_checksum(tmp_path, trie, damage, m
         struct.pack_into("<I", data, begin, 1)
     elif damage == "begin_decrease":
         struct.pack_into("<I", data, begin + 4 * 2, 0)
+    elif damage == "begin_past_the_tokens":  # the root's children would run past child_token's end
+        struct.pack_into("<I", data, begin + 4, n + 1000)
     elif damage == "token_order":  # root children are tokens [3, 9, 2...] sorted: swap two
         a, b = struct.unpack_from("<ii", data, token)
         struct.pack_into("<ii", data, token, b, a)

@@ -109,7 +109,7 @@ void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload
   uint64_t entered_otherwise = 0;  // the first terminal node entered by a token other than eos_id
   for (uint64_t node = 0; node < n; ++node) {
     const uint32_t lo = begin[node], hi = begin[node + 1];
-    if (hi < lo) fail("trie file is corrupt: child offsets decrease at node ", node);
+    if (hi < lo || hi > n - 1) fail("trie file is corrupt: child offsets decrease at node ", node);
     if (hi > lo && lo < node) fail("trie file is corrupt: node ", node, " has a child numbered before it");
     for (uint32_t e = lo; e < hi; ++e) {
       if (token[e] < 0 || (e > lo && token[e] <= token[e - 1]))
