@@ -235,7 +235,9 @@ def test_mask_op_called_directly__takes_only_a_live_tries_arrays():
     with pytest.raises(ValueError, match="child_begin and child_token must be a Trie's own arrays"):
         op(torch.zeros(1, 8), nodes, forged, tokens, float("-inf"))
     wide = torch.zeros(3, 10**6 + 1)
-    for bad in (nodes.long(), nodes[:0], torch.tensor([1, 1, 1], dtype=torch.int32)[::2]):
+    # Each wrong in one way only: dtype, length, stride (the kernel reads nodes by raw pointer).
+    for bad in (torch.zeros(3, dtype=torch.int64), torch.zeros(2, dtype=torch.int32),
+                torch.zeros(6, dtype=torch.int32)[::2]):
         with pytest.raises(ValueError, match=r"nodes must be a contiguous int32 \[3\] tensor"):
             op(wide, bad, begin, tokens, float("-inf"))
     op(wide[:1], nodes, begin, tokens, float("-inf"))
@@ -245,16 +247,19 @@ def test_mask_op_called_directly__takes_only_a_live_tries_arrays():
 def test_mask_op_forgets_a_trie_that_is_gone():
     from pyfastseq import trie as trie_module
 
-    before = len(trie_module._MASKABLE)
+    def registered(tries):
+        return sum(trie_module._arrays_key(*t._arrays_on(torch.device("cpu"))) in trie_module._MASKABLE for t in tries)
+
     tries = [fs.Trie([[1, i]]) for i in range(50)]
-    assert len(trie_module._MASKABLE) == before + 50
+    keys = [trie_module._arrays_key(*t._arrays_on(torch.device("cpu"))) for t in tries]
+    assert registered(tries) == 50
     copies = [copy.copy(t) for t in tries]  # a copy shares its original's arrays
     del tries
-    assert len(trie_module._MASKABLE) == before + 50
+    assert registered(copies) == 50
     for i, c in enumerate(copies):
         assert c.mask_logits(torch.zeros(1, 51), [c.walk([1])]).argmax().item() == i
     del copies, c
-    assert len(trie_module._MASKABLE) == before
+    assert not any(key in trie_module._MASKABLE for key in keys)
 
 
 @pytest.mark.parametrize("node", [2**31, 2**32, 2**32 + 1, 2**40, -(2**32) + 1, -(2**31) - 1])
