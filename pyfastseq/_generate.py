@@ -113,8 +113,8 @@ def _device_of(model: Any, input_ids: torch.Tensor) -> torch.device:
 def _cache_of(model: Any, output: Any) -> Any:
     cache = cache_of(output)
     if cache is None:
-        raise TypeError(f"{type(model).__name__} returned no cache: generate() feeds one token a step against a "
-                        f"cache it reorders, and this model keeps none")
+        raise TypeError(f"{type(model).__name__} returned no cache that generate() can reorder: generate() feeds "
+                        f"one token a step against the model's cache, reordered as the beams move")
     return cache
 
 

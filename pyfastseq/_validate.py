@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ def as_token_array(values: Any, name: str) -> np.ndarray:
 
 def _checked_int32(arr: np.ndarray, name: str) -> np.ndarray:
     is_int32 = arr.dtype == np.int32  # the common case: one reduction, no dtype queries
-    if arr.dtype == object and arr.size and all(_is_integer(v) for v in arr.flat):
+    if arr.dtype == object and arr.size and all(is_int(v) for v in arr.flat):
         # Python ints, past int64/uint64 when NumPy itself chose objects (never token ids then).
         outside = next((int(v) for v in arr.flat if not 0 <= v <= INT32_MAX), None)
         if outside is not None:
@@ -115,7 +116,17 @@ def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> 
     return _checked_int32(flat, name), offs
 
 
-def _is_integer(value: Any) -> bool:
+def finite_float(value: Any) -> float | None:
+    """A real number as a finite float; None for NaN, an infinity, or one beyond float's range."""
+    try:
+        result = float(value)
+    except OverflowError:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def is_int(value: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -123,7 +134,7 @@ def as_eos_id(eos_id: Any) -> int:
     """eos_id as an int in [0, 2**31 - 1], or -1 for None."""
     if eos_id is None:
         return -1
-    if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)):
+    if not is_int(eos_id):
         raise TypeError(f"eos_id must be an int or None, got {type(eos_id).__name__}")
     if not 0 <= eos_id <= INT32_MAX:
         raise ValueError(f"eos_id must be in [0, 2**31 - 1], got {eos_id}")

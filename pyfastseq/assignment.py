@@ -55,7 +55,8 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
             is infeasible"); batched messages name the problem. Bad ``row_lens``/``col_lens``.
         TypeError: an array or tensor whose dtype cannot be cast safely to float64 (strings, complex,
             objects). Like SciPy, other input converts element by element as ``float()`` does: a
-            ragged nest or a non-numeric string is a ``ValueError``, ``None`` or a complex a ``TypeError``.
+            complex is a ``TypeError``, a ragged nest or a non-numeric string a ``ValueError``, and
+            ``None`` becomes NaN (an invalid entry).
 
     Example (seed 002, CHID): a passage has 3 blanks and 4 candidate idioms; ``logp[i, j]`` is the
     model's log-probability of idiom ``j`` in blank ``i``. Per-blank argmax may use one idiom twice;

@@ -14,7 +14,7 @@ from transformers import LogitsProcessor
 
 from . import _backend
 from ._backend import _C
-from ._validate import check_dense, check_integer_dtype
+from ._validate import check_dense, check_integer_dtype, is_int
 from .trie import Trie, _overlapping
 
 __all__ = ["TrieLogitsProcessor"]
@@ -45,7 +45,8 @@ class TrieLogitsProcessor(LogitsProcessor):
               ``decoder_start_token_id`` column, so the trie holds the target tokens only. A call starts
               a new generation when its width is not one more than the previous call's, when its row
               count or prompt columns changed, when a batch item's first row does not extend one
-              of the previous call's rows of that item (as a beam extends its parent), or, with
+              of the previous call's rows of that item (as a beam extends its parent; with
+              ``num_beams=1``, when a row extends none of the previous call's rows), or, with
               ``num_beams=1``, when every row holds the trie's ``eos_id`` past the prompt (greedy
               search and sampling stop once every row has ended; build the trie with the model's
               eos). So one processor serves successive ``generate()`` calls, most outputs fed back
@@ -97,9 +98,9 @@ class TrieLogitsProcessor(LogitsProcessor):
         if not isinstance(trie, Trie):
             raise TypeError(f"trie must be a pyfastseq.Trie, got {type(trie).__name__}")
         if not (prompt_len is None or isinstance(prompt_len, str) and prompt_len == "auto"
-                or _is_int(prompt_len) and prompt_len >= 0):
+                or is_int(prompt_len) and prompt_len >= 0):
             raise ValueError(f"prompt_len must be None, 'auto' or an int >= 0, got {prompt_len!r}")
-        if not _is_int(num_beams) or num_beams < 1:
+        if not is_int(num_beams) or num_beams < 1:
             raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
         self.trie = trie
         self.prompt_len = prompt_len
@@ -171,8 +172,8 @@ class TrieLogitsProcessor(LogitsProcessor):
     def _continues(self, generated: np.ndarray) -> bool:
         """Whether rows whose tokens past the prompt are ``generated`` can be the next step of the
         last call's rows. Each row of a step continues a row of the step before in its batch item
-        (greedy and sampling: the same row; beam search: its parent); and greedy and sampling stop
-        once every row holds eos."""
+        (greedy and sampling: the same row; beam search: its parent, which without num_beams may be
+        any row); and greedy and sampling stop once every row holds eos."""
         rows, eos = generated.shape[0], self.trie.eos_id
         if not rows:
             return True
@@ -341,10 +342,6 @@ def _row_hashes(ids: np.ndarray) -> np.ndarray:
         # The same seed: a longer table starts with the shorter one's weights, so hashes keep.
         weights = _HASH_WEIGHTS = np.random.default_rng(0).integers(-2**62, 2**62, size=2 * ids.shape[1])
     return (ids.astype(np.int64, copy=False) * weights[:ids.shape[1]]).sum(axis=1)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _shape(value: object) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, as_token_array, check_integer_dtype, flatten_sequences
+from ._validate import INT32_MAX, as_array, as_token_array, check_integer_dtype, flatten_sequences, is_int
 from .trie import Trie
 
 __all__ = ["LCSLookahead", "lcs_length", "lcs_lengths"]
@@ -267,7 +267,7 @@ def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:
 def _optional_int(value: Any, name: str, high: int) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
     if not 0 <= value <= high:
         raise ValueError(f"{name} must be in [0, {high}], got {value}")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._backend import _C
-from ._validate import as_eos_id, pad_id_of
+from ._validate import as_eos_id, is_int, pad_id_of
 from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _check_search_size, _host, _positive_int
 from .trie import Trie, check_eos_ends_entries
 
@@ -74,7 +74,7 @@ class Sampler:
     def __init__(self, top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0, seed: int | None = None,
                  eos_id: int | None = None, max_length: int = 64, min_ends: int = 1,
                  trie: Trie | Sequence[Trie] | None = None):
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        if not is_int(top_k):
             raise TypeError(f"top_k must be an int, got {type(top_k).__name__}")
         if not 0 <= top_k <= 2**31 - 1:
             raise ValueError(f"top_k must be >= 0 (0: no top-k cut), got {top_k}")
@@ -89,8 +89,7 @@ class Sampler:
             raise ValueError(f"temperature must be a number in (0, {FLOAT32_MAX:.4g}] (top_k=1 for greedy), got "
                              f"{temperature!r}")
         self.temperature = float(temperature)
-        is_int = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-        if seed is not None and not (is_int and 0 <= seed < 2**64):
+        if seed is not None and not (is_int(seed) and 0 <= seed < 2**64):
             raise ValueError(f"seed must be None or an int in [0, 2**64), got {seed!r}")
         self.seed = None if seed is None else int(seed)
         self.max_length = _positive_int(max_length, "max_length")

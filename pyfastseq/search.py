@@ -9,7 +9,6 @@ once per step. With CUDA logits the search runs on the GPU, state included (``_c
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -22,7 +21,7 @@ from ._backend import _C
 from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
 from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_eos_id, as_token_array, pad_id_of
+from ._validate import INT32_MAX, as_eos_id, as_token_array, finite_float, is_int, pad_id_of
 from .lookahead import LCSLookahead
 from .trie import Trie, check_eos_ends_entries
 
@@ -71,15 +70,15 @@ class _BeamSearchBase:
                  min_length, output_token_scores):
         self.num_beams = _positive_int(num_beams, "num_beams")
         self.max_length = _positive_int(max_length, "max_length")
-        if isinstance(min_length, bool) or not isinstance(min_length, (int, np.integer)) or min_length < 0:
+        if not is_int(min_length) or min_length < 0:
             raise ValueError(f"min_length must be a non-negative int, got {min_length!r}")
         if min_length > self.max_length:
             raise ValueError(f"min_length ({min_length}) must not exceed max_length ({self.max_length})")
         self.min_length = int(min_length)
-        if isinstance(length_penalty, (bool, np.bool_)) or not isinstance(length_penalty, numbers.Real) \
-                or not math.isfinite(length_penalty):
+        real = not isinstance(length_penalty, (bool, np.bool_)) and isinstance(length_penalty, numbers.Real)
+        self.length_penalty = finite_float(length_penalty) if real else None
+        if self.length_penalty is None:
             raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
-        self.length_penalty = float(length_penalty)
         if isinstance(early_stopping, np.bool_):
             early_stopping = bool(early_stopping)
         if not any(early_stopping is key or (isinstance(key, str) and early_stopping == key) for key in _EARLY_STOPPING_CODES):
@@ -373,7 +372,7 @@ class BeamSearch(_BeamSearchBase):
 
 def _positive_int(value: Any, name: str) -> int:
     """``value`` as an int in [1, 2**31 - 1], the range of the native core's counts."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")

@@ -14,7 +14,7 @@ from . import _backend
 from ._backend import _C
 from ._limits import check_memory
 from ._validate import (INT32_MAX, as_array, as_eos_id, as_token_array, check_dense, check_integer_dtype,
-                        flatten_sequences)
+                        flatten_sequences, is_int)
 
 __all__ = ["Trie"]
 
@@ -215,7 +215,7 @@ class Trie:
                 raise TypeError(f"node must be an int or a one-element tensor, got a tensor of shape {tuple(node.shape)} "
                                 f"on {node.device}")
             node = node.item()
-        if isinstance(node, bool) or not isinstance(node, (int, np.integer)):
+        if not is_int(node):
             raise TypeError(f"node must be an int, got {type(node).__name__}")
         if not 0 <= node < self.num_nodes:
             raise ValueError(f"node must be a node id in [0, {self.num_nodes}), got {node}")

@@ -725,6 +725,7 @@ def _qkv(shape=(2, 2, 8, 32), dtype=torch.float32, device="cpu"):
     (lambda a: a.update(scale=float("nan")), ValueError, "scale must be a finite float"),
     (lambda a: a.update(scale=np.float64(np.inf)), ValueError, "scale must be a finite float"),
     (lambda a: a.update(scale=np.True_), TypeError, "scale must be a finite float"),
+    (lambda a: a.update(scale=10**400), ValueError, "scale must be a finite float"),
 ])
 def test_bad_input(mutate, exc, match):
     q, k, v = _qkv()

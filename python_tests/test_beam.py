@@ -364,7 +364,7 @@ def test_trie_beam__numpy_scalars_as_arguments():
                  early_stopping=np.False_, num_return_sequences=np.int64(2))
     expected = fs.TrieBeamSearch(trie, **plain).search(PrefixModel(8, 0), 2)
     assert fs.TrieBeamSearch(trie, **numpy).search(PrefixModel(8, 0), 2) == expected
-    for bad in (np.True_, np.float64(np.inf)):
+    for bad in (np.True_, np.float64(np.inf), 10**400):
         with pytest.raises(ValueError, match="length_penalty"):
             fs.TrieBeamSearch(trie, length_penalty=bad)
 

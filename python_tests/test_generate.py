@@ -364,7 +364,7 @@ def test_generate__model_without_a_cache__type_error():
     config = transformers.RwkvConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
                                      intermediate_size=64, context_length=64, bos_token_id=EOS, eos_token_id=EOS,
                                      pad_token_id=PAD)
-    with pytest.raises(TypeError, match="RwkvForCausalLM returned no cache"):
+    with pytest.raises(TypeError, match="RwkvForCausalLM returned no cache that generate.. can reorder"):
         fs.BeamSearch(EOS, num_beams=2, max_length=3).generate(transformers.RwkvForCausalLM(config).eval(),
                                                                torch.tensor([[4, 5, 6]]))
 

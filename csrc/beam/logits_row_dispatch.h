@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -108,9 +109,9 @@ int32_t top_logits(const typename Loader::Bits* row, int64_t vocab, int32_t keep
     threshold = with_ties ? std::nextafter(kth, -INFINITY) : kth;
     if (count + 4 * kLanes + 128 > room) {  // ties fill the buffer: collect_above needs 4 vectors' room
       // Doubling keeps the re-selections linear in the row when most of it ties (a finite mask fill).
-      // Never past the whole row plus the 4 vectors (room stays an int32 for any vocabulary).
-      room = static_cast<int32_t>(std::max<int64_t>(std::min<int64_t>(2 * int64_t{room}, vocab + 4 * kLanes + 128),
-                                                    count + 4 * kLanes + 128));
+      // Never past the whole row plus the 4 vectors, nor past int32.
+      const int64_t most = std::min<int64_t>(vocab + 4 * kLanes + 128, std::numeric_limits<int32_t>::max());
+      room = static_cast<int32_t>(std::min(most, std::max<int64_t>(2 * int64_t{room}, count + 4 * kLanes + 128)));
       logits.resize(room);
       tokens.resize(room);
     }

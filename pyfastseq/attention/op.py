@@ -29,6 +29,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._validate import finite_float
 from . import dropout
 from .reference import (
     check_lengths,
@@ -295,7 +296,7 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
         scale = max(D, 1) ** -0.5  # D = 0 has an empty output, whatever the scale
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
-    elif not math.isfinite(scale):
+    elif finite_float(scale) is None:
         raise ValueError(f"scale must be a finite float or None, got {scale!r}")
     scale = float(scale)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
