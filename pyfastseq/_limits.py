@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._validate import is_int
+
 __all__ = ["set_memory_limit", "get_memory_limit", "check_memory"]
 
 _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -40,15 +42,16 @@ def set_memory_limit(nbytes: Any) -> None:
     one (from the file size), a batched :func:`linear_sum_assignment` (``B * m * n``), LCS query
     tables and candidate buffers, the contiguous copy :meth:`Trie.mask_logits` makes of a view
     whose columns are strided, the token buffers of a beam search or sampler (``rows *
-    max_length``), :func:`unilm_mask` (``B * L * L``) and :class:`CopyPrior`'s parameters. A call
+    max_length``), :func:`unilm_mask` (``B * L * L``), the PyTorch UniLM attention's ``[B, H, L, L]``
+    scores and :class:`CopyPrior`'s parameters. A call
     over the cap raises ``MemoryError`` before allocating.
     """
     global _limit
-    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int)):
+    if nbytes is not None and not is_int(nbytes):
         raise TypeError(f"nbytes must be an int or None, got {type(nbytes).__name__}")
     if nbytes is not None and nbytes <= 0:
         raise ValueError(f"nbytes must be positive, got {nbytes}")
-    _limit = nbytes
+    _limit = None if nbytes is None else int(nbytes)
 
 
 def get_memory_limit() -> int | None:

@@ -115,7 +115,7 @@ class LCSLookahead:
 
     def __init__(self, query_tokens: Any, start_after: int | None = None, max_nodes: int | None = None):
         self.queries, self.per_item = _as_queries(query_tokens)
-        self._patterns = [_pattern(q, "query_tokens") for q in self.queries]
+        self._patterns = _patterns(self.queries, "query_tokens")
         self.start_after = _optional_int(start_after, "start_after", INT32_MAX)
         self.max_nodes = _optional_int(max_nodes, "max_nodes", 2**63 - 1)
         self._heights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -212,17 +212,32 @@ def _check_paths(trie: Trie, nodes: np.ndarray, generated: np.ndarray) -> None:
 
 
 def _pattern(query: np.ndarray, name: str) -> Any:
-    """The native match table of ``query``: one ceil(m / 64)-word mask per distinct token, so a
-    long query of distinct tokens costs m^2 / 8 bytes; checked against the memory cap first."""
+    """The native match table of ``query``, checked against the memory cap first."""
+    return _patterns([query], name)[0]
+
+
+def _patterns(queries: list[np.ndarray], name: str) -> list[Any]:
+    """The native match tables of ``queries``, their bytes together checked against the memory cap."""
+    tokens = sum(len(q) for q in queries)
+    what = (f"the LCS match table of {name} ({tokens} tokens)" if len(queries) == 1 else
+            f"the LCS match tables of {name} ({len(queries)} queries, {tokens} tokens)")
+    check_memory(sum(_table_bytes(q, name) for q in queries), what)
+    return [_C.LcsPattern(q) for q in queries]
+
+
+def _table_bytes(query: np.ndarray, name: str) -> int:
+    """The bytes of ``query``'s match table: one ceil(m / 64)-word mask per distinct token, so a long
+    query of distinct tokens costs m^2 / 8 bytes (small ones are taken at their bound, m + 1 masks)."""
     words = -(-len(query) // 64)
-    if 8 * words * (len(query) + 1) > 1 << 20:  # small tables skip counting the distinct tokens
-        distinct = len(np.unique(query))
-        table_bytes = 8 * words * (distinct + 1)
-        if table_bytes > MAX_MATCH_TABLE_BYTES:  # the native bound, checked here to name the argument
-            raise ValueError(f"{name} is too long ({len(query)} tokens, {distinct} distinct): its LCS match "
-                             f"table would exceed {MAX_MATCH_TABLE_BYTES >> 20} MiB")
-        check_memory(table_bytes, f"the LCS match table of {name} ({len(query)} tokens)")
-    return _C.LcsPattern(query)
+    bound = 8 * words * (len(query) + 1)
+    if bound <= 1 << 20:  # small tables skip counting the distinct tokens
+        return bound
+    distinct = len(np.unique(query))
+    table_bytes = 8 * words * (distinct + 1)
+    if table_bytes > MAX_MATCH_TABLE_BYTES:  # the native bound, checked here to name the argument
+        raise ValueError(f"{name} is too long ({len(query)} tokens, {distinct} distinct): its LCS match "
+                         f"table would exceed {MAX_MATCH_TABLE_BYTES >> 20} MiB")
+    return table_bytes
 
 
 def _is_int32_vector(values: Any) -> bool:

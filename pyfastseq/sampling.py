@@ -140,7 +140,8 @@ class Sampler:
                 f"trie holds {len(self.tries)} tries but batch_size is {batch_size}: give one or one per item"
             )
         rows = batch_size * num_samples
-        _check_search_size(rows, max_length, "batch_size * num_samples", 8)  # the int64 token buffer
+        # The int64 token buffer, and the returned lists: a slot and, past id 256, an int object per token.
+        _check_search_size(rows, max_length, "batch_size * num_samples", 8 + 40)
         seed = int(torch.randint(0, 2**63 - 1, ())) if self.seed is None else self.seed
         pad = pad_id_of(self.eos_id)
         temperature = np.full(rows, self.temperature, dtype=np.float32)

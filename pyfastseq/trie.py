@@ -329,9 +329,11 @@ def _overlapping(t: torch.Tensor) -> bool:
 
 def _build_bytes(num_tokens: int, num_sequences: int, with_eos: bool) -> int:
     """Peak bytes of Trie.build: at most one node per token (plus eos and root), each an offset, a
-    token and a terminal flag, and per sequence its length, order, sort key and (key, item) pair."""
+    token and a terminal flag (grown by doubling); per sequence its length, order, sort key and
+    (key, item) pair, and its ranges in this level's and the next level's lists (16 bytes each,
+    grown by doubling), which dominate for catalogues of short entries."""
     nodes = num_tokens + (num_sequences if with_eos else 0) + 1
-    return 9 * nodes + 20 * num_sequences
+    return 10 * nodes + 84 * num_sequences
 
 
 def _as_int32(values: Any, name: str) -> np.ndarray:

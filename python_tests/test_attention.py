@@ -685,6 +685,10 @@ def test_unilm_mask_memory_limit():
         with pytest.raises(MemoryError, match=r"unilm_mask of shape \(2, 1000000, 1000000\)"):
             fs.unilm_mask([1, 1], None, 10**6)
         assert fs.unilm_mask([1, 1], None, 512).shape == (2, 512, 512)
+        # The PyTorch attention's [B, H, L, L] scores count too: 2 * 4 * 256**2 * 4 bytes, three times.
+        q = torch.zeros(2, 4, 256, 32)
+        with pytest.raises(MemoryError, match=r"the PyTorch UniLM attention on q of shape \(2, 4, 256, 32\)"):
+            unilm_attention_reference(q, q, q, torch.tensor([3, 4]))
     finally:
         fs.set_memory_limit(before)
 

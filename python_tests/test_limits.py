@@ -55,6 +55,13 @@ def test_lcs_over_cap(cap):
         fs.lcs_length(np.arange(30_000), query)
     with pytest.raises(MemoryError, match="LCS match table of query_tokens"):
         fs.LCSLookahead(query)
+    # Per-item queries, each small, count together: 200 tables of 2800 tokens are about 200 KiB each.
+    with pytest.raises(MemoryError, match=r"LCS match tables of query_tokens \(200 queries, 560000 tokens\)"):
+        fs.LCSLookahead(np.tile(np.arange(2800, dtype=np.int32), (200, 1)))
+    cap(64 << 10)  # a table under 1 MiB is taken at its bound, and checked against the cap too
+    with pytest.raises(MemoryError, match=r"LCS match table of query_tokens \(2800 tokens\)"):
+        fs.LCSLookahead(np.arange(2800))
+    cap(1 << 20)
     assert fs.lcs_lengths(np.zeros(20_000, dtype=np.int32), [[0, 1]]).tolist() == [1]  # one distinct token: small
     with pytest.raises(MemoryError, match="lcs_lengths over 500000 candidates"):
         fs.lcs_lengths([1], np.zeros(500_000, dtype=np.int32), np.arange(500_001))
@@ -106,6 +113,8 @@ def test_set_memory_limit_arguments(cap):
         cap(0)
     cap(None)
     assert fs.get_memory_limit() is None
+    cap(np.int64(1 << 30))  # NumPy integers are integers
+    assert fs.get_memory_limit() == 1 << 30 and type(fs.get_memory_limit()) is int
 
 
 @pytest.mark.parametrize("value, expected", [("2g", 2 << 30), ("", None)])

@@ -95,12 +95,19 @@ def _mask(prefix: torch.Tensor, seq: Optional[torch.Tensor], L: int) -> torch.Te
     i = pos.view(1, L, 1)  # query
     j = pos.view(1, 1, L)  # key
     s = prefix.view(-1, 1, 1)
-    n = L if seq is None else seq.view(-1, 1, 1)
-    return (i < n) & (j < n) & ((j < s) | (j <= i))  # [B, L, L]
+    mask = (j < s) | (j <= i)  # [B, L, L]: the one full-size tensor; the rest narrow it in place
+    if seq is not None:
+        n = seq.view(-1, 1, 1)
+        mask &= i < n
+        mask &= j < n
+    return mask
 
 
 def _masked_scores(q, k, prefix_lens, seq_lens, scale):
-    L = q.shape[-2]
+    B, H, L, _ = q.shape
+    # The mask, and about three [B, H, L, L] tensors alive at once: scores, masked scores, softmax.
+    check_memory(B * L * L + 3 * B * H * L * L * q.element_size(),
+                 f"the PyTorch UniLM attention on q of shape {tuple(q.shape)}")
     mask = _mask(prefix_lens.to(q.device), None if seq_lens is None else seq_lens.to(q.device), L)[:, None]  # [B, 1, L, L]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k = _real_rows(q, seq_lens), _real_rows(k, seq_lens)  # else their gradients pick up padding's NaN
