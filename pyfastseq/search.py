@@ -286,8 +286,9 @@ class TrieBeamSearch(_BeamSearchBase):
         if normalize not in ("full", "allowed"):
             raise ValueError(f'normalize must be "full" or "allowed", got {normalize!r}')
         self.normalize = normalize
-        if lookahead is not None and not callable(getattr(lookahead, "deltas", None)):
-            raise TypeError("lookahead must be None or have a deltas(trie, nodes, generated, batch_index) method")
+        if lookahead is not None and (isinstance(lookahead, type) or not callable(getattr(lookahead, "deltas", None))):
+            raise TypeError("lookahead must be None or an object with a deltas(trie, nodes, generated, batch_index) "
+                            f"method, got {lookahead!r:.60}")
         self.lookahead = lookahead
         self.prefix = as_token_array([] if prefix is None else prefix, "prefix")
         self._start_nodes = [self._start_node(t) for t in self.tries]

@@ -34,7 +34,8 @@ class SegmentOutput:
     ``first``: the sampled segments (:class:`SampleOutput`: tokens with the ending eos, model
     log-prob sums, finished). ``second[b][i]``: the searcher's hypotheses for sample ``i``, best
     first, with ``second_scores`` (length-penalised, as :class:`BeamSearchOutput`) and
-    ``second_finished``.
+    ``second_finished``; with the searcher's ``output_token_scores``, ``second_token_scores``
+    (as :class:`BeamSearchOutput`'s ``token_scores``), else None.
     """
 
     sequences: list[list[list[int]]]
@@ -42,6 +43,7 @@ class SegmentOutput:
     second: list[list[list[list[int]]]]
     second_scores: list[list[list[float]]]
     second_finished: list[list[list[bool]]]
+    second_token_scores: list[list[list[list[float]]]] | None = None
 
 
 class SegmentDecoder:
@@ -73,7 +75,7 @@ class SegmentDecoder:
         if isinstance(self.searcher, TrieBeamSearch):
             self.searcher._check_batch(batch_size, "searcher's ")
         rows = batch_size * num_samples
-        found: dict[int, tuple[list, list, list]] = {}
+        found: dict[int, tuple[list, list, list, list | None]] = {}
 
         def continue_rows(ended: np.ndarray, drawn: np.ndarray) -> None:
             # Runs as rows end, before the sampler feeds the main cache anything else: each ended
@@ -86,7 +88,8 @@ class SegmentDecoder:
             searcher = _for_items(self.searcher, ended // num_samples)
             out = searcher.search(_Continuation(fork, logits), len(ended))
             for j, r in enumerate(ended.tolist()):
-                found[r] = (out.sequences[j], out.scores[j], out.finished[j])
+                token_scores = None if out.token_scores is None else out.token_scores[j]
+                found[r] = (out.sequences[j], out.scores[j], out.finished[j], token_scores)
 
         first = self.sampler._run(step_fn, batch_size, None, num_samples, continue_rows)
         flat = [seq for item in first.sequences for seq in item]
@@ -104,6 +107,7 @@ class SegmentDecoder:
             second=per_item([s[0] for s in second]),
             second_scores=per_item([s[1] for s in second]),
             second_finished=per_item([s[2] for s in second]),
+            second_token_scores=per_item([s[3] for s in second]) if self.searcher.output_token_scores else None,
         )
 
     def generate(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -167,5 +171,8 @@ def fork_step(step: StepFn, index: torch.Tensor) -> StepFn:
     of ``generate()`` do.
     """
     if callable(getattr(step, "fork", None)):
-        return step.fork(index)
+        fork = step.fork(index)
+        if not callable(fork):
+            raise TypeError(f"step_fn.fork must return a step function, got {type(fork).__name__}")
+        return fork
     raise TypeError(f"step_fn must define fork(index) to switch strategies mid-decode, got {type(step).__name__}")

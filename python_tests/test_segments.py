@@ -54,7 +54,7 @@ class Forced:
 
 def searchers():
     questions = fs.Trie([[7, 8, 9, SEP], [7, 10, SEP], [11, SEP], [12, 13, 14, 15, SEP], [7, 8, SEP]], eos_id=SEP)
-    return [fs.BeamSearch(SEP, num_beams=K, max_length=6, num_return_sequences=2),
+    return [fs.BeamSearch(SEP, num_beams=K, max_length=6, num_return_sequences=2, output_token_scores=True),
             fs.TrieBeamSearch(questions, num_beams=K, max_length=6)]
 
 
@@ -73,6 +73,12 @@ def assert_second_segments(out, searcher, fresh_step, score_rel=0.0):
             assert out.second_scores[b][i] == pytest.approx(ref.scores[0], rel=score_rel, abs=0)
             assert out.second_finished[b][i] == ref.finished[0]
             assert out.sequences[b][i] == answer + ref.sequences[0][0]
+            if searcher.output_token_scores:
+                assert len(out.second_token_scores[b][i]) == len(ref.token_scores[0])
+                for got, want in zip(out.second_token_scores[b][i], ref.token_scores[0]):
+                    assert got == pytest.approx(want, rel=score_rel, abs=0)
+    if not searcher.output_token_scores:
+        assert out.second_token_scores is None
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +193,12 @@ def test_per_item_tries_follow_the_batch_item(batch_size, num_samples, lookahead
             assert out.second_scores[b][i] == ref.scores[0]
             assert out.second_finished[b][i] == ref.finished[0]
             assert out.sequences[b][i] == answer + ref.sequences[0][0]
+            if searcher.output_token_scores:
+                assert len(out.second_token_scores[b][i]) == len(ref.token_scores[0])
+                for got, want in zip(out.second_token_scores[b][i], ref.token_scores[0]):
+                    assert got == pytest.approx(want, rel=score_rel, abs=0)
+    if not searcher.output_token_scores:
+        assert out.second_token_scores is None
     if batch_size * num_samples > 1:  # the rows end at different steps (else the test misses the case)
         assert len({len(a) for item in out.first.sequences for a in item}) > 1
 
@@ -199,6 +211,18 @@ def test_bad_input(gpt2):
     plain = fs.SegmentDecoder(fs.Sampler(eos_id=SEP, max_length=2), fs.BeamSearch(SEP, num_beams=2))
     with pytest.raises(TypeError, match="step_fn must define fork"):
         plain.search(lambda t, b: torch.zeros(2, VOCAB), 2)
+
+    class ForksIntoNothing:
+        def __call__(self, tokens, beam_idx):
+            return torch.zeros(len(beam_idx), VOCAB)
+
+        def fork(self, index):
+            return None
+
+    with pytest.raises(TypeError, match="step_fn.fork must return a step function, got NoneType"):
+        plain.search(ForksIntoNothing(), 1)
+    with pytest.raises(TypeError, match="lookahead must be None or an object with a deltas"):
+        fs.TrieBeamSearch(ITEM_TRIES[0], lookahead=fs.LCSLookahead)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         plain.generate(gpt2, torch.tensor([[5, 6]]), num_samples=0)
     two = fs.SegmentDecoder(fs.Sampler(eos_id=SEP, max_length=2), fs.TrieBeamSearch(ITEM_TRIES[:2], num_beams=2))
