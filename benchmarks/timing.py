@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 
@@ -38,3 +39,9 @@ def device_time(fn, calls: int = 20) -> float:
     if busy_us <= 0:
         raise RuntimeError("the CUDA profiler recorded no GPU activity (CUPTI unavailable?)")
     return busy_us / calls / 1e6
+
+
+def stat(benchmark, name: str) -> float:
+    """The ``benchmark`` fixture's ``name`` statistic (``"min"``, ``"median"``) in seconds; NaN under
+    ``--benchmark-disable``, which runs each test once and times nothing."""
+    return math.nan if benchmark.stats is None else getattr(benchmark.stats.stats, name)
