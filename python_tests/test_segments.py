@@ -68,17 +68,21 @@ def assert_second_segments(out, searcher, fresh_step, score_rel=0.0):
     for b, answers in enumerate(out.first.sequences):
         assert len(answers) == SAMPLES
         for i, answer in enumerate(answers):
-            ref = searcher.search(Forced(fresh_step(b), answer), 1)
-            assert out.second[b][i] == ref.sequences[0]
-            assert out.second_scores[b][i] == pytest.approx(ref.scores[0], rel=score_rel, abs=0)
-            assert out.second_finished[b][i] == ref.finished[0]
-            assert out.sequences[b][i] == answer + ref.sequences[0][0]
-            if searcher.output_token_scores:
-                assert len(out.second_token_scores[b][i]) == len(ref.token_scores[0])
-                for got, want in zip(out.second_token_scores[b][i], ref.token_scores[0]):
-                    assert got == pytest.approx(want, rel=score_rel, abs=0)
+            assert_second_segment(out, b, i, searcher.search(Forced(fresh_step(b), answer), 1), score_rel)
     if not searcher.output_token_scores:
         assert out.second_token_scores is None
+
+
+def assert_second_segment(out, b, i, ref, score_rel=0.0):
+    """Sample ``i`` of item ``b`` against ``ref``, the separate search after its answer."""
+    assert out.second[b][i] == ref.sequences[0]
+    assert out.second_scores[b][i] == pytest.approx(ref.scores[0], rel=score_rel, abs=0)
+    assert out.second_finished[b][i] == ref.finished[0]
+    assert out.sequences[b][i] == out.first.sequences[b][i] + ref.sequences[0][0]
+    if ref.token_scores is not None:
+        assert len(out.second_token_scores[b][i]) == len(ref.token_scores[0])
+        for got, want in zip(out.second_token_scores[b][i], ref.token_scores[0]):
+            assert got == pytest.approx(want, rel=score_rel, abs=0)
 
 
 @pytest.fixture(scope="module")
@@ -189,16 +193,8 @@ def test_per_item_tries_follow_the_batch_item(batch_size, num_samples, lookahead
                                          **settings)
         for i, answer in enumerate(answers):
             ref = ref_searcher.search(Forced(RowStep(prompts[b:b + 1].repeat(3, 1)), answer), 1)
-            assert out.second[b][i] == ref.sequences[0]
-            assert out.second_scores[b][i] == ref.scores[0]
-            assert out.second_finished[b][i] == ref.finished[0]
-            assert out.sequences[b][i] == answer + ref.sequences[0][0]
-            if searcher.output_token_scores:
-                assert len(out.second_token_scores[b][i]) == len(ref.token_scores[0])
-                for got, want in zip(out.second_token_scores[b][i], ref.token_scores[0]):
-                    assert got == pytest.approx(want, rel=score_rel, abs=0)
-    if not searcher.output_token_scores:
-        assert out.second_token_scores is None
+            assert_second_segment(out, b, i, ref)
+    assert out.second_token_scores is None
     if batch_size * num_samples > 1:  # the rows end at different steps (else the test misses the case)
         assert len({len(a) for item in out.first.sequences for a in item}) > 1
 
