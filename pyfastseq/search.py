@@ -75,7 +75,7 @@ class _BeamSearchBase:
         if min_length > self.max_length:
             raise ValueError(f"min_length ({min_length}) must not exceed max_length ({self.max_length})")
         self.min_length = int(min_length)
-        real = not isinstance(length_penalty, (bool, np.bool_)) and isinstance(length_penalty, numbers.Real)
+        real = isinstance(length_penalty, numbers.Real) and not isinstance(length_penalty, bool)
         self.length_penalty = finite_float(length_penalty) if real else None
         if self.length_penalty is None:
             raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
