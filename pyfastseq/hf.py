@@ -97,10 +97,13 @@ class TrieLogitsProcessor(LogitsProcessor):
                  reuse_output: bool = False):
         if not isinstance(trie, Trie):
             raise TypeError(f"trie must be a pyfastseq.Trie, got {type(trie).__name__}")
-        if not (prompt_len is None or isinstance(prompt_len, str) and prompt_len == "auto"
-                or is_int(prompt_len) and prompt_len >= 0):
+        if not (prompt_len is None or isinstance(prompt_len, str) or is_int(prompt_len)):
+            raise TypeError(f"prompt_len must be None, 'auto' or an int >= 0, got {type(prompt_len).__name__}")
+        if not (prompt_len is None or prompt_len == "auto" or is_int(prompt_len) and prompt_len >= 0):
             raise ValueError(f"prompt_len must be None, 'auto' or an int >= 0, got {prompt_len!r}")
-        if not is_int(num_beams) or num_beams < 1:
+        if not is_int(num_beams):
+            raise TypeError(f"num_beams must be an int >= 1, got {type(num_beams).__name__}")
+        if num_beams < 1:
             raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
         self.trie = trie
         self.prompt_len = prompt_len
@@ -190,7 +193,9 @@ class TrieLogitsProcessor(LogitsProcessor):
 
     def _check(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
         _check_ids(input_ids)
-        if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
+        if not isinstance(scores, torch.Tensor):
+            raise TypeError(f"scores must be a 2-D tensor [N, V], got {type(scores).__name__}")
+        if scores.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
             raise ValueError(f"scores must be a 2-D tensor [N, V] with N = {input_ids.shape[0]}, got {_shape(scores)}")
         check_dense(scores, "scores")
         if scores.dtype not in _backend.ELEM_BYTES:

@@ -402,6 +402,9 @@ def test_bad_arguments():
         fs.hf.TrieLogitsProcessor([[3, 4]])
     with pytest.raises(ValueError, match="num_beams"):
         fs.hf.TrieLogitsProcessor(trie, num_beams=0)
+    for num_beams in (2.0, True, "2"):
+        with pytest.raises(TypeError, match="num_beams"):
+            fs.hf.TrieLogitsProcessor(trie, num_beams=num_beams)
     with pytest.raises(ValueError, match="inplace and reuse_output"):
         fs.hf.TrieLogitsProcessor(trie, inplace=True, reuse_output=True)
     proc = fs.hf.TrieLogitsProcessor(trie, num_beams=2)
@@ -414,13 +417,19 @@ def test_bad_arguments():
         proc(ids[:3], torch.zeros(3, 8))
     with pytest.raises(ValueError, match="scores"):
         proc(ids, torch.zeros(5, 8))
+    with pytest.raises(TypeError, match="scores must be a 2-D tensor"):
+        proc(ids, np.zeros((4, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="scores are on the meta device"):
         proc(ids, torch.zeros(4, 8, device="meta"))
 
 
-@pytest.mark.parametrize("prompt_len", [-1, 1.0, True, "AUTO", np.array([1, 2]), np.array(["auto"]), torch.tensor(1)])
-def test_bad_prompt_len__prompt_len(prompt_len):
-    with pytest.raises(ValueError, match="prompt_len must be None, 'auto' or an int >= 0"):
+@pytest.mark.parametrize("prompt_len, error", [
+    (-1, ValueError), ("AUTO", ValueError),
+    (1.0, TypeError), (True, TypeError), (np.array([1, 2]), TypeError), (np.array(["auto"]), TypeError),
+    (torch.tensor(1), TypeError),
+])
+def test_bad_prompt_len__prompt_len(prompt_len, error):
+    with pytest.raises(error, match="prompt_len must be None, 'auto' or an int >= 0"):
         fs.hf.TrieLogitsProcessor(fs.Trie([[3, 4]]), prompt_len=prompt_len)
 
 
