@@ -17,7 +17,7 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, check_integer_dtype
+from ._validate import INT32_MAX, as_array, check_dense, check_integer_dtype
 
 __all__ = ["linear_sum_assignment"]
 
@@ -81,7 +81,8 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
         matrix = cost
     else:
         matrix = _as_float64(cost)
-    if any(stride % 8 for stride in matrix.strides):  # a packed record's field: the solver steps in float64s
+    # A packed record's field, or a buffer viewed at an odd offset: the solver steps in aligned float64s.
+    if not matrix.flags.aligned or any(stride % 8 for stride in matrix.strides):
         matrix = np.ascontiguousarray(matrix)
     if matrix.ndim == 3:
         return _solve_batch(matrix, maximize, row_lens, col_lens)
@@ -101,6 +102,7 @@ def _as_float64(cost: Any) -> np.ndarray:
     """``cost`` as a float64 array under SciPy's rules: an array casts only safely (no strings,
     complex, objects); anything else converts element by element as ``float()`` does."""
     if isinstance(cost, torch.Tensor):
+        _check_tensor(cost)
         cost = cost.detach().cpu()
         if cost.dtype.is_complex:
             raise TypeError(f"Cannot cast cost from {cost.dtype} to float64 according to the rule 'safe'")
@@ -120,6 +122,12 @@ def _as_float64(cost: Any) -> np.ndarray:
         )
     _check_size(arr.shape)
     return arr.astype(np.float64, copy=False)
+
+
+def _check_tensor(cost: torch.Tensor) -> None:
+    check_dense(cost, "cost")
+    if cost.is_meta:
+        raise ValueError("cost is on the meta device, which holds no values")
 
 
 def _check_size(shape: tuple) -> None:
@@ -166,6 +174,7 @@ def _solve_batch(cost: np.ndarray, maximize: bool, row_lens: Any, col_lens: Any)
 
 
 def _solve_tensor(cost: torch.Tensor, maximize: bool, row_lens: Any, col_lens: Any) -> torch.Tensor:
+    _check_tensor(cost)
     if cost.dtype.is_complex:
         raise TypeError(f"Cannot cast cost from {cost.dtype} to float64 according to the rule 'safe'")
     batch, rows, cols = cost.shape
@@ -186,6 +195,8 @@ def _assign_batch_op(
     if cost.dtype != torch.float64 or cost.dim() != 3:
         raise TypeError(f"cost must be a 3-D float64 tensor, got {cost.dim()}-D {cost.dtype}")
     batch, rows, cols = cost.shape
+    if cost.data_ptr() % cost.element_size():  # a buffer viewed at an odd offset: the solver reads aligned float64s
+        cost = cost.clone()
     if not _backend.on_gpu(cost):
         as_numpy = [None if t is None else t.numpy() for t in (row_lens, col_lens)]
         col_of_row, status = _C.assign(cost.numpy(), maximize, *as_numpy)

@@ -213,7 +213,7 @@ class TrieLogitsProcessor(LogitsProcessor):
             raise ValueError(f"scores has {scores.shape[0]} rows, not a multiple of num_beams={self.num_beams}")
 
     def _constrain_cpu(self, scores: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        src = scores if scores.shape[1] < 2 or scores.stride(1) == 1 else scores.contiguous()
+        src = _backend.unit_stride_aligned(scores)
         previous = None
         if self.inplace:
             out = src

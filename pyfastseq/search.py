@@ -209,10 +209,7 @@ class _BeamSearchBase:
                 raise ValueError(
                     f"the trie holds token id {trie.max_token} but logits has only {logits.shape[1]} columns (vocabulary)"
                 )
-        logits = logits.detach()
-        if logits.stride(1) != 1:
-            logits = logits.contiguous()
-        return logits
+        return _backend.unit_stride_aligned(logits.detach())
 
     def _output(self, results) -> BeamSearchOutput:
         """From per batch item (tokens, score, finished, token_scores) tuples, best first."""

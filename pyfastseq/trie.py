@@ -202,8 +202,7 @@ class Trie:
         """int32 ``[N]`` on the CPU: the node each row of the 2-D integer tensor ``ids`` reaches from
         the root, -1 where it leaves the trie; one native walk for all rows."""
         # Tensors: data_ptr() costs a tenth of numpy's ctypes.data, which counts at 80 rows.
-        if ids.device.type != "cpu" or ids.dtype != torch.int64 or (ids.shape[1] > 1 and ids.stride(1) != 1):
-            ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
+        ids = _backend.unit_stride_aligned(ids.to(device="cpu", dtype=torch.int64))
         nodes = torch.empty(ids.shape[0], dtype=torch.int32, device="cpu")
         if ids.shape[0]:
             _C.trie_walk(self._native, ids.data_ptr(), ids.shape[0], ids.stride(0), 0, ids.shape[1], nodes.data_ptr())
@@ -406,7 +405,7 @@ def _trie_mask_op(
     logits: torch.Tensor, nodes: torch.Tensor, child_begin: torch.Tensor, child_token: torch.Tensor, fill: float
 ) -> None:
     _check_mask_op_args(logits, nodes, child_begin, child_token)
-    target = logits if logits.stride(1) == 1 else logits.contiguous()
+    target = _backend.unit_stride_aligned(logits)
     rows, vocab = target.shape
     if rows and vocab:
         num_nodes = child_begin.shape[0] - 1

@@ -1,5 +1,6 @@
 """linear_sum_assignment against SciPy (same optimum, same exceptions) and a brute-force reference."""
 
+import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -167,6 +168,21 @@ def test_strided_views():
 
 
 
+def test_costs_off_their_element_alignment():
+    # Views of a byte buffer at an odd offset: SciPy takes them; so do the matrix and both batch routes.
+    rng = np.random.default_rng(8)
+    costs = rng.random((3, 6, 5))
+    view = np.frombuffer(bytearray(costs.nbytes + 1), dtype=np.float64, offset=1).reshape(costs.shape)
+    view[:] = costs
+    assert not view.flags.aligned
+    assert_same_as_scipy(view[0])
+    expected = fs.linear_sum_assignment(costs)
+    np.testing.assert_array_equal(fs.linear_sum_assignment(view), expected)
+    tensor = torch.frombuffer(bytearray(costs.nbytes + 1), dtype=torch.float64, offset=1, count=costs.size)
+    tensor = tensor.view(costs.shape).copy_(torch.from_numpy(costs))
+    np.testing.assert_array_equal(fs.linear_sum_assignment(tensor).numpy(), expected)
+
+
 def test_float64_fields_of_packed_records():
     # Strides that are not whole float64s (a field of a packed structured array): SciPy takes them.
     rng = np.random.default_rng(6)
@@ -317,6 +333,17 @@ def test_length_errors(kwargs, error, match):
         fs.linear_sum_assignment(torch.zeros(3, 2, 4), **kwargs)
 
 
+@pytest.mark.parametrize("cost, error, match", [
+    (torch.zeros(2, 3, 3, dtype=torch.float64, device="meta"), ValueError, "cost is on the meta device"),
+    (torch.zeros(3, 3, device="meta"), ValueError, "cost is on the meta device"),
+    (torch.eye(3).to_sparse(), TypeError, "cost must be a dense"),
+    (torch.eye(3).expand(2, 3, 3).to_sparse(), TypeError, "cost must be a dense"),
+])
+def test_tensors_that_hold_no_dense_values(cost, error, match):
+    with pytest.raises(error, match=match):
+        fs.linear_sum_assignment(cost)
+
+
 def test_lengths_need_a_batch():
     with pytest.raises(ValueError, match="row_lens and col_lens apply to a batched"):
         fs.linear_sum_assignment(np.zeros((2, 2)), row_lens=[2])
@@ -358,6 +385,38 @@ def test_cuda_matches_scipy(batch__rows__cols, maximize, device, request):
     bad[1, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"invalid numeric entries \(problem 1"):
         fs.linear_sum_assignment(bad, maximize)
+
+
+def exact_optimum(matrix, maximize):
+    """The optimal total of a small matrix, summed exactly (float64 sums of costs near DBL_MAX overflow)."""
+    work = matrix if matrix.shape[0] <= matrix.shape[1] else matrix.T
+    totals = (sum(Fraction(work[i, j]) for i, j in enumerate(chosen))
+              for chosen in itertools.permutations(range(work.shape[1]), work.shape[0]))
+    return max(totals) if maximize else min(totals)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda), "emulated"])
+@pytest.mark.parametrize("shape", [(12, 4, 5), (12, 5, 4), (2, 3, 20)])  # 20 columns: solved where they lie
+@pytest.mark.parametrize("maximize", [False, True])
+def test_costs_near_the_float64_limit(device, shape, maximize, request):
+    # Finite costs whose differences overflow float64 ([[1e308, 1e308], [-1e308, -1e308]], say): every
+    # problem is feasible, and the optimum holds up to the costs' own rounding.
+    if device == "cpu":
+        assert_same_as_scipy(np.array([[1e308, 1e308], [-1e308, -1e308]]), maximize)
+    rng = np.random.default_rng(shape[1])
+    costs = rng.choice([1.7e308, -1.7e308, 1e308, -1e308, 5e307, 1.0, 0.0], size=shape)
+    costs[1] *= rng.random(shape[1:])
+    costs[0, : shape[1] // 2], costs[0, shape[1] // 2 :] = 1e308, -1e308
+    tolerance = Fraction(1.7e308) * 1e-15 * sum(shape[1:])
+    got = fs.linear_sum_assignment(torch.from_numpy(costs).to(torch_device(device, request)), maximize).cpu().numpy()
+    for b, matrix in enumerate(costs):
+        best = exact_optimum(matrix, maximize)
+        rows = np.flatnonzero(got[b] >= 0)
+        assert abs(sum(Fraction(x) for x in matrix[rows, got[b, rows]]) - best) <= tolerance
+        if device == "cpu":
+            rows, cols = fs.linear_sum_assignment(matrix, maximize)
+            assert_valid(matrix, rows, cols)
+            assert abs(sum(Fraction(x) for x in matrix[rows, cols]) - best) <= tolerance
 
 
 def test_docstring_example():

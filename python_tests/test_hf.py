@@ -315,6 +315,18 @@ def test_processor_walks_strided_and_int32_ids():
     assert torch.equal(inplace, expected)
 
 
+def test_processor_in_place_on_scores_off_their_element_alignment():
+    seqs = catalogue(7)
+    trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
+    ids = torch.tensor([[5, 5] + (seqs[i] + [EOS, EOS])[:2] for i in range(6)])
+    buffer = bytearray(6 * VOCAB * 4 + 1)
+    scores = torch.frombuffer(buffer, dtype=torch.float32, offset=1, count=6 * VOCAB).view(6, VOCAB)
+    scores.copy_(torch.randn(6, VOCAB))
+    expected = PrefixConstrainedLogitsProcessor(reference_fn(dict_trie, 2, VOCAB), 1)(ids, scores.clone())
+    assert fs.hf.TrieLogitsProcessor(trie, prompt_len=2, inplace=True)(ids, scores) is scores
+    assert torch.equal(scores, expected)
+
+
 def test_nodes_and_bad_ids_never_raise():
     trie = fs.Trie([[3, 4], [3, 5, 6]], eos_id=EOS)
     proc = fs.hf.TrieLogitsProcessor(trie, prompt_len=1)

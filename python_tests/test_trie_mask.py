@@ -1,6 +1,7 @@
 """Trie.mask_logits against a masked_fill reference, over dtypes, strides, devices and bad input."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -142,6 +143,30 @@ def test_custom_fill(fill):
     expected[0, [2, 4]] = logits[0, [2, 4]]
     expected[1, 3] = logits[1, 3]
     trie.mask_logits(logits, torch.tensor([0, trie.walk([2])]), fill=fill)
+    assert torch.equal(logits, expected)
+
+
+def test_zero_fills_keep_their_sign():
+    trie = fs.Trie([[1]])
+    for fill in (0.0, -0.0, 0.0):  # equal as numbers, not as bits
+        logits = torch.ones(1, 3)
+        trie.mask_logits(logits, [0], fill=fill)
+        assert torch.signbit(logits[0, [0, 2]]).tolist() == [math.copysign(1.0, fill) < 0] * 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logits_off_their_element_alignment(dtype):
+    # A view of a byte buffer at an odd offset: rows long enough for the streaming stores (64 KiB).
+    rng = np.random.default_rng(9)
+    vocab = 40_000
+    _, trie, ref = random_trie(rng, vocab, 50, 4)
+    nodes, allowed = rows_for(trie, ref, rng, 3)
+    size = torch.finfo(dtype).bits // 8
+    logits = torch.frombuffer(bytearray(3 * vocab * size + 1), dtype=dtype, offset=1, count=3 * vocab).view(3, vocab)
+    assert logits.data_ptr() % size
+    logits.copy_(torch.randn(3, vocab))
+    expected = reference_mask(logits.clone(), allowed)
+    assert trie.mask_logits(logits, nodes) is logits
     assert torch.equal(logits, expected)
 
 

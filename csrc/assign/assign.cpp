@@ -2,6 +2,7 @@
 // assign.h). The solver sees a minimising, wide (rows <= cols) matrix with unit column stride: the
 // input itself when it already is one, else a copy (negated for maximize, transposed when tall).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -308,48 +309,75 @@ AssignStatus solve(Work& w) {
   return kAssignOk;
 }
 
-// Copies sign * src [nr, nc] (strides rs, cs) into dst, row-major; false when a product is NaN or
-// -inf.
-bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, double sign, double* dst) {
+#if defined(__SSE2__)
+// The running maximum of `peak` and the finite magnitudes among x's two lanes (NaN and inf add 0).
+inline __m128d max_finite_magnitude(__m128d peak, __m128d x) {
+  const __m128d magnitude = _mm_andnot_pd(_mm_set1_pd(-0.0), x);
+  return _mm_max_pd(peak, _mm_and_pd(magnitude, _mm_cmplt_pd(magnitude, _mm_set1_pd(kInf))));
+}
+
+inline double horizontal_max(__m128d x) { return std::max(_mm_cvtsd_f64(x), _mm_cvtsd_f64(_mm_unpackhi_pd(x, x))); }
+#endif
+
+inline double max_finite_magnitude(double peak, double x) {
+  const double magnitude = std::fabs(x);
+  return magnitude < kInf && magnitude > peak ? magnitude : peak;
+}
+
+// Copies scale * src [nr, nc] (strides rs, cs) into dst, row-major; false when a product is NaN or
+// -inf. Raises `peak` to the largest finite magnitude copied.
+bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, double scale, double* dst, double& peak) {
   bool valid = true;
   for (int64_t i = 0; i < nr; ++i) {
     const double* row = src + i * rs;
     int64_t j = 0;
 #if defined(__SSE2__)
     if (cs == 1) {  // the common layout: two columns per instruction
-      __m128d above = _mm_castsi128_pd(_mm_set1_epi64x(-1));
-      const __m128d neg_inf = _mm_set1_pd(-kInf), by = _mm_set1_pd(sign);
+      __m128d above = _mm_castsi128_pd(_mm_set1_epi64x(-1)), peaks = _mm_set1_pd(peak);
+      const __m128d neg_inf = _mm_set1_pd(-kInf), by = _mm_set1_pd(scale);
       for (; j + 2 <= nc; j += 2) {
         const __m128d x = _mm_mul_pd(by, _mm_loadu_pd(row + j));
         above = _mm_and_pd(above, _mm_cmpgt_pd(x, neg_inf));
+        peaks = max_finite_magnitude(peaks, x);
         _mm_storeu_pd(dst + i * nc + j, x);
       }
       valid &= _mm_movemask_pd(above) == 3;
+      peak = horizontal_max(peaks);
     }
 #endif
     for (; j < nc; ++j) {
-      const double x = sign * row[j * cs];
+      const double x = scale * row[j * cs];
       valid &= x > -kInf;  // false for NaN and -inf alone
+      peak = max_finite_magnitude(peak, x);
       dst[i * nc + j] = x;
     }
   }
   return valid;
 }
 
-// Whether no entry of src [nr, nc] (row stride rs, unit column stride) is NaN or -inf. A pass over
-// the whole matrix, so it runs at memory speed: two columns per compare, no branch per entry.
-bool all_valid(const double* src, int64_t nr, int64_t nc, int64_t rs) {
+// Whether no entry of src [nr, nc] (row stride rs, unit column stride) is NaN or -inf; raises `peak`
+// to the largest finite magnitude. A pass over the whole matrix, so it runs at memory speed: two
+// columns per compare, no branch per entry.
+bool all_valid(const double* src, int64_t nr, int64_t nc, int64_t rs, double& peak) {
   bool valid = true;
   for (int64_t i = 0; i < nr; ++i) {
     const double* row = src + i * rs;
     int64_t j = 0;
 #if defined(__SSE2__)
-    __m128d above = _mm_castsi128_pd(_mm_set1_epi64x(-1));
+    __m128d above = _mm_castsi128_pd(_mm_set1_epi64x(-1)), peaks = _mm_set1_pd(peak);
     const __m128d neg_inf = _mm_set1_pd(-kInf);
-    for (; j + 2 <= nc; j += 2) above = _mm_and_pd(above, _mm_cmpgt_pd(_mm_loadu_pd(row + j), neg_inf));
+    for (; j + 2 <= nc; j += 2) {
+      const __m128d x = _mm_loadu_pd(row + j);
+      above = _mm_and_pd(above, _mm_cmpgt_pd(x, neg_inf));
+      peaks = max_finite_magnitude(peaks, x);
+    }
     valid &= _mm_movemask_pd(above) == 3;
+    peak = horizontal_max(peaks);
 #endif
-    for (; j < nc; ++j) valid &= row[j] > -kInf;  // false for NaN and -inf alone
+    for (; j < nc; ++j) {
+      valid &= row[j] > -kInf;  // false for NaN and -inf alone
+      peak = max_finite_magnitude(peak, row[j]);
+    }
   }
   return valid;
 }
@@ -366,8 +394,8 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   const int64_t rs = transpose ? p.col_stride : p.row_stride, cs = transpose ? p.row_stride : p.col_stride;
   // A large minimising problem with unit column stride is solved where it lies (a copy would cost
   // as much as the whole solve of a wide problem); tiny ones are copied next to their state.
-  const bool in_place = nc > kTiny && !p.maximize && cs == 1;
-  const int64_t copy_size = in_place ? 0 : static_cast<int64_t>(nr) * nc;
+  bool in_place = nc > kTiny && !p.maximize && cs == 1;
+  int64_t copy_size = in_place ? 0 : static_cast<int64_t>(nr) * nc;
 
   double stack_doubles[kTiny * kTiny + 5 * kTiny];
   int stack_ints[4 * kTiny + 2 * kTiny];
@@ -382,8 +410,19 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
     ints = heap_ints.get();
   }
   const double sign = p.maximize ? -1.0 : 1.0;
-  const bool valid = in_place ? all_valid(src, nr, nc, rs) : load(src, nr, nc, rs, cs, sign, doubles);
+  double peak = 0;
+  const bool valid = in_place ? all_valid(src, nr, nc, rs, peak) : load(src, nr, nc, rs, cs, sign, doubles, peak);
   if (!valid) return kAssignInvalid;
+  const double scale = cost_scale(peak, nr, nc);
+  if (scale != 1.0 && in_place) {  // costs near DBL_MAX: solved on a scaled copy
+    in_place = false;
+    copy_size = static_cast<int64_t>(nr) * nc;
+    heap_doubles.reset(new double[copy_size + 5 * static_cast<int64_t>(nc)]);
+    doubles = heap_doubles.get();
+    load(src, nr, nc, rs, cs, sign * scale, doubles, peak);
+  } else if (scale != 1.0) {
+    for (int64_t k = 0; k < copy_size; ++k) doubles[k] *= scale;
+  }
   Work w;
   w.c = in_place ? src : doubles;
   w.ld = in_place ? rs : nc;

@@ -62,18 +62,22 @@ __global__ void assign_kernel(AssignParams p, void* workspace) {
   const int nr = static_cast<int>(transpose ? n : m), nc = static_cast<int>(transpose ? m : n);
   const int64_t rs = transpose ? p.col_stride : p.row_stride, cs = transpose ? p.row_stride : p.col_stride;
   const double* src = p.cost + b * p.batch_stride;
-  const double sign = p.maximize ? -1.0 : 1.0;
-  auto cost = [&](int i, int j) { return sign * src[i * rs + j * cs]; };
+  double factor = p.maximize ? -1.0 : 1.0;  // the sign, then times cost_scale
+  auto cost = [&](int i, int j) { return factor * src[i * rs + j * cs]; };
 
   bool invalid = false;
+  double peak = 0;
   for (int64_t e = lane; e < static_cast<int64_t>(nr) * nc; e += 32) {
     const double x = cost(static_cast<int>(e / nc), static_cast<int>(e % nc));
     invalid |= isnan(x) || x == -INFINITY;
+    if (fabs(x) < INFINITY) peak = fmax(peak, fabs(x));
   }
   if (__any_sync(kFull, invalid)) {
     if (lane == 0) p.status[b] = kAssignInvalid;
     return;
   }
+  for (int offset = 16; offset > 0; offset /= 2) peak = fmax(peak, __shfl_xor_sync(kFull, peak, offset));
+  factor *= cost_scale(peak, nr, nc);
 
   const int64_t k = p.rows > p.cols ? p.rows : p.cols;
   ProblemState s = state_at(workspace, b, k);

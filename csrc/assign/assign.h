@@ -13,7 +13,15 @@
 // `maximize` negates the costs, NaN and -inf (after negation) are invalid, and a problem in which
 // every full assignment uses a +inf cell is infeasible.
 #pragma once
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
+
+#if defined(__CUDACC__)
+#define PYFASTSEQ_HOST_DEVICE __host__ __device__
+#else
+#define PYFASTSEQ_HOST_DEVICE
+#endif
 
 namespace pyfastseq {
 
@@ -36,6 +44,19 @@ struct AssignParams {
   int64_t* col_of_row = nullptr;      // out [batch, rows]: the column assigned to each row, -1 for none
   int32_t* status = nullptr;          // out [batch]: an AssignStatus per problem
 };
+
+// The power of two an nr x nc problem's costs are solved at, given their largest finite magnitude
+// `peak`: 1 unless the costs come so near DBL_MAX that the solver's path lengths and prices (sums
+// of up to nr + nc costs and differences of them) could overflow to inf, and a feasible problem
+// read as infeasible. A power of two rounds nothing (short of the subnormal range), so the scaled
+// problem has the same optimum.
+inline PYFASTSEQ_HOST_DEVICE double cost_scale(double peak, int64_t nr, int64_t nc) {
+  const double bound = DBL_MAX / (8.0 * static_cast<double>(nr + nc));
+  if (!(peak > bound)) return 1.0;
+  int exponent;
+  frexp(peak / bound, &exponent);  // peak / bound < 2^exponent
+  return ldexp(1.0, -exponent);
+}
 
 // CPU, problems in parallel. Lengths must be validated by the caller. Returns the number of
 // problems whose status is not kAssignOk.

@@ -26,6 +26,8 @@ inline void streaming_store_fence() {
 #endif
 }
 
+// `begin` must be aligned to sizeof(Bits) (the Python layer copies tensors that are not), or the
+// streaming path's alignment loop would step past every 16-byte boundary.
 template <class Bits>
 inline void fill_span(Bits* begin, Bits* end, Bits fill, bool streaming) {
 #if defined(__SSE2__)
