@@ -163,6 +163,59 @@ def test_lengths_from_segments():
     assert prefix.tolist() == [3, 1] and seq.tolist() == [5, 6]
 
 
+@pytest.mark.parametrize("args, error, match", [
+    (([[0, 1]],), TypeError, "token_type_ids must be a torch.Tensor"),
+    ((torch.tensor([[0.0, 1.0]]),), TypeError, "token_type_ids must hold integers"),
+    ((torch.tensor([0, 1]),), ValueError, "token_type_ids must be 2-D"),
+    ((torch.tensor([[0, 2]]),), ValueError, "token_type_ids must hold 0 .source. and 1 .target. only"),
+    ((torch.tensor([[0, 1]]), [[1, 1]]), TypeError, "attention_mask must be a torch.Tensor"),
+    ((torch.tensor([[0, 1]]), torch.tensor([[1, 2]])), ValueError, "attention_mask must hold 0"),
+    ((torch.tensor([[0, 1]]), torch.tensor([[1, 1, 0]])), ValueError, "attention_mask must have token_type_ids' shape"),
+    ((torch.tensor([[0, 1, 0]]),), ValueError, "row 0 is not laid out source"),
+    ((torch.tensor([[0, 0], [1, 0]]),), ValueError, "row 1 is not laid out source"),
+    ((torch.tensor([[0, 1, 1]]), torch.tensor([[1, 0, 1]])), ValueError, "row 0 is not laid out source"),
+])
+def test_lengths_from_segments_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        hf.lengths_from_segments(*args)
+
+
+def test_padding_attention_mask_stands_in_for_seq_lens():
+    torch.manual_seed(5)
+    unilm = fs.UniLM(BertModel(tiny_config()).eval())
+    enc = unilm.batch(PAIRS)
+    L = enc["input_ids"].shape[1]
+    real = torch.arange(L)[None] < enc["seq_lens"][:, None]
+    with torch.no_grad():
+        expected = unilm(**enc)
+        got = unilm(**{**enc, "seq_lens": None}, attention_mask=real.long())
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="pads a row other than at its end"):
+            unilm(**{**enc, "seq_lens": None}, attention_mask=real.flip(-1).long())
+
+
+def test_cached_chunk_honours_a_padding_attention_mask():
+    # Sources of different lengths share one padded cache; a 2-D mask hides the shorter one's padding.
+    from transformers import DynamicCache
+
+    torch.manual_seed(6)
+    unilm = fs.UniLM(BertModel(tiny_config()).eval())
+    sources, targets = [[2, 5, 6, 7, 3], [2, 11, 3]], [[8, 9, 10], [12, 13, 14]]
+    S = max(map(len, sources))
+    cache = DynamicCache(config=unilm.model.config)
+    with torch.no_grad():
+        unilm(**unilm.batch([(s, []) for s in sources]), **{cache_kwarg(unilm.model): cache})
+        keys = torch.arange(S + 3)
+        real = torch.stack([(keys < len(s)) | (keys >= S) for s in sources]).long()
+        chunk = unilm.logits(unilm.model(
+            input_ids=torch.tensor(targets), token_type_ids=torch.ones(2, 3, dtype=torch.long),
+            position_ids=torch.stack([torch.arange(len(s), len(s) + 3) for s in sources]),
+            attention_mask=real, **{cache_kwarg(unilm.model): cache}))
+        for b, (source, target) in enumerate(zip(sources, targets)):
+            full = unilm(**unilm.batch([(source, target)]))[0, len(source):]
+            torch.testing.assert_close(chunk[b, :-1], full[:-1], atol=1e-5, rtol=1e-5)
+
+
 def test_bad_input():
     unilm = fs.UniLM(BertModel(tiny_config()))
     with pytest.raises(ValueError, match="needs prefix_lens"):

@@ -105,22 +105,25 @@ def _mask(prefix: torch.Tensor, seq: Optional[torch.Tensor], L: int) -> torch.Te
 
 def _masked_scores(q, k, prefix_lens, seq_lens, scale):
     B, H, L, _ = q.shape
+    # Scores in fp32 at least, as the kernels accumulate them: a half-precision q k^T overflows at 65504.
+    score_dtype = torch.promote_types(q.dtype, torch.float32)
     # The mask, and about three [B, H, L, L] tensors alive at once: scores, masked scores, softmax.
-    check_memory(B * L * L + 3 * B * H * L * L * q.element_size(),
+    check_memory(B * L * L + 3 * B * H * L * L * score_dtype.itemsize,
                  f"the PyTorch UniLM attention on q of shape {tuple(q.shape)}")
     mask = _mask(prefix_lens.to(q.device), None if seq_lens is None else seq_lens.to(q.device), L)[:, None]  # [B, 1, L, L]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k = _real_rows(q, seq_lens), _real_rows(k, seq_lens)  # else their gradients pick up padding's NaN
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, L, L]
+    scores = torch.matmul(q.to(score_dtype), k.to(score_dtype).transpose(-1, -2)) * scale  # [B, H, L, L]
     return scores.masked_fill(~mask, float("-inf")), mask
 
 
 def unilm_attention_probs(q, k, prefix_lens, seq_lens=None, scale=None) -> torch.Tensor:
-    """Attention probabilities ``[B, H, L, L]``; rows of padded queries (no visible key) are zeros."""
+    """Attention probabilities ``[B, H, L, L]`` in q's dtype; rows of padded queries (no visible key)
+    are zeros."""
     scores, mask = _masked_scores(q, k, prefix_lens, seq_lens, scale)
     has_key = mask.any(-1, keepdim=True)  # [B, 1, L, 1]
     # A row with no visible key would softmax to NaN (and NaN gradients): give it zeros instead.
-    return torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1).masked_fill(~has_key, 0.0)
+    return torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1).masked_fill(~has_key, 0.0).to(q.dtype)
 
 
 def _real_rows(t: torch.Tensor, seq_lens) -> torch.Tensor:
