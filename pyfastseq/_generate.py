@@ -35,6 +35,8 @@ def model_step_fn(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
         raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
     elif attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+    elif attention_mask.dtype.is_complex or not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
     attention_mask = attention_mask.to(device)
     if encoder_decoder:
         return _EncoderDecoderStep(model, input_ids, attention_mask, num_beams, model_kwargs, device, vocab)

@@ -220,6 +220,9 @@ class UniLMStep:
         """A copy whose row ``i`` continues row ``index[i]`` (its own cache); ``self`` is unchanged."""
         if self.cache is None:
             raise ValueError("a step function can be forked only after its first call")
+        _check_ids(index, "index", self.num_rows)
+        if index.dim() != 1:
+            raise ValueError(f"index must be 1-D (one source row per row of the fork), got shape {tuple(index.shape)}")
         index = index.to(self.device, torch.long)
         fork = copy.copy(self)
         fork.cache = copy.deepcopy(self.cache)

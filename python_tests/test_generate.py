@@ -259,6 +259,9 @@ def test_generate__bad_attention_mask_and_model(gpt2):
         fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=torch.ones(1, 3))
     with pytest.raises(TypeError, match="attention_mask must be a tensor or None, got list"):
         fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=[[1, 1]])
+    for values in ([[1.0, float("nan")]], [[1, -5]], [[1, 2]]):
+        with pytest.raises(ValueError, match=r"attention_mask must hold 0 \(padding\) and 1 \(token\) only"):
+            fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=torch.tensor(values))
     with pytest.raises(TypeError, match="model"):
         fs.BeamSearch(EOS).generate(object(), torch.tensor([[4, 5]]))
 

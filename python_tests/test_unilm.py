@@ -337,6 +337,21 @@ def test_step_bad_call(tokens, beam_idx, exc, match):
     assert step(torch.ones(2, 1, dtype=torch.long), torch.arange(2)).shape == (2, VOCAB)  # still usable
 
 
+@pytest.mark.parametrize("index, exc, match", [
+    ([0, 1], TypeError, "index must be a torch.Tensor"),
+    (torch.tensor([0.0, 1.0]), TypeError, "index must hold integers"),
+    (torch.tensor([0, 2]), ValueError, r"index must lie in \[0, 2\), got 2"),
+    (torch.tensor([-1]), ValueError, r"index must lie in \[0, 2\), got -1"),
+    (torch.tensor([[0, 1]]), ValueError, "index must be 1-D"),
+])
+def test_fork_bad_index(index, exc, match):
+    step = fs.UniLM(BertModel(tiny_config()).eval()).step_fn([[2, 3]], num_beams=2)
+    step(torch.zeros(2, 0, dtype=torch.long), torch.arange(2))
+    with pytest.raises(exc, match=match):
+        step.fork(index)
+    assert step.fork(torch.tensor([1, 0, 1]))(torch.ones(3, 1, dtype=torch.long), torch.arange(3)).shape == (3, VOCAB)
+
+
 def test_step_past_max_positions():
     unilm = fs.UniLM(BertModel(tiny_config(max_position_embeddings=8)).eval())
     step = unilm.step_fn([[2, 5, 6, 7, 8, 3], [2, 3]])
