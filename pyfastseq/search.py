@@ -264,6 +264,12 @@ class TrieBeamSearch(_BeamSearchBase):
     about -32 rounds to -1e9 itself, so a filler's continuations tie, and which of them runs on can
     decide whether fillers finish first and end the search early. Outputs can then differ from
     transformers' where an item has fewer than ``num_beams`` live continuations.
+
+    A trie built without ``eos_id`` has no eos to pick: a row that reaches a leaf finishes there, and
+    nothing fills its place. If its entries end with the model's eos token, build it with that
+    ``eos_id`` instead: transformers keeps a finished beam running as a -1e9 filler that picks eos
+    again and fills a hypothesis slot, which with ``early_stopping=True`` can end its search
+    earlier, and the search follows that only when it knows the eos.
     """
 
     def __init__(self, trie: Trie | Sequence[Trie], num_beams: int = 4, max_length: int = 64,
