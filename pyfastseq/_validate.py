@@ -84,6 +84,8 @@ def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> 
         offs = as_array(offsets, "offsets")
         if offs.ndim != 1 or offs.size < 1 or not np.issubdtype(offs.dtype, np.integer):
             raise ValueError("offsets must be a 1-D integer array of length num_sequences + 1")
+        if offs.dtype == np.uint64 and offs.size and offs.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"offsets must lie in the int64 range, got {int(offs.max())}")
         tokens = as_token_array(sequences, name)
         return tokens, np.ascontiguousarray(offs, dtype=np.int64)
     if isinstance(sequences, torch.Tensor):

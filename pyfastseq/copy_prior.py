@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ._limits import check_memory
-from ._validate import INT32_MAX, check_integer_dtype
+from ._validate import INT32_MAX, check_dense, check_integer_dtype
 
 __all__ = ["CopyPrior"]
 
@@ -45,6 +45,8 @@ class CopyPrior(nn.Module):
             raise ValueError(f"vocab_size must be an int in [1, 2**31], got {vocab_size!r}")
         if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral)):
             raise TypeError(f"pad_id must be an int or None, got {type(pad_id).__name__}")
+        if pad_id is not None and not -(2**63) <= pad_id < 2**63:
+            raise ValueError(f"pad_id must lie in the int64 range, got {pad_id}")
         vocab_size, pad_id = int(vocab_size), None if pad_id is None else int(pad_id)
         check_memory(2 * vocab_size * torch.finfo(torch.get_default_dtype()).bits // 8,
                      f"CopyPrior's s and t over a vocabulary of {vocab_size}")
@@ -61,21 +63,31 @@ class CopyPrior(nn.Module):
         if not isinstance(source_ids, torch.Tensor) or source_ids.dim() != 2:
             raise ValueError(f"source_ids must be a 2-D tensor [B, S], got {_shape(source_ids)}")
         check_integer_dtype(source_ids.dtype, "source_ids", "integer token ids")
+        check_dense(source_ids, "source_ids")
         if source_ids.is_meta:
             raise ValueError("source_ids are on the meta device, which holds no values")
+        if source_ids.dtype == torch.uint64:  # ids past int64 read as negative through an int64 view
+            beyond = source_ids.view(torch.int64)
+            if bool((beyond < 0).any()):
+                raise ValueError(f"source_ids holds token id {int(beyond[beyond < 0][0]) + 2**64} outside "
+                                 f"[0, {self.vocab_size})")
+        # int64 throughout: torch has few ops for uint16/32/64, and a pad_id beyond a narrower dtype's
+        # range must match nothing rather than wrap onto a real id.
+        source_ids = source_ids.long()
         if source_mask is None:
             keep = torch.ones_like(source_ids, dtype=torch.bool) if self.pad_id is None else source_ids != self.pad_id
         else:
             if not isinstance(source_mask, torch.Tensor) or source_mask.shape != source_ids.shape:
                 raise ValueError(f"source_mask must be a tensor of source_ids' shape {tuple(source_ids.shape)}, "
                                  f"got {_shape(source_mask)}")
+            check_dense(source_mask, "source_mask")
             if source_mask.is_meta:
                 raise ValueError("source_mask is on the meta device, which holds no values")
             keep = source_mask.to(device=source_ids.device, dtype=torch.bool)
         bad = keep & ((source_ids < 0) | (source_ids >= self.vocab_size))
         if bool(bad.any()):
             raise ValueError(f"source_ids holds token id {int(source_ids[bad][0])} outside [0, {self.vocab_size})")
-        ids = torch.where(keep, source_ids, 0).long()
+        ids = torch.where(keep, source_ids, 0)
         chi = torch.zeros((ids.shape[0], self.vocab_size), dtype=self.s.dtype, device=ids.device)
         # amax, not a plain scatter: a padding position and a real one may name the same id.
         return chi.scatter_reduce_(1, ids, keep.to(chi.dtype), reduce="amax")
@@ -144,7 +156,8 @@ class CopyPriorLogitsProcessor:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         rows = _row_sources(scores.shape[0], self.prior.shape[0], scores.device)
         biased = _average(scores, self.prior.to(scores.device)[rows], self.module.vocab_size)
-        return torch.log_softmax(biased.float(), dim=-1).to(scores.dtype)
+        # At least float32: half-precision log_softmax loses the small log-probs beam search sums.
+        return torch.log_softmax(biased.to(torch.promote_types(biased.dtype, torch.float32)), dim=-1).to(scores.dtype)
 
 
 def _average(logits: torch.Tensor, prior: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -152,6 +165,9 @@ def _average(logits: torch.Tensor, prior: torch.Tensor, vocab_size: int) -> torc
         raise ValueError(f"logits must be [B, {vocab_size}] or [B, T, {vocab_size}], got {_shape(logits)}")
     if not logits.is_floating_point():  # (integer logits + prior) / 2 would come out as a float anyway
         raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    check_dense(logits, "logits")
+    if logits.is_meta:
+        raise ValueError("logits are on the meta device, which holds no values")
     if logits.shape[0] != prior.shape[0]:
         raise ValueError(f"logits has {logits.shape[0]} rows but source_ids has {prior.shape[0]}")
     if logits.dim() == 3:

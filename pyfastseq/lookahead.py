@@ -273,8 +273,9 @@ def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:
         raise TypeError(f"query_tokens must be a sequence of token ids or a list of them, got "
                         f"{type(query_tokens).__name__}")
     items = list(query_tokens)
-    # A list of sequences is one query per batch item; a list holding any scalar is one query.
-    if items and not any(isinstance(q, (numbers.Number, np.generic)) for q in items):
+    # A list of sequences is one query per batch item; a list holding any scalar (0-d tensors and
+    # arrays too, as list(ids_tensor) gives) is one query.
+    if items and not any(isinstance(q, (numbers.Number, np.generic)) or getattr(q, "ndim", None) == 0 for q in items):
         return [as_token_array(q, f"query_tokens[{i}]") for i, q in enumerate(items)], True
     return [as_token_array(items, "query_tokens")], False
 

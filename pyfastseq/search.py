@@ -191,6 +191,8 @@ class _BeamSearchBase:
     def _checked_logits(logits: Any, rows: int, tries: Sequence[Trie], eos_id: int = -1) -> torch.Tensor:
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"step_fn must return a torch.Tensor of logits, got {type(logits).__name__}")
+        if logits.layout != torch.strided:
+            raise TypeError(f"logits returned by step_fn must be a dense (strided) tensor, got layout {logits.layout}")
         if logits.dtype not in _DTYPE_CODES:
             raise TypeError(f"logits returned by step_fn must be float32, float16 or bfloat16, got {logits.dtype}")
         if logits.device.type == "meta":

@@ -391,6 +391,8 @@ def step_returning(fn):
         (step_returning(lambda n: torch.zeros(n, 8, dtype=torch.float64)), TypeError, "float32"),
         (step_returning(lambda n: [[0.0] * 8] * n), TypeError, "torch.Tensor"),
         (step_returning(lambda n: torch.zeros(n, 8, device="meta")), ValueError, "meta device"),
+        (step_returning(lambda n: torch.zeros(n, 8).to_sparse()), TypeError, "must be a dense .strided. tensor"),
+        (step_returning(lambda n: torch.zeros(n, 8).to_sparse_csr()), TypeError, "must be a dense .strided. tensor"),
         (step_returning(lambda n: torch.zeros(n, 8).index_fill_(1, torch.tensor([6]), float("inf"))), ValueError,
          r"row 0 contains \+inf"),
     ],

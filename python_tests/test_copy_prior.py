@@ -220,3 +220,42 @@ def test_indicator_rejects_meta_tensors():
         prior.indicator(torch.zeros(1, 2, dtype=torch.long, device="meta"))
     with pytest.raises(ValueError, match="source_mask is on the meta device"):
         prior.indicator(torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.bool, device="meta"))
+
+
+def test_rejects_meta_logits_and_sparse_tensors():
+    prior = fs.CopyPrior(V)
+    with pytest.raises(ValueError, match="logits are on the meta device"):
+        prior(torch.zeros(1, V, device="meta"), torch.tensor([[1, 2]]))
+    with pytest.raises(TypeError, match="logits must be a dense"):
+        prior(torch.zeros(1, V).to_sparse(), torch.tensor([[1, 2]]))
+    with pytest.raises(TypeError, match="source_ids must be a dense"):
+        prior.indicator(torch.tensor([[1, 2]]).to_sparse())
+    with pytest.raises(TypeError, match="source_mask must be a dense"):
+        prior.indicator(torch.tensor([[1, 2]]), torch.tensor([[True, False]]).to_sparse())
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.uint64])
+def test_any_integer_dtype_and_a_pad_id_beyond_it(dtype):
+    # A pad_id the dtype cannot hold pads nothing (it must not wrap onto a real id such as 0).
+    sources = torch.tensor([[0, 5, 3], [7, 0, 0]])
+    for pad_id in (None, 0, 2**32, -(2**63)):
+        prior = trained_prior(pad_id=pad_id)
+        logits = torch.randn(2, V)
+        pad = pad_id if pad_id == 0 else None
+        torch.testing.assert_close(prior(logits, sources.to(dtype)), hand_prior(prior, logits, sources, pad=pad))
+
+
+def test_pad_id_beyond_int64_and_source_ids_beyond_the_vocabulary():
+    with pytest.raises(ValueError, match="pad_id must lie in the int64 range"):
+        fs.CopyPrior(V, pad_id=2**70)
+    with pytest.raises(ValueError, match=f"source_ids holds token id {2**64 - 1} outside"):
+        fs.CopyPrior(V).indicator(torch.tensor([[2**64 - 1]], dtype=torch.uint64))
+
+
+def test_processor_keeps_float64_scores_in_float64():
+    prior = trained_prior()
+    sources = torch.tensor([[1, 2]])
+    scores = torch.randn(1, V, dtype=torch.float64) * 30
+    got = prior.as_logits_processor(sources)(torch.zeros(1, 1, dtype=torch.long), scores)
+    expected = torch.log_softmax((scores + prior.prior(sources).detach().double()) / 2, dim=-1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -102,13 +102,16 @@ def test_lcs_length__hypothesis_large_ids(query, other, random):
         (lambda: fs.lcs_lengths([1], np.array([1, 2], np.int32), [0, 3]), ValueError, r"offsets must start at 0 and end"),
         (lambda: fs.lcs_lengths([1], np.array([1, 2], np.int32), [0, 2, 1, 2]), ValueError, r"offsets must be non-decreasing"),
         (lambda: fs.lcs_lengths([1], np.array([1, 2], np.int32), []), ValueError, r"offsets must be a 1-D"),
+        (lambda: fs.lcs_lengths([1], [1, 2], np.array([0, 2**63 + 5], np.uint64)), ValueError,
+         r"offsets must lie in the int64 range, got 9223372036854775813"),
         (lambda: fs.lcs_lengths([1], "ab"), TypeError, r"candidates must be an iterable"),
         (lambda: fs.lcs_lengths(np.arange(40_000), [[1]]), ValueError, r"query is too long"),
         (lambda: fs.lcs_length(np.arange(40_000), np.arange(40_001)), ValueError, r"a is too long \(40000 tokens"),
         (lambda: fs.lcs_length(np.arange(40_001), np.arange(40_000)), ValueError, r"b is too long \(40000 tokens"),
     ],
     ids=["negative", "over_int32", "string", "2d", "set", "none", "over_int64", "float_query", "negative_list",
-         "negative_flat", "offsets_end", "offsets_order", "offsets_empty", "string_candidates", "huge_query",
+         "negative_flat", "offsets_end", "offsets_order", "offsets_empty", "offsets_past_int64", "string_candidates",
+         "huge_query",
          "huge_a", "huge_b"],
 )
 def test_bad_input__raises_naming_argument(call, error, match):

@@ -142,6 +142,21 @@ def test_deltas__query_disjoint_from_catalogue__all_zero():
     assert row_offsets[-1] > len(prefixes) and not deltas.any()
 
 
+@pytest.mark.parametrize("as_items", [lambda q: list(torch.tensor(q)), lambda q: [np.array(t) for t in q]])
+def test_query_as_a_list_of_0d_tensors_or_arrays(as_items):
+    # list(input_ids[0]) holds 0-d tensors: one query, as the plain ints would be.
+    seqs = title_trie()
+    trie = fs.Trie(seqs, eos_id=EOS)
+    prefixes = [p for p in all_prefixes(DictTrie(seqs, eos_id=EOS)) if len(p) == 4]
+    nodes, generated, batch = rows_of(trie, prefixes, [0] * len(prefixes))
+    query = [20, 32, 33, 41]
+    expected = fs.LCSLookahead(query, start_after=SEP).deltas(trie, nodes, generated, batch)
+    got = fs.LCSLookahead(as_items(query), start_after=SEP).deltas(trie, nodes, generated, batch)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+    assert np.asarray(expected[1]).any()
+
+
 def test_deltas__dead_rows_duplicates_and_row_order():
     seqs = title_trie()
     trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)

@@ -251,6 +251,8 @@ def test_nan_and_bad_logits():
         sampler.search(lambda t, b: torch.zeros(2, 5, dtype=torch.float64), 2)
     with pytest.raises(ValueError, match="meta device"):
         sampler.search(lambda t, b: torch.zeros(2, 5, device="meta"), 2)
+    with pytest.raises(TypeError, match="logits returned by step_fn must be a dense"):
+        sampler.search(lambda t, b: torch.zeros(2, 5).to_sparse(), 2)
     trie = fs.Trie([[7, 8]])
     with pytest.raises(ValueError, match="trie holds token id 8"):
         fs.Sampler(trie=trie).search(lambda t, b: torch.zeros(1, 5), 1)
