@@ -24,9 +24,16 @@ def as_array(values: Any, name: str) -> np.ndarray:
         except TypeError:  # bfloat16, float8: no NumPy dtype holds them
             raise TypeError(f"{name} must hold numbers NumPy can hold, got dtype {values.dtype}") from None
     try:
-        return np.asarray(values)
+        arr = np.asarray(values)
     except (ValueError, TypeError, OverflowError) as exc:
         raise TypeError(f"{name} must be a rectangular array-like of numbers ({exc})") from None
+    if arr.dtype == np.float64 and isinstance(values, (list, tuple)):
+        # Python ints past int64 beside smaller ones come out as floats: keep them as ints (objects),
+        # so that a check reports the value rather than a float dtype.
+        exact = np.asarray(values, dtype=object)
+        if all(is_int(v) for v in exact.flat):
+            return exact
+    return arr
 
 
 def check_dense(t: torch.Tensor, name: str) -> None:

@@ -50,6 +50,10 @@ class Trie:
         check_memory(_build_bytes(tokens.size, offs.size - 1, eos >= 0), f"building a Trie of {tokens.size} tokens")
         self._init(_C.Trie.build(tokens, offs, eos))
 
+    def __deepcopy__(self, memo: dict) -> "Trie":
+        # Immutable, so a deep copy (of a searcher that holds the trie, say) shares it, as for a tuple.
+        return self
+
     def _init(self, native: Any) -> None:
         self._native = native
         child_begin, child_token, _ = native.arrays()
@@ -349,6 +353,11 @@ def _file_path(path: str | os.PathLike) -> str | bytes:
     path = os.fspath(path)
     if ("\0" if isinstance(path, str) else b"\0") in path:  # the OS would read it as the path's end
         raise ValueError(f"path must not contain a NUL character, got {path!r}")
+    if isinstance(path, str) and not path.isascii():
+        try:
+            path.encode()
+        except UnicodeEncodeError:  # a name os.listdir decoded with surrogates: the native side takes its bytes
+            return os.fsencode(path)
     return path
 
 

@@ -66,6 +66,21 @@ def test_step_matches_walk(sequences, eos_id, data):
     assert isinstance(stepped, torch.Tensor) and stepped.tolist() == expected
 
 
+@pytest.mark.parametrize("eos_id", [None, 7])
+def test_few_long_entries_among_many_short_ones(eos_id):
+    # Past the short entries' depth only the long ones are live (the builder then refreshes only them).
+    rng = np.random.default_rng(3)
+    short = [rng.integers(0, 7, rng.integers(1, 4)).tolist() for _ in range(300)]
+    stem = rng.integers(0, 7, 20).tolist()
+    long = [stem + rng.integers(0, 7, rng.integers(10, 40)).tolist() for _ in range(4)] + [stem[:25]]
+    sequences = short + long
+    trie, ref = fs.Trie(sequences, eos_id=eos_id), DictTrie(sequences, eos_id=eos_id)
+    stored = ref.sequences()
+    assert len(trie) == len(stored) and trie.num_nodes == len(prefixes(stored))
+    assert trie.depth == max(len(s) for s in stored)
+    assert_same_structure(trie, ref, prefixes(stored) | {tuple(s) + (9,) for s in long})
+
+
 def test_prefix_entries_and_duplicates():
     trie = fs.Trie([[1, 2], [1, 2, 3], [1, 2], [4]])
     assert len(trie) == 3
@@ -125,6 +140,7 @@ def test_extreme_ids_and_lengths():
     # Object arrays of ids in range (a pandas column's values) are ids like any others.
     assert trie.walk(np.array([top, 0], dtype=object)) == trie.walk([top, 0]) >= 0
     assert fs.lcs_length(np.array([3, 1, 2], dtype=object), [1, 2]) == 2
+    assert trie.walk([top, 2**63]) == trie.walk([2**63]) == -1  # past every id, as past int64 alone
     single = fs.Trie([[7]])
     assert single.num_nodes == 2 and single.children(single.root)[0].tolist() == [7]
 
@@ -136,6 +152,8 @@ def test_extreme_ids_and_lengths():
         ([[1], []], {}, ValueError, r"sequences\[1\] is empty"),
         ([[1, -2]], {}, ValueError, "sequences holds token id -2"),
         ([[1, 2**31]], {}, ValueError, "sequences holds token id 2147483648"),
+        ([[1, 2**63]], {}, ValueError, "sequences holds token id 9223372036854775808"),  # NumPy: float64
+        ([[1, 2], [3, 2**63]], {}, ValueError, "sequences holds token id 9223372036854775808"),
         ([[1.5, 2]], {}, TypeError, "sequences must hold integer token ids"),
         (["abc"], {}, TypeError, "sequences must hold sequences of integer token ids"),
         ("abc", {}, TypeError, "sequences must be an iterable"),
@@ -202,3 +220,12 @@ def test_native_stub_lists_every_binding():
     stub = Path(fs.__file__).with_name("_C.pyi")
     declared = {node.name for node in ast.parse(stub.read_text()).body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
     assert declared == {name for name in dir(_C) if not name.startswith("_")}
+
+
+def test_deep_copies_share_the_immutable_trie():
+    import copy
+
+    trie = fs.Trie([[1, 2], [3]], eos_id=0)
+    searcher = fs.TrieBeamSearch(trie, num_beams=2)
+    assert copy.deepcopy(trie) is trie
+    assert copy.deepcopy(searcher).tries[0] is trie

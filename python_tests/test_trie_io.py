@@ -2,6 +2,8 @@
 
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -225,8 +227,10 @@ def test_missing_and_non_regular_files(tmp_path):
         fs.Trie.load(tmp_path / "absent.trie")
     with pytest.raises(ValueError, match="not a regular file"):
         fs.Trie.load(tmp_path)
-    with pytest.raises(ValueError, match="cannot open"):
+    with pytest.raises(ValueError, match="cannot create a file beside"):
         fs.Trie([[1]]).save(tmp_path / "no" / "such" / "dir.trie")
+    with pytest.raises(ValueError, match=r"cannot replace .* \(a directory\)"):
+        fs.Trie([[1]]).save(tmp_path)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(ValueError, match="not a regular file"):  # at once: no wait for a writer
@@ -250,6 +254,43 @@ def test_paths_with_a_nul_character(tmp_path, as_bytes):
         _C.Trie.load("a\0b", True)
     with pytest.raises(ValueError, match="path must not contain a NUL character"):
         trie._native.save("a\0b")
+
+
+def test_save_over_a_mapped_file_leaves_the_mapping_whole(tmp_path):
+    # The new file replaces the old by name: a trie mapping the old one keeps reading it.
+    path = tmp_path / "served.trie"
+    fs.Trie([[1, 2], [3]]).save(path)
+    served = fs.Trie.load(path, mmap=True)
+    fs.Trie([[4, 5, 6]]).save(path)
+    assert served.children(0)[0].tolist() == [1, 3] and served.contains([1, 2])
+    assert fs.Trie.load(path).children(0)[0].tolist() == [4]
+    assert os.listdir(tmp_path) == ["served.trie"]  # no temporary file left behind
+
+
+def test_save_onto_a_fifo_replaces_it_rather_than_waiting(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    script = f"import pyfastseq as fs; fs.Trie([[1, 2]]).save({str(fifo)!r})"
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert fs.Trie.load(fifo).contains([1, 2])
+
+
+def test_a_file_padded_far_past_its_size_is_refused_before_reading(tmp_path):
+    path = tmp_path / "padded.trie"
+    fs.Trie([[1, 2], [3]]).save(path)
+    os.truncate(path, 1 << 40)  # sparse: a terabyte that no load may try to read
+    for mmap in (False, True):
+        with pytest.raises(ValueError, match=r"trailing bytes \(payload 1099511627712 bytes, expected"):
+            fs.Trie.load(path, mmap=mmap)
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    # os.listdir hands such names back with surrogates; they save, load and appear in errors.
+    name = str(tmp_path / "\udcff.trie")
+    fs.Trie([[1, 2]]).save(name)
+    assert fs.Trie.load(name).contains([1, 2]) and os.listdir(tmp_path) == ["\udcff.trie"]
+    with pytest.raises(ValueError, match=r"cannot open '.*\\xfe\.trie'"):
+        fs.Trie.load(str(tmp_path / "\udcfe.trie"))
 
 
 def test_mapped_trie_outlives_views(tmp_path, trie):

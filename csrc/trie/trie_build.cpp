@@ -66,14 +66,23 @@ std::unique_ptr<Trie> Trie::build(const int32_t* tokens, int64_t num_tokens, con
   child_token.reserve(static_cast<size_t>(total));
 
   std::vector<ItemRange> level{{0, num_sequences}}, next;
+  int64_t live = num_sequences;  // items in level's ranges
   int32_t depth = 0;
   // key[i]: item i's token at the current depth. Filled by one sequential pass per level, so the
-  // per-range lookups below hit this compact column instead of scattered reads of the token buffer.
+  // per-range lookups below hit this compact column instead of scattered reads of the token buffer;
+  // once most items have ended, only the live ones are filled, so that a few long entries among
+  // many short ones cost their own tokens rather than a pass over every item per level.
   std::vector<int32_t> key(num_sequences);
   std::vector<std::pair<int32_t, int32_t>> keyed;  // (token at depth, item) for one range
   while (!level.empty()) {
-    parallel_for(num_sequences, 1, [&](int64_t i) { key[i] = token_at(static_cast<int32_t>(i), depth); });
+    if (live * 4 >= num_sequences) {
+      parallel_for(num_sequences, 1, [&](int64_t i) { key[i] = token_at(static_cast<int32_t>(i), depth); });
+    } else {
+      for (const ItemRange& range : level)
+        for (int64_t k = range.begin; k < range.end; ++k) key[order[k]] = token_at(order[k], depth);
+    }
     next.clear();
+    live = 0;
     for (const ItemRange& range : level) {
       child_begin.push_back(static_cast<uint32_t>(child_token.size()));
       bool is_terminal = false;
@@ -85,6 +94,7 @@ std::unique_ptr<Trie> Trie::build(const int32_t* tokens, int64_t num_tokens, con
           child_token.push_back(token);
           max_token = std::max(max_token, token);
           next.push_back(range);
+          ++live;
         }
       } else {
         keyed.clear();
@@ -101,6 +111,7 @@ std::unique_ptr<Trie> Trie::build(const int32_t* tokens, int64_t num_tokens, con
             child_token.push_back(keyed[k].first);
             max_token = std::max(max_token, keyed[k].first);
             next.push_back({range.begin + static_cast<int64_t>(k), range.begin + static_cast<int64_t>(run_end)});
+            live += static_cast<int64_t>(run_end - k);
           }
           k = run_end;
         }

@@ -17,9 +17,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <limits>
+#include <string>
 
 #include "common/errors.h"
 #include "trie/trie.h"
@@ -88,12 +90,10 @@ uint64_t checksum(const FileHeader& header, const uint8_t* payload, uint64_t pay
   return h ^ (h >> 29);
 }
 
+// `payload_bytes` is the size the header's node count implies (load checks that before reading).
 void validate(const FileHeader& header, const uint8_t* payload, uint64_t payload_bytes) {
   const uint64_t n = header.num_nodes;
   const Layout layout(n);
-  if (payload_bytes != layout.total() || header.payload_bytes != layout.total())
-    fail("trie file is truncated or has trailing bytes (payload ", payload_bytes, " bytes, expected ",
-         layout.total(), ")");
   if (checksum(header, payload, payload_bytes) != header.checksum) fail("trie file checksum mismatch: the file is corrupt");
   if (header.reserved != 0) fail("trie file is corrupt: reserved header bytes are not zero");
   const auto* begin = reinterpret_cast<const uint32_t*>(payload);
@@ -169,11 +169,39 @@ void Trie::save(const std::string& path) const {
   header.max_token = max_token_;
   header.payload_bytes = layout.total();
   header.checksum = checksum(header, payload.data(), payload.size());
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail("path: cannot open '", path, "' for writing");
-  out.write(reinterpret_cast<const char*>(&header), sizeof header);
-  out.write(reinterpret_cast<const char*>(payload.data()), static_cast<std::streamsize>(payload.size()));
-  if (!out.flush()) fail("path: writing '", path, "' failed");
+  // A new file renamed over `path`: tries mapping the old file keep reading it (rewriting it in place
+  // would end their processes with SIGBUS), a failed write leaves the old file whole, and a FIFO at
+  // `path` is replaced rather than waited on.
+  static std::atomic<uint64_t> saves{0};
+  std::string temp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
+    temp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(saves++);
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0) fail("path: cannot create a file beside '", path, "' to write the trie to");
+  const auto write_all = [fd](const void* data, uint64_t bytes) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (bytes > 0) {
+      const ssize_t put = ::write(fd, p, bytes);
+      if (put < 0 && errno == EINTR) continue;
+      if (put <= 0) return false;
+      p += put;
+      bytes -= static_cast<uint64_t>(put);
+    }
+    return true;
+  };
+  const bool written = write_all(&header, sizeof header) && write_all(payload.data(), payload.size()) &&
+                       ::fsync(fd) == 0;
+  if (::close(fd) != 0 || !written) {
+    ::unlink(temp.c_str());
+    fail("path: writing '", path, "' failed");
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    ::unlink(temp.c_str());
+    fail("path: cannot replace '", path, "'", errno == EISDIR ? " (a directory)" : "");
+  }
 }
 
 std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
@@ -208,6 +236,13 @@ std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
   if (header.num_nodes < 1 || header.num_nodes > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
     ::close(fd);
     fail("trie file is corrupt: bad node count ", header.num_nodes);
+  }
+  // Before any of the payload is mapped or read: a file padded far past its header's size costs nothing.
+  const uint64_t expected = Layout(header.num_nodes).total();
+  if (size - sizeof header != expected || header.payload_bytes != expected) {
+    ::close(fd);
+    fail("trie file is truncated or has trailing bytes (payload ", size - sizeof header, " bytes, expected ",
+         expected, ")");
   }
 
   std::unique_ptr<Trie> trie(new Trie());
