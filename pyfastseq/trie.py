@@ -73,7 +73,7 @@ class Trie:
         of the previous format version load too. A mapped file must not be truncated or rewritten
         in place while the trie lives: the pages are read from it on demand (a truncated mapping
         ends the process with SIGBUS, as any mmap does). Write a new file and rename it over the
-        old one instead."""
+        old one instead, as :meth:`save` does."""
         path = _file_path(path)
         try:
             size = os.stat(path).st_size
@@ -87,7 +87,8 @@ class Trie:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the versioned binary format that :meth:`load` reads, its header and arrays
-        checksummed."""
+        checksummed. The file is written beside ``path`` and renamed over it once complete, so
+        processes that map the old file keep reading it, and a failed save leaves it whole."""
         self._native.save(_file_path(path))
 
     # -- structure ---------------------------------------------------------------------------
