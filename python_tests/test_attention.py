@@ -502,6 +502,26 @@ def test_float16_scores_beyond_its_range(backend, monkeypatch):
             torch.testing.assert_close(g.double(), e, atol=0.02, rtol=0.02)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.skipif(
+    not CPU_KERNEL, reason="needs the Triton interpreter"))])
+def test_rows_whose_every_score_is_hugely_negative(backend, monkeypatch):
+    # Scores near -1e33: a softmax like any other (no floor may mistake such a row for one that sees nothing).
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", backend)
+    gen = torch.Generator().manual_seed(4)
+    q = torch.rand(1, 2, 40, 32, generator=gen) * 1e16 + 1e16
+    k = -torch.rand(1, 2, 40, 32, generator=gen) * 1e16 - 1e16
+    v = torch.randn(1, 2, 40, 32, generator=gen)
+    prefix, seq = torch.tensor([5]), torch.tensor([33])
+    do = torch.randn(v.shape, generator=gen)
+    got = run_and_grads(fs.unilm_attention, q, k, v, prefix, seq, do)
+    exact = run_and_grads(unilm_attention_reference, q.double(), k.double(), v.double(), prefix, seq, do.double())
+    torch.testing.assert_close(got[0].double(), exact[0], atol=1e-5, rtol=1e-5)
+    assert (got[0][0, :, :33].abs().sum(-1) > 0).all()
+    # dv carries the probabilities; dq and dk, differences of scores whose float32 ulp is near 1e26,
+    # hold nothing but rounding at this scale.
+    torch.testing.assert_close(got[3].double(), exact[3], atol=1e-4, rtol=1e-4)
+
+
 def test_cpu_bfloat16_takes_the_reference(monkeypatch):
     # The interpreter's bf16 tl.dot is wrong, so CPU bf16 never goes there, and forcing it is refused.
     assert backend_for(torch.device("cpu"), torch.bfloat16) == "torch"

@@ -14,11 +14,6 @@ import triton.language as tl
 from .tiles import dot, dropout_keep, dropout_seed, head_lengths as _head_lengths, last_first_block
 from .tiles import load_rows as _load_rows, visible
 
-# Finite "minus infinity" for the running max: a row that sees nothing keeps exp2(m_i - m_new) = 1
-# instead of exp2(-inf + inf) = NaN.
-_NEG_BIG = tl.constexpr(-1.0e30)
-
-
 @triton.jit
 def _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d, s, n,
                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, seed, stream_bh, L, drop_threshold,
@@ -32,8 +27,12 @@ def _attend_block(acc, m_i, l_i, q, k_base, v_base, start_n, offs_m, offs_n, off
     if MASKED:
         qk = tl.where(visible(offs_m[:, None], cols[None, :], s, n), qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.exp2(qk - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)
+    # A row that has seen no key yet (m_new = -inf) shifts by 0, so that its p and alpha are
+    # exp2(-inf) = 0 rather than exp2(-inf + inf) = NaN; a finite floor instead of -inf would
+    # zero rows whose every score lies below it.
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(qk - shift[:, None])
+    alpha = tl.exp2(m_i - shift)
     l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped entries too
     if DROPOUT:  # survivors' scale is applied once, to the output
         p = tl.where(dropout_keep(seed, stream_bh, offs_m, start_n, L, drop_threshold, BLOCK_N), p, 0.0)
@@ -71,7 +70,7 @@ def unilm_fwd_kernel(
     row_valid = offs_m < n
     q = _load_rows(Q + b64 * stride_qb + h64 * stride_qh, offs_m, stride_qm, stride_qd, row_valid, HEAD_DIM)
 
-    m_i = tl.full([BLOCK_M], _NEG_BIG, dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
