@@ -53,6 +53,7 @@ class Trie {
   std::vector<uint32_t> child_begin_;
   std::vector<int32_t> child_token_;
   std::vector<uint64_t> terminal_;
+  std::vector<uint64_t> loaded_;  // a file's payload, read whole (load without mmap): the views point into it
   void* mapping_ = nullptr;
   size_t mapping_size_ = 0;
 };

@@ -248,7 +248,6 @@ std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
   std::unique_ptr<Trie> trie(new Trie());
   const uint64_t payload_bytes = size - sizeof header;
   const uint8_t* payload = nullptr;
-  std::vector<uint8_t> buffer;
   if (mmap) {
     void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
     ::close(fd);
@@ -256,36 +255,27 @@ std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
     trie->mapping_ = mapped;
     trie->mapping_size_ = size;
     payload = static_cast<const uint8_t*>(mapped) + sizeof header;
-  } else {
-    buffer.resize(payload_bytes);
+  } else {  // read whole into one buffer the views then point into: no second copy of the arrays
+    trie->loaded_.resize(payload_bytes / 8);  // every section is padded to 8 bytes
+    auto* buffer = reinterpret_cast<uint8_t*>(trie->loaded_.data());
     uint64_t done = 0;
     while (done < payload_bytes) {
-      const ssize_t got = ::pread(fd, buffer.data() + done, payload_bytes - done, static_cast<off_t>(sizeof header + done));
+      const ssize_t got = ::pread(fd, buffer + done, payload_bytes - done, static_cast<off_t>(sizeof header + done));
       if (got <= 0) break;
       done += static_cast<uint64_t>(got);
     }
     ::close(fd);
     if (done != payload_bytes) fail("path: reading '", path, "' failed");
-    payload = buffer.data();
+    payload = buffer;
   }
   validate(header, payload, payload_bytes);  // throws; the unique_ptr unmaps
 
   const uint64_t n = header.num_nodes;
   const Layout layout(n);
-  if (mmap) {
-    trie->set_views(reinterpret_cast<const uint32_t*>(payload),
-                    reinterpret_cast<const int32_t*>(payload + layout.begin_bytes),
-                    reinterpret_cast<const uint64_t*>(payload + layout.begin_bytes + layout.token_bytes),
-                    static_cast<int32_t>(n));
-  } else {
-    const auto* begin = reinterpret_cast<const uint32_t*>(payload);
-    const auto* token = reinterpret_cast<const int32_t*>(payload + layout.begin_bytes);
-    const auto* terminal = reinterpret_cast<const uint64_t*>(payload + layout.begin_bytes + layout.token_bytes);
-    trie->child_begin_.assign(begin, begin + n + 1);
-    trie->child_token_.assign(token, token + n - 1);
-    trie->terminal_.assign(terminal, terminal + layout.terminal_bytes / 8);
-    trie->set_views(trie->child_begin_.data(), trie->child_token_.data(), trie->terminal_.data(), static_cast<int32_t>(n));
-  }
+  trie->set_views(reinterpret_cast<const uint32_t*>(payload),
+                  reinterpret_cast<const int32_t*>(payload + layout.begin_bytes),
+                  reinterpret_cast<const uint64_t*>(payload + layout.begin_bytes + layout.token_bytes),
+                  static_cast<int32_t>(n));
   trie->num_items_ = static_cast<int64_t>(header.num_items);
   trie->eos_id_ = header.eos_id;
   trie->max_token_ = header.max_token;
