@@ -160,7 +160,10 @@ class _BeamSearchBase:
         token taking its row's last segment. Without ``attention_mask``, the pad token is masked where
         the prompts hold it (and it is not an eos token), as transformers infers it; an encoder-decoder's
         source too, as transformers 4.x does (5.x leaves source pads unmasked: pass ``attention_mask``
-        to choose). No gradients are kept, for the encoder or the prompt either.
+        to choose). A decoder-only prompt's positions count its real tokens, so left padding decodes
+        as transformers does; after right padding the new tokens continue from the last real token's
+        position, where transformers (which warns against right padding) restarts them near 0. No
+        gradients are kept, for the encoder or the prompt either.
         """
         from ._generate import model_step_fn
 
@@ -255,7 +258,10 @@ class TrieBeamSearch(_BeamSearchBase):
             only to end, or the logits put every allowed token at -inf), every live beam's allowed
             tokens, eos and leaves included, get log-prob 0, as transformers'
             ``PrefixConstrainedLogitsProcessor`` does: the item then ends with entries shorter than
-            ``min_length``, as transformers returns them.
+            ``min_length``, as transformers returns them. (transformers asks the question of every
+            row, a dead beam's too; where the model itself puts -inf on tokens, a dead beam that
+            left the trie can keep a finite eos there and hold the forcing off, and its item may
+            end with fillers only where this search forces and finishes an entry.)
         prefix: tokens consumed from the trie's root before decoding (e.g. a decoder start token that
             the trie entries begin with); the generated tokens continue from that node.
         output_token_scores: also return the log-prob each token added.
