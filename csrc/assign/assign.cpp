@@ -325,32 +325,43 @@ inline double max_finite_magnitude(double peak, double x) {
 }
 
 // Copies scale * src [nr, nc] (strides rs, cs) into dst, row-major; false when a product is NaN or
-// -inf. Raises `peak` to the largest finite magnitude copied.
+// -inf. Raises `peak` to the largest finite magnitude copied where that is kOrdinary or more (below,
+// cost_scale is 1 for any problem size, so `peak` is left as it is).
 bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, double scale, double* dst, double& peak) {
-  bool valid = true;
+  // The copy checks each product against +-kOrdinary, so most of the copies, tiny problems, pay
+  // one more compare per pair of columns; a copy with any product outside is checked again exactly.
+  constexpr double kOrdinary = 0x1p988;  // * 8 * (nr + nc) <= 2^1023: no overflow for any size
+  bool ordinary = true;
+#if defined(__SSE2__)
+  __m128d inside = _mm_castsi128_pd(_mm_set1_epi64x(-1));
+  const __m128d above = _mm_set1_pd(-kOrdinary), below = _mm_set1_pd(kOrdinary), by = _mm_set1_pd(scale);
+#endif
   for (int64_t i = 0; i < nr; ++i) {
     const double* row = src + i * rs;
     int64_t j = 0;
 #if defined(__SSE2__)
     if (cs == 1) {  // the common layout: two columns per instruction
-      __m128d above = _mm_castsi128_pd(_mm_set1_epi64x(-1)), peaks = _mm_set1_pd(peak);
-      const __m128d neg_inf = _mm_set1_pd(-kInf), by = _mm_set1_pd(scale);
       for (; j + 2 <= nc; j += 2) {
         const __m128d x = _mm_mul_pd(by, _mm_loadu_pd(row + j));
-        above = _mm_and_pd(above, _mm_cmpgt_pd(x, neg_inf));
-        peaks = max_finite_magnitude(peaks, x);
+        inside = _mm_and_pd(inside, _mm_and_pd(_mm_cmpgt_pd(x, above), _mm_cmplt_pd(x, below)));
         _mm_storeu_pd(dst + i * nc + j, x);
       }
-      valid &= _mm_movemask_pd(above) == 3;
-      peak = horizontal_max(peaks);
     }
 #endif
     for (; j < nc; ++j) {
       const double x = scale * row[j * cs];
-      valid &= x > -kInf;  // false for NaN and -inf alone
-      peak = max_finite_magnitude(peak, x);
+      ordinary &= x > -kOrdinary && x < kOrdinary;  // false for NaN too
       dst[i * nc + j] = x;
     }
+  }
+#if defined(__SSE2__)
+  ordinary &= _mm_movemask_pd(inside) == 3;
+#endif
+  if (ordinary) return true;
+  bool valid = true;
+  for (int64_t k = 0; k < nr * nc; ++k) {
+    valid &= dst[k] > -kInf;  // false for NaN and -inf alone
+    peak = max_finite_magnitude(peak, dst[k]);
   }
   return valid;
 }
@@ -360,23 +371,34 @@ bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, dou
 // columns per compare, no branch per entry.
 bool all_valid(const double* src, int64_t nr, int64_t nc, int64_t rs, double& peak) {
   bool valid = true;
-  for (int64_t i = 0; i < nr; ++i) {
-    const double* row = src + i * rs;
-    int64_t j = 0;
+  int64_t body = 0;  // columns the vector pass checks
+#if PYFASTSEQ_AVX2
+  if (cpu_has_avx2_fma()) {  // four columns per instruction: the extra work for the peak stays hidden
+    body = nc & ~int64_t{3};
+    valid = pyfastseq_check_costs_avx2(src, nr, nc, rs, &peak);
+  }
+#endif
 #if defined(__SSE2__)
+  if (body == 0) {
+    body = nc & ~int64_t{1};
     __m128d above = _mm_castsi128_pd(_mm_set1_epi64x(-1)), peaks = _mm_set1_pd(peak);
     const __m128d neg_inf = _mm_set1_pd(-kInf);
-    for (; j + 2 <= nc; j += 2) {
-      const __m128d x = _mm_loadu_pd(row + j);
-      above = _mm_and_pd(above, _mm_cmpgt_pd(x, neg_inf));
-      peaks = max_finite_magnitude(peaks, x);
+    for (int64_t i = 0; i < nr; ++i) {
+      for (int64_t j = 0; j < body; j += 2) {
+        const __m128d x = _mm_loadu_pd(src + i * rs + j);
+        above = _mm_and_pd(above, _mm_cmpgt_pd(x, neg_inf));
+        peaks = max_finite_magnitude(peaks, x);
+      }
     }
-    valid &= _mm_movemask_pd(above) == 3;
+    valid = _mm_movemask_pd(above) == 3;
     peak = horizontal_max(peaks);
+  }
 #endif
-    for (; j < nc; ++j) {
-      valid &= row[j] > -kInf;  // false for NaN and -inf alone
-      peak = max_finite_magnitude(peak, row[j]);
+  for (int64_t i = 0; i < nr; ++i) {
+    for (int64_t j = body; j < nc; ++j) {
+      const double x = src[i * rs + j];
+      valid &= x > -kInf;  // false for NaN and -inf alone
+      peak = max_finite_magnitude(peak, x);
     }
   }
   return valid;

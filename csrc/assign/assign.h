@@ -51,8 +51,9 @@ struct AssignParams {
 // read as infeasible. A power of two rounds nothing (short of the subnormal range), so the scaled
 // problem has the same optimum.
 inline PYFASTSEQ_HOST_DEVICE double cost_scale(double peak, int64_t nr, int64_t nc) {
-  const double bound = DBL_MAX / (8.0 * static_cast<double>(nr + nc));
-  if (!(peak > bound)) return 1.0;
+  const double headroom = 8.0 * static_cast<double>(nr + nc);
+  if (!(peak * headroom > DBL_MAX)) return 1.0;  // the common case, without a division (inf counts as past)
+  const double bound = DBL_MAX / headroom;
   int exponent;
   frexp(peak / bound, &exponent);  // peak / bound < 2^exponent
   return ldexp(1.0, -exponent);

@@ -1,6 +1,7 @@
 // The solver's row scans four columns at a time, without branches: which columns fall and which
 // is cheapest are unpredictable. Each lane keeps its own result over columns j = lane (mod 4), and
 // the lanes are merged at the end.
+#include <algorithm>
 #include <limits>
 
 #include "assign/row_scans_avx2.h"
@@ -73,5 +74,23 @@ CheapestTwo pyfastseq_cheapest_two_avx2(const double* ci, const double* v, int n
   CheapestTwo lanes[4];
   for (int l = 0; l < 4; ++l) lanes[l] = {lane_u1[l], lane_u2[l], lane_j1[l], lane_j2[l]};
   return pyfastseq::merge(pyfastseq::merge(lanes[0], lanes[1]), pyfastseq::merge(lanes[2], lanes[3]));
+}
+
+bool pyfastseq_check_costs_avx2(const double* src, int64_t nr, int64_t nc, int64_t rs, double* peak) {
+  const __m256d neg_inf = _mm256_set1_pd(-kInf), inf = _mm256_set1_pd(kInf), sign = _mm256_set1_pd(-0.0);
+  __m256d above = _mm256_castsi256_pd(_mm256_set1_epi64x(-1)), peaks = _mm256_set1_pd(*peak);
+  for (int64_t i = 0; i < nr; ++i) {
+    const double* row = src + i * rs;
+    for (int64_t j = 0; j + 4 <= nc; j += 4) {
+      const __m256d x = _mm256_loadu_pd(row + j);
+      above = _mm256_and_pd(above, _mm256_cmp_pd(x, neg_inf, _CMP_GT_OQ));  // false for NaN and -inf
+      const __m256d magnitude = _mm256_andnot_pd(sign, x);
+      peaks = _mm256_max_pd(peaks, _mm256_and_pd(magnitude, _mm256_cmp_pd(magnitude, inf, _CMP_LT_OQ)));
+    }
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, peaks);
+  *peak = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
+  return _mm256_movemask_pd(above) == 15;
 }
 #endif

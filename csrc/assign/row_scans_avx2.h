@@ -11,4 +11,7 @@ pyfastseq::Nearest pyfastseq_relax_avx2(const double* ci, const double* vm, cons
                                         double* d, int* path, int i, int n);
 // The two cheapest of the first n & ~3 columns of row ci under prices v.
 pyfastseq::CheapestTwo pyfastseq_cheapest_two_avx2(const double* ci, const double* v, int n);
+// Whether no entry of the first nc & ~3 columns of src's nr rows (row stride rs) is NaN or -inf;
+// raises *peak to their largest finite magnitude.
+bool pyfastseq_check_costs_avx2(const double* src, int64_t nr, int64_t nc, int64_t rs, double* peak);
 #endif
