@@ -271,7 +271,8 @@ def test_save_onto_a_fifo_replaces_it_rather_than_waiting(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     script = f"import pyfastseq as fs; fs.Trie([[1, 2]]).save({str(fifo)!r})"
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    # cwd: away from a source tree, whose pyfastseq (no built modules) "python -c" would import first
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, cwd=tmp_path)
     assert fs.Trie.load(fifo).contains([1, 2])
 
 
