@@ -9,21 +9,22 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+def run_python(code: str, *, timeout: float | None = None, **env: str) -> subprocess.CompletedProcess:
     """``python -c code`` in a fresh interpreter that imports the same pyfastseq as these tests (see
     run_python_args)."""
-    return run_python_args(["-c", code], **env)
+    return run_python_args(["-c", code], timeout=timeout, **env)
 
 
-def run_python_args(args: list[str], **env: str) -> subprocess.CompletedProcess:
+def run_python_args(args: list[str], *, timeout: float | None = None, **env: str) -> subprocess.CompletedProcess:
     """``python *args`` in a fresh interpreter that imports the same pyfastseq as these tests: it
     runs beside that package, so a source checkout in the working directory cannot shadow an
-    installed wheel (or the other way round)."""
+    installed wheel (or the other way round). ``timeout`` (seconds) raises TimeoutExpired past it."""
     import pyfastseq
 
     beside = os.path.dirname(os.path.dirname(os.path.abspath(pyfastseq.__file__)))
     return subprocess.run(
-        [sys.executable, *args], cwd=beside, env={**os.environ, **env}, capture_output=True, text=True
+        [sys.executable, *args], cwd=beside, env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=timeout,
     )
 
 

@@ -2,8 +2,6 @@
 
 import os
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pyfastseq as fs
+from conftest import run_python
 
 pytestmark = pytest.mark.native
 
@@ -270,9 +269,8 @@ def test_save_over_a_mapped_file_leaves_the_mapping_whole(tmp_path):
 def test_save_onto_a_fifo_replaces_it_rather_than_waiting(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    script = f"import pyfastseq as fs; fs.Trie([[1, 2]]).save({str(fifo)!r})"
-    # cwd: away from a source tree, whose pyfastseq (no built modules) "python -c" would import first
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, cwd=tmp_path)
+    done = run_python(f"import pyfastseq as fs; fs.Trie([[1, 2]]).save({str(fifo)!r})", timeout=120)
+    assert done.returncode == 0, done.stderr
     assert fs.Trie.load(fifo).contains([1, 2])
 
 
