@@ -367,8 +367,8 @@ bool load(const double* src, int64_t nr, int64_t nc, int64_t rs, int64_t cs, dou
 }
 
 // Whether no entry of src [nr, nc] (row stride rs, unit column stride) is NaN or -inf; raises `peak`
-// to the largest finite magnitude. A pass over the whole matrix, so it runs at memory speed: two
-// columns per compare, no branch per entry.
+// to the largest finite magnitude. A pass over the whole matrix, so it runs at memory speed: four
+// columns per instruction with AVX2, else two, no branch per entry.
 bool all_valid(const double* src, int64_t nr, int64_t nc, int64_t rs, double& peak) {
   bool valid = true;
   int64_t body = 0;  // columns the vector pass checks
