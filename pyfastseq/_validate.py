@@ -36,6 +36,12 @@ def as_array(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def native_array(arr: Any, dtype: Any = None) -> np.ndarray:
+    """``arr`` as the native code indexes it: C-contiguous and aligned (``np.ascontiguousarray``
+    would keep a buffer viewed at an odd byte offset misaligned), in ``dtype`` if given."""
+    return np.require(arr, dtype, ("C", "A"))
+
+
 def check_dense(t: torch.Tensor, name: str) -> None:
     """``TypeError`` unless ``t`` is a dense (strided) tensor, not a sparse or other layout."""
     if t.layout != torch.strided:
@@ -82,7 +88,7 @@ def _checked_int32(arr: np.ndarray, name: str) -> np.ndarray:
         high = INT32_MAX if is_int32 else arr.max()
         if low < 0 or high > INT32_MAX:
             raise ValueError(f"{name} holds token id {int(low if low < 0 else high)} outside [0, 2**31 - 1]")
-    return np.ascontiguousarray(arr, dtype=np.int32)
+    return native_array(arr, np.int32)
 
 
 def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +100,7 @@ def flatten_sequences(sequences: Any, offsets: Any, name: str = "sequences") -> 
         if offs.dtype == np.uint64 and offs.size and offs.max() > np.iinfo(np.int64).max:
             raise ValueError(f"offsets must lie in the int64 range, got {int(offs.max())}")
         tokens = as_token_array(sequences, name)
-        return tokens, np.ascontiguousarray(offs, dtype=np.int64)
+        return tokens, native_array(offs, np.int64)
     if isinstance(sequences, torch.Tensor):
         sequences = as_array(sequences, name)
     if isinstance(sequences, np.ndarray):

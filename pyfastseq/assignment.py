@@ -17,7 +17,7 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, check_dense, check_integer_dtype
+from ._validate import INT32_MAX, as_array, check_dense, check_integer_dtype, native_array
 
 __all__ = ["linear_sum_assignment"]
 
@@ -83,7 +83,7 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, row_lens: Any = 
         matrix = _as_float64(cost)
     # A packed record's field, or a buffer viewed at an odd offset: the solver steps in aligned float64s.
     if not matrix.flags.aligned or any(stride % 8 for stride in matrix.strides):
-        matrix = np.ascontiguousarray(matrix)
+        matrix = native_array(matrix)
     if matrix.ndim == 3:
         return _solve_batch(matrix, maximize, row_lens, col_lens)
     if matrix.ndim != 2:
@@ -154,7 +154,7 @@ def _lengths(lens: Any, batch: int, limit: int, name: str) -> np.ndarray | None:
     if batch and (arr.min() < 0 or arr.max() > limit):
         b = int(np.flatnonzero((arr < 0) | (arr > limit))[0])
         raise ValueError(f"{name}[{b}] must lie in [0, {limit}], got {int(arr[b])}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return native_array(arr, np.int64)
 
 
 def _raise_for(status: np.ndarray) -> None:

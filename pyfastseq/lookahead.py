@@ -17,7 +17,7 @@ import torch
 
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, as_token_array, check_integer_dtype, flatten_sequences, is_int
+from ._validate import INT32_MAX, as_array, as_token_array, check_integer_dtype, flatten_sequences, is_int, native_array
 from .trie import Trie
 
 __all__ = ["LCSLookahead", "lcs_length", "lcs_lengths"]
@@ -62,7 +62,7 @@ def lcs_lengths(query: Any, candidates: Any, offsets: Any = None) -> np.ndarray:
     pattern = _pattern(as_token_array(query, "query"), "query")
     if offsets is not None and _is_int32_vector(candidates):
         # Fast path: the kernel itself rejects negative ids, so a flat int32 buffer is not scanned here.
-        tokens = np.ascontiguousarray(as_array(candidates, "candidates"))
+        tokens = native_array(as_array(candidates, "candidates"))
         offs = _int_array(offsets, "offsets", np.int64, ndim=1)
         if offs.size < 1:
             raise ValueError("offsets must be a 1-D integer array of length num_candidates + 1")
@@ -251,13 +251,13 @@ def _int_array(values: Any, name: str, dtype: Any, ndim: int) -> np.ndarray:
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(arr.shape)}")
     if arr.dtype == dtype:
-        return np.ascontiguousarray(arr)
+        return native_array(arr)
     if arr.size:  # an empty list is NumPy's float64
         check_integer_dtype(arr.dtype, name)
     info = np.iinfo(dtype)
     if arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise ValueError(f"{name} holds a value outside the {np.dtype(dtype).name} range")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return native_array(arr, dtype)
 
 
 def _as_queries(query_tokens: Any) -> tuple[list[np.ndarray], bool]:

@@ -21,7 +21,7 @@ from ._backend import _C
 from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
 from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_eos_id, as_token_array, finite_float, is_int, pad_id_of
+from ._validate import INT32_MAX, as_eos_id, as_token_array, finite_float, is_int, native_array, pad_id_of
 from .lookahead import LCSLookahead
 from .trie import Trie, check_eos_ends_entries
 
@@ -360,7 +360,7 @@ class TrieBeamSearch(_BeamSearchBase):
             offsets.append(offs[1:] + total)
             parts.append(deltas)
             total += len(deltas)
-        return np.concatenate(offsets), np.ascontiguousarray(np.concatenate(parts), dtype=np.int32)
+        return np.concatenate(offsets), native_array(np.concatenate(parts), np.int32)
 
 
 class BeamSearch(_BeamSearchBase):
@@ -418,7 +418,7 @@ def _checked_deltas(result: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
     if vals.size and (vals.max() > INT32_MAX or vals.min() < -INT32_MAX - 1):
         beyond = int(vals.max()) if vals.max() > INT32_MAX else int(vals.min())
         raise ValueError(f"lookahead.deltas gave a delta of {beyond}, beyond the int32 range")
-    return np.ascontiguousarray(offs, dtype=np.int64), np.ascontiguousarray(vals, dtype=np.int32)
+    return native_array(offs, np.int64), native_array(vals, np.int32)
 
 
 def _as_numpy(values: Any) -> np.ndarray:

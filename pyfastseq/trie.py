@@ -14,7 +14,7 @@ from . import _backend
 from ._backend import _C
 from ._limits import check_memory
 from ._validate import (INT32_MAX, as_array, as_eos_id, as_token_array, check_dense, check_integer_dtype,
-                        flatten_sequences, is_int)
+                        flatten_sequences, is_int, native_array)
 
 __all__ = ["Trie"]
 
@@ -347,7 +347,7 @@ def _as_int32(values: Any, name: str) -> np.ndarray:
     check_integer_dtype(arr.dtype, name)
     if arr.size and (arr.min() < -(2**31) or arr.max() > INT32_MAX):
         raise ValueError(f"{name} holds a value outside the int32 range")
-    return arr.astype(np.int32, order="C", copy=False)  # keeps a 0-d shape (ascontiguousarray would not)
+    return native_array(arr, np.int32)
 
 
 def _file_path(path: str | os.PathLike) -> str | bytes:

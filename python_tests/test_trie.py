@@ -229,3 +229,20 @@ def test_deep_copies_share_the_immutable_trie():
     searcher = fs.TrieBeamSearch(trie, num_beams=2)
     assert copy.deepcopy(trie) is trie
     assert copy.deepcopy(searcher).tries[0] is trie
+
+
+def test_numpy_ids_off_their_element_alignment():
+    # Views of a byte buffer at an odd offset: read as aligned copies (the native code indexes them).
+    def odd(values, dtype):
+        arr = np.asarray(values, dtype=dtype)
+        view = np.frombuffer(bytearray(arr.nbytes + 1), dtype=dtype, offset=1, count=arr.size).reshape(arr.shape)
+        view[...] = arr
+        assert not view.flags.aligned
+        return view
+
+    trie = fs.Trie([[1, 2], [1, 3]])
+    assert trie.walk(odd([1, 3], np.int32)) == trie.walk([1, 3]) >= 0
+    assert fs.Trie(odd([[1, 2], [1, 3]], np.int32)).num_nodes == trie.num_nodes
+    assert fs.Trie(odd([1, 2, 1, 3], np.int32), offsets=odd([0, 2, 4], np.int64)).num_nodes == trie.num_nodes
+    assert fs.lcs_length(odd([1, 2, 3], np.int32), odd([2, 3], np.int32)) == 2
+    assert fs.lcs_lengths(odd([1, 2, 3], np.int32), odd([2, 3, 1], np.int32), odd([0, 2, 3], np.int64)).tolist() == [2, 1]
