@@ -16,9 +16,7 @@ def as_array(values: Any, name: str) -> np.ndarray:
     """``values`` as a NumPy array (a tensor's values on the CPU); a ragged or unconvertible nest is
     reported by argument name rather than by NumPy's own message."""
     if isinstance(values, torch.Tensor):
-        check_dense(values, name)
-        if values.is_meta:
-            raise ValueError(f"{name} is on the meta device, which holds no values")
+        check_holds_values(values, name)
         try:
             return values.detach().cpu().numpy()
         except TypeError:  # bfloat16, float8: no NumPy dtype holds them
@@ -46,6 +44,13 @@ def check_dense(t: torch.Tensor, name: str) -> None:
     """``TypeError`` unless ``t`` is a dense (strided) tensor, not a sparse or other layout."""
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+
+
+def check_holds_values(t: torch.Tensor, name: str) -> None:
+    """``TypeError`` unless ``t`` is dense; ``ValueError`` if it is on the meta device."""
+    check_dense(t, name)
+    if t.is_meta:
+        raise ValueError(f"{name} is on the meta device, which holds no values")
 
 
 def check_integer_dtype(dtype: Any, name: str, what: str = "integers") -> None:

@@ -17,7 +17,7 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, check_dense, check_integer_dtype, native_array
+from ._validate import INT32_MAX, as_array, check_holds_values, check_integer_dtype, native_array
 
 __all__ = ["linear_sum_assignment"]
 
@@ -102,7 +102,7 @@ def _as_float64(cost: Any) -> np.ndarray:
     """``cost`` as a float64 array under SciPy's rules: an array casts only safely (no strings,
     complex, objects); anything else converts element by element as ``float()`` does."""
     if isinstance(cost, torch.Tensor):
-        _check_tensor(cost)
+        check_holds_values(cost, "cost")
         cost = cost.detach().cpu()
         if cost.dtype.is_complex:
             raise TypeError(f"Cannot cast cost from {cost.dtype} to float64 according to the rule 'safe'")
@@ -122,12 +122,6 @@ def _as_float64(cost: Any) -> np.ndarray:
         )
     _check_size(arr.shape)
     return arr.astype(np.float64, copy=False)
-
-
-def _check_tensor(cost: torch.Tensor) -> None:
-    check_dense(cost, "cost")
-    if cost.is_meta:
-        raise ValueError("cost is on the meta device, which holds no values")
 
 
 def _check_size(shape: tuple) -> None:
@@ -174,7 +168,7 @@ def _solve_batch(cost: np.ndarray, maximize: bool, row_lens: Any, col_lens: Any)
 
 
 def _solve_tensor(cost: torch.Tensor, maximize: bool, row_lens: Any, col_lens: Any) -> torch.Tensor:
-    _check_tensor(cost)
+    check_holds_values(cost, "cost")
     if cost.dtype.is_complex:
         raise TypeError(f"Cannot cast cost from {cost.dtype} to float64 according to the rule 'safe'")
     batch, rows, cols = cost.shape
