@@ -436,14 +436,14 @@ AssignStatus solve_one(const AssignParams& p, int64_t b, int64_t* col_of_row) {
   const bool valid = in_place ? all_valid(src, nr, nc, rs, peak) : load(src, nr, nc, rs, cs, sign, doubles, peak);
   if (!valid) return kAssignInvalid;
   const double scale = cost_scale(peak, nr, nc);
-  if (scale != 1.0 && in_place) {  // costs near DBL_MAX: solved on a scaled copy
-    in_place = false;
-    copy_size = static_cast<int64_t>(nr) * nc;
-    heap_doubles.reset(new double[copy_size + 5 * static_cast<int64_t>(nc)]);
-    doubles = heap_doubles.get();
+  if (scale != 1.0) {  // costs near DBL_MAX: solved on a scaled copy
+    if (in_place) {
+      in_place = false;
+      copy_size = static_cast<int64_t>(nr) * nc;
+      heap_doubles.reset(new double[copy_size + 5 * static_cast<int64_t>(nc)]);
+      doubles = heap_doubles.get();
+    }
     load(src, nr, nc, rs, cs, sign * scale, doubles, peak);
-  } else if (scale != 1.0) {
-    for (int64_t k = 0; k < copy_size; ++k) doubles[k] *= scale;
   }
   Work w;
   w.c = in_place ? src : doubles;
