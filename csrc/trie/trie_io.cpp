@@ -199,8 +199,9 @@ void Trie::save(const std::string& path) const {
     fail("path: writing '", path, "' failed");
   }
   if (::rename(temp.c_str(), path.c_str()) != 0) {
+    const bool directory = errno == EISDIR;  // read before unlink can change errno
     ::unlink(temp.c_str());
-    fail("path: cannot replace '", path, "'", errno == EISDIR ? " (a directory)" : "");
+    fail("path: cannot replace '", path, "'", directory ? " (a directory)" : "");
   }
 }
 
@@ -238,15 +239,14 @@ std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
     fail("trie file is corrupt: bad node count ", header.num_nodes);
   }
   // Before any of the payload is mapped or read: a file padded far past its header's size costs nothing.
-  const uint64_t expected = Layout(header.num_nodes).total();
-  if (size - sizeof header != expected || header.payload_bytes != expected) {
+  const uint64_t payload_bytes = Layout(header.num_nodes).total();
+  if (size - sizeof header != payload_bytes || header.payload_bytes != payload_bytes) {
     ::close(fd);
     fail("trie file is truncated or has trailing bytes (payload ", size - sizeof header, " bytes, expected ",
-         expected, ")");
+         payload_bytes, ")");
   }
 
   std::unique_ptr<Trie> trie(new Trie());
-  const uint64_t payload_bytes = size - sizeof header;
   const uint8_t* payload = nullptr;
   if (mmap) {
     void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
