@@ -33,7 +33,9 @@ class UniLM(torch.nn.Module):
     Switches the model to ``attn_implementation="unilm"``. Logits come from the model's LM head when
     it has one, else from the hidden states times the input embedding matrix (tied projection).
     The model's attention-probability dropout applies in training, as with its own attention.
-    The model must take ``token_type_ids`` with at least two segments (``type_vocab_size`` >= 2).
+    The model must take ``token_type_ids`` with at least two segments (``type_vocab_size`` >= 2),
+    and its attention must be one transformers can switch (its ``AttentionInterface``: BERT, RoBERTa,
+    ELECTRA, ALBERT, ...); :meth:`step_fn` decodes only models that keep a KV cache (not ALBERT).
     RoBERTa-style models, whose positions start past their padding index, decode at the positions
     they train at. ``pad_id`` fills the batch past each row's end (those positions are masked out).
     """
@@ -53,6 +55,12 @@ class UniLM(torch.nn.Module):
                              f"config.type_vocab_size is {config.type_vocab_size}")
         hf.register()
         model.set_attn_implementation(hf.NAME)
+        # Models whose attention does not go through transformers' AttentionInterface only warn and
+        # keep their own, bidirectional attention: trained so, targets would see the tokens after them.
+        if getattr(config, "_attn_implementation", None) != hf.NAME:
+            raise ValueError(f"{type(model).__name__} does not take pluggable attention implementations "
+                             f"(its attention stays {getattr(config, '_attn_implementation', None)!r}), so it "
+                             "cannot run the UniLM mask")
         self.model = model
         if isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral) or not 0 <= pad_id < self.vocab_size:
             raise ValueError(f"pad_id must be a token id in [0, {self.vocab_size}), got {pad_id!r}")
@@ -248,6 +256,9 @@ class UniLMStep:
         self.steps = 0
         self._restart_rows()  # a search before this one may have moved rows across items
         logits = self.unilm(**self.encoded, **{self.cache_name: self.cache})  # [B, S, V]
+        if self.cache.get_seq_length() == 0:
+            raise ValueError(f"{type(self.unilm.model).__name__} keeps no KV cache: UniLM can train it, "
+                             "but not decode it incrementally")
         last = self.encoded["prefix_lens"] - 1
         logits = logits[torch.arange(logits.shape[0], device=self.device), last]  # [B, V]
         self.cache.batch_repeat_interleave(self.num_beams)

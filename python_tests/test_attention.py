@@ -427,9 +427,12 @@ def test_backward_given_no_gradient_for_out(via):
     torch.testing.assert_close(q.grad, torch.full_like(q, 2.0), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("upstream", ["squared", "fixed weights"])
 @pytest.mark.parametrize("via", ["public", "op"])
-def test_double_backward_raises(via):
-    # The backward is not differentiable itself: a second-order gradient must fail, not come out short.
+def test_double_backward_raises(via, upstream):
+    # The backward is not differentiable itself: a second-order gradient must fail, not come out short,
+    # whether or not the gradient coming into the attention needs one itself (with fixed weights it
+    # does not, and the second-order terms run through q, k and v alone).
     gen = torch.Generator().manual_seed(7)
     q, k, v = (t.requires_grad_() for t in make_qkv(1, 1, 21, 32, torch.float32, "cpu", gen))
     if via == "public":
@@ -437,8 +440,9 @@ def test_double_backward_raises(via):
     else:
         out = torch.ops.pyfastseq.unilm_attention_fwd(q, k, v, torch.tensor([5], dtype=torch.int32),
                                                       torch.tensor([21], dtype=torch.int32), 32 ** -0.5)[0]
-    dq, = torch.autograd.grad(out.square().sum(), q, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
+    loss = out.square().sum() if upstream == "squared" else (out * torch.randn(out.shape, generator=gen)).sum()
+    dq, = torch.autograd.grad(loss, q, create_graph=True)
+    with pytest.raises(RuntimeError, match="unilm_attention has no double backward"):
         (dq.square().sum() + out.sum()).backward()
 
 
@@ -650,6 +654,32 @@ def test_torch_compile_fullgraph_dropout(monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [0.25, 0.5])
+def test_torch_compile_dynamic_float_scale(scale, monkeypatch):
+    # dynamic=True traces a float scale as a SymFloat (as BERT's `scaling` attribute is): no graph break.
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    q, k, v = make_qkv(2, 2, 9, 32, torch.float32, "cpu", torch.Generator().manual_seed(12))
+    p, s = torch.tensor([3, 4]), torch.tensor([9, 7])
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v, scale: fs.unilm_attention(q, k, v, p, s, scale=scale),
+                             backend="aot_eager", fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(q, k, v, scale), unilm_attention_reference(q, k, v, p, s, scale),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_clamps_lengths_past_int32(monkeypatch):
+    # Tensor lengths are not read under torch.compile; clamped into [0, L] rather than wrapped by
+    # the kernels' int32 copy: 2**32 + 3 is a prefix past the row (all source), not 3.
+    monkeypatch.setenv("PYFASTSEQ_ATTENTION_BACKEND", "torch")
+    q, k, v = make_qkv(1, 2, 9, 32, torch.float32, "cpu", torch.Generator().manual_seed(13))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v, p, s: fs.unilm_attention(q, k, v, p, s), backend="aot_eager",
+                             fullgraph=True)
+    for prefix, clamped in ((2**32 + 3, 9), (-(2**32) + 3, 0), (2**32 - 1, 9)):
+        got = compiled(q, k, v, torch.tensor([prefix]), torch.tensor([2**32 + 5]))
+        torch.testing.assert_close(got, unilm_attention_reference(q, k, v, torch.tensor([clamped]), torch.tensor([9])), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("lengths", [[3, 20], (3, -1), np.array([3, 20])], ids=["list", "tuple", "array"])
 def test_torch_compile_checks_host_lengths(lengths, monkeypatch):
     # Lengths the host holds are range-checked under torch.compile too (tensors' values are not read).
@@ -701,6 +731,7 @@ def test_prefix_past_the_row_makes_the_whole_row_source():
     (([1], [1], 2.0), TypeError, "L must be an int, got float"),
     (([1], [1], "3"), TypeError, "L must be an int, got str"),
     (([1], [1], True), TypeError, "L must be an int, got bool"),
+    (([1], torch.tensor([1], device="meta"), 3), ValueError, "seq_lens must be on the CPU or on prefix_lens' device"),
 ])
 def test_unilm_mask_bad_input(args, exc, match):
     with pytest.raises(exc, match=match):

@@ -387,10 +387,22 @@ def test_roberta_positions_past_the_padding_index():
      "UniLM needs two segment embeddings .* config.type_vocab_size is 1"),
     (lambda: transformers.AlbertModel(transformers.AlbertConfig(**{**tiny_config().to_dict(), "embedding_size": 32})),
      "AlbertModel has no LM head, and its hidden states .64 wide. cannot be projected onto its 32-wide embeddings"),
-], ids=["no_segments", "one_segment", "narrow_embeddings"])
+    # Its attention ignores attn_implementation: left to it, targets would see the tokens after them.
+    (lambda: transformers.MegatronBertModel(transformers.MegatronBertConfig(**tiny_config().to_dict())),
+     "MegatronBertModel does not take pluggable attention implementations .its attention stays 'eager'."),
+], ids=["no_segments", "one_segment", "narrow_embeddings", "own_attention"])
 def test_models_unilm_cannot_run(make_model, match):
     with pytest.raises(ValueError, match=match):
         fs.UniLM(make_model())
+
+
+def test_model_without_a_kv_cache_trains_but_does_not_decode():
+    unilm = fs.UniLM(transformers.AlbertModel(transformers.AlbertConfig(**{**tiny_config().to_dict(),
+                                                                           "embedding_size": 64})))
+    assert torch.isfinite(unilm.loss(PAIRS))
+    step = unilm.step_fn([[2, 5, 6, 3]])
+    with pytest.raises(ValueError, match="AlbertModel keeps no KV cache: UniLM can train it, but not decode it"):
+        step(torch.zeros(1, 0, dtype=torch.long), torch.arange(1))
 
 
 def test_not_a_model_or_not_a_language_model():

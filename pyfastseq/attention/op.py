@@ -27,7 +27,6 @@ import os
 from typing import Optional, Sequence, Union
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .._validate import finite_float
 from . import dropout
@@ -183,14 +182,31 @@ def _grads(ctx, dout, backward):
     if dout is None:  # what used out handed back no gradient (a Function returning None for it)
         return (None,) * 8
     q, k, v, out, lse, prefix_lens, seq_lens, seed = ctx.saved_tensors
-    dq, dk, dv = backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, ctx.scale, ctx.dropout_p, seed)
+    with torch.no_grad():
+        dq, dk, dv = backward(dout, q, k, v, out, lse, prefix_lens, seq_lens, ctx.scale, ctx.dropout_p, seed)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph=True
+        dq, dk, dv = _FirstOrderOnly.apply(q, k, v, dout, dq, dk, dv)
     return dq, dk, dv, None, None, None, None, None
 
 
-# The backward is not itself differentiable: once_differentiable makes a double backward (create_graph=True,
-# a gradient penalty) raise, rather than drop the second-order terms.
-_fwd.register_autograd(once_differentiable(lambda ctx, dout, _dlse: _grads(ctx, dout, _bwd)),
-                       setup_context=_setup_context)
+class _FirstOrderOnly(torch.autograd.Function):
+    """``(q, k, v, dout, dq, dk, dv) -> (dq, dk, dv)``, whose own backward raises: the backward is not
+    itself differentiable, so a double backward (``create_graph=True``, a gradient penalty) must fail
+    rather than drop the second-order terms. ``once_differentiable`` raises only when ``dout`` needs a
+    gradient, not when the terms run through q, k and v alone."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, dout, dq, dk, dv):
+        return dq, dk, dv
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("unilm_attention has no double backward: its gradients cannot be differentiated "
+                           "(create_graph=True); those of pyfastseq.attention.unilm_attention_reference, "
+                           "in plain PyTorch, can be")
+
+
+_fwd.register_autograd(lambda ctx, dout, _dlse: _grads(ctx, dout, _bwd), setup_context=_setup_context)
 
 
 class UniLMAttention(torch.autograd.Function):
@@ -214,7 +230,6 @@ class UniLMAttention(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, _dlse):
         return _grads(ctx, dout, _bwd if torch.compiler.is_compiling() else _backward)
 
@@ -236,6 +251,12 @@ def _check_qkv(q, k, v) -> None:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+
+
+def _finite(scale) -> bool:
+    if torch.compiler.is_compiling():  # a SymFloat under dynamic=True: comparisons trace, math.isfinite does not
+        return -math.inf < scale < math.inf
+    return finite_float(scale) is not None
 
 
 def _as_lengths(values, name: str, B: int, L: int, device: torch.device) -> torch.Tensor:
@@ -296,7 +317,7 @@ def unilm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_le
         scale = max(D, 1) ** -0.5  # D = 0 has an empty output, whatever the scale
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a finite float or None, got {scale!r}")
-    elif finite_float(scale) is None:
+    elif not _finite(scale):
         raise ValueError(f"scale must be a finite float or None, got {scale!r}")
     scale = float(scale)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):

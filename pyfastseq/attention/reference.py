@@ -62,8 +62,8 @@ def check_lengths(values, name: str, L: int, B: Optional[int] = None, L_name: st
         lo, hi = min(items), max(items)
     elif t.device.type == "cpu" and not torch.compiler.is_compiling():
         lo, hi = int(t.min()), int(t.max())
-    else:
-        return t
+    else:  # int64 clamped here: the kernels' int32 copy would wrap 2**32 + 3 to 3
+        return t.clamp(0, L) if t.dtype == torch.int64 else t
     if lo < 0 or hi > L:
         raise ValueError(f"{name} must lie in [0, {L_name}] = [0, {L}], got {lo if lo < 0 else hi}")
     return t
@@ -84,7 +84,12 @@ def unilm_mask(prefix_lens, seq_lens, L: int) -> torch.Tensor:
         raise ValueError(f"L must be >= 0, got {L}")
     L = int(L)
     prefix = check_lengths(prefix_lens, "prefix_lens", L)
-    seq = None if seq_lens is None else check_lengths(seq_lens, "seq_lens", L, prefix.shape[0]).to(prefix.device)
+    seq = None
+    if seq_lens is not None:
+        seq = check_lengths(seq_lens, "seq_lens", L, prefix.shape[0])
+        if seq.device != prefix.device and seq.device.type != "cpu":
+            raise ValueError(f"seq_lens must be on the CPU or on prefix_lens' device {prefix.device}, got {seq.device}")
+        seq = seq.to(prefix.device)
     check_memory(prefix.shape[0] * L * L, f"unilm_mask of shape ({prefix.shape[0]}, {L}, {L})")
     return _mask(prefix, seq, L)
 
