@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ._limits import check_memory
-from ._validate import INT32_MAX, check_dense, check_integer_dtype
+from ._validate import INT32_MAX, check_holds_values, check_integer_dtype
 
 __all__ = ["CopyPrior"]
 
@@ -63,9 +63,7 @@ class CopyPrior(nn.Module):
         if not isinstance(source_ids, torch.Tensor) or source_ids.dim() != 2:
             raise ValueError(f"source_ids must be a 2-D tensor [B, S], got {_shape(source_ids)}")
         check_integer_dtype(source_ids.dtype, "source_ids", "integer token ids")
-        check_dense(source_ids, "source_ids")
-        if source_ids.is_meta:
-            raise ValueError("source_ids are on the meta device, which holds no values")
+        check_holds_values(source_ids, "source_ids")
         if source_ids.dtype == torch.uint64:  # ids past int64 read as negative through an int64 view
             beyond = source_ids.view(torch.int64)
             if bool((beyond < 0).any()):
@@ -80,9 +78,7 @@ class CopyPrior(nn.Module):
             if not isinstance(source_mask, torch.Tensor) or source_mask.shape != source_ids.shape:
                 raise ValueError(f"source_mask must be a tensor of source_ids' shape {tuple(source_ids.shape)}, "
                                  f"got {_shape(source_mask)}")
-            check_dense(source_mask, "source_mask")
-            if source_mask.is_meta:
-                raise ValueError("source_mask is on the meta device, which holds no values")
+            check_holds_values(source_mask, "source_mask")
             keep = source_mask.to(device=source_ids.device, dtype=torch.bool)
         bad = keep & ((source_ids < 0) | (source_ids >= self.vocab_size))
         if bool(bad.any()):
@@ -99,8 +95,8 @@ class CopyPrior(nn.Module):
     def forward(self, logits: torch.Tensor, source_ids: torch.Tensor,
                 source_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``logits [B, V]`` or ``[B, T, V]`` (one source per batch row) -> ``(logits + s*chi + t) / 2``."""
-        prior = self.prior(source_ids, source_mask)
-        return _average(logits, prior, self.vocab_size)
+        _check_logits(logits, "logits", self.vocab_size)
+        return _average(logits, self.prior(source_ids, source_mask))
 
     def as_logits_processor(self, source_ids: torch.Tensor,
                             source_mask: torch.Tensor | None = None) -> "CopyPriorLogitsProcessor":
@@ -120,16 +116,19 @@ class CopyPrior(nn.Module):
         ``[N, 0]``), and each row follows ``beam_idx`` to the row it continues, so the source of every
         row stays right however the search reorders them, search after search.
         """
+        if not callable(step_fn):
+            raise TypeError(f"step_fn must be callable, got {type(step_fn).__name__}")
         prior = self._decoding_prior(source_ids, source_mask)
         row_source: list[torch.Tensor] = []
 
         def biased_step(tokens: torch.Tensor, beam_idx: torch.Tensor) -> torch.Tensor:
             logits = step_fn(tokens, beam_idx)
+            _check_logits(logits, "logits", self.vocab_size)
             if tokens.shape[1] == 0 or not row_source:
                 row_source[:] = [_row_sources(logits.shape[0], prior.shape[0], logits.device)]
             else:
-                row_source[0] = row_source[0][_beam_rows(beam_idx, row_source[0])]
-            return _average(logits, prior.to(logits.device)[row_source[0]], self.vocab_size)
+                row_source[0] = row_source[0][_beam_rows(beam_idx, row_source[0], logits.shape[0])]
+            return _average(logits, prior.to(logits.device)[row_source[0]])
 
         return biased_step
 
@@ -154,20 +153,25 @@ class CopyPriorLogitsProcessor:
         self.prior = prior
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        _check_logits(scores, "scores", self.module.vocab_size)
         rows = _row_sources(scores.shape[0], self.prior.shape[0], scores.device)
-        biased = _average(scores, self.prior.to(scores.device)[rows], self.module.vocab_size)
+        biased = _average(scores, self.prior.to(scores.device)[rows])
         # At least float32: half-precision log_softmax loses the small log-probs beam search sums.
         return torch.log_softmax(biased.to(torch.promote_types(biased.dtype, torch.float32)), dim=-1).to(scores.dtype)
 
 
-def _average(logits: torch.Tensor, prior: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3) or logits.shape[-1] != vocab_size:
-        raise ValueError(f"logits must be [B, {vocab_size}] or [B, T, {vocab_size}], got {_shape(logits)}")
+def _check_logits(logits: Any, name: str, vocab_size: int) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() not in (2, 3) or logits.shape[-1] != vocab_size:
+        raise ValueError(f"{name} must be [B, {vocab_size}] or [B, T, {vocab_size}], got {_shape(logits)}")
     if not logits.is_floating_point():  # (integer logits + prior) / 2 would come out as a float anyway
-        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    check_dense(logits, "logits")
-    if logits.is_meta:
-        raise ValueError("logits are on the meta device, which holds no values")
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
+    check_holds_values(logits, name)
+
+
+def _average(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """``(logits + prior) / 2`` of checked logits."""
     if logits.shape[0] != prior.shape[0]:
         raise ValueError(f"logits has {logits.shape[0]} rows but source_ids has {prior.shape[0]}")
     if logits.dim() == 3:
@@ -181,11 +185,15 @@ def _row_sources(rows: int, sources: int, device: torch.device) -> torch.Tensor:
     return torch.arange(rows, device=device) // (rows // sources)
 
 
-def _beam_rows(beam_idx: Any, row_source: torch.Tensor) -> torch.Tensor:
-    """``beam_idx`` as an index into ``row_source`` (the previous call's rows), on its device."""
+def _beam_rows(beam_idx: Any, row_source: torch.Tensor, rows: int) -> torch.Tensor:
+    """``beam_idx`` as an index into ``row_source`` (the previous call's rows), on its device; it must
+    name the previous row of each of this call's ``rows`` logits rows."""
     if not isinstance(beam_idx, torch.Tensor) or beam_idx.dim() != 1:
         raise ValueError(f"beam_idx must be a 1-D tensor, got {_shape(beam_idx)}")
     check_integer_dtype(beam_idx.dtype, "beam_idx", "integer row indices")
+    check_holds_values(beam_idx, "beam_idx")
+    if len(beam_idx) != rows:
+        raise ValueError(f"beam_idx must hold one entry per logits row ({rows}), got {len(beam_idx)}")
     # Checked on the CPU only: on a GPU, reading the range would make every step wait for the search's kernels.
     if beam_idx.device.type == "cpu" and len(beam_idx):
         low, high = int(beam_idx.min()), int(beam_idx.max())

@@ -210,13 +210,32 @@ def test_step_fn_wrapper_rejects_a_bad_beam_idx():
             wrapped(tokens, torch.arange(4).to(dtype))
     with pytest.raises(ValueError, match="beam_idx must be a 1-D tensor"):
         wrapped(tokens, torch.arange(4).view(2, 2))
+    with pytest.raises(ValueError, match=r"beam_idx must hold one entry per logits row \(4\), got 2"):
+        wrapped(tokens, torch.arange(2))
+    with pytest.raises(ValueError, match="beam_idx is on the meta device"):
+        wrapped(tokens, torch.arange(4, device="meta"))
     # the rejected calls left the rows' sources as they were
     torch.testing.assert_close(wrapped(tokens, torch.tensor([2, 3, 0, 1])), prior.prior(sources).detach()[[1, 1, 0, 0]] / 2)
 
 
+def test_processor_and_wrapper_name_what_is_not_a_tensor_or_a_step_fn():
+    prior = fs.CopyPrior(V)
+    processor = prior.as_logits_processor(torch.tensor([[1]]))
+    for scores in (None, [[0.0] * V], np.zeros((1, V), dtype=np.float32)):
+        with pytest.raises(TypeError, match="scores must be a torch.Tensor"):
+            processor(torch.zeros(1, 1, dtype=torch.long), scores)
+    with pytest.raises(TypeError, match="scores must be a floating-point tensor"):
+        processor(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, V, dtype=torch.long))
+    with pytest.raises(TypeError, match="step_fn must be callable, got NoneType"):
+        prior.wrap_step_fn(None, torch.tensor([[1]]))
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor, got list"):
+        prior.wrap_step_fn(lambda tokens, beam_idx: [[0.0] * V], torch.tensor([[1]]))(
+            torch.zeros(1, 0, dtype=torch.long), torch.arange(1))
+
+
 def test_indicator_rejects_meta_tensors():
     prior = fs.CopyPrior(V)
-    with pytest.raises(ValueError, match="source_ids are on the meta device"):
+    with pytest.raises(ValueError, match="source_ids is on the meta device"):
         prior.indicator(torch.zeros(1, 2, dtype=torch.long, device="meta"))
     with pytest.raises(ValueError, match="source_mask is on the meta device"):
         prior.indicator(torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.bool, device="meta"))
@@ -224,7 +243,7 @@ def test_indicator_rejects_meta_tensors():
 
 def test_rejects_meta_logits_and_sparse_tensors():
     prior = fs.CopyPrior(V)
-    with pytest.raises(ValueError, match="logits are on the meta device"):
+    with pytest.raises(ValueError, match="logits is on the meta device"):
         prior(torch.zeros(1, V, device="meta"), torch.tensor([[1, 2]]))
     with pytest.raises(TypeError, match="logits must be a dense"):
         prior(torch.zeros(1, V).to_sparse(), torch.tensor([[1, 2]]))
