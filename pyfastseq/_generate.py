@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ._hf_cache import cache_kwarg, cache_of
-from ._validate import check_integer_dtype
+from ._validate import check_holds_values, check_integer_dtype
 
 
 def model_step_fn(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_beams: int,
@@ -31,12 +31,8 @@ def model_step_fn(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     _check_model_kwargs(model, model_kwargs, encoder_decoder)
     if attention_mask is None:
         attention_mask = _inferred_attention_mask(model, input_ids)
-    elif not isinstance(attention_mask, torch.Tensor):
-        raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
-    elif attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-    elif attention_mask.dtype.is_complex or not ((attention_mask == 0) | (attention_mask == 1)).all():
-        raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
+    else:
+        _check_attention_mask(attention_mask, input_ids)
     attention_mask = attention_mask.to(device)
     if encoder_decoder:
         return _EncoderDecoderStep(model, input_ids, attention_mask, num_beams, model_kwargs, device, vocab)
@@ -97,12 +93,24 @@ def _check_input_ids(input_ids: Any, vocab: int | None) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError("input_ids must be a 2-D [batch, length] tensor of token ids")
     check_integer_dtype(input_ids.dtype, "input_ids", "integer token ids")
+    check_holds_values(input_ids, "input_ids")
     if input_ids.shape[1] == 0 and input_ids.shape[0]:
         raise ValueError("input_ids must have at least one column: the prompt (or source) the model starts from")
     if input_ids.numel():
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or vocab is not None and hi >= vocab:
             raise ValueError(f"input_ids must lie in [0, {vocab}) (the model's vocabulary), got {lo if lo < 0 else hi}")
+
+
+def _check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
+    check_holds_values(attention_mask, "attention_mask")
+    if attention_mask.dtype.is_complex or not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
 
 
 def _device_of(model: Any, input_ids: torch.Tensor) -> torch.device:

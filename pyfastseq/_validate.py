@@ -70,10 +70,10 @@ def as_token_array(values: Any, name: str) -> np.ndarray:
     arr = as_array(values, name)
     if arr.ndim == 0:  # a lone number, None, a generator: NumPy wraps it as one element
         raise TypeError(f"{name} must be a sequence of integer token ids, got {type(values).__name__}")
-    if arr.size == 0:
-        return np.zeros(0, dtype=np.int32)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(arr.shape)}")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int32)
     return _checked_int32(arr, name)
 
 

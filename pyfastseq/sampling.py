@@ -17,7 +17,7 @@ import torch
 
 from ._backend import _C
 from ._validate import as_eos_id, is_int, pad_id_of
-from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _check_search_size, _host, _positive_int
+from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _check_search_size, _host, _positive_int, check_step_fn
 from .trie import Trie, check_eos_ends_entries
 
 __all__ = ["SampleOutput", "Sampler"]
@@ -132,6 +132,7 @@ class Sampler:
 
     def _run(self, step_fn: StepFn, batch_size: int, max_length: int | None, num_samples: int,
              on_end: EndHook | None = None) -> SampleOutput:
+        check_step_fn(step_fn)
         batch_size = _positive_int(batch_size, "batch_size")
         num_samples = _positive_int(num_samples, "num_samples")
         max_length = self.max_length if max_length is None else _positive_int(max_length, "max_length")
@@ -157,7 +158,8 @@ class Sampler:
         tokens = torch.zeros(rows, 0, dtype=torch.long)
         beam_idx = torch.arange(rows)
         for step in range(max_length):
-            logits = _host(_BeamSearchBase._checked_logits(step_fn(tokens, beam_idx), rows, self.tries, self.eos_id))
+            logits = _host(_BeamSearchBase._checked_logits(step_fn(tokens, beam_idx), rows, self.tries, self.eos_id,
+                                                            "batch_size * num_samples"))
             drawn, logprob, node = _sample_step(logits, temperature, self.top_k, self.top_p, seed, step, active,
                                                 nodes, natives, num_samples)
             live = active.copy()

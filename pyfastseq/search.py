@@ -21,7 +21,7 @@ from ._backend import _C
 from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
 from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_eos_id, as_token_array, finite_float, is_int, native_array, pad_id_of
+from ._validate import INT32_MAX, as_array, as_eos_id, as_token_array, finite_float, is_int, native_array, pad_id_of
 from .lookahead import LCSLookahead
 from .trie import Trie, check_eos_ends_entries
 
@@ -116,6 +116,7 @@ class _BeamSearchBase:
         more than 1,024 beams or a build without the CUDA module, every step runs on the CPU with
         CPU ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
         """
+        check_step_fn(step_fn)
         batch_size = _positive_int(batch_size, "batch_size")
         tries, start_nodes, eos_id, normalize_allowed = self._start(batch_size)
         rows = batch_size * self.num_beams
@@ -191,7 +192,8 @@ class _BeamSearchBase:
         return _backend.on_gpu(logits) and self.num_beams <= MAX_BEAMS and has_cuda_module()
 
     @staticmethod
-    def _checked_logits(logits: Any, rows: int, tries: Sequence[Trie], eos_id: int = -1) -> torch.Tensor:
+    def _checked_logits(logits: Any, rows: int, tries: Sequence[Trie], eos_id: int = -1,
+                        rows_name: str = "batch_size * num_beams") -> torch.Tensor:
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"step_fn must return a torch.Tensor of logits, got {type(logits).__name__}")
         if logits.layout != torch.strided:
@@ -202,7 +204,7 @@ class _BeamSearchBase:
             raise ValueError("logits returned by step_fn are on the meta device, which holds no values")
         if logits.dim() != 2 or logits.shape[0] != rows:
             raise ValueError(
-                f"logits returned by step_fn must have shape [batch_size * num_beams = {rows}, vocab], "
+                f"logits returned by step_fn must have shape [{rows_name} = {rows}, vocab], "
                 f"got {tuple(logits.shape)}"
             )
         if logits.shape[1] == 0:
@@ -382,6 +384,11 @@ class BeamSearch(_BeamSearchBase):
         return [], [], self.eos_id, False
 
 
+def check_step_fn(step_fn: Any) -> None:
+    if not callable(step_fn):
+        raise TypeError(f"step_fn must be callable as step_fn(tokens, beam_idx) -> logits, got {type(step_fn).__name__}")
+
+
 def _positive_int(value: Any, name: str) -> int:
     """``value`` as an int in [1, 2**31 - 1], the range of the native core's counts."""
     if not is_int(value):
@@ -407,8 +414,8 @@ def _checked_deltas(result: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
         row_offsets, deltas = result
     except (TypeError, ValueError) as exc:
         raise TypeError("lookahead.deltas must return (row_offsets, deltas)") from exc
-    offs = _as_numpy(row_offsets)
-    vals = _as_numpy(deltas)
+    offs = as_array(row_offsets, "lookahead.deltas row_offsets")
+    vals = as_array(deltas, "lookahead.deltas deltas")
     if offs.ndim != 1 or offs.shape[0] != rows + 1 or not np.issubdtype(offs.dtype, np.integer):
         raise ValueError(f"lookahead.deltas row_offsets must be 1-D integers of length {rows + 1}, got shape {offs.shape}")
     if vals.ndim != 1 or (vals.size and not np.issubdtype(vals.dtype, np.integer)):
@@ -419,12 +426,6 @@ def _checked_deltas(result: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
         beyond = int(vals.max()) if vals.max() > INT32_MAX else int(vals.min())
         raise ValueError(f"lookahead.deltas gave a delta of {beyond}, beyond the int32 range")
     return native_array(offs, np.int64), native_array(vals, np.int32)
-
-
-def _as_numpy(values: Any) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 def _beam_step(logits: torch.Tensor, beam_scores: torch.Tensor, num_beams: int, trie: Trie | None = None,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ._hf_cache import cache_kwarg
-from ._validate import as_token_array, check_integer_dtype
+from ._validate import INT32_MAX, as_token_array, check_holds_values, check_integer_dtype
 from .attention import hf
 
 __all__ = ["UniLM", "UniLMStep"]
@@ -191,8 +191,8 @@ class UniLMStep:
     def __init__(self, unilm: UniLM, sources: Sequence[Sequence[int]], num_beams: int):
         if isinstance(num_beams, bool) or not isinstance(num_beams, numbers.Integral):
             raise TypeError(f"num_beams must be an int, got {type(num_beams).__name__}")
-        if num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        if not 1 <= num_beams <= INT32_MAX:
+            raise ValueError(f"num_beams must lie in [1, 2**31 - 1], got {num_beams}")
         sources = _nonempty_list(sources, "sources", "token sequence")
         rows = [(unilm._token_ids(s, f"sources[{i}]"), []) for i, s in enumerate(sources)]
         self.unilm = unilm
@@ -301,6 +301,7 @@ def _check_ids(values: Any, name: str, bound: int) -> None:
     if not isinstance(values, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
     check_integer_dtype(values.dtype, name)
+    check_holds_values(values, name)
     if values.device.type == "cpu" and values.numel():
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= bound:

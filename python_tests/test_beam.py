@@ -464,11 +464,18 @@ def test_trie_beam__bad_lookahead_deltas():
     with pytest.raises(TypeError, match="lookahead.deltas"):
         fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=type("L", (), {"deltas": lambda *a: None})()).search(
             PrefixModel(8), 1)
+    meta = type("L", (), {"deltas": lambda self, trie, nodes, generated, batch_index: (
+        torch.zeros(len(nodes) + 1, dtype=torch.long, device="meta"), torch.zeros(0, dtype=torch.int32, device="meta"))})
+    with pytest.raises(ValueError, match="lookahead.deltas row_offsets is on the meta device"):
+        fs.TrieBeamSearch(TRIE, num_beams=2, lookahead=meta()).search(PrefixModel(8), 1)
 
 
-def test_search__bad_batch_size():
+def test_search__bad_batch_size_or_step_fn():
     with pytest.raises(ValueError, match="batch_size"):
         fs.BeamSearch(EOS).search(PrefixModel(8), 0)
+    for step_fn in (None, "model", TRIE):
+        with pytest.raises(TypeError, match=f"step_fn must be callable .* got {type(step_fn).__name__}"):
+            fs.BeamSearch(EOS).search(step_fn, 1)
 
 
 # -- the fused step alone, against log_softmax + dense mask + topk ------------------------------

@@ -262,6 +262,10 @@ def test_generate__bad_attention_mask_and_model(gpt2):
     for values in ([[1.0, float("nan")]], [[1, -5]], [[1, 2]]):
         with pytest.raises(ValueError, match=r"attention_mask must hold 0 \(padding\) and 1 \(token\) only"):
             fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=torch.tensor(values))
+    with pytest.raises(ValueError, match="attention_mask is on the meta device"):
+        fs.BeamSearch(EOS).generate(gpt2, torch.tensor([[4, 5]]), attention_mask=torch.ones(1, 2, device="meta"))
+    with pytest.raises(ValueError, match="input_ids is on the meta device"):
+        fs.BeamSearch(EOS).generate(gpt2, torch.ones(1, 2, dtype=torch.long, device="meta"))
     with pytest.raises(TypeError, match="model"):
         fs.BeamSearch(EOS).generate(object(), torch.tensor([[4, 5]]))
 

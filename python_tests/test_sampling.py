@@ -245,7 +245,7 @@ def test_nan_and_bad_logits():
         sampler.search(lambda t, b: nan, 2)
     with pytest.raises(ValueError, match="no finite logit"):
         sampler.search(lambda t, b: torch.full((2, 5), float("-inf")), 2)
-    with pytest.raises(ValueError, match=r"shape \[batch_size \* num_beams = 6"):
+    with pytest.raises(ValueError, match=r"shape \[batch_size \* num_samples = 6"):
         sampler.search(lambda t, b: torch.zeros(2, 5), 2, num_samples=3)
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
         sampler.search(lambda t, b: torch.zeros(2, 5, dtype=torch.float64), 2)
@@ -292,3 +292,5 @@ def test_bad_search_arguments():
         fs.Sampler().search(lambda t, b: torch.zeros(1, 5), 1, num_samples=0)
     with pytest.raises(TypeError, match="batch_size must be an int"):
         fs.Sampler().search(lambda t, b: torch.zeros(1, 5), "1")
+    with pytest.raises(TypeError, match="step_fn must be callable as step_fn.tokens, beam_idx. -> logits, got NoneType"):
+        fs.Sampler().search(None, 1)

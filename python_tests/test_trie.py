@@ -127,7 +127,8 @@ def test_extreme_ids_and_lengths():
                               (None, TypeError, "seq must be a sequence of integer token ids, got NoneType"),
                               (iter([0]), TypeError, "seq must be a sequence of integer token ids, got list_iterator"),
                               ({0}, TypeError, "seq must be a sequence of integer token ids, got set"),
-                              ([[0]], ValueError, r"seq must be 1-D, got shape \(1, 1\)")):
+                              ([[0]], ValueError, r"seq must be 1-D, got shape \(1, 1\)"),
+                              ([[]], ValueError, r"seq must be 1-D, got shape \(1, 0\)")):
         with pytest.raises(error, match=match):
             trie.walk(seq)
         with pytest.raises(error, match=match):

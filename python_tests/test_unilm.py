@@ -303,7 +303,9 @@ def test_loss_without_targets():
     (dict(num_beams=1.5), TypeError, "num_beams must be an int, got float"),
     (dict(num_beams="2"), TypeError, "num_beams must be an int, got str"),
     (dict(num_beams=True), TypeError, "num_beams must be an int, got bool"),
-    (dict(num_beams=0), ValueError, "num_beams must be >= 1"),
+    (dict(num_beams=0), ValueError, r"num_beams must lie in \[1, 2\*\*31 - 1\], got 0"),
+    (dict(num_beams=2**31), ValueError, r"num_beams must lie in \[1, 2\*\*31 - 1\], got 2147483648"),
+    (dict(num_beams=2**63), ValueError, r"num_beams must lie in \[1, 2\*\*31 - 1\]"),
     (dict(sources=None), TypeError, "sources must be a sequence of token sequences, got NoneType"),
     (dict(sources=[]), ValueError, "sources must hold at least one token sequence"),
     (dict(sources=[[2, 3], [2, VOCAB]]), ValueError, rf"sources\[1\] holds token id {VOCAB}"),
@@ -327,6 +329,8 @@ def test_step_fn_bad_arguments(kwargs, exc, match):
     (torch.ones(2, 1, dtype=torch.long), torch.tensor([0.0, 1.0]), TypeError, "beam_idx must hold integers"),
     (torch.ones(2, 1, dtype=torch.long), torch.arange(2)[:, None], ValueError, r"beam_idx must have shape \(2,\)"),
     (torch.ones(2, 1, dtype=torch.long), None, TypeError, "beam_idx must be a torch.Tensor"),
+    (torch.ones(2, 1, dtype=torch.long, device="meta"), torch.arange(2), ValueError, "tokens is on the meta device"),
+    (torch.ones(2, 1, dtype=torch.long), torch.arange(2, device="meta"), ValueError, "beam_idx is on the meta device"),
 ])
 def test_step_bad_call(tokens, beam_idx, exc, match):
     unilm = fs.UniLM(BertModel(tiny_config()).eval())
@@ -343,6 +347,7 @@ def test_step_bad_call(tokens, beam_idx, exc, match):
     (torch.tensor([0, 2]), ValueError, r"index must lie in \[0, 2\), got 2"),
     (torch.tensor([-1]), ValueError, r"index must lie in \[0, 2\), got -1"),
     (torch.tensor([[0, 1]]), ValueError, "index must be 1-D"),
+    (torch.tensor([0, 1], device="meta"), ValueError, "index is on the meta device"),
 ])
 def test_fork_bad_index(index, exc, match):
     step = fs.UniLM(BertModel(tiny_config()).eval()).step_fn([[2, 3]], num_beams=2)

@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .._validate import finite_float
+from .._validate import check_dense, finite_float
 from . import dropout
 from .reference import (
     check_lengths,
@@ -240,6 +240,7 @@ def _check_qkv(q, k, v) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_dense(t, name)
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D [B, H, L, D], got shape {tuple(t.shape)}")
         if t.dtype not in DTYPES:

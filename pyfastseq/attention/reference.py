@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from .._limits import check_memory
-from .._validate import check_integer_dtype
+from .._validate import INT32_MAX, check_dense, check_integer_dtype
 from . import dropout
 
 __all__ = ["unilm_mask", "unilm_attention_probs", "unilm_attention_reference", "unilm_attention_reference_lse",
@@ -40,6 +40,7 @@ def check_lengths(values, name: str, L: int, B: Optional[int] = None, L_name: st
     kernels clamp them into [0, L], and the mask's formula treats them as clamped too.
     """
     if isinstance(values, torch.Tensor):
+        check_dense(values, name)
         t = values
     else:
         try:
@@ -80,8 +81,8 @@ def unilm_mask(prefix_lens, seq_lens, L: int) -> torch.Tensor:
     """
     if isinstance(L, bool) or not isinstance(L, numbers.Integral):
         raise TypeError(f"L must be an int, got {type(L).__name__}")
-    if L < 0:
-        raise ValueError(f"L must be >= 0, got {L}")
+    if not 0 <= L <= INT32_MAX:
+        raise ValueError(f"L must lie in [0, 2**31 - 1], got {L}")
     L = int(L)
     prefix = check_lengths(prefix_lens, "prefix_lens", L)
     seq = None
@@ -100,7 +101,10 @@ def _mask(prefix: torch.Tensor, seq: Optional[torch.Tensor], L: int) -> torch.Te
     i = pos.view(1, L, 1)  # query
     j = pos.view(1, 1, L)  # key
     s = prefix.view(-1, 1, 1)
-    mask = (j < s) | (j <= i)  # [B, L, L]: the one full-size tensor; the rest narrow it in place
+    # [B, L, L]: the one full-size tensor, allocated first (an oversized one fails before any work);
+    # the rest narrow it in place.
+    mask = torch.empty((prefix.shape[0], L, L), dtype=torch.bool, device=prefix.device)
+    torch.logical_or(j < s, j <= i, out=mask)
     if seq is not None:
         n = seq.view(-1, 1, 1)
         mask &= i < n
