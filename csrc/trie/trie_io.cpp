@@ -240,7 +240,12 @@ std::unique_ptr<Trie> Trie::load(const std::string& path, bool mmap) {
   }
   // Before any of the payload is mapped or read: a file padded far past its header's size costs nothing.
   const uint64_t payload_bytes = Layout(header.num_nodes).total();
-  if (size - sizeof header != payload_bytes || header.payload_bytes != payload_bytes) {
+  if (header.payload_bytes != payload_bytes) {
+    ::close(fd);
+    fail("trie file is corrupt: its header gives a payload of ", header.payload_bytes, " bytes where ",
+         header.num_nodes, " nodes take ", payload_bytes);
+  }
+  if (size - sizeof header != payload_bytes) {
     ::close(fd);
     fail("trie file is truncated or has trailing bytes (payload ", size - sizeof header, " bytes, expected ",
          payload_bytes, ")");
