@@ -150,7 +150,8 @@ class Sampler:
         child_begin = [t._native.arrays()[0] for t in self.tries]  # views: no copy of a large trie
         nodes = np.zeros(rows, dtype=np.int32) if self.tries else None
 
-        out = np.full((rows, max_length), pad, dtype=np.int64)
+        # max_length bounds the search without sizing it: the token buffer doubles as the rows grow.
+        out = np.full((rows, min(max_length, 64)), pad, dtype=np.int64)
         lengths = np.zeros(rows, dtype=np.int64)
         scores = np.zeros(rows, dtype=np.float64)
         ends = np.zeros(rows, dtype=np.int64)
@@ -163,6 +164,8 @@ class Sampler:
             drawn, logprob, node = _sample_step(logits, temperature, self.top_k, self.top_p, seed, step, active,
                                                 nodes, natives, num_samples)
             live = active.copy()
+            if step == out.shape[1]:
+                out = np.hstack([out, np.full((rows, min(step, max_length - step)), pad, dtype=np.int64)])
             out[live, step] = drawn[live]
             lengths[live] += 1
             scores[live] += logprob[live]

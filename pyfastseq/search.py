@@ -112,7 +112,10 @@ class _BeamSearchBase:
         ignored). The search's kernels run on the GPU's current stream: logits made on another
         stream must be ready on it (``torch.cuda.current_stream().wait_stream(s)``) when
         ``step_fn`` returns. A lookahead's deltas are computed on the CPU from each step's trie
-        nodes and tokens (copied there, not the logits) while the GPU runs the model's step. With
+        nodes and tokens (copied there, not the logits) while the GPU runs the model's step. The CPU
+        search's token buffers grow with its hypotheses, as transformers' do, so a huge
+        ``max_length`` costs nothing when eos comes early; the GPU search's are ``[rows,
+        max_length]`` from the start (fixed shapes, so that a step can be captured in a CUDA graph). With
         more than 1,024 beams or a build without the CUDA module, every step runs on the CPU with
         CPU ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
         """

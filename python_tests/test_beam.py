@@ -251,6 +251,50 @@ def test_beam_search__one_beam__greedy_until_max_length():
     assert model.calls == 4
 
 
+def test_beam_search__past_the_first_buffer_width__matches_reference():
+    # 150 steps: the token buffers start 64 wide and double to 128, then to max_length.
+    vocab, seed, K, length = 6, 3, 3, 150
+    out = fs.BeamSearch(None, num_beams=K, max_length=length, length_penalty=0.0, num_return_sequences=K,
+                        output_token_scores=True).search(PrefixModel(vocab, seed), 1)
+    beams = [((), 0.0, ())]
+    for _ in range(length):
+        cands = [(p + (t,), s + float(lp[t]), ts + (float(lp[t]),)) for p, s, ts in beams
+                 for lp in [torch.log_softmax(prefix_logits(p, vocab, seed).double(), -1)] for t in range(vocab)]
+        beams = sorted(cands, key=lambda c: -c[1])[:K]
+    assert out.sequences == [[list(p) for p, _, _ in beams]]
+    np.testing.assert_allclose(out.scores[0], [s for _, s, _ in beams], rtol=1e-4)
+    np.testing.assert_allclose(out.token_scores[0], [ts for _, _, ts in beams], atol=1e-5)
+
+
+class EosAfter(PrefixModel):
+    """A PrefixModel whose rows all but rule token 0 out until ``steps`` tokens are in, and favour it
+    overwhelmingly from then on."""
+
+    def __init__(self, vocab: int, seed: int, steps: int):
+        super().__init__(vocab, seed)
+        self.steps = steps
+
+    def logprobs(self, prefix) -> torch.Tensor:
+        row = super().logprobs(prefix)
+        row[0] += 100.0 if len(prefix) >= self.steps else -100.0
+        return row
+
+
+@pytest.mark.parametrize("searcher", ["beam", "sampler"])
+def test_max_length_bounds_a_search_without_sizing_it(searcher):
+    # transformers allocates as it goes: a huge max_length with an eos that comes is an ordinary search.
+    def run(max_length):
+        if searcher == "beam":
+            return fs.BeamSearch(0, num_beams=4, max_length=max_length, num_return_sequences=4).search(
+                EosAfter(7, 1, 70), 2)
+        return fs.Sampler(eos_id=0, max_length=max_length, seed=5).search(EosAfter(7, 1, 70), 2, num_samples=3)
+
+    huge, bounded = run(2**31 - 1), run(80)
+    assert huge.sequences == bounded.sequences and huge.scores == bounded.scores
+    assert all(f for item in huge.finished for f in item)
+    assert max(len(s) for item in huge.sequences for s in item) > 64  # past the buffers' first width
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_trie_beam__half_logits__same_as_upcast(dtype):
     rng = random.Random(9)

@@ -10,7 +10,7 @@ namespace pyfastseq {
 
 BeamSearchState::BeamSearchState(const BeamConfig& config, std::vector<TrieView> tries,
                                  std::vector<int32_t> start_nodes)
-    : config_(config), tries_(std::move(tries)), width_(config.max_length) {
+    : config_(config), tries_(std::move(tries)), width_(std::min(config.max_length, kFirstWidth)) {
   const int32_t K = config_.num_beams, rows = num_rows();
   if (config_.batch_size < 1 || K < 1 || config_.max_length < 1)
     fail("batch_size, num_beams and max_length must be positive");
@@ -92,7 +92,28 @@ void BeamSearchState::check_open() const {
   if (length_ >= config_.max_length) fail("the search is already complete");
 }
 
+// Copies the first `used` entries of each of `rows` rows `from` wide into rows `to` wide.
+template <typename T>
+static void widen_rows(std::vector<T>& rows_of, int64_t rows, int32_t from, int32_t to, int32_t used, T fill) {
+  std::vector<T> wider(static_cast<size_t>(rows) * to, fill);
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(rows_of.begin() + r * from, used, wider.begin() + r * to);
+  rows_of.swap(wider);
+}
+
+void BeamSearchState::widen() {
+  const int32_t width = static_cast<int32_t>(std::min<int64_t>(config_.max_length, 2 * int64_t{width_}));
+  const int64_t rows = num_rows();
+  widen_rows(seq_, rows, width_, width, length_, config_.pad_id);
+  next_seq_.assign(seq_.size(), config_.pad_id);  // every running row is rewritten before it is read
+  if (config_.record_token_scores) {
+    widen_rows(token_scores_, rows, width_, width, length_, 0.0f);
+    next_token_scores_.assign(token_scores_.size(), 0.0f);
+  }
+  width_ = width;
+}
+
 bool BeamSearchState::advance() {
+  if (length_ == width_) widen();
   bool any_open = false;
   for (int32_t b = 0; b < config_.batch_size; ++b) {
     if (done_[b]) {

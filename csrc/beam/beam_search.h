@@ -55,7 +55,7 @@ class BeamSearchState {
   const std::vector<int32_t>& next_tokens() const { return next_tokens_; }
   const std::vector<int32_t>& beam_idx() const { return beam_idx_; }
   const std::vector<int32_t>& nodes() const { return nodes_; }  // -1 dead / done, kSpentNode ended
-  const std::vector<int32_t>& sequences() const { return seq_; }  // [rows, max_length], first length() valid
+  const std::vector<int32_t>& sequences() const { return seq_; }  // [rows, width], first length() valid
   const std::vector<std::vector<Hypothesis>>& results() const { return hypotheses_; }
 
  private:
@@ -65,15 +65,20 @@ class BeamSearchState {
   void advance_item(int32_t b);
   void add_hypothesis(int32_t b, int64_t c, bool finished);
   void kill_row(int32_t row);
+  void widen();  // doubles the token buffers' width, up to max_length
+
+  // The token buffers' first width: max_length bounds a search without sizing its buffers, which
+  // double as the hypotheses grow (max_length = 2**31 - 1 allocates nothing up front).
+  static constexpr int32_t kFirstWidth = 64;
 
   BeamConfig config_;
   std::vector<TrieView> tries_;
   int32_t length_ = 0;
-  int32_t width_ = 0;  // columns of seq_: max_length
+  int32_t width_ = 0;  // columns of seq_ and token_scores_
   std::vector<float> scores_;   // [rows], -inf: dead
   std::vector<int32_t> nodes_;  // [rows]
   std::vector<uint8_t> filler_, next_filler_;  // [rows] the row descends from a spare or ended beam
-  std::vector<int32_t> seq_, next_seq_;              // [rows, max_length]
+  std::vector<int32_t> seq_, next_seq_;              // [rows, width_]
   std::vector<float> token_scores_, next_token_scores_;  // same, when recorded
   std::vector<float> next_scores_;
   std::vector<int32_t> next_nodes_, next_tokens_, beam_idx_;
