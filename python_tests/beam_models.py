@@ -47,3 +47,15 @@ class ImpossibleAfter(PrefixModel):
         if tuple(prefix) == self.prefix:
             row[slice(None) if self.tokens is None else list(self.tokens)] = -float("inf")
         return row
+
+
+class ShiftedModel(PrefixModel):
+    """A PrefixModel with every logit moved by ``offset`` and rounded to float32: in exact arithmetic
+    the same log-probs, from logits far from zero."""
+
+    def __init__(self, vocab: int, seed: int, offset: float):
+        super().__init__(vocab, seed)
+        self.offset = offset
+
+    def logprobs(self, prefix) -> torch.Tensor:
+        return super().logprobs(prefix) + self.offset

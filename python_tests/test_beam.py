@@ -12,7 +12,7 @@ import torch
 
 import pyfastseq as fs
 from pyfastseq.reference.lcs import lookahead_reshape
-from beam_models import ImpossibleAfter, PrefixModel, prefix_logits
+from beam_models import ImpossibleAfter, PrefixModel, ShiftedModel, prefix_logits
 
 pytestmark = pytest.mark.native
 
@@ -130,6 +130,45 @@ def test_trie_beam__normalize_allowed__optimum_over_renormalised_probs():
     best = ranked(entries, vocab, 5, 0.0, allowed_of=allowed_of, renormalise=True)
     assert out.sequences[0] == [best[0][1]]
     assert out.scores[0][0] == pytest.approx(best[0][0], abs=1e-5)
+
+
+def float64_token_scores(model, seq, allowed_of=None):
+    """The log-probs a beam adds along ``seq``: log_softmax in float64 of the model's float32 logits,
+    over the allowed tokens alone with ``allowed_of``."""
+    scores = []
+    for t, token in enumerate(seq):
+        logits = model.logprobs(seq[:t]).double()
+        if allowed_of is None:
+            scores.append(float(torch.log_softmax(logits, -1)[token]))
+        else:
+            allowed = allowed_of(seq[:t])
+            scores.append(float(torch.log_softmax(logits[allowed], -1)[allowed.index(token)]))
+    return scores
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6, 3e8])
+@pytest.mark.parametrize("normalize", [None, "full", "allowed"])  # None: BeamSearch, unconstrained
+def test_search__logits_far_from_zero__scores_match_float64_log_softmax(normalize, offset):
+    # A log-prob is (x - max) - log(sum(exp(x - max))), as torch's log_softmax takes it: exact for x
+    # near the max however large the logits. x - logsumexp, the logsumexp rounded to float32 first,
+    # is off by up to half its ulp: 5e-4 at 1e4, 0.03 at 1e6, every log-prob 0 at 3e8 (where the
+    # float32 logits all round to 3e8). 1003 columns: whole vectors and a tail.
+    vocab = 1003
+    model = ShiftedModel(vocab, 2, offset)
+    allowed_of = None
+    if normalize is None:
+        searcher = fs.BeamSearch(EOS, num_beams=3, max_length=3, num_return_sequences=3, output_token_scores=True)
+    else:
+        trie = fs.Trie(random_entries(random.Random(2), vocab, 60, 1, 3), eos_id=EOS)
+        searcher = fs.TrieBeamSearch(trie, num_beams=3, max_length=trie.depth, normalize=normalize,
+                                     num_return_sequences=3, output_token_scores=True)
+        if normalize == "allowed":
+            allowed_of = lambda prefix: trie.children(trie.walk(prefix))[0].tolist()  # noqa: E731
+    out = searcher.search(model, batch_size=2)
+    for seq, score, token_scores in zip(sum(out.sequences, []), sum(out.scores, []), sum(out.token_scores, [])):
+        want = float64_token_scores(model, seq, allowed_of)
+        np.testing.assert_allclose(token_scores, want, rtol=0, atol=1e-5)
+        assert score == pytest.approx(sum(want) / len(seq), abs=1e-5)
 
 
 class FakeLookahead:

@@ -671,6 +671,44 @@ def test_cuda_step__nan_or_inf_anywhere_in_a_long_row__same_error_as_cpu(values,
     assert str(gpu.value) == str(cpu.value)
 
 
+def float64_log_probs(logits, trie, nodes, normalize):
+    """log_softmax in float64 of each row of float32 logits, -inf outside the row's allowed tokens (a
+    trie node's children, eos alone for an ended row), over those tokens alone under "allowed"."""
+    want = torch.log_softmax(logits.double(), -1)
+    for r, node in enumerate([] if trie is None else nodes.tolist()):
+        allowed = [EOS] if node == -2 else trie.children(node)[0].tolist()
+        kept = torch.log_softmax(logits[r, allowed].double(), -1) if normalize == "allowed" else want[r, allowed]
+        want[r] = -float("inf")
+        want[r, allowed] = kept
+    return want
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6, 3e8])
+@pytest.mark.parametrize("kind", ["dense", "full", "allowed", "wide"])
+def test_cuda_step__logits_far_from_zero__log_probs_match_float64_log_softmax(kind, offset, device):
+    # A log-prob is (x - max) - log(sum(exp(x - max))), exact for x near the max however large the
+    # logits; x - logsumexp, the logsumexp rounded to float32 first, is off by up to half its ulp
+    # (every log-prob 0 at 3e8). Constrained rows sit at the root, whose children are gathered (31 of
+    # them) or, when they are every token, read as a bitmap over the row; ended rows take eos alone.
+    batch, beams, vocab = 2, 4, 3001
+    trie = None if kind == "dense" else fs.Trie([[t, EOS] for t in range(2, vocab, 1 if kind == "wide" else 97)],
+                                                eos_id=EOS)
+    logits, scores, nodes = step_inputs(batch, beams, vocab, torch.float32, trie, seed=6)
+    logits += offset
+    if trie is not None:
+        nodes[nodes >= 0] = 0
+    normalize = "allowed" if kind == "allowed" else "full"
+    want = float64_log_probs(logits, trie, nodes, normalize)
+    for got in (search._beam_step(logits, scores, beams, trie, nodes, normalize),
+                search._beam_step_cuda(logits.to(device), scores, beams, trie, nodes, normalize)):
+        assert got["count"].min() > 0
+        for b, n in enumerate(got["count"].tolist()):
+            parent, token = got["parent"][b, :n].long(), got["token"][b, :n].long()
+            torch.testing.assert_close(got["logprob"][b, :n].double(), want[parent, token], rtol=0, atol=1e-5)
+            torch.testing.assert_close(got["score"][b, :n].double(), scores[parent].double() + want[parent, token],
+                                       rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mask", [-1e10, -1e20, "lowest"])
 @pytest.mark.parametrize("constrained", [False, True])

@@ -13,7 +13,7 @@ from scipy import stats
 import pyfastseq as fs
 from pyfastseq.reference.sampling import sampling_probs
 
-from beam_models import PrefixModel
+from beam_models import PrefixModel, ShiftedModel
 
 pytestmark = pytest.mark.native
 
@@ -121,6 +121,22 @@ def test_scores_are_model_log_probs_and_rows_end_at_eos():
             assert score == pytest.approx(expected, rel=1e-5, abs=1e-5)
             assert done == (seq[-1] == 2) and seq.count(2) == int(done)
             assert done or len(seq) == 9
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6, 3e8])
+@pytest.mark.parametrize("cut", ["none", "top_k", "top_p", "trie"])
+def test_scores_of_logits_far_from_zero__match_float64_log_softmax(cut, offset):
+    # A token's log-prob is (x - max) - log(sum(exp(x - max))), exact for x near the max however large
+    # the logits; x - logsumexp, the logsumexp rounded to float32 first, is off by up to half its ulp
+    # (every log-prob 0 at 3e8). Each cut draws by its own path; all report the same log-prob.
+    vocab = 1003
+    model = ShiftedModel(vocab, 3, offset)
+    kw = {"top_k": dict(top_k=5), "top_p": dict(top_p=0.9), "none": {},
+          "trie": dict(trie=fs.Trie([[t, 2] for t in range(3, vocab, 7)], eos_id=2))}[cut]
+    out = fs.Sampler(eos_id=2, max_length=3, seed=5, **kw).search(model, 2, num_samples=2)
+    for seq, score in zip(sum(out.sequences, []), sum(out.scores, [])):
+        logprobs = [torch.log_softmax(model.logprobs(seq[:t]).double(), -1)[token] for t, token in enumerate(seq)]
+        assert score == pytest.approx(float(sum(logprobs)), abs=1e-5)
 
 
 def test_min_ends_two():

@@ -7,6 +7,7 @@
 // children (partial sort); a batch item then merges its beams' lists by accumulated score, which is
 // exactly the top-k over beams x vocabulary that transformers takes (masked entries are -inf there).
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -16,6 +17,18 @@
 namespace pyfastseq {
 
 constexpr int32_t kSpentNode = -2;
+
+// A log-softmax normaliser, log(sum(exp(x))), kept as max + log_sum with max the largest x, so that
+// a log-prob is (x - max) - log_sum, as torch's log_softmax takes it: exact to float rounding for x
+// near the max however large the logits, where x - (max + log_sum) loses the bits of log_sum that
+// the rounded sum drops (all of them at |max| ~ 1e8). max is -inf when every x is, +inf when one is
+// (log_sum 0 in both).
+struct Normaliser {
+  float max = -INFINITY;
+  float log_sum = 0.0f;
+  PYFASTSEQ_HD float logprob(float x) const { return (x - max) - log_sum; }
+  PYFASTSEQ_HD float logsumexp() const { return max + log_sum; }
+};
 
 enum class LogitsDtype : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 

@@ -42,11 +42,11 @@ struct RowResult {
   int64_t detail = 0;
 };
 
-// A normaliser that leaves no log-prob defined: NaN logits, or a +inf one (every log-prob x - lse
-// would be -inf or NaN).
-inline RowResult normaliser_status(bool nan, float lse) {
+// A normaliser that leaves no log-prob defined: NaN logits, or a +inf one (every log-prob would be
+// -inf or NaN).
+inline RowResult normaliser_status(bool nan, float max) {
   if (nan) return {RowStatus::kNaN, 0};
-  if (lse == INFINITY) return {RowStatus::kInfinite, 0};
+  if (max == INFINITY) return {RowStatus::kInfinite, 0};
   return {};
 }
 
@@ -70,14 +70,14 @@ class StepKernel {
  private:
   RowResult full_row(int64_t r, const Bits* logits, RowCandidate* out) const {
     bool nan = false;
-    const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
-    if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
-    if (lse == -INFINITY) return {};  // every logit -inf: no token can follow
+    const Normaliser z = full_normaliser<Loader>(logits, p_.vocab, &nan);
+    if (const RowResult bad = normaliser_status(nan, z.max); bad.status != RowStatus::kOk) return bad;
+    if (z.max == -INFINITY) return {};  // every logit -inf: no token can follow
     thread_local std::vector<float> values;
     thread_local std::vector<int32_t> tokens;
     const int32_t keep = static_cast<int32_t>(std::min<int64_t>(p_.num_candidates, p_.vocab));
     const int32_t count = top_logits<Loader>(logits, p_.vocab, keep, p_.blocked_token, values, tokens);
-    for (int32_t i = 0; i < count; ++i) out[i] = {values[i] - lse, tokens[i], -1};
+    for (int32_t i = 0; i < count; ++i) out[i] = {z.logprob(values[i]), tokens[i], -1};
     pool_count_[r] = count;
     return {};
   }
@@ -114,27 +114,26 @@ class StepKernel {
       if (any_positive && n > 1) deltas = p_.deltas + begin;
     }
 
-    float lse;
+    Normaliser z;
     if (p_.normalize_allowed && !deltas) {
-      lse = children_logsumexp(kids);
+      z = children_normaliser(kids);
     } else {
       bool nan = false;
-      lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
-      if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
+      z = full_normaliser<Loader>(logits, p_.vocab, &nan);
+      if (const RowResult bad = normaliser_status(nan, z.max); bad.status != RowStatus::kOk) return bad;
     }
     // Every logit the normaliser covers is -inf: no child can follow (rather than -inf - -inf = NaN).
-    if (lse == -INFINITY) return {};
-    for (RowCandidate& c : kids) c.logprob -= lse;
+    if (z.max == -INFINITY) return {};
+    for (RowCandidate& c : kids) c.logprob = z.logprob(c.logprob);
     if (deltas) {
       // p^(1/(delta+1)) renormalised over the children to the mass they had (pyfastseq.reference.lcs.
       // lookahead_reshape): the seed's rule under normalize="allowed" (mass 1), and under "full" the
       // row keeps its total, so all-zero deltas are exactly the identity.
-      const float mass = p_.normalize_allowed ? 0.0f : children_logsumexp(kids);
+      const float mass = p_.normalize_allowed ? 0.0f : children_normaliser(kids).logsumexp();
       for (int64_t i = 0; i < n; ++i) kids[i].logprob /= static_cast<float>(deltas[i] + 1);
-      const float reshaped = children_logsumexp(kids);
-      if (reshaped == -INFINITY) return {};  // every child impossible: no mass to reshape, none follows
-      const float shift = mass - reshaped;
-      for (RowCandidate& c : kids) c.logprob += shift;
+      const Normaliser reshaped = children_normaliser(kids);
+      if (reshaped.max == -INFINITY) return {};  // every child impossible: no mass to reshape, none follows
+      for (RowCandidate& c : kids) c.logprob = reshaped.logprob(c.logprob) + mass;
     }
 
     if (p_.blocked_token >= 0 || p_.block_leaves) {
@@ -158,23 +157,25 @@ class StepKernel {
     float logprob = 0.0f;  // eos is the only allowed token
     if (!p_.normalize_allowed) {
       bool nan = false;
-      const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
-      if (const RowResult bad = normaliser_status(nan, lse); bad.status != RowStatus::kOk) return bad;
-      if (lse == -INFINITY) return {};
-      logprob = Loader::load(logits[p_.eos_id]) - lse;
+      const Normaliser z = full_normaliser<Loader>(logits, p_.vocab, &nan);
+      if (const RowResult bad = normaliser_status(nan, z.max); bad.status != RowStatus::kOk) return bad;
+      if (z.max == -INFINITY) return {};
+      logprob = z.logprob(Loader::load(logits[p_.eos_id]));
     }
     out[0] = {logprob, p_.eos_id, kSpentNode};
     pool_count_[r] = 1;
     return {};
   }
 
-  static float children_logsumexp(const std::vector<RowCandidate>& kids) {
-    float m = -INFINITY;
-    for (const RowCandidate& c : kids) m = std::max(m, c.logprob);
-    if (!std::isfinite(m)) return m;
+  // The normaliser of the children's values, summed in double.
+  static Normaliser children_normaliser(const std::vector<RowCandidate>& kids) {
+    Normaliser z;
+    for (const RowCandidate& c : kids) z.max = std::max(z.max, c.logprob);
+    if (!std::isfinite(z.max)) return z;
     double sum = 0.0;
-    for (const RowCandidate& c : kids) sum += std::exp(static_cast<double>(c.logprob - m));
-    return m + static_cast<float>(std::log(sum));
+    for (const RowCandidate& c : kids) sum += std::exp(static_cast<double>(c.logprob - z.max));
+    z.log_sum = static_cast<float>(std::log(sum));
+    return z;
   }
 
   static std::vector<RowCandidate>& scratch_candidates() {

@@ -66,9 +66,11 @@ __device__ __forceinline__ void record_error(unsigned long long* error, Pool poo
 
 // Records a normaliser that leaves no log-prob defined (NaN logits, or a +inf one) as row r's error;
 // whether it was one.
-__device__ __forceinline__ bool normaliser_failed(float lse, unsigned long long* error, Pool pool, int64_t r) {
-  if (lse == lse && lse != INFINITY) return false;
-  if (threadIdx.x == 0) record_error(error, pool, r, lse == lse ? BeamStepError::kInfinite : BeamStepError::kNaN, 0);
+__device__ __forceinline__ bool normaliser_failed(const Normaliser& z, unsigned long long* error, Pool pool,
+                                                  int64_t r) {
+  const float m = z.max;
+  if (m == m && m != INFINITY) return false;
+  if (threadIdx.x == 0) record_error(error, pool, r, m == m ? BeamStepError::kInfinite : BeamStepError::kNaN, 0);
   return true;
 }
 
@@ -77,16 +79,18 @@ struct ChildRow {
   const Bits* logits;
   TrieView trie;
   uint32_t lo;
-  float lse;
+  Normaliser z;
   int32_t blocked;
   bool block_leaves;
-  // Lookahead (null: none): p^(1/(delta+1)) renormalised, as (logprob / (delta + 1)) + shift.
+  // Lookahead (null: none): p^(1/(delta+1)) renormalised to the children's log-mass `mass`, as
+  // reshaped.logprob(logprob / (delta + 1)) + mass.
   const int32_t* deltas;
-  float shift;
+  Normaliser reshaped;
+  float mass;
   __device__ int32_t token(int32_t i) const { return trie.child_token[lo + i]; }
   __device__ float value(int32_t i) const {
-    const float logprob = to_float(logits[token(i)]) - lse;
-    return deltas ? logprob / static_cast<float>(deltas[i] + 1) + shift : logprob;
+    const float logprob = z.logprob(to_float(logits[token(i)]));
+    return deltas ? reshaped.logprob(logprob / static_cast<float>(deltas[i] + 1)) + mass : logprob;
   }
   __device__ uint32_t key(int32_t i) const {
     if (token(i) == blocked) return 0u;
@@ -103,14 +107,14 @@ struct BitmapRow {
   const Bits* logits;
   const uint32_t* bits;
   int64_t limit;
-  float lse;
+  Normaliser z;
   int32_t blocked;
-  __device__ float value(int32_t t) const { return to_float(logits[t]) - lse; }
+  __device__ float value(int32_t t) const { return z.logprob(to_float(logits[t])); }
   // -inf children enter, as gathered ones do.
   __device__ bool eligible(int64_t t, float) const {
     return t < limit && ((bits[t >> 5] >> (t & 31)) & 1u) && t != blocked;
   }
-  __device__ uint32_t key_of(int64_t t, float x) const { return eligible(t, x) ? order_key(x - lse) : 0u; }
+  __device__ uint32_t key_of(int64_t t, float x) const { return eligible(t, x) ? order_key(z.logprob(x)) : 0u; }
   __device__ uint32_t key(int32_t t) const { return eligible(t, 0.0f) ? order_key(value(t)) : 0u; }
   __device__ int64_t secondary(int32_t t) const { return t; }
 };
@@ -123,13 +127,13 @@ __device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits*
                                  uint32_t lo, uint32_t hi, const uint32_t* bits, int64_t words, Pool pool,
                                  unsigned long long* error, TopShared& sh, float* out_logprob, int32_t* out_token,
                                  int32_t* out_node) {
-  BitmapRow<Bits> items{logits, bits, words * 32, 0.0f, p.blocked_token};
+  BitmapRow<Bits> items{logits, bits, words * 32, Normaliser{}, p.blocked_token};
   KeepBest<BitmapRow<Bits>> seen{items};
-  const float lse = row_logsumexp(logits, p.vocab, sh, seen);
-  if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return 0;
-  items.lse = lse;
-  // x - lse rounds monotonically in x, so the kept logits' keys map to the items' keys.
-  const auto final_key = [&](uint32_t raw) { return order_key(from_order_key(raw) - lse); };
+  const Normaliser z = row_normaliser(logits, p.vocab, sh, seen);
+  if (normaliser_failed(z, error, pool, r) || z.max == -INFINITY) return 0;
+  items.z = z;
+  // (x - max) - log_sum rounds monotonically in x, so the kept logits' keys map to the items' keys.
+  const auto final_key = [&](uint32_t raw) { return order_key(z.logprob(from_order_key(raw))); };
   const int32_t k = kept_top(items, logits, p.vocab, p.num_candidates, seen.top, final_key, sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {
     const int32_t token = sh.item[t];
@@ -140,16 +144,16 @@ __device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits*
   return k;
 }
 
-// log(sum(exp(value(i)))) over a node's n children, summed in double as on the CPU.
+// The normaliser of a node's n children's value(i), summed in double as on the CPU.
 template <class Children>
-__device__ float children_logsumexp(const Children& children, int32_t n, TopShared& sh) {
+__device__ Normaliser children_normaliser(const Children& children, int32_t n, TopShared& sh) {
   float m = -INFINITY;
   for (int32_t i = threadIdx.x; i < n; i += kThreads) m = fmaxf(m, children.value(i));
   const float M = block_max(m, sh);
-  if (!isfinite(M)) return M;
+  if (!isfinite(M)) return {M, 0.0f};
   double sum = 0.0;
   for (int32_t i = threadIdx.x; i < n; i += kThreads) sum += exp(static_cast<double>(children.value(i) - M));
-  return M + static_cast<float>(log(block_sum(sum, sh.ds)));
+  return {M, static_cast<float>(log(block_sum(sum, sh.ds)))};
 }
 
 // Row r's lookahead deltas when they reshape it (a slice of one delta per child with some delta > 0
@@ -214,11 +218,11 @@ __device__ bool row_candidates(const BeamStepParams& p, Pool pool, unsigned long
   if (!p.nodes) {
     const DenseRow<Bits> items{logits, p.blocked_token};
     KeepBest<DenseRow<Bits>> seen{items};
-    const float lse = row_logsumexp(logits, p.vocab, sh, seen);
-    if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return true;  // -inf: no token can follow
+    const Normaliser z = row_normaliser(logits, p.vocab, sh, seen);
+    if (normaliser_failed(z, error, pool, r) || z.max == -INFINITY) return true;  // -inf: no token can follow
     const int32_t k = kept_top(items, logits, p.vocab, C, seen.top, [](uint32_t raw) { return raw; }, sh);
     for (int32_t t = threadIdx.x; t < k; t += kThreads) {
-      out_logprob[t] = items.value(sh.item[t]) - lse;
+      out_logprob[t] = z.logprob(items.value(sh.item[t]));
       out_token[t] = sh.item[t];
       out_node[t] = -1;
     }
@@ -237,9 +241,9 @@ __device__ bool row_candidates(const BeamStepParams& p, Pool pool, unsigned long
     if (p.eos_id < 0 || p.eos_id >= p.vocab || p.eos_id == p.blocked_token) return true;
     float logprob = 0.0f;
     if (!p.normalize_allowed) {
-      const float lse = row_logsumexp(logits, p.vocab, sh);
-      if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return true;
-      logprob = to_float(logits[p.eos_id]) - lse;
+      const Normaliser z = row_normaliser(logits, p.vocab, sh);
+      if (normaliser_failed(z, error, pool, r) || z.max == -INFINITY) return true;
+      logprob = z.logprob(to_float(logits[p.eos_id]));
     }
     if (threadIdx.x == 0) {
       out_logprob[0] = logprob;
@@ -304,20 +308,24 @@ __device__ bool row_candidates(const BeamStepParams& p, Pool pool, unsigned long
   bool failed;
   const int32_t* deltas = row_deltas(p, r, n, pool, error, sh, &failed);
   if (failed) return true;
-  ChildRow<Bits> items{logits, trie, lo, 0.0f, p.blocked_token, p.block_leaves, nullptr, 0.0f};
-  const float lse = p.normalize_allowed && !deltas ? children_logsumexp(items, n, sh) : row_logsumexp(logits, p.vocab, sh);
+  // The normaliser (0, 0) leaves values as they are: the children's own is taken over their logits.
+  const Normaliser identity{0.0f, 0.0f};
+  ChildRow<Bits> items{logits, trie, lo, identity, p.blocked_token, p.block_leaves, nullptr, identity, 0.0f};
+  const Normaliser z =
+      p.normalize_allowed && !deltas ? children_normaliser(items, n, sh) : row_normaliser(logits, p.vocab, sh);
   // Every logit the normaliser covers is -inf: no child can follow (rather than -inf - -inf = NaN,
   // which would rank first on the device), as on the CPU.
-  if (normaliser_failed(lse, error, pool, r) || lse == -INFINITY) return true;
-  items.lse = lse;
+  if (normaliser_failed(z, error, pool, r) || z.max == -INFINITY) return true;
+  items.z = z;
   if (deltas) {
     // The children keep the mass they had: 1 under normalize_allowed, their share of the row under
     // "full" (so all-zero deltas would be the identity), as on the CPU.
-    const float mass = p.normalize_allowed ? 0.0f : children_logsumexp(items, n, sh);
+    const float mass = p.normalize_allowed ? 0.0f : children_normaliser(items, n, sh).logsumexp();
     items.deltas = deltas;
-    const float reshaped = children_logsumexp(items, n, sh);
-    if (reshaped == -INFINITY) return true;  // every child impossible: no mass to reshape, none follows
-    items.shift = mass - reshaped;
+    const Normaliser reshaped = children_normaliser(items, n, sh);
+    if (reshaped.max == -INFINITY) return true;  // every child impossible: no mass to reshape, none follows
+    items.reshaped = reshaped;
+    items.mass = mass;
   }
   const int32_t k = bounded_top(items, n, C, bits_below(n), sh);
   for (int32_t t = threadIdx.x; t < k; t += kThreads) {

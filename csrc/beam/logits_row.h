@@ -95,7 +95,7 @@ struct Float16Loader {
 
 // 2^t for t <= 0: t = k + f with k an integer and |f| <= 1/2, 2^f by a degree-5 minimax polynomial
 // (relative error 2.3e-7 in float), times 2^k. Inputs below -125 give ~2^-125, harmless inside a
-// sum; NaN stays NaN, which is how row_logsumexp finds NaN logits. The AVX-512 builds
+// sum; NaN stays NaN, which is how row_normaliser finds NaN logits. The AVX-512 builds
 // (PYFASTSEQ_SCALEF) round and scale with one instruction each, the others use the 1.5 * 2^23
 // rounding trick and build 2^k's bits.
 PYFASTSEQ_INLINE Floats exp2_nonpositive(Floats t) {
@@ -216,7 +216,7 @@ PYFASTSEQ_INLINE int64_t collect_above(const typename Loader::Bits* row, int64_t
   return i;
 }
 
-// Whether any of row[begin, end) is NaN, for the blocks row_logsumexp does not sum.
+// Whether any of row[begin, end) is NaN, for the blocks row_normaliser does not sum.
 template <class Loader>
 PYFASTSEQ_INLINE bool any_nan(const typename Loader::Bits* row, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) {
@@ -226,18 +226,21 @@ PYFASTSEQ_INLINE bool any_nan(const typename Loader::Bits* row, int64_t begin, i
   return false;
 }
 
-// log(sum(exp(row))) over the whole row; sets *has_nan when any entry is NaN. The row is read from
-// memory once: each block of kBlock logits gets its max, then, while it is still in L1, its exp-sum
-// against the running max (the partial sums are rescaled when the max rises). A NaN never wins a
-// max comparison; it reaches the sum, and the sum tells. Each pass keeps two accumulators, so
-// neither waits on a single chain of dependent max or add instructions.
+// log(sum(exp(row))) over the whole row as m + log_sum: returns the row's max m and sets *log_sum to
+// log(sum(exp(row - m))) (0 where m is infinite), and *has_nan when any entry is NaN. The two stay
+// apart so that a log-prob can be taken as (x - m) - log_sum, exact for x near m however large the
+// logits. The row is read from memory once: each block of kBlock logits gets its max, then, while it
+// is still in L1, its exp-sum against the running max (the partial sums are rescaled when the max
+// rises). A NaN never wins a max comparison; it reaches the sum, and the sum tells. Each pass keeps
+// two accumulators, so neither waits on a single chain of dependent max or add instructions.
 template <class Loader>
-PYFASTSEQ_INLINE float row_logsumexp(const typename Loader::Bits* row, int64_t vocab, bool* has_nan) {
+PYFASTSEQ_INLINE float row_normaliser(const typename Loader::Bits* row, int64_t vocab, float* log_sum, bool* has_nan) {
   constexpr int64_t kBlock = 2048;
   const int64_t body = vocab & ~int64_t{kLanes - 1};
   float m = -INFINITY;
   Floats lane_sum = {};
   bool nan = false;
+  *log_sum = 0.0f;
   // Raises the running max to `top`, rescaling what was summed against the old one.
   auto raise_max = [&](float top) {
     if (!(top > m)) return;
@@ -262,14 +265,16 @@ PYFASTSEQ_INLINE float row_logsumexp(const typename Loader::Bits* row, int64_t v
       nan = nan || any_nan<Loader>(row, start, end);
       continue;
     }
-    const Floats shift = Floats{} - m * kLog2e;  // exp(x - m) = 2^(x log2(e) - m log2(e)): one FMA
+    // x - m first, exact near the max: an FMA of x log2(e) with a rounded m log2(e) would be off by
+    // that rounding, a few percent of each term at |m| ~ 1e6 and all of it at 1e8.
+    const Floats top = Floats{} + m;
     Floats sum0 = {}, sum1 = {};
     for (int64_t i = start; i < pairs_end; i += 2 * kLanes) {
       prefetch_lines<Loader, 2 * kLanes>(row + i + kBlock);
-      sum0 += exp2_nonpositive(Loader::load_lanes(row + i) * kLog2e + shift);
-      sum1 += exp2_nonpositive(Loader::load_lanes(row + i + kLanes) * kLog2e + shift);
+      sum0 += exp_nonpositive(Loader::load_lanes(row + i) - top);
+      sum1 += exp_nonpositive(Loader::load_lanes(row + i + kLanes) - top);
     }
-    if (pairs_end < end) sum0 += exp2_nonpositive(Loader::load_lanes(row + pairs_end) * kLog2e + shift);
+    if (pairs_end < end) sum0 += exp_nonpositive(Loader::load_lanes(row + pairs_end) - top);
     lane_sum += sum0 + sum1;
   }
   float top = -INFINITY;
@@ -282,10 +287,10 @@ PYFASTSEQ_INLINE float row_logsumexp(const typename Loader::Bits* row, int64_t v
   float sum = 0.0f;
   for (int j = 0; j < kLanes; ++j) sum += lane_sum[j];
   *has_nan = nan || sum != sum;
-  if (*has_nan || m == -INFINITY) return m;
-  if (m == INFINITY) return INFINITY;
+  if (*has_nan || m == -INFINITY || m == INFINITY) return m;
   for (int64_t i = body; i < vocab; ++i) sum += exp_nonpositive(Loader::load(row[i]) - m);
-  return m + std::log(sum);
+  *log_sum = std::log(sum);
+  return m;
 }
 
 }  // namespace pyfastseq

@@ -20,7 +20,7 @@ namespace pyfastseq {
 // The row passes of one faster build for one logits dtype.
 template <class Bits>
 struct SimdRowPasses {
-  float (*logsumexp)(const Bits* row, int64_t n, bool* nan);
+  float (*normaliser)(const Bits* row, int64_t n, float* log_sum, bool* nan);
   int64_t (*collect_above)(const Bits* row, int64_t begin, int64_t end, float threshold, float* logits,
                            int32_t* tokens, int32_t room, int32_t* count);
 };
@@ -34,17 +34,17 @@ const SimdRowPasses<typename Loader::Bits>* simd_row_passes() {
     return cpu_has_avx512() ? &avx512 : cpu_has_avx2_fma() ? &avx2 : nullptr;
   };
   if constexpr (std::is_same_v<Loader, Float32Loader>) {
-    static constexpr Passes avx512{pyfastseq_logsumexp_f32_avx512, pyfastseq_collect_above_f32_avx512};
-    static constexpr Passes avx2{pyfastseq_logsumexp_f32_avx2, pyfastseq_collect_above_f32_avx2};
+    static constexpr Passes avx512{pyfastseq_normaliser_f32_avx512, pyfastseq_collect_above_f32_avx512};
+    static constexpr Passes avx2{pyfastseq_normaliser_f32_avx2, pyfastseq_collect_above_f32_avx2};
     return pick(avx512, avx2);
   } else if constexpr (std::is_same_v<Loader, Float16Loader>) {
-    static constexpr Passes avx512{pyfastseq_logsumexp_f16_avx512, pyfastseq_collect_above_f16_avx512};
-    static constexpr Passes avx2{pyfastseq_logsumexp_f16_avx2, pyfastseq_collect_above_f16_avx2};
+    static constexpr Passes avx512{pyfastseq_normaliser_f16_avx512, pyfastseq_collect_above_f16_avx512};
+    static constexpr Passes avx2{pyfastseq_normaliser_f16_avx2, pyfastseq_collect_above_f16_avx2};
     return pick(avx512, avx2);
   } else {
     static_assert(std::is_same_v<Loader, BFloat16Loader>);
-    static constexpr Passes avx512{pyfastseq_logsumexp_bf16_avx512, pyfastseq_collect_above_bf16_avx512};
-    static constexpr Passes avx2{pyfastseq_logsumexp_bf16_avx2, pyfastseq_collect_above_bf16_avx2};
+    static constexpr Passes avx512{pyfastseq_normaliser_bf16_avx512, pyfastseq_collect_above_bf16_avx512};
+    static constexpr Passes avx2{pyfastseq_normaliser_bf16_avx2, pyfastseq_collect_above_bf16_avx2};
     return pick(avx512, avx2);
   }
 #else
@@ -52,12 +52,14 @@ const SimdRowPasses<typename Loader::Bits>* simd_row_passes() {
 #endif
 }
 
-// The log-sum-exp of a whole logits row (NaN reported through *nan): the one pass over every logit
-// that a full-vocabulary normaliser costs.
+// The log-softmax normaliser of a whole logits row (NaN reported through *nan): the one pass over
+// every logit that a full-vocabulary normaliser costs.
 template <class Loader>
-float full_logsumexp(const typename Loader::Bits* row, int64_t n, bool* nan) {
-  if (const auto* simd = simd_row_passes<Loader>()) return simd->logsumexp(row, n, nan);
-  return row_logsumexp<Loader>(row, n, nan);
+Normaliser full_normaliser(const typename Loader::Bits* row, int64_t n, bool* nan) {
+  Normaliser z;
+  const auto* simd = simd_row_passes<Loader>();
+  z.max = simd ? simd->normaliser(row, n, &z.log_sum, nan) : row_normaliser<Loader>(row, n, &z.log_sum, nan);
+  return z;
 }
 
 // collect_above (logits_row.h) in the fastest build.

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "beam/beam.h"
 #include "beam/block_select.cuh"
 
 namespace pyfastseq {
@@ -176,10 +177,10 @@ struct LseAndWatch {
   }
 };
 
-// log(sum(exp(row))) in one online pass of 16-byte loads; NaN when the row holds one. `watch`
-// sees every value this thread reads, with its column.
+// The row's normaliser in one online pass of 16-byte loads; its max is NaN when the row holds one.
+// `watch` sees every value this thread reads, with its column.
 template <class Bits, class Watch = NoWatch>
-__device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, Watch&& watch = NoWatch{}) {
+__device__ Normaliser row_normaliser(const Bits* row, int64_t vocab, TopShared& sh, Watch&& watch = NoWatch{}) {
   LseAndWatch<std::remove_reference_t<Watch>> visit{OnlineLse{}, watch};
   constexpr bool watched = !std::is_same_v<std::remove_reference_t<Watch>, NoWatch>;
   read_own_share<watched ? kWatchedRowLoads : kRowLoads>(row, vocab, visit);
@@ -187,10 +188,10 @@ __device__ float row_logsumexp(const Bits* row, int64_t vocab, TopShared& sh, Wa
   // Combine (m, s) across the block: the block max, then the rescaled sums.
   const float M = block_max(acc.m, sh);
   const bool any_nan = __syncthreads_or(acc.saw_nan()) != 0;
-  if (any_nan) return NAN;
-  if (M == -INFINITY || M == INFINITY) return M;
+  if (any_nan) return {NAN, 0.0f};
+  if (M == -INFINITY || M == INFINITY) return {M, 0.0f};
   const float part = acc.m == -INFINITY ? 0.0f : acc.s * expf(acc.m - M);
-  return M + logf(block_sum(part, sh.s));
+  return {M, logf(block_sum(part, sh.s))};
 }
 
 // A row's items: the vocabulary (unconstrained) or a node's children, ranked by value(i).

@@ -81,9 +81,9 @@ class SampleKernel {
     if (p_.active && !p_.active[r]) return {};
     const Bits* logits = static_cast<const Bits*>(p_.logits) + r * p_.row_stride;
     bool nan = false;
-    const float lse = full_logsumexp<Loader>(logits, p_.vocab, &nan);
+    const Normaliser z = full_normaliser<Loader>(logits, p_.vocab, &nan);
     if (nan) return {RowStatus::kNaN, 0};
-    if (!std::isfinite(lse)) return {RowStatus::kNoFinite, 0};
+    if (!std::isfinite(z.max)) return {RowStatus::kNoFinite, 0};
 
     // A temperature so small that 1 / t overflows (or is flushed to 0) is greedy: capping 1 / t
     // keeps (max - max) / t at 0 rather than 0 * inf = NaN.
@@ -94,8 +94,8 @@ class SampleKernel {
       std::vector<float>& w = weights();
       w.resize(p_.vocab);
       const double total = weights_of<Loader>(logits, p_.vocab, inv_t, w.data());
-      if (p_.top_p >= 1.0f) return finish(r, logits, lse, draw_from_weights(r, w, total), -1);
-      return finish(r, logits, lse, draw_top_p_of_row(r, logits, w, total, cands), -1);
+      if (p_.top_p >= 1.0f) return finish(r, logits, z, draw_from_weights(r, w, total), -1);
+      return finish(r, logits, z, draw_top_p_of_row(r, logits, w, total, cands), -1);
     }
     if (p_.nodes) {
       const RowResult gathered = gather_children(r, logits, cands);
@@ -107,7 +107,7 @@ class SampleKernel {
         cands.resize(end - cands.begin());
       }
     } else {
-      top_k_of_row(logits, zero_weight_below(lse, inv_t), cands);
+      top_k_of_row(logits, zero_weight_below(z.max, inv_t), cands);
     }
     float m = -INFINITY;
     for (const Cand& c : cands) m = std::max(m, c.x);
@@ -116,13 +116,13 @@ class SampleKernel {
     double total = 0.0;
     for (const Cand& c : cands) total += weight(c);
     const Cand& pick = draw_from(r, cands, weight, total);
-    return finish(r, logits, lse, pick.token, pick.node);
+    return finish(r, logits, z, pick.token, pick.node);
   }
 
  private:
-  RowResult finish(int64_t r, const Bits* logits, float lse, int32_t token, int32_t node) const {
+  RowResult finish(int64_t r, const Bits* logits, const Normaliser& z, int32_t token, int32_t node) const {
     p_.token[r] = token;
-    p_.logprob[r] = Loader::load(logits[token]) - lse;
+    p_.logprob[r] = z.logprob(Loader::load(logits[token]));
     p_.node[r] = node;
     return {};
   }
@@ -143,12 +143,12 @@ class SampleKernel {
   }
 
   // A logit at or below this weighs exactly 0 in the draw, exp((x - max) * inv_t) in double, which
-  // underflows below -745: the row's max is at least lse - log(vocab), and the floor lies a further
-  // 760 / inv_t below, less a margin for lse's rounding that also keeps the max above it when every
-  // logit is equal. Such logits never need collecting: a row masked with a finite fill (-1e9)
-  // would otherwise tie its whole masked rest with a k-th logit.
-  float zero_weight_below(float lse, float inv_t) const {
-    const double floor = lse - std::log(static_cast<double>(p_.vocab)) - (1.0 + 1e-4 * std::fabs(lse)) - 760.0 / inv_t;
+  // underflows below -745: the floor lies 760 / inv_t below the row's max, and a float step lower
+  // still, which covers its rounding and keeps the max above it when every logit is equal. Such
+  // logits never need collecting: a row masked with a finite fill (-1e9) would otherwise tie its
+  // whole masked rest with a k-th logit.
+  float zero_weight_below(float row_max, float inv_t) const {
+    const double floor = row_max - 760.0 / inv_t;
     return floor < -FLT_MAX ? -INFINITY : std::nextafter(static_cast<float>(floor), -INFINITY);
   }
 
