@@ -53,6 +53,13 @@ def check_holds_values(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} is on the meta device, which holds no values")
 
 
+def check_in_place_write(t: torch.Tensor, name: str, advice: str) -> None:
+    """``ValueError`` if ``t`` requires grad while autograd records: a native write into it would go
+    unrecorded, and the graph's gradient would not match the values. ``advice`` follows the reason."""
+    if t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} requires grad: {advice}")
+
+
 def check_integer_dtype(dtype: Any, name: str, what: str = "integers") -> None:
     """``TypeError`` unless ``dtype`` (torch's or NumPy's) holds integers; bool does not count."""
     if isinstance(dtype, torch.dtype):

@@ -14,8 +14,8 @@ from transformers import LogitsProcessor
 
 from . import _backend
 from ._backend import _C
-from ._validate import check_dense, check_integer_dtype, is_int
-from .trie import Trie, _overlapping
+from ._validate import check_dense, check_in_place_write, check_integer_dtype, is_int
+from .trie import Trie, _overlapping, nan_kept_error
 
 __all__ = ["TrieLogitsProcessor"]
 
@@ -85,6 +85,11 @@ class TrieLogitsProcessor(LogitsProcessor):
     As in ``PrefixConstrainedLogitsProcessor``, when every allowed score of every row of a batch item
     is -inf (an earlier processor masked them, e.g. ``min_new_tokens`` hiding eos), those rows get
     0 on their allowed tokens and -inf elsewhere, so the constraint still holds.
+
+    NaN at a score the processor keeps on a row with a continuation (a child of the row's node)
+    raises ``ValueError`` before anything is written, ``scores`` unchanged with ``inplace``; NaN
+    elsewhere is replaced by -inf, and rows without a continuation are handed back as they are. CUDA
+    scores are not read back for that check (it would synchronise the stream).
 
     Scores are float32, float16 or bfloat16, on CPU or CUDA. Processors passed to ``generate()`` run
     after its built-in ones, while ``PrefixConstrainedLogitsProcessor`` runs before
@@ -206,6 +211,9 @@ class TrieLogitsProcessor(LogitsProcessor):
             raise ValueError(f"scores must not be an expanded or self-overlapping view with inplace=True (strides "
                              f"{scores.stride()}): masking writes in place, and elements sharing memory would "
                              "overwrite each other")
+        if self.inplace:
+            check_in_place_write(scores, "scores", "inplace=True writes into it and records no gradient. Call "
+                                 "under torch.no_grad(), as generate() does, or leave inplace off")
         if scores.shape[1] <= self.trie.max_token:
             raise ValueError(f"the trie holds token id {self.trie.max_token} but scores has only "
                              f"{scores.shape[1]} columns (vocabulary)")
@@ -223,10 +231,12 @@ class TrieLogitsProcessor(LogitsProcessor):
             out = torch.empty_like(src, memory_format=torch.contiguous_format)
         all_neg_inf = torch.ones(len(nodes), dtype=torch.bool, device="cpu")
         if out.numel():
-            _C.trie_constrain(self.trie._native, src.data_ptr(), out.data_ptr(), out.shape[0], out.shape[1],
-                              src.stride(0), out.stride(0), _backend.ELEM_BYTES[out.dtype],
-                              _backend.fill_bits(float("-inf"), out.dtype), nodes.data_ptr(), all_neg_inf.data_ptr(),
-                              0 if previous is None else previous.data_ptr())
+            nan_row = _C.trie_constrain(self.trie._native, src.data_ptr(), out.data_ptr(), out.shape[0], out.shape[1],
+                                        src.stride(0), out.stride(0), _backend.ELEM_BYTES[out.dtype],
+                                        _backend.fill_bits(float("-inf"), out.dtype), nodes.data_ptr(),
+                                        all_neg_inf.data_ptr(), 0 if previous is None else previous.data_ptr())
+            if nan_row >= 0:
+                raise nan_kept_error("scores", nan_row)
         if self.inplace and out is not scores:
             out = scores.copy_(out)
         return out, all_neg_inf.numpy()

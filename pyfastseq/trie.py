@@ -13,8 +13,8 @@ import torch
 from . import _backend
 from ._backend import _C
 from ._limits import check_memory
-from ._validate import (INT32_MAX, as_array, as_eos_id, as_token_array, check_dense, check_integer_dtype,
-                        flatten_sequences, is_int, native_array)
+from ._validate import (INT32_MAX, as_array, as_eos_id, as_token_array, check_dense, check_holds_values,
+                        check_in_place_write, check_integer_dtype, flatten_sequences, is_int, native_array)
 
 __all__ = ["Trie"]
 
@@ -235,11 +235,14 @@ class Trie:
             nodes: ``[N]`` node ids; -1 marks a row with no continuation, which is filled entirely.
             fill: the value masked entries get.
 
-        Returns ``logits``. ``V`` must exceed :attr:`max_token`.
+        Returns ``logits``. ``V`` must exceed :attr:`max_token`. NaN at a token a row keeps (a child
+        of its node) raises ``ValueError`` before anything is written; NaN elsewhere is filled over
+        like any other logit. CUDA logits are not read back for that check (it would synchronise the
+        stream): their NaNs stay where the mask keeps them.
         """
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-        check_dense(logits, "logits")
+        check_holds_values(logits, "logits")
         if logits.dtype not in _backend.ELEM_BYTES:
             raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
         if logits.dim() != 2:
@@ -265,11 +268,9 @@ class Trie:
             fill = float(fill)
         except OverflowError:
             raise ValueError(f"fill must be a number a float can hold, got {fill}") from None
-        if logits.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                "logits requires grad: mask_logits writes in place and records no gradient. Mask under "
-                "torch.no_grad(), or add a mask made from zeros: logits + trie.mask_logits(torch.zeros_like(logits), nodes)"
-            )
+        check_in_place_write(logits, "logits", "mask_logits writes in place and records no gradient. Mask under "
+                             "torch.no_grad(), or add a mask made from zeros: logits + "
+                             "trie.mask_logits(torch.zeros_like(logits), nodes)")
         node_tensor = _node_tensor(nodes, logits.shape[0], logits.device)
         child_begin, child_token = self._arrays_on(logits.device)
         torch.ops.pyfastseq.trie_mask_(logits, node_tensor, child_begin, child_token, fill)
@@ -425,9 +426,12 @@ def _trie_mask_op(
                 raise _bad_node(nodes, int(bad.nonzero()[0, 0]), num_nodes)
             launch_trie_mask_cuda(target, nodes, child_begin, child_token, fill)
         else:
-            row = _C.trie_mask(*_mask_args(target, nodes, child_begin, child_token, fill))
-            if row >= 0:
-                raise _bad_node(nodes, row, num_nodes)
+            bad_node_row, nan_row = _C.trie_mask(*_mask_args(target, nodes, child_begin, child_token, fill),
+                                                 _backend.fill_bits(float("inf"), target.dtype))
+            if bad_node_row >= 0:
+                raise _bad_node(nodes, bad_node_row, num_nodes)
+            if nan_row >= 0:
+                raise nan_kept_error("logits", nan_row)
     if target is not logits:
         logits.copy_(target)
 
@@ -455,6 +459,11 @@ def _bad_node(nodes: torch.Tensor, row: int, num_nodes: int) -> ValueError:
     value = int(nodes[row])
     shown = f"{value} or a value beyond the int32 range" if value == torch.iinfo(torch.int32).min else str(value)
     return ValueError(f"nodes[{row}] must be -1 or a node id in [0, {num_nodes}), got {shown}")
+
+
+def nan_kept_error(name: str, row: int) -> ValueError:
+    """The error for NaN in row ``row`` of the logits ``name`` at a token the trie allows there."""
+    return ValueError(f"{name} row {row} holds NaN at a token its trie node allows, where masking would keep it")
 
 
 @_trie_mask_op.register_fake

@@ -488,6 +488,76 @@ def test_scores_sharing_memory__expanded__mode(expanded, mode):
         assert torch.equal(proc(ids, scores), expected)
 
 
+def reference_constrain(ids, scores, dict_trie, start):
+    """masked_fill with each row's allowed tokens from the dict trie (every token where it has none)."""
+    allowed = reference_fn(dict_trie, start, scores.shape[1])
+    keep = torch.zeros(scores.shape, dtype=torch.bool)
+    for row, sent in enumerate(ids):
+        keep[row, allowed(row, sent)] = True
+    return scores.masked_fill(~keep, float("-inf"))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("where", ["allowed", "disallowed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nan_scores__raise_where_the_processor_keeps_them__dtype__where__mode(dtype, where, mode):
+    rng = np.random.default_rng(4)
+    seqs = catalogue(4)
+    trie, dict_trie = fs.Trie(seqs, eos_id=EOS), DictTrie(seqs, eos_id=EOS)
+    ids = torch.tensor([[3, 4, s[0]] for s in seqs[:10]] + [[3, 4, 2], [3, 4, EOS]])  # the last two: no continuation
+    allowed = [dict_trie.children(sent[2:].tolist()) for sent in ids]
+    row = 5
+    proc = fs.hf.TrieLogitsProcessor(trie, prompt_len=2, **MODES[mode])
+    proc(ids, torch.randn(12, VOCAB).to(dtype))  # reuse_output: a buffer to rewrite in part next
+    scores = torch.randn(12, VOCAB).to(dtype)
+    if where == "allowed":
+        scores[row, allowed[row][0]] = float("nan")
+    else:
+        scores[row, rng.choice(sorted(set(range(VOCAB)) - set(allowed[row])))] = float("nan")
+    before = scores.clone()
+    if where == "allowed":
+        with pytest.raises(ValueError, match=rf"^scores row {row} holds NaN at a token its trie node allows"):
+            proc(ids, scores)
+        torch.testing.assert_close(scores, before, rtol=0, atol=0, equal_nan=True)  # nothing written
+        scores[row, allowed[row][0]] = 0.0  # and the processor goes on
+        before = scores.clone()
+    torch.testing.assert_close(proc(ids, scores), reference_constrain(ids, before, dict_trie, 2), rtol=0, atol=0)
+
+
+def test_nan_scores_of_rows_without_a_continuation_are_handed_back():
+    # Such rows keep every score, and the processor never raises on the finished rows it is handed.
+    trie = fs.Trie([[5, 7], [9]], eos_id=EOS)
+    ids = torch.tensor([[5, 7, EOS, PAD], [9, EOS, PAD, PAD]])
+    scores = torch.full((2, 12), float("nan"))
+    torch.testing.assert_close(fs.hf.TrieLogitsProcessor(trie)(ids, scores), scores, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.cuda
+def test_nan_scores_on_a_gpu_are_not_read_back():
+    trie = fs.Trie([[5, 7], [9]], eos_id=EOS)
+    scores = torch.zeros(1, 12, device="cuda")
+    scores[0, 5] = float("nan")
+    got = fs.hf.TrieLogitsProcessor(trie)(torch.zeros(1, 0, dtype=torch.long, device="cuda"), scores)
+    assert got[0, 5].isnan() and got.isneginf().sum() == 10
+
+
+def test_inplace_scores_requiring_grad__raise():
+    # A native write into them would go unrecorded: the graph's gradient would not match the values.
+    trie = fs.Trie([[5, 7], [9]], eos_id=EOS)
+    ids = torch.tensor([[5], [9]])
+    proc = fs.hf.TrieLogitsProcessor(trie, inplace=True)
+    x = torch.randn(2, 12, requires_grad=True)
+    for scores in (x, x * 2, torch.nn.Parameter(torch.randn(2, 12))):
+        before = scores.detach().clone()
+        with pytest.raises(ValueError, match="scores requires grad: inplace=True writes into it"):
+            proc(ids, scores)
+        assert torch.equal(scores.detach(), before)
+    expected = fs.hf.TrieLogitsProcessor(trie)(ids, x)
+    with torch.no_grad():
+        assert proc(ids, x) is x
+    assert torch.equal(x.detach(), expected)
+
+
 # -- inside model.generate ------------------------------------------------------------------------
 
 

@@ -317,3 +317,73 @@ def test_logits_requiring_grad__raise_and_the_additive_mask_differentiates():
     got, x.grad = x.grad, None
     (torch.log_softmax(x.masked_fill(~allowed, float("-inf")), -1).exp() * weights).sum().backward()
     torch.testing.assert_close(got, x.grad)
+
+
+def rows_with_nan(rng, allowed, vocab, where, dtype, layout):
+    """Random logits with NaN in a row that has children: at one of them (``where="allowed"``), or
+    at a token it does not allow and across every row of node -1 (``"disallowed"``); the NaN row."""
+    base = torch.randn(len(allowed), vocab).to(dtype)
+    logits = base if layout == "contiguous" else base.t().contiguous().t()  # column stride != 1: copied
+    row = next(r for r in range(len(allowed)) if allowed[r] and r > 0)
+    if where == "allowed":
+        logits[row, allowed[row][-1]] = float("nan")
+    else:
+        logits[row, rng.choice(sorted(set(range(vocab)) - set(allowed[row])))] = float("nan")
+        logits[[r for r in range(len(allowed)) if not allowed[r]]] = float("nan")
+    return logits, row
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("where", ["allowed", "disallowed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_logits__raise_where_the_mask_keeps_them__dtype__where__layout(dtype, where, layout):
+    rng = np.random.default_rng(21)
+    _, trie, ref = random_trie(rng, 60, 40, 4, eos_id=0)
+    nodes, allowed = rows_for(trie, ref, rng, 24)
+    assert -1 in nodes
+    logits, row = rows_with_nan(rng, allowed, 60, where, dtype, layout)
+    before = logits.clone()
+    if where == "allowed":
+        with pytest.raises(ValueError, match=rf"^logits row {row} holds NaN at a token its trie node allows"):
+            trie.mask_logits(logits, nodes)
+        torch.testing.assert_close(logits, before, rtol=0, atol=0, equal_nan=True)  # nothing written
+    else:  # NaN the mask overwrites is no error
+        assert trie.mask_logits(logits, nodes) is logits
+        torch.testing.assert_close(logits, reference_mask(before, allowed), rtol=0, atol=0)
+        assert not logits.isnan().any()
+
+
+def test_nan_logits__the_first_row_is_named_on_the_threaded_path():
+    rng = np.random.default_rng(3)
+    _, trie, ref = random_trie(rng, 5000, 400, 6)
+    children = ref.children([])
+    assert 600 * len(children) >= 2**17  # the NaN check's rows run on threads
+    logits = torch.randn(600, 5000)
+    logits[[450, 100, 599], [children[0], children[-1], children[1]]] = float("nan")
+    before = logits.clone()
+    with pytest.raises(ValueError, match="logits row 100 holds NaN"):
+        trie.mask_logits(logits, [trie.root] * 600)
+    torch.testing.assert_close(logits, before, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.cuda), "emulated"])
+def test_nan_logits_on_a_gpu_are_not_read_back(device, request):
+    # Validating them would synchronise the stream: the CUDA mask keeps a NaN it is given.
+    device = torch_device(device, request)
+    trie = fs.Trie([[1, 2], [3]])
+    logits = torch.zeros(2, 5, device=device)
+    logits[0, 3] = float("nan")
+    trie.mask_logits(logits, [trie.root, trie.walk([1])])
+    expected = reference_mask(torch.zeros(2, 5), [[1, 3], [2]])
+    expected[0, 3] = float("nan")
+    torch.testing.assert_close(logits.cpu(), expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("logits, error, match", [
+    (torch.empty(2, 64, device="meta"), ValueError, "logits is on the meta device, which holds no values"),
+    (torch.zeros(2, 64).to_sparse(), TypeError, r"logits must be a dense \(strided\) tensor"),
+], ids=["meta", "sparse"])
+def test_logits_holding_no_values__raise_before_nodes_are_read(logits, error, match):
+    # Node 99 is out of range: a check of the nodes would name it instead.
+    with pytest.raises(error, match=match):
+        fs.Trie([[1, 2], [3]]).mask_logits(logits, [0, 99])

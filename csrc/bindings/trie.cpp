@@ -107,16 +107,23 @@ void bind_trie(py::module_& m) {
   m.def(
       "trie_mask",
       [](uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, int32_t elem_bytes,
-         uint32_t fill_bits, uintptr_t nodes, uintptr_t child_begin, uintptr_t child_token, int32_t num_nodes) {
-        const TrieMaskParams p = trie_mask_params(logits, rows, vocab, row_stride, elem_bytes, fill_bits, nodes,
-                                                 child_begin, child_token, num_nodes);
-        py::gil_scoped_release release;
-        return run_trie_mask_cpu(p);
+         uint32_t fill_bits, uintptr_t nodes, uintptr_t child_begin, uintptr_t child_token, int32_t num_nodes,
+         uint32_t inf_bits) {
+        TrieMaskParams p = trie_mask_params(logits, rows, vocab, row_stride, elem_bytes, fill_bits, nodes,
+                                           child_begin, child_token, num_nodes);
+        p.inf_bits = inf_bits;
+        TrieMaskRefusal refusal;
+        {
+          py::gil_scoped_release release;
+          refusal = run_trie_mask_cpu(p);
+        }
+        return std::make_pair(refusal.bad_node_row, refusal.nan_row);
       },
       py::arg("logits_ptr"), py::arg("rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("elem_bytes"),
       py::arg("fill_bits"), py::arg("nodes_ptr"), py::arg("child_begin_ptr"), py::arg("child_token_ptr"),
-      py::arg("num_nodes"),
-      "Mask [rows, vocab] logits in place; returns -1 or the first row whose node is out of range.");
+      py::arg("num_nodes"), py::arg("inf_bits"),
+      "Mask [rows, vocab] logits in place, unless it returns a row other than -1 in (bad_node_row, nan_row): the "
+      "first row whose node is out of range, else the first with NaN at a child token (inf_bits: +inf's bits).");
 
   m.def(
       "trie_walk",
@@ -162,13 +169,14 @@ void bind_trie(py::module_& m) {
               fail(ids == p.nodes ? "nodes[" : "previous_nodes[", r, "] must be -1 or a node id in [0, ",
                    t.num_nodes(), "), got ", ids[r]);
         }
-        run_trie_constrain_cpu(p);
+        return run_trie_constrain_cpu(p);
       },
       py::arg("trie"), py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("rows"), py::arg("vocab"),
       py::arg("src_row_stride"), py::arg("dst_row_stride"), py::arg("elem_bytes"), py::arg("neg_inf_bits"),
       py::arg("nodes_ptr"), py::arg("all_neg_inf_ptr"), py::arg("previous_nodes_ptr") = 0,
       "Write each row's allowed scores (all where it has no continuation) and -inf elsewhere into dst (may be "
-      "src); with previous_nodes_ptr, dst holds the output for those nodes and only what changed is rewritten.");
+      "src); with previous_nodes_ptr, dst holds the output for those nodes and only what changed is rewritten. "
+      "Returns -1, or the first row with NaN at a child token of its node, having written nothing.");
 }
 
 }  // namespace pyfastseq

@@ -2,11 +2,13 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
+#include "common/parallel.h"
 #include "trie/trie_view.h"
 
 namespace pyfastseq {
@@ -60,6 +62,34 @@ inline void fill_outside_children(Bits* row, int64_t vocab, Bits fill, int32_t n
     }
   }
   fill_span(row + next, row + vocab, fill, streaming);
+}
+
+// `bits` with the sign bit cleared.
+template <class Bits>
+inline Bits magnitude(Bits bits) {
+  return static_cast<Bits>(bits & (static_cast<Bits>(~Bits{0}) >> 1));
+}
+
+// The first row holding NaN at a child token of its node, or -1. Those are the only entries of a row
+// that a mask keeps, so a mask checks them, and only them, before it writes anything: a read that is
+// small next to the fill except at nodes whose children cover much of the vocabulary (a title trie's
+// root). `inf` is +inf's bits in the logits dtype (a NaN's bits, sign aside, exceed them); nodes must
+// be -1 or valid ids.
+template <class Bits>
+int64_t first_row_with_nan_child(const Bits* logits, int64_t rows, int64_t row_stride, const int32_t* nodes,
+                                 const TrieView& trie, Bits inf) {
+  int64_t children = 0;
+  for (int64_t r = 0; r < rows; ++r) children += nodes[r] < 0 ? 0 : trie.num_children(nodes[r]);
+  std::vector<uint8_t> has_nan(rows);
+  parallel_for(rows, children / std::max<int64_t>(rows, 1), [&](int64_t r) {
+    if (nodes[r] < 0) return;
+    const Bits* row = logits + r * row_stride;
+    const int32_t* tokens = trie.child_token;
+    has_nan[r] = std::any_of(tokens + trie.child_begin[nodes[r]], tokens + trie.child_begin[nodes[r] + 1],
+                             [&](int32_t token) { return magnitude(row[token]) > inf; });
+  });
+  const auto first = std::find(has_nan.begin(), has_nan.end(), 1);
+  return first == has_nan.end() ? -1 : first - has_nan.begin();
 }
 
 }  // namespace pyfastseq

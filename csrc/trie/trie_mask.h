@@ -18,6 +18,7 @@ struct TrieMaskParams {
   int32_t elem_bytes = 4;      // 2 or 4
   uint32_t fill_bits = 0;      // the fill value's bits in the logits dtype
   const int32_t* nodes = nullptr;  // [rows], each -1 or a node id
+  uint32_t inf_bits = 0;       // CPU: +inf's bits in the logits dtype, to tell NaN
   TrieView trie;
 };
 
@@ -39,9 +40,16 @@ inline TrieMaskParams trie_mask_params(uintptr_t logits, int64_t rows, int64_t v
   return p;
 }
 
-// CPU. Returns -1 on success or the index of the first row whose node is out of range (nothing is
-// written then). Children with token >= vocab are the caller's to rule out (Trie::max_token()).
-int64_t run_trie_mask_cpu(const TrieMaskParams& params);
+// Why run_trie_mask_cpu wrote nothing: the first row whose node is out of range, else the first row
+// with NaN at a child token of its node (a NaN the mask would keep); -1 where there is none.
+struct TrieMaskRefusal {
+  int64_t bad_node_row = -1;
+  int64_t nan_row = -1;
+};
+
+// CPU. Writes nothing when it refuses a row. Children with token >= vocab are the caller's to rule
+// out (Trie::max_token()).
+TrieMaskRefusal run_trie_mask_cpu(const TrieMaskParams& params);
 
 // CUDA: every pointer (trie arrays included) is device memory; launched on `stream`, asynchronous.
 // Node ids must be validated by the caller. Returns a cudaError_t value (0 on success).

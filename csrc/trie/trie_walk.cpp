@@ -11,11 +11,13 @@ namespace pyfastseq {
 namespace {
 
 template <class Bits>
-void constrain_rows(const TrieConstrainParams& p) {
+int64_t constrain_rows(const TrieConstrainParams& p) {
   const auto* src = static_cast<const Bits*>(p.src);
   auto* dst = static_cast<Bits*>(p.dst);
   const Bits neg_inf = static_cast<Bits>(p.neg_inf_bits);
   const TrieView& trie = p.trie;
+  const int64_t nan_row = first_row_with_nan_child(src, p.rows, p.src_row_stride, p.nodes, trie, magnitude(neg_inf));
+  if (nan_row >= 0) return nan_row;
   // A dst apart from src is the processor's output, most often just faulted in and zeroed, its
   // lines already cached: ordinary stores are then faster than streaming ones, which would first
   // evict them.
@@ -45,6 +47,7 @@ void constrain_rows(const TrieConstrainParams& p) {
     if (!sparse) fill_outside_children(out, p.vocab, neg_inf, node, trie, streaming);
   });
   streaming_store_fence();
+  return -1;
 }
 
 }  // namespace
@@ -60,11 +63,11 @@ void run_trie_walk_cpu(const TrieWalkParams& p) {
   });
 }
 
-void run_trie_constrain_cpu(const TrieConstrainParams& p) {
+int64_t run_trie_constrain_cpu(const TrieConstrainParams& p) {
   // A separate dst written in full is the processor's output, most often a new tensor.
   if (p.dst != p.src && !p.previous_nodes && p.rows > 0)
     advise_huge_pages(p.dst, static_cast<size_t>((p.rows - 1) * p.dst_row_stride + p.vocab) * p.elem_bytes);
-  if (p.elem_bytes == 2) constrain_rows<uint16_t>(p); else constrain_rows<uint32_t>(p);
+  return p.elem_bytes == 2 ? constrain_rows<uint16_t>(p) : constrain_rows<uint32_t>(p);
 }
 
 }  // namespace pyfastseq

@@ -28,7 +28,8 @@ void run_trie_walk_cpu(const TrieWalkParams& params);
 // with no continuation (node -1 or a leaf) keeps every score, as `prefix_allowed_tokens_fn` users
 // allow every token there. all_neg_inf[r] := 1 when every score the row kept is -inf (the constraint
 // is unsatisfiable there). dst may be src (in place). Values are handled as bits, so fp32/fp16/bf16
-// share one code path; one pass writes each dst entry once.
+// share one code path; one pass writes each dst entry once. Returns -1, or the first row with NaN
+// at a child token of its node, having written nothing (a row with no continuation is not checked).
 //
 // With previous_nodes, dst already holds this function's output for those nodes (same rows, vocab
 // and strides, then untouched): a row whose previous node had children is -inf outside them, so
@@ -48,6 +49,6 @@ struct TrieConstrainParams {
   TrieView trie;
 };
 
-void run_trie_constrain_cpu(const TrieConstrainParams& params);
+int64_t run_trie_constrain_cpu(const TrieConstrainParams& params);
 
 }  // namespace pyfastseq
