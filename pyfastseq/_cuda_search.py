@@ -203,10 +203,13 @@ class DeviceSearch:
         self.view("seq0", rows, width).fill_(self.pad_id)
         self.view("improvable").fill_(1)
         self.view("halted", 1).fill_(-1)  # all ones: no step has failed
-        # float(L ** length_penalty) as the CPU search computes it (double pow, the penalty in float32).
+        # float(L ** length_penalty) as the CPU search computes it (double pow, the penalty in float32),
+        # past float's range as inf.
         lp = float(np.float32(self.searcher.length_penalty))
-        self.view("penalty", width + 1).copy_(torch.tensor([math.pow(n, lp) if n else 0.0 for n in range(width + 1)],
-                                                           dtype=torch.float32))
+        with np.errstate(over="ignore", divide="ignore"):
+            penalty = np.power(np.arange(width + 1, dtype=np.float64), lp).astype(np.float32)
+        penalty[0] = 0.0
+        self.view("penalty", width + 1).copy_(torch.from_numpy(penalty))
 
     def run(self, step_fn, logits: torch.Tensor, checked):
         """Search from the first step's ``logits``; ``checked`` validates what ``step_fn`` returns."""

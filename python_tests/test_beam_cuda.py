@@ -671,6 +671,37 @@ def test_cuda_step__nan_or_inf_anywhere_in_a_long_row__same_error_as_cpu(values,
     assert str(gpu.value) == str(cpu.value)
 
 
+@pytest.mark.parametrize("node", ["gathered", "wide"])
+@pytest.mark.parametrize("cells", [{3: INF, 9: NAN}, {9: INF, 3: NAN}, {3: INF, 0: NAN}, {0: INF, 9: NAN}, {0: NAN}],
+                         ids=["inf_child_first", "nan_child_first", "inf_child_nan_elsewhere", "inf_elsewhere_nan_child",
+                              "nan_elsewhere"])
+def test_cuda_step__nan_and_inf_in_a_constrained_row__same_error_as_cpu(cells, node, device):
+    # The CPU step reports a row's first bad child in token order, and only then the rest of the row;
+    # a wide node's bitmap pass reads the whole row first.
+    vocab = 64
+    trie = fs.Trie([[3], [7], [9]] if node == "gathered" else [[t] for t in range(2, vocab)])
+    logits = torch.zeros(1, vocab)
+    for column, value in cells.items():
+        logits[0, column] = value
+    nodes = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(ValueError) as cpu:
+        search._beam_step(logits, torch.zeros(1), 1, trie, nodes)
+    with pytest.raises(ValueError) as gpu:
+        search._beam_step_cuda(logits.to(device), torch.zeros(1), 1, trie, nodes)
+    assert str(gpu.value) == str(cpu.value)
+
+
+@pytest.mark.parametrize("length_penalty", [700.0, -700.0])
+def test_device_search__length_penalty_past_floats_range__same_as_cpu_search(length_penalty, device):
+    # L ** length_penalty past float's range is inf (or 0), as the CPU search's std::pow gives it.
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    searcher = fs.BeamSearch(None, num_beams=2, max_length=4, length_penalty=length_penalty)
+    with cpu_route():
+        want = searcher.search(lambda tokens, beam_idx: logits, 2)
+    got = searcher.search(lambda tokens, beam_idx: logits.to(device), 2)
+    assert got.sequences == want.sequences and got.scores == want.scores
+
+
 def float64_log_probs(logits, trie, nodes, normalize):
     """log_softmax in float64 of each row of float32 logits, -inf outside the row's allowed tokens (a
     trie node's children, eos alone for an ended row), over those tokens alone under "allowed"."""

@@ -147,6 +147,8 @@ int64_t assign_cuda_workspace_bytes(const AssignParams& p) {
 
 int run_assign_cuda(const AssignParams& p, void* workspace, void* stream) {
   if (p.batch == 0) return 0;
+  // The warps' int32 strided loops (j += 32) must not wrap past the last column.
+  if ((p.rows > p.cols ? p.rows : p.cols) > INT32_MAX - 32) return static_cast<int>(cudaErrorInvalidValue);
   const int64_t blocks = (p.batch + kWarpsPerBlock - 1) / kWarpsPerBlock;
   assign_kernel<<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(
       p, workspace);

@@ -74,6 +74,34 @@ __device__ __forceinline__ bool normaliser_failed(const Normaliser& z, unsigned 
   return true;
 }
 
+// Reports the first of a node's n children, in token order, that is out of the vocabulary or whose
+// logit is NaN or +inf, as row r's error (the CPU step's order of checks); whether there was one.
+template <class Bits>
+__device__ bool reported_bad_child(const BeamStepParams& p, int64_t r, const Bits* logits, const TrieView& trie,
+                                   uint32_t lo, int32_t n, Pool pool, unsigned long long* error, TopShared& sh) {
+  if (threadIdx.x == 0) sh.bad_token = INT32_MAX;  // here: the index of the first bad child
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) {
+    const int32_t token = trie.child_token[lo + i];
+    const float x = token < p.vocab ? to_float(logits[token]) : 0.0f;
+    if (token >= p.vocab || x != x || x == INFINITY) atomicMin(&sh.bad_token, i);
+  }
+  __syncthreads();
+  const int32_t first = sh.bad_token;
+  __syncthreads();
+  if (first == INT32_MAX) return false;
+  if (threadIdx.x == 0) {
+    const int32_t token = trie.child_token[lo + first];
+    if (token >= p.vocab) {
+      record_error(error, pool, r, BeamStepError::kTokenOutOfVocab, token);
+    } else {
+      const float x = to_float(logits[token]);
+      record_error(error, pool, r, x != x ? BeamStepError::kNaN : BeamStepError::kInfinite, 0);
+    }
+  }
+  return true;
+}
+
 template <class Bits>
 struct ChildRow {
   const Bits* logits;
@@ -130,7 +158,13 @@ __device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits*
   BitmapRow<Bits> items{logits, bits, words * 32, Normaliser{}, p.blocked_token};
   KeepBest<BitmapRow<Bits>> seen{items};
   const Normaliser z = row_normaliser(logits, p.vocab, sh, seen);
-  if (normaliser_failed(z, error, pool, r) || z.max == -INFINITY) return 0;
+  // A NaN or +inf logit: reported as the CPU step reports it, the first bad child before the row.
+  if (!(z.max == z.max && z.max != INFINITY)) {
+    if (!reported_bad_child(p, r, logits, trie, lo, static_cast<int32_t>(hi - lo), pool, error, sh))
+      normaliser_failed(z, error, pool, r);
+    return 0;
+  }
+  if (z.max == -INFINITY) return 0;
   items.z = z;
   // (x - max) - log_sum rounds monotonically in x, so the kept logits' keys map to the items' keys.
   const auto final_key = [&](uint32_t raw) { return order_key(z.logprob(from_order_key(raw))); };
@@ -277,33 +311,7 @@ __device__ bool row_candidates(const BeamStepParams& p, Pool pool, unsigned long
     }
   }
 
-  // Children in token order: a NaN or +inf among the in-vocabulary ones comes before any token >= vocab.
-  if (threadIdx.x == 0) {
-    sh.flag = 0;
-    sh.bad_token = INT32_MAX;
-  }
-  __syncthreads();
-  for (int32_t i = threadIdx.x; i < n; i += kThreads) {
-    const int32_t token = trie.child_token[lo + i];
-    if (token >= p.vocab) {
-      atomicMin(&sh.bad_token, token);
-    } else {
-      const float x = to_float(logits[token]);
-      if (x != x || x == INFINITY) atomicMax(&sh.flag, x != x ? 2 : 1);
-    }
-  }
-  __syncthreads();
-  const int32_t child_flag = sh.flag;  // 2: a NaN child, else 1: a +inf one
-  const int32_t bad_token = sh.bad_token;
-  __syncthreads();
-  if (child_flag != 0 || bad_token != INT32_MAX) {
-    if (threadIdx.x == 0) {
-      if (child_flag == 2) record_error(error, pool, r, BeamStepError::kNaN, 0);
-      else if (child_flag == 1) record_error(error, pool, r, BeamStepError::kInfinite, 0);
-      else record_error(error, pool, r, BeamStepError::kTokenOutOfVocab, bad_token);
-    }
-    return true;
-  }
+  if (reported_bad_child(p, r, logits, trie, lo, n, pool, error, sh)) return true;
 
   bool failed;
   const int32_t* deltas = row_deltas(p, r, n, pool, error, sh, &failed);
@@ -505,7 +513,8 @@ size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates) {
 
 int run_beam_step_cuda(const BeamStepParams& p, void* workspace, unsigned long long* error, void* stream) {
   if (p.num_candidates < 1 || p.num_candidates > kMaxSlots) return static_cast<int>(cudaErrorInvalidValue);
-  if (p.vocab >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  // The blocks' int32 strided loops (i += kThreads) must not wrap past the last column.
+  if (p.vocab > INT32_MAX - kThreads) return static_cast<int>(cudaErrorInvalidValue);
   if (int64_t{p.num_beams} * p.num_candidates >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
   const int64_t rows = int64_t{p.batch_size} * p.num_beams;
   if (rows == 0) return 0;
