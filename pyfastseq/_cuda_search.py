@@ -203,8 +203,8 @@ class DeviceSearch:
         self.view("seq0", rows, width).fill_(self.pad_id)
         self.view("improvable").fill_(1)
         self.view("halted", 1).fill_(-1)  # all ones: no step has failed
-        # float(L ** length_penalty) as the CPU search computes it (double pow, the penalty in float32),
-        # past float's range as inf.
+        # float(L ** length_penalty), as the CPU search computes it: a double pow rounded to float32, inf
+        # past float's range.
         lp = float(np.float32(self.searcher.length_penalty))
         with np.errstate(over="ignore", divide="ignore"):
             penalty = np.power(np.arange(width + 1, dtype=np.float64), lp).astype(np.float32)

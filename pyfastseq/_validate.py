@@ -60,6 +60,11 @@ def check_in_place_write(t: torch.Tensor, name: str, advice: str) -> None:
         raise ValueError(f"{name} requires grad: {advice}")
 
 
+def check_step_fn(step_fn: Any) -> None:
+    if not callable(step_fn):
+        raise TypeError(f"step_fn must be callable as step_fn(tokens, beam_idx) -> logits, got {type(step_fn).__name__}")
+
+
 def check_integer_dtype(dtype: Any, name: str, what: str = "integers") -> None:
     """``TypeError`` unless ``dtype`` (torch's or NumPy's) holds integers; bool does not count."""
     if isinstance(dtype, torch.dtype):

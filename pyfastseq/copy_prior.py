@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ._limits import check_memory
-from ._validate import INT32_MAX, check_holds_values, check_integer_dtype
+from ._validate import INT32_MAX, check_holds_values, check_integer_dtype, check_step_fn
 
 __all__ = ["CopyPrior"]
 
@@ -116,8 +116,7 @@ class CopyPrior(nn.Module):
         ``[N, 0]``), and each row follows ``beam_idx`` to the row it continues, so the source of every
         row stays right however the search reorders them, search after search.
         """
-        if not callable(step_fn):
-            raise TypeError(f"step_fn must be callable, got {type(step_fn).__name__}")
+        check_step_fn(step_fn)
         prior = self._decoding_prior(source_ids, source_mask)
         row_source: list[torch.Tensor] = []
 

@@ -14,7 +14,7 @@ from transformers import LogitsProcessor
 
 from . import _backend
 from ._backend import _C
-from ._validate import check_dense, check_in_place_write, check_integer_dtype, is_int
+from ._validate import check_holds_values, check_in_place_write, check_integer_dtype, is_int
 from .trie import Trie, _overlapping, nan_kept_error
 
 __all__ = ["TrieLogitsProcessor"]
@@ -202,11 +202,9 @@ class TrieLogitsProcessor(LogitsProcessor):
             raise TypeError(f"scores must be a 2-D tensor [N, V], got {type(scores).__name__}")
         if scores.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
             raise ValueError(f"scores must be a 2-D tensor [N, V] with N = {input_ids.shape[0]}, got {_shape(scores)}")
-        check_dense(scores, "scores")
+        check_holds_values(scores, "scores")
         if scores.dtype not in _backend.ELEM_BYTES:
             raise TypeError(f"scores must be float32, float16 or bfloat16, got {scores.dtype}")
-        if scores.is_meta:
-            raise ValueError("scores are on the meta device, which holds no values")
         if self.inplace and _overlapping(scores):
             raise ValueError(f"scores must not be an expanded or self-overlapping view with inplace=True (strides "
                              f"{scores.stride()}): masking writes in place, and elements sharing memory would "
@@ -341,9 +339,7 @@ def _check_ids(input_ids: object) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a 2-D tensor [N, cur_len], got shape {tuple(input_ids.shape)}")
     check_integer_dtype(input_ids.dtype, "input_ids", "integer token ids")
-    check_dense(input_ids, "input_ids")
-    if input_ids.is_meta:
-        raise ValueError("input_ids are on the meta device, which holds no values")
+    check_holds_values(input_ids, "input_ids")
 
 
 _HASH_WEIGHTS = np.random.default_rng(0).integers(-2**62, 2**62, size=64)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ._backend import _C
-from ._validate import as_eos_id, is_int, pad_id_of
-from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _check_search_size, _host, _positive_int, check_step_fn
+from ._validate import as_eos_id, check_step_fn, is_int, pad_id_of
+from .search import _DTYPE_CODES, StepFn, _BeamSearchBase, _check_search_size, _host, _positive_int
 from .trie import Trie, check_eos_ends_entries
 
 __all__ = ["SampleOutput", "Sampler"]

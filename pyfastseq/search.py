@@ -21,7 +21,8 @@ from ._backend import _C
 from ._cuda_search import DTYPE_CODES as _DTYPE_CODES
 from ._cuda_search import MAX_BEAMS, CudaStep, DeviceSearch, has_cuda_module
 from ._limits import check_memory
-from ._validate import INT32_MAX, as_array, as_eos_id, as_token_array, finite_float, is_int, native_array, pad_id_of
+from ._validate import (INT32_MAX, as_array, as_eos_id, as_token_array, check_step_fn, finite_float, is_int, native_array,
+                        pad_id_of)
 from .lookahead import LCSLookahead
 from .trie import Trie, check_eos_ends_entries
 
@@ -114,8 +115,9 @@ class _BeamSearchBase:
         ``step_fn`` returns. A lookahead's deltas are computed on the CPU from each step's trie
         nodes and tokens (copied there, not the logits) while the GPU runs the model's step. The CPU
         search's token buffers grow with its hypotheses, as transformers' do, so a huge
-        ``max_length`` costs nothing when eos comes early; the GPU search's are ``[rows,
-        max_length]`` from the start (fixed shapes, so that a step can be captured in a CUDA graph). With
+        ``max_length`` costs nothing when eos comes early (a memory cap, :func:`pyfastseq.set_memory_limit`,
+        still counts the whole ``[rows, max_length]``); the GPU search's are ``[rows, max_length]`` from
+        the start (fixed shapes, so that a step can be captured in a CUDA graph). With
         more than 1,024 beams or a build without the CUDA module, every step runs on the CPU with
         CPU ``tokens`` and ``beam_idx``, and CUDA logits are copied there.
         """
@@ -385,11 +387,6 @@ class BeamSearch(_BeamSearchBase):
 
     def _start(self, batch_size: int):
         return [], [], self.eos_id, False
-
-
-def check_step_fn(step_fn: Any) -> None:
-    if not callable(step_fn):
-        raise TypeError(f"step_fn must be callable as step_fn(tokens, beam_idx) -> logits, got {type(step_fn).__name__}")
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -431,7 +431,7 @@ def test_bad_arguments():
         proc(ids, torch.zeros(5, 8))
     with pytest.raises(TypeError, match="scores must be a 2-D tensor"):
         proc(ids, np.zeros((4, 8), dtype=np.float32))
-    with pytest.raises(ValueError, match="scores are on the meta device"):
+    with pytest.raises(ValueError, match="scores is on the meta device"):
         proc(ids, torch.zeros(4, 8, device="meta"))
 
 
@@ -462,7 +462,7 @@ def test_good_prompt_len__prompt_len(prompt_len):
         pytest.param([[5], [9]], TypeError, "input_ids must be a 2-D tensor", id="list"),
         pytest.param(np.array([[5], [9]]), TypeError, "input_ids must be a 2-D tensor", id="numpy"),
         pytest.param(torch.tensor([5, 9]), ValueError, "input_ids must be a 2-D tensor", id="1-D"),
-        pytest.param(torch.zeros(2, 1, dtype=torch.long, device="meta"), ValueError, "input_ids are on the meta",
+        pytest.param(torch.zeros(2, 1, dtype=torch.long, device="meta"), ValueError, "input_ids is on the meta",
                      id="meta"),
     ],
 )

@@ -513,8 +513,8 @@ size_t beam_step_error_detail_offset(int64_t rows, int32_t num_candidates) {
 
 int run_beam_step_cuda(const BeamStepParams& p, void* workspace, unsigned long long* error, void* stream) {
   if (p.num_candidates < 1 || p.num_candidates > kMaxSlots) return static_cast<int>(cudaErrorInvalidValue);
-  // The blocks' int32 strided loops (i += kThreads) must not wrap past the last column.
-  if (p.vocab > INT32_MAX - kThreads) return static_cast<int>(cudaErrorInvalidValue);
+  // The blocks' int32 strided loops (i += kKeyLoads * kThreads at most) must not wrap past the last column.
+  if (p.vocab > INT32_MAX - kKeyLoads * kThreads) return static_cast<int>(cudaErrorInvalidValue);
   if (int64_t{p.num_beams} * p.num_candidates >= INT32_MAX) return static_cast<int>(cudaErrorInvalidValue);
   const int64_t rows = int64_t{p.batch_size} * p.num_beams;
   if (rows == 0) return 0;

@@ -88,8 +88,8 @@ def unilm_mask(prefix_lens, seq_lens, L: int) -> torch.Tensor:
     seq = None
     if seq_lens is not None:
         seq = check_lengths(seq_lens, "seq_lens", L, prefix.shape[0])
-        if seq.device != prefix.device and seq.device.type != "cpu":
-            raise ValueError(f"seq_lens must be on the CPU or on prefix_lens' device {prefix.device}, got {seq.device}")
+        if seq.is_meta and not prefix.is_meta:
+            raise ValueError("seq_lens is on the meta device, which holds no values")
         seq = seq.to(prefix.device)
     check_memory(prefix.shape[0] * L * L, f"unilm_mask of shape ({prefix.shape[0]}, {L}, {L})")
     return _mask(prefix, seq, L)
