@@ -64,13 +64,16 @@ __device__ __forceinline__ void record_error(unsigned long long* error, Pool poo
   atomicMin(error, static_cast<unsigned long long>(row) * 256u + static_cast<unsigned>(code));
 }
 
+// Whether z leaves every log-prob defined: no NaN logit (a NaN max on the device) and no +inf one.
+__device__ __forceinline__ bool normaliser_defined(const Normaliser& z) { return z.max == z.max && z.max != INFINITY; }
+
 // Records a normaliser that leaves no log-prob defined (NaN logits, or a +inf one) as row r's error;
 // whether it was one.
 __device__ __forceinline__ bool normaliser_failed(const Normaliser& z, unsigned long long* error, Pool pool,
                                                   int64_t r) {
-  const float m = z.max;
-  if (m == m && m != INFINITY) return false;
-  if (threadIdx.x == 0) record_error(error, pool, r, m == m ? BeamStepError::kInfinite : BeamStepError::kNaN, 0);
+  if (normaliser_defined(z)) return false;
+  if (threadIdx.x == 0)
+    record_error(error, pool, r, z.max == z.max ? BeamStepError::kInfinite : BeamStepError::kNaN, 0);
   return true;
 }
 
@@ -159,7 +162,7 @@ __device__ int32_t wide_node_top(const BeamStepParams& p, int64_t r, const Bits*
   KeepBest<BitmapRow<Bits>> seen{items};
   const Normaliser z = row_normaliser(logits, p.vocab, sh, seen);
   // A NaN or +inf logit: reported as the CPU step reports it, the first bad child before the row.
-  if (!(z.max == z.max && z.max != INFINITY)) {
+  if (!normaliser_defined(z)) {
     if (!reported_bad_child(p, r, logits, trie, lo, static_cast<int32_t>(hi - lo), pool, error, sh))
       normaliser_failed(z, error, pool, r);
     return 0;
