@@ -186,7 +186,9 @@ class Trie:
 
     def step(self, nodes: Any, tokens: Any) -> Any:
         """Vectorised transition: the child of ``nodes[i]`` via ``tokens[i]``, -1 where absent or
-        where ``nodes[i]`` is -1. Torch tensors in give a torch tensor out (on the same device)."""
+        where ``nodes[i]`` is -1. A torch tensor ``nodes`` gives an int32 torch tensor out, on
+        ``nodes``' device; other ``nodes`` (a list or NumPy array) give an int32 NumPy array, whatever
+        ``tokens`` is."""
         as_torch = isinstance(nodes, torch.Tensor)
         device = nodes.device if as_torch else None
         node_arr = _as_int32(nodes, "nodes")

@@ -66,6 +66,15 @@ def test_step_matches_walk(sequences, eos_id, data):
     assert isinstance(stepped, torch.Tensor) and stepped.tolist() == expected
 
 
+def test_step_output_type_follows_nodes():
+    trie = fs.Trie([[2, 3], [4]])
+    for nodes, tokens in (([0, 0], torch.tensor([2, 4])), (np.array([0, 0]), [2, 4])):
+        out = trie.step(nodes, tokens)
+        assert isinstance(out, np.ndarray) and out.dtype == np.int32 and out.tolist() == [1, 2]
+    out = trie.step(torch.tensor([0, 0]), [2, 4])
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.int32 and out.tolist() == [1, 2]
+
+
 @pytest.mark.parametrize("eos_id", [None, 7])
 def test_few_long_entries_among_many_short_ones(eos_id):
     # Past the short entries' depth only the long ones are live (the builder then refreshes only them).
