@@ -52,7 +52,8 @@ class Sampler:
         top_k: keep the ``top_k`` largest logits, and every logit equal to the ``top_k``-th, as
             transformers' ``TopKLogitsWarper`` does (0: all).
         top_p: then keep the shortest prefix, in descending order of probability, whose probability
-            under the top-k-renormalised distribution reaches ``top_p`` (1.0: no cut). Probabilities
+            under the top-k-renormalised distribution reaches ``top_p`` (1.0: no cut; 0.0 keeps the most
+            probable token alone, as transformers' ``TopPLogitsWarper`` keeps one). Probabilities
             within 1e-6 of ``top_p`` count as reaching it, so that ``[.5, .3, .15, .05]``
             given as logits keeps ``{0, 1}`` at ``top_p=0.8``. Among tokens tied in probability the
             lower ids come first (transformers' stable ascending sort keeps the higher ones: the
@@ -79,8 +80,8 @@ class Sampler:
         if not 0 <= top_k <= 2**31 - 1:
             raise ValueError(f"top_k must be >= 0 (0: no top-k cut), got {top_k}")
         self.top_k = int(top_k)
-        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0.0 <= top_p <= 1.0:
+            raise ValueError(f"top_p must be a number in [0, 1], got {top_p!r}")
         self.top_p = float(top_p)
         # The kernel divides in float32: a temperature past its largest value would be inf there.
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (

@@ -63,7 +63,7 @@ def test_top_p_over_a_large_vocabulary(top_p):
     assert stats.chisquare(observed[keep], expected[keep] * observed.sum() / expected[keep].sum()).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("top_p,support", [(0.8, {0, 1}), (0.5, {0}), (0.95, {0, 1, 2}), (1.0, {0, 1, 2, 3})])
+@pytest.mark.parametrize("top_p,support", [(0.8, {0, 1}), (0.5, {0}), (0.0, {0}), (0.95, {0, 1, 2}), (1.0, {0, 1, 2, 3})])
 def test_seed_worked_example(top_p, support):
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
     probs = sampling_probs(logits[None], top_p=top_p)[0]
@@ -181,11 +181,12 @@ def test_constrained_samples_are_trie_entries(entries, top_k, top_p, seed):
                 assert done and owner.contains(seq)
 
 
-@pytest.mark.parametrize("kwargs", [dict(top_p=1e-300), dict(top_p=1e-7), dict(top_p=1e-6), dict(top_p=1e-7, top_k=5),
+@pytest.mark.parametrize("kwargs", [dict(top_p=0.0), dict(top_p=0), dict(top_p=1e-300), dict(top_p=1e-7),
+                                    dict(top_p=1e-6), dict(top_p=1e-7, top_k=5),
                                     dict(temperature=1e-40), dict(temperature=1e-46), dict(temperature=1e-300),
                                     dict(temperature=1e-300, top_k=5)])
 def test_vanishing_top_p_or_temperature_is_greedy(kwargs):
-    # top_p within the 1e-6 slack of 0 keeps only the best token; so does a temperature whose
+    # top_p within the 1e-6 slack of 0 (or 0, as transformers allows) keeps only the best token; so does a temperature whose
     # reciprocal overflows float32 (or that float32 flushes to 0).
     steps = torch.randn(4, 6, 40, generator=torch.Generator().manual_seed(5))
     calls = []
@@ -279,7 +280,7 @@ def test_nan_and_bad_logits():
     [
         (dict(top_k=-1), ValueError, "top_k must be >= 0"),
         (dict(top_k=1.5), TypeError, "top_k must be an int"),
-        (dict(top_p=0.0), ValueError, r"top_p must be a number in \(0, 1\]"),
+        (dict(top_p=-0.1), ValueError, r"top_p must be a number in \[0, 1\]"),
         (dict(top_p=1.5), ValueError, "top_p"),
         (dict(temperature=0.0), ValueError, r"temperature must be a number in \(0, 3.403e\+38\]"),
         (dict(temperature=float("nan")), ValueError, "temperature"),

@@ -26,7 +26,8 @@ def sampling_probs(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, tem
     probs = torch.softmax((ranked / temperature).masked_fill(~keep, float("-inf")), dim=-1)  # [N, V]
     if top_p < 1.0:
         before = probs.cumsum(-1) - probs  # [N, V] mass strictly before each rank
-        keep &= before < top_p - TOP_P_SLACK  # the shortest prefix reaching p: ranks whose predecessors fall short
+        # The shortest non-empty prefix reaching p: the best rank, and those whose predecessors fall short.
+        keep &= (before < top_p - TOP_P_SLACK) | (torch.arange(x.shape[-1], device=x.device) == 0)
         probs = probs.masked_fill(~keep, 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     return torch.zeros_like(probs).scatter(-1, order, probs)
